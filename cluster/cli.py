@@ -1,0 +1,132 @@
+"""``freshline``: the one command people use. Composition root: it reads the environment once,
+builds settings, and hands them to the packages that do the work.
+
+Exit codes: 0 success, 1 a Freshline error (message on stderr, no traceback), 2 bad usage,
+3 ``stack status`` found an unhealthy service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster.services.base import ServiceStatus
+from cluster.settings import StackSettings, settings_from_env
+from cluster.stack import Stack
+from features.errors import FreshlineError
+
+EXIT_UNHEALTHY = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        settings = settings_from_env(os.environ)
+        return int(args.handler(args, settings, console))
+    except FreshlineError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshline", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    stack = verbs.add_parser("stack", help="the local stack: Kafka, Redis, DynamoDB, Iceberg, Ray")
+    stack_verbs = stack.add_subparsers(dest="stack_verb", required=True)
+    up = stack_verbs.add_parser("up", help="start every service that is not healthy (idempotent)")
+    up.add_argument("--json", action="store_true", help="print the status as JSON")
+    up.set_defaults(handler=_stack_up)
+    down = stack_verbs.add_parser("down", help="stop what the stack started; keeps data")
+    down.add_argument("--purge", action="store_true", help="also delete data, logs and topics")
+    down.set_defaults(handler=_stack_down)
+    status = stack_verbs.add_parser("status", help="health of every service; exit 3 if any is down")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_stack_status)
+    logs = stack_verbs.add_parser("logs", help="tail the services' logs")
+    logs.add_argument("service", nargs="?", help="one service (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=40)
+    logs.set_defaults(handler=_stack_logs)
+
+    demo = verbs.add_parser("demo", help="start the stack, stream demo events and show them live")
+    demo.add_argument("--rate", type=float, default=300.0, help="events per second")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--no-live", action="store_true", help="print a summary instead of a live view"
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _stack_up(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    stack = Stack.build(settings)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in stack.up()], indent=2))
+        return 0
+    with console.status("starting the stack") as spinner:
+        stack.up(lambda s: spinner.update(f"{s.name} ready; starting the next service"))
+    console.print(status_table(stack.status()))
+    return 0
+
+
+def _stack_down(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    stopped = Stack.build(settings).down(purge=args.purge)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    if args.purge:
+        console.print(f"purged data under {settings.state_dir}")
+    return 0
+
+
+def _stack_status(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    statuses = Stack.build(settings).status()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        console.print(status_table(statuses))
+    return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
+
+
+def _stack_logs(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    names = [args.service] if args.service else [s.name for s in Stack.build(settings).services]
+    files = [settings.log_dir / f"{name}.log" for name in names]
+    files = [f for f in files if f.exists()]
+    if not files:
+        console.print(f"no logs yet under {settings.log_dir}")
+        return 0
+    argv = ["tail", f"-n{args.lines}", *(["-F"] if args.follow else []), *map(str, files)]
+    return subprocess.call(argv)
+
+
+def _demo(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster.demo import run_demo
+
+    return run_demo(
+        settings, console, rate=args.rate, duration_s=args.duration, live=not args.no_live
+    )
+
+
+def status_table(statuses: Sequence[ServiceStatus]) -> Table:
+    table = Table(title="Freshline local stack")
+    for column in ("service", "endpoint", "pid", "health", "detail"):
+        table.add_column(column)
+    for s in statuses:
+        health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
+        table.add_row(s.name, s.endpoint, str(s.pid or "-"), health, s.detail[:80])
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

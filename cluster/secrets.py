@@ -1,0 +1,48 @@
+"""Redis ACL passwords: taken from the environment, else from the state dir, else generated once.
+
+The secrets file is written with mode 0600 before any password is put in it. A real deployment
+passes the passwords through its secret manager as ``FRESHLINE_REDIS_*_PASSWORD`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from cluster.settings import Secrets
+
+_FIELDS = ("redis_admin_password", "redis_writer_password", "redis_reader_password")
+
+
+def load_or_create_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
+    """Environment first (``FRESHLINE_REDIS_ADMIN_PASSWORD`` ...), then the file, then generate."""
+    stored = _read(secrets_file)
+    values: dict[str, str] = {}
+    for field in _FIELDS:
+        env_value = environ.get(f"FRESHLINE_{field.upper()}")
+        values[field] = env_value or stored.get(field) or secrets.token_urlsafe(24)
+    if any(values[f] != stored.get(f) for f in _FIELDS):
+        _write(secrets_file, values)
+    return Secrets(**{k: SecretStr(v) for k, v in values.items()})
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return {k: str(v) for k, v in data.items() if k in _FIELDS}
+
+
+def _write(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    tmp.replace(path)

@@ -1,0 +1,123 @@
+"""A DynamoDB endpoint per region, served locally by ``moto_server``.
+
+boto3 reaches it through ``endpoint_url``; pointing a region at real AWS is a config change
+(endpoint and credentials), not a code change. The online table is created idempotently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from cluster.exceptions import MissingTool
+from cluster.process import ManagedProcess, require_free_port
+from cluster.services.base import ServiceStatus, wait_ready
+from cluster.settings import StackSettings
+from regions.config import RegionConfig
+
+# Local endpoints accept any credentials; real AWS takes them from the usual boto3 chain.
+LOCAL_CREDENTIALS = {"aws_access_key_id": "freshline", "aws_secret_access_key": "freshline"}
+
+
+def dynamodb_client(region: RegionConfig, timeout_s: float = 2.0) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1})
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=region.dynamodb_endpoint_url,
+        region_name=region.aws_region,
+        config=config,
+        **LOCAL_CREDENTIALS,
+    )
+
+
+def ensure_online_table(region: RegionConfig) -> None:
+    """Create the region's online table (pk, sk; on-demand; TTL on ``expires_at``) if missing."""
+    client = dynamodb_client(region, timeout_s=10.0)
+    if region.dynamodb_table in client.list_tables()["TableNames"]:
+        return
+    client.create_table(
+        TableName=region.dynamodb_table,
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(TableName=region.dynamodb_table)
+    client.update_time_to_live(
+        TableName=region.dynamodb_table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
+
+
+class DynamoDBService:
+    def __init__(self, settings: StackSettings, region: RegionConfig) -> None:
+        self.name = f"dynamodb-{region.name}"
+        self._region = region
+        self._proc = ManagedProcess(self.name, settings.run_dir, settings.log_dir)
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self._proc
+
+    def status(self) -> ServiceStatus:
+        pid = self._proc.pid()
+        error = self._probe() if pid is not None else "not running"
+        return ServiceStatus(
+            self.name,
+            "dynamodb",
+            self._region.dynamodb_endpoint_url,
+            pid,
+            error is None,
+            error or f"moto, table {self._region.dynamodb_table}",
+        )
+
+    def start(self) -> None:
+        if self._proc.pid() is None or self._probe() is not None:
+            self._proc.stop()
+            require_free_port(
+                self.name, self._region.dynamodb_endpoint_host, self._region.dynamodb_port
+            )
+            argv = [_moto_server(), "-H", self._region.dynamodb_endpoint_host]
+            self._proc.spawn([*argv, "-p", str(self._region.dynamodb_port)])
+            wait_ready(
+                self.name,
+                self._probe,
+                60.0,
+                self._proc.log_file,
+                lambda: self._proc.pid() is not None,
+            )
+        ensure_online_table(self._region)
+
+    def stop(self) -> bool:
+        return self._proc.stop(timeout_s=10.0)
+
+    def purge(self) -> None:
+        """moto keeps tables in memory: stopping the process is the purge."""
+
+    def _probe(self) -> str | None:
+        try:
+            dynamodb_client(self._region).list_tables()
+            return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+def _moto_server() -> str:
+    # Prefer the one installed beside this interpreter (the project venv), then PATH.
+    beside = Path(sys.executable).parent / "moto_server"
+    found = str(beside) if beside.exists() else shutil.which("moto_server")
+    if found is None:
+        raise MissingTool(
+            "moto_server", "install the project: `pip install -e .` (it brings moto[server])"
+        )
+    return found

@@ -1,0 +1,54 @@
+"""The offline store: an Apache Iceberg warehouse through pyiceberg's SQL catalog on SQLite.
+
+There is no process to run; ``start`` makes sure the catalog and the ``freshline`` namespace exist.
+Tables are created by the writers that own their schemas (idempotently, on first write). Moving the
+warehouse to S3-compatible storage is a matter of the ``warehouse`` URI and its credentials.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from cluster.services.base import ServiceStatus
+from cluster.settings import StackSettings
+
+NAMESPACE = "freshline"
+
+
+def iceberg_catalog(settings: StackSettings) -> Any:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    (settings.offline_dir / "warehouse").mkdir(exist_ok=True)
+    return SqlCatalog(
+        "freshline", uri=settings.iceberg_catalog_uri, warehouse=settings.iceberg_warehouse
+    )
+
+
+class OfflineStoreService:
+    name = "iceberg"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self._settings = settings
+
+    def status(self) -> ServiceStatus:
+        endpoint = self._settings.iceberg_warehouse
+        if not (self._settings.offline_dir / "catalog.db").exists():
+            return ServiceStatus(self.name, "iceberg", endpoint, None, False, "catalog not created")
+        try:
+            tables = iceberg_catalog(self._settings).list_tables(NAMESPACE)
+        except Exception as exc:
+            return ServiceStatus(
+                self.name, "iceberg", endpoint, None, False, f"{type(exc).__name__}: {exc}"
+            )
+        return ServiceStatus(self.name, "iceberg", endpoint, None, True, f"{len(tables)} tables")
+
+    def start(self) -> None:
+        iceberg_catalog(self._settings).create_namespace_if_not_exists(NAMESPACE)
+
+    def stop(self) -> bool:
+        return False
+
+    def purge(self) -> None:
+        shutil.rmtree(self._settings.offline_dir, ignore_errors=True)

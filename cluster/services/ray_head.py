@@ -1,0 +1,106 @@
+"""A local Ray head, started with ``ray start --head --block`` so that it is one tracked process.
+
+``--block`` keeps a supervising process in the foreground; SIGTERM to it stops the head's GCS,
+raylet and dashboard, which is how ``stack down`` stops Ray without ``ray stop`` (which would
+find processes by name and could stop another user's cluster). The dashboard serves the Jobs API,
+so ``ray job submit --address http://127.0.0.1:8265`` works exactly as on a remote cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+from cluster.exceptions import MissingTool
+from cluster.process import ManagedProcess, require_free_port
+from cluster.services.base import ServiceStatus, wait_ready
+from cluster.settings import StackSettings
+
+
+class RayHeadService:
+    name = "ray-head"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self._settings = settings
+        self._ray = settings.ray
+        self._proc = ManagedProcess("ray-head", settings.run_dir, settings.log_dir)
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self._proc
+
+    def status(self) -> ServiceStatus:
+        pid = self._proc.pid()
+        error = self._probe() if pid is not None else "not running"
+        detail = f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs"
+        return ServiceStatus(
+            self.name, "ray", self._ray.dashboard_url, pid, error is None, error or detail
+        )
+
+    def start(self) -> None:
+        if self._proc.pid() is not None and self._probe() is None:
+            return
+        self._proc.stop()
+        for label, port in (
+            ("ray gcs", self._ray.port),
+            ("ray dashboard", self._ray.dashboard_port),
+            ("ray client server", self._ray.client_server_port),
+        ):
+            require_free_port(label, "127.0.0.1", port)
+        self._proc.spawn(self._argv(), env=self._env())
+        wait_ready(
+            self.name, self._probe, 120.0, self._proc.log_file, lambda: self._proc.pid() is not None
+        )
+
+    def stop(self) -> bool:
+        return self._proc.stop(timeout_s=30.0)
+
+    def purge(self) -> None:
+        shutil.rmtree(self._settings.ray_temp_dir, ignore_errors=True)
+
+    def _argv(self) -> list[str]:
+        beside = Path(sys.executable).parent / "ray"
+        ray = str(beside) if beside.exists() else shutil.which("ray")
+        if ray is None:
+            raise MissingTool(
+                "ray", "install the project: `pip install -e .` (it brings ray[serve,data])"
+            )
+        r = self._ray
+        return [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--port={r.port}",
+            f"--dashboard-port={r.dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={r.client_server_port}",
+            f"--min-worker-port={r.min_worker_port}",
+            f"--max-worker-port={r.max_worker_port}",
+            f"--num-cpus={r.num_cpus}",
+            f"--object-store-memory={r.object_store_mb * 1024 * 1024}",
+            f"--temp-dir={self._settings.ray_temp_dir}",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        import os
+
+        env = dict(os.environ)
+        # Jobs run `python ...` on the head: it must be the interpreter with Freshline installed.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        return env
+
+    def _probe(self) -> str | None:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
+                f"{self._ray.dashboard_url}/api/version", timeout=2.0
+            ) as response:
+                return None if response.status == 200 else f"HTTP {response.status}"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,117 @@
+"""One ``redis-server`` per region, with ACL users instead of the default user.
+
+Users: ``fl-admin`` (stack management and chaos drills), ``fl-writer`` (sinks; no dangerous
+commands) and ``fl-reader`` (serving; read commands only). All three are confined to ``fl:*`` keys
+except the admin. Protected mode stays on and the server binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cluster.exceptions import MissingTool
+from cluster.process import ManagedProcess, require_free_port
+from cluster.services.base import ServiceStatus, wait_ready
+from cluster.settings import Secrets, StackSettings
+from regions.config import RegionConfig
+
+_INSTALL_REDIS = (
+    "install Debian's package: `apt-get install -y redis-server` (make setup does this as root)"
+)
+
+
+class RedisService:
+    def __init__(self, settings: StackSettings, region: RegionConfig, secrets: Secrets) -> None:
+        self.name = f"redis-{region.name}"
+        self._settings = settings
+        self._region = region
+        self._secrets = secrets
+        self._proc = ManagedProcess(self.name, settings.run_dir, settings.log_dir)
+        self._home = settings.state_dir / "redis" / region.name
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self._proc
+
+    def status(self) -> ServiceStatus:
+        pid = self._proc.pid()
+        error = self._probe() if pid is not None else "not running"
+        endpoint = f"{self._region.redis_host}:{self._region.redis_port}"
+        return ServiceStatus(
+            self.name, "redis", endpoint, pid, error is None, error or self._region.name
+        )
+
+    def start(self) -> None:
+        if self._proc.pid() is not None and self._probe() is None:
+            return
+        self._proc.stop()
+        server = shutil.which("redis-server")
+        if server is None:
+            raise MissingTool("redis-server", _INSTALL_REDIS)
+        require_free_port(self.name, self._region.redis_host, self._region.redis_port)
+        config = self._write_config()
+        self._proc.spawn([server, str(config)], cwd=self._home)
+        wait_ready(
+            self.name, self._probe, 30.0, self._proc.log_file, lambda: self._proc.pid() is not None
+        )
+
+    def stop(self) -> bool:
+        return self._proc.stop(timeout_s=15.0)
+
+    def purge(self) -> None:
+        shutil.rmtree(self._home, ignore_errors=True)
+
+    def admin_client(self) -> Any:
+        import redis
+
+        return redis.Redis(
+            host=self._region.redis_host,
+            port=self._region.redis_port,
+            username=self._settings.redis.admin_user,
+            password=self._secrets.redis_admin_password.get_secret_value(),
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
+
+    def _probe(self) -> str | None:
+        try:
+            client = self.admin_client()
+            try:
+                return None if client.ping() else "PING failed"
+            finally:
+                client.close()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def _write_config(self) -> Path:
+        self._home.mkdir(parents=True, exist_ok=True)
+        r, users, s = self._region, self._settings.redis, self._secrets
+        lines = [
+            f"bind {r.redis_host}",
+            f"port {r.redis_port}",
+            "protected-mode yes",
+            "daemonize no",
+            f"dir {self._home}",
+            'logfile ""',
+            # Tiles are rebuilt from the changelog and DynamoDB, but an AOF lets a restarted
+            # process come back warm instead of empty; everysec bounds the loss to one second.
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            f"maxmemory {users.maxmemory_mb}mb",
+            # Only keys with a TTL (tiles) may be evicted; never silently drop un-expiring state.
+            "maxmemory-policy volatile-ttl",
+            "enable-debug-command local",
+            "user default off",
+            f"user {users.admin_user} on >{s.redis_admin_password.get_secret_value()} ~* &* +@all",
+            f"user {users.writer_user} on >{s.redis_writer_password.get_secret_value()} ~fl:* "
+            "resetchannels +@all -@admin -@dangerous",
+            f"user {users.reader_user} on >{s.redis_reader_password.get_secret_value()} ~fl:* "
+            "resetchannels -@all +@read +@connection",
+        ]
+        path = self._home / "redis.conf"
+        path.touch(mode=0o600)  # holds passwords: create private before writing them
+        path.write_text("\n".join(lines) + "\n")
+        return path

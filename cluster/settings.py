@@ -1,0 +1,214 @@
+"""Stack settings: one frozen, validated object, built once from the environment at the top.
+
+Nothing below the CLI or a job's entry point reads ``os.environ``; they receive a ``StackSettings``.
+Every port has a fixed documented default (see docs/operations.md) and can be overridden with a
+``FRESHLINE_*`` variable, which is how the test suite runs a second stack on free ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from features.errors import ConfigError
+from regions.config import RegionTopology, default_topology
+
+DEFAULT_EVENTS_TOPIC = "fl.card_tx"
+DLQ_TOPIC = "fl.dlq"
+CHANGELOG_TOPIC = "fl.tiles.changelog"
+
+
+class TopicSpec(BaseModel):
+    """A Kafka topic the stack creates. Compacted topics keep the latest value per key forever."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    partitions: int = Field(ge=1, le=1024)
+    compacted: bool = False
+    retention_ms: int | None = Field(default=None, ge=60_000)
+
+
+def default_topics(events_topic: str = DEFAULT_EVENTS_TOPIC) -> tuple[TopicSpec, ...]:
+    return (
+        TopicSpec(name=events_topic, partitions=8),
+        TopicSpec(name=DLQ_TOPIC, partitions=4),
+        TopicSpec(name=CHANGELOG_TOPIC, partitions=8, compacted=True),
+    )
+
+
+class KafkaSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
+    host: str = "127.0.0.1"
+    port: int = Field(default=19092, ge=1, le=65535)
+    controller_port: int = Field(default=19093, ge=1, le=65535)
+    heap_mb: int = Field(default=512, ge=128, le=8192)
+    topics: tuple[TopicSpec, ...] = Field(default_factory=default_topics)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RaySettings(BaseModel):
+    """Explicit Ray head resources: the machine has 2 cores that Kafka, Redis and tests share."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    port: int = Field(default=6390, ge=1, le=65535)
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    client_server_port: int = Field(default=10001, ge=1, le=65535)
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+    # Logical CPUs: actors are mostly I/O bound, so we advertise more slots than cores.
+    num_cpus: int = Field(default=4, ge=1, le=512)
+    object_store_mb: int = Field(default=512, ge=78, le=65536)
+    temp_dir: Path | None = None
+    # Ray's default worker range (10002-19999) covers our Kafka and Redis ports; move it away.
+    min_worker_port: int = Field(default=20000, ge=1024, le=65535)
+    max_worker_port: int = Field(default=29999, ge=1024, le=65535)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
+class RedisSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    maxmemory_mb: int = Field(default=512, ge=16)
+    admin_user: str = "fl-admin"
+    writer_user: str = "fl-writer"
+    reader_user: str = "fl-reader"
+
+
+class Secrets(BaseModel):
+    """Passwords of the Redis ACL users. Never printed; ``repr`` shows ``**********``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_admin_password: SecretStr
+    redis_writer_password: SecretStr
+    redis_reader_password: SecretStr
+
+
+class StackSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: Path
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    topology: RegionTopology = Field(default_factory=default_topology)
+    jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
+    with_ray: bool = True
+
+    @model_validator(mode="after")
+    def _ports_unique(self) -> StackSettings:
+        ports = [
+            self.kafka.port,
+            self.kafka.controller_port,
+            self.ray.port,
+            self.ray.dashboard_port,
+        ]
+        ports += [self.ray.client_server_port, self.ray.serve_port]
+        ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"ports must be distinct, got {sorted(ports)}")
+        return self
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.json"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.state_dir / "offline"
+
+    @property
+    def iceberg_catalog_uri(self) -> str:
+        return f"sqlite:///{self.offline_dir / 'catalog.db'}"
+
+    @property
+    def iceberg_warehouse(self) -> str:
+        return f"file://{self.offline_dir / 'warehouse'}"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        # Ray puts unix sockets under its temp dir; their paths must stay under 107 bytes, so the
+        # default is a short path keyed by the Ray port rather than a subfolder of the state dir.
+        return self.ray.temp_dir or Path(f"/tmp/freshline-ray-{self.ray.port}")  # noqa: S108
+
+
+_ENV_INT = {
+    "FRESHLINE_KAFKA_PORT": ("kafka", "port"),
+    "FRESHLINE_KAFKA_CONTROLLER_PORT": ("kafka", "controller_port"),
+    "FRESHLINE_KAFKA_HEAP_MB": ("kafka", "heap_mb"),
+    "FRESHLINE_RAY_PORT": ("ray", "port"),
+    "FRESHLINE_RAY_DASHBOARD_PORT": ("ray", "dashboard_port"),
+    "FRESHLINE_RAY_CLIENT_PORT": ("ray", "client_server_port"),
+    "FRESHLINE_SERVE_PORT": ("ray", "serve_port"),
+    "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
+    "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
+    "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),
+}
+
+
+def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
+    """Build settings from ``FRESHLINE_*`` variables; a bad value raises ConfigError naming it."""
+    data: dict[str, Any] = {"kafka": {}, "ray": {}, "redis": {}}
+    data["state_dir"] = Path(environ.get("FRESHLINE_STATE_DIR", str(Path.home() / ".freshline")))
+    for var, (section, key) in _ENV_INT.items():
+        if var in environ:
+            data[section][key] = _int_var(environ, var)
+    if "FRESHLINE_KAFKA_VERSION" in environ:
+        data["kafka"]["version"] = environ["FRESHLINE_KAFKA_VERSION"]
+    if "FRESHLINE_JAR_CACHE" in environ:
+        data["jar_cache_dir"] = Path(environ["FRESHLINE_JAR_CACHE"])
+    if environ.get("FRESHLINE_WITH_RAY", "1") in {"0", "false", "no"}:
+        data["with_ray"] = False
+    redis_ports = _port_pair(environ, "FRESHLINE_REDIS_PORTS")
+    dynamo_ports = _port_pair(environ, "FRESHLINE_DYNAMODB_PORTS")
+    if redis_ports or dynamo_ports:
+        data["topology"] = default_topology(
+            redis_ports=redis_ports or (16379, 16389), dynamodb_ports=dynamo_ports or (14566, 14567)
+        )
+    try:
+        return StackSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(first["msg"], field=field) from exc
+
+
+def _int_var(environ: Mapping[str, str], var: str) -> int:
+    try:
+        return int(environ[var])
+    except ValueError:
+        raise ConfigError(f"expected an integer, got {environ[var]!r}", field=var) from None
+
+
+def _port_pair(environ: Mapping[str, str], var: str) -> tuple[int, int] | None:
+    raw = environ.get(var)
+    if raw is None:
+        return None
+    parts = raw.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"expected two comma-separated ports, got {raw!r}", field=var)
+    return int(parts[0]), int(parts[1])

@@ -1,0 +1,72 @@
+"""The local stack as one object: which services exist, in which order they start and stop.
+
+Start order follows dependencies (the broker and stores before Ray, whose jobs use them); stop order
+is the reverse. ``up`` is idempotent: a healthy service is left alone, a dead one is restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cluster.secrets import load_or_create_secrets
+from cluster.services.base import Service, ServiceStatus
+from cluster.services.dynamodb import DynamoDBService
+from cluster.services.kafka import KafkaService
+from cluster.services.offline import OfflineStoreService
+from cluster.services.ray_head import RayHeadService
+from cluster.services.redis import RedisService
+from cluster.settings import Secrets, StackSettings
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: StackSettings
+    secrets: Secrets
+    services: tuple[Service, ...]
+
+    @classmethod
+    def build(cls, settings: StackSettings, environ: Mapping[str, str] | None = None) -> Stack:
+        secrets = load_or_create_secrets(
+            settings.secrets_file, os.environ if environ is None else environ
+        )
+        services: list[Service] = [KafkaService(settings)]
+        for region in settings.topology:
+            services.append(RedisService(settings, region, secrets))
+            services.append(DynamoDBService(settings, region))
+        services.append(OfflineStoreService(settings))
+        if settings.with_ray:
+            services.append(RayHeadService(settings))
+        return cls(settings, secrets, tuple(services))
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(f"no service {name!r}; services: {', '.join(s.name for s in self.services)}")
+
+    def up(self, on_started: Callable[[ServiceStatus], None] | None = None) -> list[ServiceStatus]:
+        """Start every service that is not healthy, in dependency order; return their statuses."""
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        statuses = []
+        for service in self.services:
+            service.start()
+            status = service.status()
+            statuses.append(status)
+            if on_started is not None:
+                on_started(status)
+        return statuses
+
+    def down(self, *, purge: bool = False) -> list[str]:
+        """Stop what the stack started (by pid file), in reverse order; return the stopped names."""
+        stopped = [s.name for s in reversed(self.services) if s.stop()]
+        if purge:
+            for service in self.services:
+                service.purge()
+            shutil.rmtree(self.settings.run_dir, ignore_errors=True)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        return [service.status() for service in self.services]
