@@ -15,9 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
-from cluster.services.base import ServiceStatus
+from cluster.cli_views import status_table
 from cluster.settings import StackSettings, settings_from_env
 from cluster.stack import Stack
 from features.errors import FreshlineError
@@ -116,16 +115,6 @@ def _demo(args: argparse.Namespace, settings: StackSettings, console: Console) -
     return run_demo(
         settings, console, rate=args.rate, duration_s=args.duration, live=not args.no_live
     )
-
-
-def status_table(statuses: Sequence[ServiceStatus]) -> Table:
-    table = Table(title="Freshline local stack")
-    for column in ("service", "endpoint", "pid", "health", "detail"):
-        table.add_column(column)
-    for s in statuses:
-        health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
-        table.add_row(s.name, s.endpoint, str(s.pid or "-"), health, s.detail[:80])
-    return table
 
 
 if __name__ == "__main__":
