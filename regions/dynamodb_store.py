@@ -1,0 +1,310 @@
+"""A region's DynamoDB online table: the durable tile replica and the serving fallback.
+
+On-store layout (table schema from ``cluster.services.dynamodb``): one item per (key, field) with
+``pk`` (S) = tile key, ``sk`` (S) = field, ``v`` (B) = payload without any header, ``ver`` (N) =
+version, ``expires_at`` (N) = epoch seconds, rounded up, after which DynamoDB's TTL may delete it.
+A delete removes the item (DeleteRequest); there are no tombstones here.
+
+Monotonicity: BatchWriteItem cannot carry a condition, so unlike Redis this table does *not* refuse
+an older version on its own. A batch is coalesced (the highest version per item wins, a delete wins
+a tie), and the table stays monotone as long as one writer at a time owns a key and re-submits a
+failed batch before sending later ones, which is how the stream actors are partitioned.
+
+Errors: connect/read timeouts -> ``StoreTimeout``; other connection failures ->
+``StoreUnavailable``; error replies -> ``StoreRejected``. Throttling and UnprocessedItems are
+retried with backoff, then surface as ``WriteThrottled`` carrying every write of the batch that is
+not known to be stored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Protocol
+
+from botocore import exceptions as bex
+
+from features.errors import StoreTimeout, StoreUnavailable
+from regions.config import RegionConfig
+from regions.exceptions import StoreRejected, WriteThrottled
+from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, Sleep
+from regions.tiles import TileWrite, coalesce
+
+MAX_WRITE_ITEMS = 25  # BatchWriteItem's limit per call
+MAX_GET_KEYS = 100  # BatchGetItem's limit per call
+DEFAULT_RETRY = RetryPolicy(max_attempts=6, backoff=ExponentialBackoff(base_s=0.025, cap_s=1.0))
+_THROTTLE_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+
+Fields = dict[str, bytes]
+Item = dict[str, Any]
+
+
+class DynamoClient(Protocol):
+    """The subset of a boto3 DynamoDB client this module calls."""
+
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def query(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+ClientFactory = Callable[[RegionConfig], DynamoClient]
+
+
+class _Throttled(Exception):
+    """The whole call was throttled; handled like "every item unprocessed"."""
+
+
+@contextmanager
+def _store_errors(store: str) -> Iterator[None]:
+    try:
+        yield
+    except (bex.ConnectTimeoutError, bex.ReadTimeoutError) as exc:
+        raise StoreTimeout(f"{store}: no answer in time") from exc
+    except (bex.ConnectionError, bex.HTTPClientError) as exc:
+        raise StoreUnavailable(f"{store}: {type(exc).__name__}: {exc}") from exc
+    except bex.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _THROTTLE_CODES:
+            raise _Throttled from exc
+        raise StoreRejected(f"{store}: {exc}") from exc
+    except bex.BotoCoreError as exc:
+        raise StoreRejected(f"{store}: {type(exc).__name__}: {exc}") from exc
+
+
+class _Store:
+    """What the writer and the reader share: a lazily built client, retry policy and clocks."""
+
+    def __init__(
+        self,
+        region: RegionConfig,
+        table: str,
+        client_factory: ClientFactory,
+        *,
+        retry: RetryPolicy,
+        sleep: Sleep,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.name = f"dynamodb-{region.name}"
+        self._region = region
+        self._table = table
+        self._factory = client_factory
+        self._client: DynamoClient | None = None
+        self._retry = retry
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if self._client is None:
+            self._client = self._factory(self._region)
+        with _store_errors(self.name):
+            result: dict[str, Any] = getattr(self._client, operation)(**kwargs)
+            return result
+
+    def _backoff_or_stop(self, attempt: int, deadline: Deadline | None) -> float | None:
+        """The delay before the next attempt, or None when retries or the budget are spent."""
+        delay = self._retry.backoff.delay(attempt)
+        if attempt >= self._retry.max_attempts:
+            return None
+        if deadline is not None and delay >= deadline.remaining():
+            return None
+        return delay
+
+
+class DynamoTileWriter(_Store):
+    """Writes tile batches with BatchWriteItem, 25 items per call.
+
+    Invariants: the batch is coalesced first, so no call holds two writes of one item; every write
+    is either stored or listed in the raised ``WriteThrottled.unwritten``, never dropped; at most
+    ``retry.max_attempts`` calls per chunk, never sleeping past the deadline.
+    """
+
+    def __init__(
+        self,
+        region: RegionConfig,
+        table: str,
+        client_factory: ClientFactory,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        sleep: Sleep = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
+        )
+
+    def apply(self, batch: Sequence[TileWrite], deadline: Deadline | None = None) -> int:
+        """Store the batch; returns the number of items written (after coalescing).
+
+        A ``StoreUnavailable``/``StoreTimeout`` that outlives the retries may come after earlier
+        chunks were stored: re-submit the whole batch (puts and deletes are idempotent).
+        """
+        writes = coalesce(batch)
+        chunks = [writes[i : i + MAX_WRITE_ITEMS] for i in range(0, len(writes), MAX_WRITE_ITEMS)]
+        for n, chunk in enumerate(chunks):
+            try:
+                self._write_chunk(chunk, deadline)
+            except WriteThrottled as exc:
+                # Later chunks were never sent: they are unwritten too.
+                rest = [w for later in chunks[n + 1 :] for w in later]
+                raise WriteThrottled(self.name, [*exc.unwritten, *rest], exc.retry_after) from exc
+        return len(writes)
+
+    def _write_chunk(self, chunk: Sequence[TileWrite], deadline: Deadline | None) -> None:
+        by_item = {(w.key, w.field): w for w in chunk}
+        pending = list(chunk)
+        attempt = 0
+        while pending:
+            attempt += 1
+            pending = self._attempt(pending, by_item, attempt, deadline)
+            if not pending:
+                return
+            delay = self._backoff_or_stop(attempt, deadline)
+            if delay is None:
+                retry_after = self._retry.backoff.delay(attempt + 1)
+                raise WriteThrottled(self.name, pending, retry_after)
+            self._sleep(delay)
+
+    def _attempt(
+        self,
+        pending: list[TileWrite],
+        by_item: Mapping[tuple[str, str], TileWrite],
+        attempt: int,
+        deadline: Deadline | None,
+    ) -> list[TileWrite]:
+        """One BatchWriteItem of ``pending``; returns what is still unwritten."""
+        requests = [self._request(w) for w in pending]
+        try:
+            reply = self._call("batch_write_item", RequestItems={self._table: requests})
+        except _Throttled:
+            return pending
+        except self._retry.retry_on:
+            if self._backoff_or_stop(attempt, deadline) is None:
+                raise
+            return pending
+        left = reply.get("UnprocessedItems", {}).get(self._table, [])
+        return [by_item[_item_of(request)] for request in left]
+
+    def _request(self, write: TileWrite) -> Item:
+        key = {"pk": {"S": write.key}, "sk": {"S": write.field}}
+        if write.value is None:
+            return {"DeleteRequest": {"Key": key}}
+        # Rounded up so the replica never expires before the Redis copy it backs.
+        expires_at = math.ceil(self._wall_clock() + write.ttl_ms / 1000.0)
+        item = {
+            **key,
+            "v": {"B": write.value},
+            "ver": {"N": str(write.version)},
+            "expires_at": {"N": str(expires_at)},
+        }
+        return {"PutRequest": {"Item": item}}
+
+
+def _item_of(request: Item) -> tuple[str, str]:
+    if "PutRequest" in request:
+        item = request["PutRequest"]["Item"]
+    else:
+        item = request["DeleteRequest"]["Key"]
+    return item["pk"]["S"], item["sk"]["S"]
+
+
+class DynamoTileReader(_Store):
+    """Serving-fallback reads. Items past ``expires_at`` are skipped: DynamoDB deletes expired
+    items lazily (up to days later), so presence alone does not mean live. Every requested key is
+    in the result, an empty dict when absent. Reads are eventually consistent unless ``consistent``.
+    """
+
+    def __init__(
+        self,
+        region: RegionConfig,
+        table: str,
+        client_factory: ClientFactory,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        sleep: Sleep = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        consistent: bool = False,
+    ) -> None:
+        super().__init__(
+            region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
+        )
+        self._consistent = consistent
+
+    def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
+        """Every live field of each key: one Query per key (paginated)."""
+        out: dict[str, Fields] = {}
+        for key in keys:
+            items: list[Item] = []
+            start: Item | None = None
+            while True:
+                page = self._query(key, start, deadline)
+                items += page.get("Items", [])
+                start = page.get("LastEvaluatedKey")
+                if start is None:
+                    break
+            out[key] = self._live(items)
+        return out
+
+    def get_fields(
+        self, wanted: Mapping[str, Sequence[str]], deadline: Deadline | None = None
+    ) -> dict[str, Fields]:
+        """The named fields of each key: BatchGetItem by 100, UnprocessedKeys retried."""
+        ids = list(dict.fromkeys((k, f) for k, fields in wanted.items() for f in fields))
+        found: list[Item] = []
+        for i in range(0, len(ids), MAX_GET_KEYS):
+            found += self._get_chunk(ids[i : i + MAX_GET_KEYS], deadline)
+        out: dict[str, Fields] = {key: {} for key in wanted}
+        for item in found:
+            out.setdefault(item["pk"]["S"], {}).update(self._live([item]))
+        return out
+
+    def _query(self, key: str, start: Item | None, deadline: Deadline | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": key}},
+            "ConsistentRead": self._consistent,
+        }
+        if start is not None:
+            kwargs["ExclusiveStartKey"] = start
+        return self._with_retry(partial(self._call, "query", **kwargs), deadline)
+
+    def _get_chunk(self, ids: Sequence[tuple[str, str]], deadline: Deadline | None) -> list[Item]:
+        pending: list[Item] = [{"pk": {"S": k}, "sk": {"S": f}} for k, f in ids]
+        found: list[Item] = []
+        attempt = 0
+        while pending:
+            attempt += 1
+            request = {self._table: {"Keys": pending, "ConsistentRead": self._consistent}}
+            call = partial(self._call, "batch_get_item", RequestItems=request)
+            reply = self._with_retry(call, deadline)
+            found += reply.get("Responses", {}).get(self._table, [])
+            pending = reply.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+            if pending:
+                delay = self._backoff_or_stop(attempt, deadline)
+                if delay is None:
+                    raise StoreUnavailable(f"{self.name}: {len(pending)} keys still unprocessed")
+                self._sleep(delay)
+        return found
+
+    def _with_retry(
+        self, call: Callable[[], dict[str, Any]], deadline: Deadline | None
+    ) -> dict[str, Any]:
+        def once() -> dict[str, Any]:
+            try:
+                return call()
+            except _Throttled as exc:
+                raise StoreUnavailable(f"{self.name}: throttled") from exc
+
+        return self._retry.run(once, self._sleep, deadline)
+
+    def _live(self, items: Sequence[Item]) -> Fields:
+        now = self._wall_clock()
+        return {
+            item["sk"]["S"]: bytes(item["v"]["B"])
+            for item in items
+            if "expires_at" not in item or float(item["expires_at"]["N"]) > now
+        }

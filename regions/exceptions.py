@@ -1,0 +1,54 @@
+"""Errors of the region store layer, each a subclass of a branch of :mod:`features.errors`::
+
+    TransportError
+    ├── StoreUnavailable
+    │   └── CircuitOpen        the breaker refused the call without touching the store
+    ├── StoreTimeout
+    │   └── DeadlineExceeded   the request's budget ran out before (or between) store calls
+    └── StoreRejected          the store answered with an error: permission, script, validation
+    BackpressureError
+    └── WriteThrottled         the store kept refusing part of a batch; carries the unwritten part
+
+Callers retry ``StoreUnavailable`` and ``StoreTimeout`` (with backoff, within the budget), never
+``StoreRejected`` (the same request fails the same way). ``WriteThrottled`` asks the caller to pause
+its source and re-submit ``unwritten`` after ``retry_after`` seconds; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from features.errors import BackpressureError, StoreTimeout, StoreUnavailable, TransportError
+
+if TYPE_CHECKING:
+    from regions.tiles import TileWrite
+
+
+class CircuitOpen(StoreUnavailable):
+    """The breaker of ``store`` is open; the next probe is allowed in ``retry_after`` seconds."""
+
+    def __init__(self, store: str, retry_after: float) -> None:
+        super().__init__(f"{store}: circuit open, next probe in {retry_after:.3f}s")
+        self.store = store
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(StoreTimeout):
+    """The request's time budget is spent; no store call was (or will be) attempted for it."""
+
+
+class StoreRejected(TransportError):
+    """The store answered with an error reply. Not retryable: the same call fails the same way."""
+
+
+class WriteThrottled(BackpressureError):
+    """Part of a batch was still refused after every retry. ``unwritten`` lists exactly that part.
+
+    Re-submitting ``unwritten`` is safe: writes are idempotent for the same (key, field, version).
+    """
+
+    def __init__(self, store: str, unwritten: Sequence[TileWrite], retry_after: float) -> None:
+        super().__init__(retry_after, f"{store}: {len(unwritten)} tile writes not accepted")
+        self.store = store
+        self.unwritten: tuple[TileWrite, ...] = tuple(unwritten)

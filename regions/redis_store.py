@@ -1,0 +1,336 @@
+"""A region's Redis: role-scoped clients, the version-guarded tile writer and the serving reader.
+
+On-store layout: one Redis hash per tile key (``key`` must match the ACL pattern ``fl:*``); each
+hash field holds ``version (8 bytes, big-endian unsigned) | tag (1 byte) | payload`` where the tag
+is 1 for a value and 0 for a tombstone. Deletes leave a tombstone instead of HDEL so that the
+stored version survives them: a delayed older write can never resurrect a deleted field. Tombstones
+go away with the key's TTL and readers never return them.
+
+Error mapping (every public call): connection refused/reset -> ``StoreUnavailable``; no answer
+within the socket timeout (including a paused or stopped server) -> ``StoreTimeout``; an error reply
+(ACL, script) -> ``StoreRejected``. redis-py's own retries are disabled: the caller's
+``RetryPolicy`` decides, within its deadline, so one call never silently costs several timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+import redis
+import redis.asyncio
+import redis.exceptions as rex
+from pydantic import SecretStr
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from features.errors import StoreTimeout, StoreUnavailable
+from regions.config import RegionConfig
+from regions.exceptions import StoreRejected
+from regions.resilience import Deadline
+from regions.tiles import TileWrite, coalesce, decode_field, encode_field
+
+T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT_S = 0.5
+DEFAULT_SOCKET_TIMEOUT_S = 0.5
+DEFAULT_MAX_CONNECTIONS = 32
+
+Fields = dict[str, bytes]
+
+
+class RedisRole(StrEnum):
+    WRITER = "writer"
+    READER = "reader"
+    ADMIN = "admin"
+
+
+class RedisUsers(Protocol):
+    """The ACL user names (``cluster.settings.RedisSettings`` satisfies this)."""
+
+    @property
+    def admin_user(self) -> str: ...
+    @property
+    def writer_user(self) -> str: ...
+    @property
+    def reader_user(self) -> str: ...
+
+
+class RedisPasswords(Protocol):
+    """The ACL passwords (``cluster.settings.Secrets`` satisfies this)."""
+
+    @property
+    def redis_admin_password(self) -> SecretStr: ...
+    @property
+    def redis_writer_password(self) -> SecretStr: ...
+    @property
+    def redis_reader_password(self) -> SecretStr: ...
+
+
+@dataclass(frozen=True)
+class RedisTimeouts:
+    """Per-connection limits. ``socket_s`` bounds every command, so it is the worst-case latency of
+    one call on a hung server; keep it below the serving budget."""
+
+    connect_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    socket_s: float = DEFAULT_SOCKET_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+def _credentials(
+    role: RedisRole, users: RedisUsers, secrets: RedisPasswords
+) -> tuple[str, SecretStr]:
+    if role is RedisRole.WRITER:
+        return users.writer_user, secrets.redis_writer_password
+    if role is RedisRole.READER:
+        return users.reader_user, secrets.redis_reader_password
+    return users.admin_user, secrets.redis_admin_password
+
+
+def _client_kwargs(
+    region: RegionConfig,
+    role: RedisRole,
+    users: RedisUsers,
+    secrets: RedisPasswords,
+    timeouts: RedisTimeouts,
+) -> dict[str, Any]:
+    username, password = _credentials(role, users, secrets)
+    return {
+        "host": region.redis_host,
+        "port": region.redis_port,
+        "username": username,
+        "password": password.get_secret_value(),
+        "socket_timeout": timeouts.socket_s,
+        "socket_connect_timeout": timeouts.connect_s,
+        "max_connections": timeouts.max_connections,
+        "client_name": f"freshline-{region.name}-{role.value}",
+    }
+
+
+def redis_client(
+    region: RegionConfig,
+    role: RedisRole,
+    users: RedisUsers,
+    secrets: RedisPasswords,
+    timeouts: RedisTimeouts | None = None,
+) -> redis.Redis:
+    """A pooled, thread-safe client of ``region``'s Redis as ``role``; no built-in retry."""
+    kwargs = _client_kwargs(region, role, users, secrets, timeouts or RedisTimeouts())
+    return redis.Redis(**kwargs, retry=Retry(NoBackoff(), 0))
+
+
+def async_redis_client(
+    region: RegionConfig,
+    role: RedisRole,
+    users: RedisUsers,
+    secrets: RedisPasswords,
+    timeouts: RedisTimeouts | None = None,
+) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`redis_client`, for the serving path; bound to one event loop."""
+    kwargs = _client_kwargs(region, role, users, secrets, timeouts or RedisTimeouts())
+    return redis.asyncio.Redis(**kwargs, retry=AsyncRetry(NoBackoff(), 0))
+
+
+def _mapped(store: str, exc: Exception) -> Exception:
+    # Order matters: auth errors subclass ConnectionError but are configuration, not transport.
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.ResponseError):
+        return StoreRejected(f"{store}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, rex.TimeoutError | asyncio.TimeoutError):
+        return StoreTimeout(f"{store}: no answer in time")
+    return StoreUnavailable(f"{store}: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _store_errors(store: str) -> Iterator[None]:
+    try:
+        yield
+    except (rex.RedisError, OSError) as exc:
+        raise _mapped(store, exc) from exc
+
+
+def _check_budget(deadline: Deadline | None) -> None:
+    if deadline is not None:
+        deadline.timeout_for(
+            1.0
+        )  # raises DeadlineExceeded when spent; the socket timeout bounds the rest
+
+
+# KEYS: the distinct tile keys. ARGV, per key in KEYS order: ttl_ms, n, n (field, encoded) pairs.
+# Versions are compared as two 32-bit halves because Lua numbers are doubles (exact to 2**53 only).
+_APPLY_LUA = """
+local function wins(incoming, stored)
+  if not stored or #stored < 9 then return true end
+  local ih, il = struct.unpack('>I4I4', incoming)
+  local sh, sl = struct.unpack('>I4I4', stored)
+  if ih ~= sh then return ih > sh end
+  if il ~= sl then return il > sl end
+  return string.byte(incoming, 9) == 0 and string.byte(stored, 9) ~= 0
+end
+local applied, i = 0, 1
+for k = 1, #KEYS do
+  local key, ttl, n = KEYS[k], tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  i = i + 2
+  local touched = false
+  for _ = 1, n do
+    local field, encoded = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    if wins(encoded, redis.call('HGET', key, field)) then
+      redis.call('HSET', key, field, encoded)
+      applied, touched = applied + 1, true
+    end
+  end
+  if touched and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+return applied
+"""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """``applied`` fields changed the store; ``ignored`` were stale or replays (once coalesced)."""
+
+    applied: int
+    ignored: int
+
+
+class RedisTileWriter:
+    """Applies tile batches to one region's Redis, one EVALSHA per batch.
+
+    Invariants: one network round trip per non-empty batch (after the script is cached on the
+    server: the very first call, or the first after a restart, costs two more to load it); atomic
+    (Redis runs the script alone); monotone and idempotent per (key, field) as in ``regions.tiles``.
+    TTL: each key that had a field written gets ``PEXPIRE`` of the largest ``ttl_ms`` of its writes
+    in the batch, unless the key already lives longer (a TTL is extended, never shortened).
+    """
+
+    def __init__(self, client: redis.Redis, store: str) -> None:
+        self._client = client
+        self._store = store
+        self._script = client.register_script(_APPLY_LUA)
+
+    def apply(self, batch: Sequence[TileWrite], deadline: Deadline | None = None) -> ApplyResult:
+        writes = coalesce(batch)
+        if not writes:
+            return ApplyResult(0, 0)
+        _check_budget(deadline)
+        keys, args = _script_arguments(writes)
+        with _store_errors(self._store):
+            applied = int(self._script(keys=keys, args=args))
+        return ApplyResult(applied, len(writes) - applied)
+
+
+def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[bytes | str | int]]:
+    by_key: dict[str, list[TileWrite]] = {}
+    for write in writes:
+        by_key.setdefault(write.key, []).append(write)
+    args: list[bytes | str | int] = []
+    for group in by_key.values():
+        args += [max(w.ttl_ms for w in group), len(group)]
+        for write in group:
+            args += [write.field, encode_field(write)]
+    return list(by_key), args
+
+
+def _live(raw: Mapping[bytes, bytes]) -> Fields:
+    out: Fields = {}
+    for field, stored in raw.items():
+        _, payload = decode_field(stored)
+        if payload is not None:
+            out[field.decode()] = payload
+    return out
+
+
+def _picked(fields: Sequence[str], raw: Sequence[bytes | None]) -> Fields:
+    out: Fields = {}
+    for field, stored in zip(fields, raw, strict=True):
+        payload = None if stored is None else decode_field(stored)[1]
+        if payload is not None:
+            out[field] = payload
+    return out
+
+
+class RedisTileReader:
+    """Serving-path reads with read-only commands (the ``reader`` role suffices).
+
+    Invariants: one round trip per call (a non-transactional pipeline); every requested key is in
+    the result (an empty dict when absent); versions are stripped and tombstones never returned.
+    """
+
+    def __init__(self, client: redis.Redis, store: str) -> None:
+        self._client = client
+        self._store = store
+
+    def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
+        """Every live field of each key (HGETALL)."""
+        _check_budget(deadline)
+        with _store_errors(self._store):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            replies = pipe.execute()
+        return {key: _live(raw) for key, raw in zip(keys, replies, strict=True)}
+
+    def get_fields(
+        self, wanted: Mapping[str, Sequence[str]], deadline: Deadline | None = None
+    ) -> dict[str, Fields]:
+        """The named fields of each key (HMGET); absent or deleted fields are left out."""
+        _check_budget(deadline)
+        items = [(key, list(fields)) for key, fields in wanted.items() if fields]
+        with _store_errors(self._store):
+            pipe = self._client.pipeline(transaction=False)
+            for key, fields in items:
+                pipe.hmget(key, fields)
+            replies = pipe.execute()
+        out: dict[str, Fields] = {key: {} for key in wanted}
+        for (key, fields), raw in zip(items, replies, strict=True):
+            out[key] = _picked(fields, raw)
+        return out
+
+
+class AsyncRedisTileReader:
+    """The asyncio twin of :class:`RedisTileReader`; a deadline bounds the whole call."""
+
+    def __init__(self, client: redis.asyncio.Redis, store: str) -> None:
+        self._client = client
+        self._store = store
+
+    async def get_all(
+        self, keys: Sequence[str], deadline: Deadline | None = None
+    ) -> dict[str, Fields]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        replies = await self._execute(pipe, deadline)
+        return {key: _live(raw) for key, raw in zip(keys, replies, strict=True)}
+
+    async def get_fields(
+        self, wanted: Mapping[str, Sequence[str]], deadline: Deadline | None = None
+    ) -> dict[str, Fields]:
+        items = [(key, list(fields)) for key, fields in wanted.items() if fields]
+        pipe = self._client.pipeline(transaction=False)
+        for key, fields in items:
+            pipe.hmget(key, fields)
+        replies = await self._execute(pipe, deadline)
+        out: dict[str, Fields] = {key: {} for key in wanted}
+        for (key, fields), raw in zip(items, replies, strict=True):
+            out[key] = _picked(fields, raw)
+        return out
+
+    async def _execute(self, pipe: Any, deadline: Deadline | None) -> list[Any]:
+        timeout = None if deadline is None else deadline.timeout_for(1.0)
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await pipe.execute())
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            raise _mapped(self._store, exc) from exc
+
+
+def guarded(call: Callable[[], T], store: str) -> T:
+    """Run an arbitrary client call with this module's error mapping (for ad-hoc admin calls)."""
+    with _store_errors(store):
+        return call()

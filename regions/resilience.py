@@ -1,0 +1,270 @@
+"""Resilience primitives: backoff, retry, circuit breaker and request deadline.
+
+All four are pure: time comes from an injected monotonic clock ``now()`` (seconds) and waiting from
+an injected ``sleep(seconds)``; nothing here reads the system clock or sleeps by itself, so tests
+drive time explicitly. Modelled on redis-py's ``backoff.py``, ``retry.py`` and ``multidb/``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+
+from features.errors import ConfigError, StoreTimeout, StoreUnavailable, TransportError
+from regions.exceptions import CircuitOpen, DeadlineExceeded
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+DEFAULT_BACKOFF_BASE_S = 0.008
+DEFAULT_BACKOFF_CAP_S = 0.512
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_ON: tuple[type[Exception], ...] = (StoreUnavailable, StoreTimeout)
+
+DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
+DEFAULT_WINDOW_CALLS = 20
+DEFAULT_WINDOW_S = 10.0
+DEFAULT_MIN_CALLS = 5
+DEFAULT_OPEN_S = 5.0
+DEFAULT_HALF_OPEN_PROBES = 1
+
+
+def equal_jitter() -> float:
+    """A factor in [0.5, 1): spreads retries of many clients but keeps at least half the delay."""
+    return 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
+
+
+def no_jitter() -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class ExponentialBackoff:
+    """Delay before retry ``n`` (1-based): ``min(cap_s, base_s * 2**(n-1)) * jitter()``.
+
+    Invariants: ``0 <= delay(n) <= cap_s``; without jitter the delay never decreases with ``n``.
+    ``jitter`` returns a factor in [0, 1].
+    """
+
+    base_s: float = DEFAULT_BACKOFF_BASE_S
+    cap_s: float = DEFAULT_BACKOFF_CAP_S
+    jitter: Callable[[], float] = equal_jitter
+
+    def __post_init__(self) -> None:
+        if self.base_s <= 0:
+            raise ConfigError("must be positive", field="base_s")
+        if self.cap_s < self.base_s:
+            raise ConfigError("must be at least base_s", field="cap_s")
+
+    def delay(self, retry: int) -> float:
+        # The exponent is bounded so that a large retry count cannot overflow the float.
+        raw = self.base_s * 2.0 ** min(max(retry - 1, 0), 62)
+        factor = min(max(self.jitter(), 0.0), 1.0)
+        return min(self.cap_s, raw) * factor
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Run a call up to ``max_attempts`` times, backing off between attempts on ``retry_on`` errors.
+
+    Invariants: ``fn`` runs at most ``max_attempts`` times; errors outside ``retry_on`` propagate at
+    once; with a deadline, it never sleeps past the budget (the last error is raised instead).
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: ExponentialBackoff = field(default_factory=ExponentialBackoff)
+    retry_on: tuple[type[Exception], ...] = DEFAULT_RETRY_ON
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError("must be at least 1", field="max_attempts")
+
+    def run(self, fn: Callable[[], T], sleep: Sleep, deadline: Deadline | None = None) -> T:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return fn()
+            except self.retry_on:
+                delay = self.backoff.delay(attempt)
+                if attempt == self.max_attempts or not _fits(delay, deadline):
+                    raise
+            sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+
+def _fits(delay: float, deadline: Deadline | None) -> bool:
+    return deadline is None or delay < deadline.remaining()
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a breaker opens and how it recovers.
+
+    The breaker opens when, over the calls of the last ``window_s`` seconds (at most the last
+    ``window_calls`` of them), there are at least ``min_calls`` and the failure rate is at least
+    ``failure_rate_threshold``. It stays open ``open_s``, then admits ``half_open_probes`` calls.
+    """
+
+    failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD
+    window_calls: int = DEFAULT_WINDOW_CALLS
+    window_s: float = DEFAULT_WINDOW_S
+    min_calls: int = DEFAULT_MIN_CALLS
+    open_s: float = DEFAULT_OPEN_S
+    half_open_probes: int = DEFAULT_HALF_OPEN_PROBES
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.failure_rate_threshold <= 1.0:
+            raise ConfigError("must be in (0, 1]", field="failure_rate_threshold")
+        if not 1 <= self.min_calls <= self.window_calls:
+            raise ConfigError("must be in 1..window_calls", field="min_calls")
+        if self.window_s <= 0 or self.open_s <= 0:
+            raise ConfigError("windows and open duration must be positive", field="window_s")
+        if self.half_open_probes < 1:
+            raise ConfigError("must be at least 1", field="half_open_probes")
+
+
+class CircuitBreaker:
+    """CLOSED -> OPEN -> HALF_OPEN -> CLOSED (or back to OPEN), driven by the injected clock.
+
+    Invariants:
+    - OPEN rejects every call (``allow()`` is False) until ``open_s`` has passed since it opened;
+    - HALF_OPEN admits at most ``half_open_probes`` calls; all of them succeeding closes the
+      breaker with an empty window, any failure re-opens it for another ``open_s``;
+    - probes whose outcome is never recorded are forgotten after ``open_s``, so a lost probe cannot
+      wedge the breaker half-open;
+    - the caller records exactly one outcome per allowed call.
+    """
+
+    def __init__(self, name: str, now: Clock, policy: BreakerPolicy | None = None) -> None:
+        self.name = name
+        self.policy = policy or BreakerPolicy()
+        self._now = now
+        self._calls: deque[tuple[float, bool]] = deque(maxlen=self.policy.window_calls)
+        self._state = BreakerState.CLOSED
+        self._changed_at = now()
+        self._probes_issued = 0
+        self._probes_passed = 0
+
+    @property
+    def state(self) -> BreakerState:
+        now = self._now()
+        if self._state is BreakerState.OPEN and now - self._changed_at >= self.policy.open_s:
+            self._enter(BreakerState.HALF_OPEN, now)
+        elif (
+            self._state is BreakerState.HALF_OPEN
+            and now - self._changed_at >= self.policy.open_s
+            and self._probes_issued > self._probes_passed
+        ):
+            self._enter(BreakerState.HALF_OPEN, now)  # probes lost: re-arm them
+        return self._state
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker admits a probe; 0 unless OPEN."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self.policy.open_s - (self._now() - self._changed_at))
+
+    def allow(self) -> bool:
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes_issued < self.policy.half_open_probes:
+            self._probes_issued += 1
+            return True
+        return False
+
+    def record_success(self) -> None:
+        if self.state is BreakerState.HALF_OPEN:
+            self._probes_passed += 1
+            if self._probes_passed >= self.policy.half_open_probes:
+                self._enter(BreakerState.CLOSED, self._now())
+            return
+        self._record(ok=True)
+
+    def record_failure(self) -> None:
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            self._enter(BreakerState.OPEN, self._now())
+        elif state is BreakerState.CLOSED:
+            self._record(ok=False)
+            if self._tripped():
+                self._enter(BreakerState.OPEN, self._now())
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` if allowed (else raise :class:`CircuitOpen`); a ``TransportError`` counts as a
+        failure, any other outcome as a success (a bad request says nothing about the store)."""
+        if not self.allow():
+            raise CircuitOpen(self.name, self.retry_after())
+        try:
+            result = fn()
+        except TransportError:
+            self.record_failure()
+            raise
+        except Exception:
+            self.record_success()
+            raise
+        self.record_success()
+        return result
+
+    def _record(self, *, ok: bool) -> None:
+        now = self._now()
+        self._calls.append((now, ok))
+        while self._calls and now - self._calls[0][0] > self.policy.window_s:
+            self._calls.popleft()
+
+    def _tripped(self) -> bool:
+        if len(self._calls) < self.policy.min_calls:
+            return False
+        failures = sum(1 for _, ok in self._calls if not ok)
+        return failures / len(self._calls) >= self.policy.failure_rate_threshold
+
+    def _enter(self, state: BreakerState, now: float) -> None:
+        self._state = state
+        self._changed_at = now
+        self._probes_issued = 0
+        self._probes_passed = 0
+        if state is BreakerState.CLOSED:
+            self._calls.clear()
+
+
+class Deadline:
+    """A request's time budget, fixed when created; store timeouts are carved out of what is left.
+
+    Invariants: ``remaining()`` never increases and is never negative; ``timeout_for`` never returns
+    more than ``remaining()`` nor a non-positive value (it raises instead).
+    """
+
+    def __init__(self, budget_s: float, now: Clock) -> None:
+        if budget_s < 0:
+            raise ConfigError("must not be negative", field="budget_s")
+        self._now = now
+        self._expires_at = now() + budget_s
+
+    def remaining(self) -> float:
+        return max(0.0, self._expires_at - self._now())
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+    def timeout_for(self, step_share: float) -> float:
+        """The timeout of one step allowed ``step_share`` (0..1] of what is left of the budget.
+
+        Raises :class:`DeadlineExceeded` when nothing is left: a zero socket timeout would mean
+        "non-blocking" to Python, not "give up".
+        """
+        if not 0.0 < step_share <= 1.0:
+            raise ConfigError("must be in (0, 1]", field="step_share")
+        left = self.remaining()
+        if left <= 0.0:
+            raise DeadlineExceeded("request budget exhausted before the store call")
+        return left * step_share

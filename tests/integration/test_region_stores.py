@@ -1,0 +1,244 @@
+"""Region stores against the real session stack: per-region Redis with ACL users, moto DynamoDB.
+
+Round trips are counted on the client (packets handed to the socket) and cross-checked on the server
+with an ``INFO commandstats`` delta read by the admin user.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from cluster.services.dynamodb import dynamodb_client
+from cluster.services.redis import RedisService
+from cluster.stack import Stack
+from features.errors import StoreTimeout, StoreUnavailable, TransportError
+from regions.config import RegionConfig
+from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
+from regions.exceptions import StoreRejected
+from regions.redis_store import (
+    ApplyResult,
+    RedisRole,
+    RedisTileReader,
+    RedisTileWriter,
+    RedisTimeouts,
+    redis_client,
+)
+from regions.tiles import TileWrite, decode_field
+
+pytestmark = pytest.mark.integration
+
+TTL_MS = 60_000
+FAST = RedisTimeouts(connect_s=0.3, socket_s=0.3)
+
+
+def _client(
+    stack: Stack, region: str, role: RedisRole, timeouts: RedisTimeouts | None = None
+) -> Any:
+    config = stack.settings.topology.get(region)
+    return redis_client(config, role, stack.settings.redis, stack.secrets, timeouts)
+
+
+@pytest.fixture
+def key() -> str:
+    return f"fl:test:{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def us_east(stack: Stack) -> Iterator[tuple[RedisTileWriter, RedisTileReader, Any]]:
+    writer = _client(stack, "us-east", RedisRole.WRITER)
+    reader = _client(stack, "us-east", RedisRole.READER)
+    admin = _client(stack, "us-east", RedisRole.ADMIN, RedisTimeouts(socket_s=5.0))
+    yield RedisTileWriter(writer, "redis-us-east"), RedisTileReader(reader, "redis-us-east"), admin
+    for client in (writer, reader, admin):
+        client.close()
+
+
+def _w(key: str, field: str, version: int, value: bytes | None, ttl_ms: int = TTL_MS) -> TileWrite:
+    return TileWrite(key, field, value, version, ttl_ms)
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts writes to a Redis socket: one per round trip for these single-reply-batch calls."""
+    counted: list[int] = []
+    original: Callable[..., None] = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        counted.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return counted
+
+
+def _calls(admin: Any, command: str) -> int:
+    stats = admin.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+# --- Redis: guarded writes -------------------------------------------------------------------
+
+
+def test_newer_wins_older_is_ignored_and_replay_is_a_no_op(us_east: Any, key: str) -> None:
+    writer, reader, admin = us_east
+    assert writer.apply([_w(key, "f", 2, b"two"), _w(key, "g", 1, b"g1")]) == ApplyResult(2, 0)
+    assert writer.apply([_w(key, "f", 1, b"one")]) == ApplyResult(0, 1)
+    assert reader.get_all([key]) == {key: {"f": b"two", "g": b"g1"}}
+
+    batch = [_w(key, "f", 3, b"three"), _w(key, "g", 1, b"g1")]
+    assert writer.apply(batch) == ApplyResult(1, 1)
+    before = admin.hgetall(key)
+    assert writer.apply(batch) == ApplyResult(0, 2)
+    assert admin.hgetall(key) == before
+    assert decode_field(before[b"f"]) == (3, b"three")
+
+
+def test_delete_applies_at_equal_version_and_blocks_older_writes(us_east: Any, key: str) -> None:
+    writer, reader, _ = us_east
+    writer.apply([_w(key, "f", 5, b"five"), _w(key, "g", 1, b"g")])
+    assert writer.apply([_w(key, "f", 4, None)]) == ApplyResult(0, 1)  # older delete: ignored
+    assert writer.apply([_w(key, "f", 5, None)]) == ApplyResult(1, 0)
+    assert reader.get_all([key]) == {key: {"g": b"g"}}
+    assert writer.apply([_w(key, "f", 5, b"five")]) == ApplyResult(0, 1)  # no resurrection
+    assert writer.apply([_w(key, "f", 6, b"six")]) == ApplyResult(1, 0)
+    assert reader.get_fields({key: ["f", "nope"]}) == {key: {"f": b"six"}}
+
+
+def test_versions_above_2_pow_53_compare_exactly(us_east: Any, key: str) -> None:
+    writer, reader, _ = us_east
+    big = 2**60
+    writer.apply([_w(key, "f", big + 1, b"newer")])
+    assert writer.apply([_w(key, "f", big, b"older")]) == ApplyResult(0, 1)
+    assert reader.get_all([key])[key] == {"f": b"newer"}
+
+
+def test_ttl_is_set_and_never_shortened(us_east: Any, key: str) -> None:
+    writer, _, admin = us_east
+    writer.apply([_w(key, "f", 1, b"x", ttl_ms=30_000)])
+    assert 25_000 < admin.pttl(key) <= 30_000
+    writer.apply([_w(key, "f", 2, b"y", ttl_ms=5_000)])
+    assert admin.pttl(key) > 25_000
+    writer.apply([_w(key, "f", 3, b"z", ttl_ms=90_000)])
+    assert admin.pttl(key) > 85_000
+
+
+def test_a_batch_is_one_round_trip(us_east: Any, key: str, sends: list[int]) -> None:
+    writer, reader, admin = us_east
+    # Warm up: connect and authenticate both pools, and load the script if the server lacks it.
+    sends.clear()
+    writer.apply([_w(key, "warm", 1, b"")])
+    reader.get_all([key])
+    batch = [_w(f"{key}:{n}", f"f{m}", 1, b"v") for n in range(20) for m in range(5)]
+    evalsha_before = _calls(admin, "evalsha")
+    sends.clear()
+    assert writer.apply(batch) == ApplyResult(100, 0)
+    assert len(sends) == 1
+    assert _calls(admin, "evalsha") - evalsha_before == 1
+
+    keys = [f"{key}:{n}" for n in range(20)]
+    hgetall_before = _calls(admin, "hgetall")
+    sends.clear()
+    got = reader.get_all(keys)
+    assert len(sends) == 1
+    assert _calls(admin, "hgetall") - hgetall_before == 20
+    assert all(len(fields) == 5 for fields in got.values())
+    sends.clear()
+    reader.get_fields({k: ["f0", "f4"] for k in keys})
+    assert len(sends) == 1
+
+
+def test_reader_role_reads_but_cannot_write(stack: Stack, us_east: Any, key: str) -> None:
+    writer, _, _ = us_east
+    writer.apply([_w(key, "f", 1, b"x")])
+    reader_client = _client(stack, "us-east", RedisRole.READER)
+    try:
+        assert RedisTileReader(reader_client, "redis-us-east").get_all([key])[key] == {"f": b"x"}
+        with pytest.raises(StoreRejected, match="NoPermission"):
+            RedisTileWriter(reader_client, "redis-us-east").apply([_w(key, "f", 2, b"y")])
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader_client.hset(key, "f", b"raw")
+    finally:
+        reader_client.close()
+
+
+# --- Redis: a server that does not answer ----------------------------------------------------
+
+
+def test_client_pause_surfaces_as_store_timeout(stack: Stack, us_east: Any, key: str) -> None:
+    _, _, admin = us_east
+    reader_client = _client(stack, "us-east", RedisRole.READER, FAST)
+    reader = RedisTileReader(reader_client, "redis-us-east")
+    reader.get_all([key])  # connected and authenticated before the pause
+    admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout):
+            reader.get_all([key])
+        assert time.monotonic() - started < FAST.socket_s + 0.2
+    finally:
+        reader_client.close()
+        admin.execute_command("CLIENT", "UNPAUSE")
+
+
+def test_stopped_redis_surfaces_as_a_transport_error(stack: Stack, key: str) -> None:
+    service = stack.service("redis-eu-west")
+    assert isinstance(service, RedisService)
+    process = service.process
+    reader_client = _client(stack, "eu-west", RedisRole.READER, FAST)
+    writer_client = _client(stack, "eu-west", RedisRole.WRITER, FAST)
+    reader = RedisTileReader(reader_client, "redis-eu-west")
+    writer = RedisTileWriter(writer_client, "redis-eu-west")
+    assert process.signal(signal.SIGSTOP)
+    try:
+        for call in (lambda: reader.get_all([key]), lambda: writer.apply([_w(key, "f", 1, b"x")])):
+            started = time.monotonic()
+            with pytest.raises((StoreTimeout, StoreUnavailable)):
+                call()
+            assert time.monotonic() - started < FAST.connect_s + FAST.socket_s + 0.3
+    finally:
+        process.signal(signal.SIGCONT)
+    try:
+        assert writer.apply([_w(key, "f", 1, b"x")]) == ApplyResult(1, 0)  # recovered
+        assert reader.get_all([key]) == {key: {"f": b"x"}}
+    finally:
+        reader_client.close()
+        writer_client.close()
+
+
+# --- DynamoDB --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("region_name", ["us-east", "eu-west"])
+def test_dynamodb_round_trip_and_coalescing(stack: Stack, region_name: str, key: str) -> None:
+    region: RegionConfig = stack.settings.topology.get(region_name)
+    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client)
+    reader = DynamoTileReader(region, region.dynamodb_table, dynamodb_client, consistent=True)
+    batch = [_w(key, "f", 1, b"one"), _w(key, "f", 3, b"three"), _w(key, "f", 2, b"two")]
+    batch += [_w(f"{key}:{n}", "g", 1, b"%d" % n) for n in range(40)]  # two BatchWriteItem calls
+    assert writer.apply(batch) == 41
+    assert reader.get_all([key]) == {key: {"f": b"three"}}
+    wanted = {f"{key}:{n}": ["g", "absent"] for n in range(40)}
+    assert reader.get_fields(wanted) == {f"{key}:{n}": {"g": b"%d" % n} for n in range(40)}
+
+    raw = dynamodb_client(region).get_item(
+        TableName=region.dynamodb_table, Key={"pk": {"S": key}, "sk": {"S": "f"}}
+    )["Item"]
+    assert raw["ver"] == {"N": "3"}
+    assert 0 < int(raw["expires_at"]["N"]) - time.time() <= TTL_MS / 1000 + 1
+
+    writer.apply([_w(key, "f", 4, None)])
+    assert reader.get_all([key]) == {key: {}}
+
+
+def test_dynamodb_unreachable_endpoint_is_unavailable(stack: Stack) -> None:
+    region = stack.settings.topology.get("us-east").model_copy(update={"dynamodb_port": 1})
+    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client, sleep=lambda _: None)
+    with pytest.raises(TransportError):
+        writer.apply([_w("fl:x", "f", 1, b"x")])

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
+
+from features.errors import StoreTimeout, StoreUnavailable
+from regions.config import default_topology
+from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
+from regions.exceptions import StoreRejected, WriteThrottled
+from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, no_jitter
+from regions.tiles import TileWrite
+from tests.unit.regions.fakes import FakeClock, FakeDynamo
+
+REGION = default_topology().get("us-east")
+WALL = 1_700_000_000.0
+RETRY = RetryPolicy(4, ExponentialBackoff(0.05, 0.4, jitter=no_jitter))
+
+
+def _writer(fake: FakeDynamo, clock: FakeClock) -> DynamoTileWriter:
+    return DynamoTileWriter(
+        REGION, fake.table, fake.factory(), retry=RETRY, sleep=clock.sleep, wall_clock=lambda: WALL
+    )
+
+
+def _w(key: str, field: str, version: int, value: bytes | None = b"x") -> TileWrite:
+    return TileWrite(key, field, value, version, ttl_ms=60_500)
+
+
+def _batch(n: int) -> list[TileWrite]:
+    return [_w(f"fl:card:{i}", "amt_sum_1h", 1, b"%d" % i) for i in range(n)]
+
+
+def test_items_carry_value_version_and_expiry() -> None:
+    fake, clock = FakeDynamo(), FakeClock()
+    _writer(fake, clock).apply([_w("fl:card:1", "cnt_5m", 7, b"\x00\x01")])
+    item = fake.items[("fl:card:1", "cnt_5m")]
+    assert item["v"] == {"B": b"\x00\x01"}
+    assert item["ver"] == {"N": "7"}
+    assert item["expires_at"] == {"N": str(int(WALL) + 61)}  # 60.5 s rounded up
+
+
+def test_coalesces_to_the_highest_version_per_item() -> None:
+    fake, clock = FakeDynamo(), FakeClock()
+    batch = [
+        _w("fl:a", "f", 3, b"three"),
+        _w("fl:a", "f", 5, b"five"),
+        _w("fl:a", "f", 4, b"four"),
+        _w("fl:a", "g", 1, b"g1"),
+        _w("fl:b", "f", 2, b"b2"),
+    ]
+    assert _writer(fake, clock).apply(batch) == 3
+    assert len(fake.write_calls) == 1
+    assert len(fake.write_calls[0]) == 3
+    assert fake.items[("fl:a", "f")]["v"] == {"B": b"five"}
+
+
+def test_delete_wins_a_version_tie_and_becomes_a_delete_request() -> None:
+    fake, clock = FakeDynamo(), FakeClock()
+    writer = _writer(fake, clock)
+    writer.apply([_w("fl:a", "f", 1, b"old")])
+    writer.apply([_w("fl:a", "f", 2, b"new"), _w("fl:a", "f", 2, None)])
+    assert fake.write_calls[-1] == [
+        {"DeleteRequest": {"Key": {"pk": {"S": "fl:a"}, "sk": {"S": "f"}}}}
+    ]
+    assert ("fl:a", "f") not in fake.items
+
+
+def test_chunks_into_calls_of_25() -> None:
+    fake, clock = FakeDynamo(), FakeClock()
+    assert _writer(fake, clock).apply(_batch(60)) == 60
+    assert [len(c) for c in fake.write_calls] == [25, 25, 10]
+    assert len(fake.items) == 60
+    assert clock.slept == []
+
+
+def test_empty_batch_makes_no_call() -> None:
+    fake = FakeDynamo()
+    assert _writer(fake, FakeClock()).apply([]) == 0
+    assert fake.write_calls == []
+
+
+def test_unprocessed_items_are_retried_with_backoff_until_written() -> None:
+    fake, clock = FakeDynamo(refuse=[10, 4, 0]), FakeClock()
+    assert _writer(fake, clock).apply(_batch(25)) == 25
+    assert [len(c) for c in fake.write_calls] == [25, 10, 4]
+    assert clock.slept == [0.05, 0.1]
+    assert len(fake.items) == 25
+
+
+def test_retry_exhaustion_raises_with_every_unwritten_item() -> None:
+    # Chunk 1 keeps 3 items unprocessed through all 4 attempts; chunk 2 is never sent.
+    fake, clock = FakeDynamo(refuse=[3, 3, 3, 3]), FakeClock()
+    batch = _batch(30)
+    with pytest.raises(WriteThrottled) as raised:
+        _writer(fake, clock).apply(batch)
+    unwritten = raised.value.unwritten
+    assert {(w.key, w.field) for w in unwritten} == {(w.key, w.field) for w in batch[22:]}
+    assert len(unwritten) == 3 + 5
+    assert set(fake.items) | {(w.key, w.field) for w in unwritten} == {
+        (w.key, w.field) for w in batch
+    }  # nothing is dropped: every write is stored or reported
+    assert len(fake.write_calls) == 4
+    assert clock.slept == [0.05, 0.1, 0.2]
+    assert raised.value.retry_after == pytest.approx(0.4)
+
+
+def test_retry_stops_when_the_deadline_cannot_cover_the_backoff() -> None:
+    fake, clock = FakeDynamo(refuse=[1] * 10), FakeClock()
+    with pytest.raises(WriteThrottled):
+        _writer(fake, clock).apply(_batch(2), Deadline(0.1, clock))
+    assert clock.slept == [0.05]
+
+
+def test_whole_call_throttling_is_retried_like_unprocessed_items() -> None:
+    throttled = ClientError(
+        {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+        "BatchWriteItem",
+    )
+    fake, clock = FakeDynamo(fail={0: throttled}), FakeClock()
+    assert _writer(fake, clock).apply(_batch(3)) == 3
+    assert len(fake.write_calls) == 2
+    assert len(fake.items) == 3
+
+
+def test_transient_transport_error_is_retried() -> None:
+    fake, clock = FakeDynamo(fail={0: EndpointConnectionError(endpoint_url="x")}), FakeClock()
+    assert _writer(fake, clock).apply(_batch(3)) == 3
+    assert clock.slept == [0.05]
+
+
+@pytest.mark.parametrize(
+    ("error", "mapped"),
+    [
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), StoreUnavailable),
+        (ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"), StoreTimeout),
+        (
+            ClientError({"Error": {"Code": "ValidationException"}}, "BatchWriteItem"),
+            StoreRejected,
+        ),
+    ],
+)
+def test_botocore_errors_are_mapped(error: Exception, mapped: type[Exception]) -> None:
+    fake, clock = FakeDynamo(fail={n: error for n in range(10)}), FakeClock()
+    with pytest.raises(mapped):
+        _writer(fake, clock).apply(_batch(1))
+
+
+# --- reader ----------------------------------------------------------------------------------
+
+
+def _reader(fake: FakeDynamo, clock: FakeClock, wall: float = WALL) -> DynamoTileReader:
+    return DynamoTileReader(
+        REGION, fake.table, fake.factory(), retry=RETRY, sleep=clock.sleep, wall_clock=lambda: wall
+    )
+
+
+def test_reader_get_fields_retries_unprocessed_keys() -> None:
+    fake, clock = FakeDynamo(refuse_gets=[2, 0]), FakeClock()
+    _writer(fake, clock).apply(_batch(5))
+    wanted = {f"fl:card:{i}": ["amt_sum_1h", "missing"] for i in range(5)} | {"fl:none": ["f"]}
+    got = _reader(fake, clock).get_fields(wanted)
+    assert got == {f"fl:card:{i}": {"amt_sum_1h": b"%d" % i} for i in range(5)} | {"fl:none": {}}
+    assert [len(k) for k in fake.get_calls] == [11, 2]
+    assert clock.slept == [0.05]
+
+
+def test_reader_get_all_skips_expired_items() -> None:
+    fake, clock = FakeDynamo(), FakeClock()
+    _writer(fake, clock).apply([_w("fl:a", "f", 1, b"1"), _w("fl:a", "g", 1, b"2")])
+    assert _reader(fake, clock).get_all(["fl:a", "fl:b"]) == {
+        "fl:a": {"f": b"1", "g": b"2"},
+        "fl:b": {},
+    }
+    assert _reader(fake, clock, wall=WALL + 62).get_all(["fl:a"]) == {"fl:a": {}}
