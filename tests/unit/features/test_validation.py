@@ -1,0 +1,87 @@
+"""One test per reject reason, plus the valid path; the demo catalog's source is the subject."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from features.demo import SOURCE, card_transactions_catalog
+from features.errors import EventRejected, RejectReason
+from features.validation import EventValidator
+
+NOW = 1_764_000_000_000
+CATALOG = card_transactions_catalog()
+VALIDATOR = EventValidator(CATALOG.source(SOURCE), ("user_id", "merchant_id"), lambda: NOW, 64)
+
+
+def _event(**overrides: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "event_id": "r-1",
+        "seq": 1,
+        "event_type": "card_tx",
+        "user_id": "u_000001",
+        "merchant_id": "m_00001",
+        "amount": 12.5,
+        "currency": "USD",
+        "event_time_ms": NOW - 10,
+    }
+    event.update(overrides)
+    return {k: v for k, v in event.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def _reason(raw: bytes) -> RejectReason:
+    with pytest.raises(EventRejected) as caught:
+        VALIDATOR.validate(raw)
+    return caught.value.reason
+
+
+def test_a_valid_event_is_returned_with_its_fields() -> None:
+    event = VALIDATOR.validate(orjson.dumps(_event(amount=7)))
+    assert event["amount"] == 7 and event["user_id"] == "u_000001"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"x" * 5000, RejectReason.OVERSIZED),
+        (b"{not json", RejectReason.BAD_JSON),
+        (b"[1, 2]", RejectReason.BAD_JSON),
+        (b'{"amount": NaN}', RejectReason.NON_FINITE),
+        (orjson.dumps(_event(event_type="card_refund_v9")), RejectReason.UNKNOWN_TYPE),
+        (orjson.dumps(_event(amount=_DROP)), RejectReason.MISSING_FIELD),
+        (orjson.dumps(_event(amount=None)), RejectReason.MISSING_FIELD),
+        (orjson.dumps(_event(amount="12.5")), RejectReason.WRONG_TYPE),
+        (orjson.dumps(_event(seq=True)), RejectReason.WRONG_TYPE),
+        (orjson.dumps(_event(event_time_ms=1.5)), RejectReason.WRONG_TYPE),
+        (orjson.dumps(_event(user_id="")), RejectReason.BAD_KEY),
+        (orjson.dumps(_event(user_id="u" * 65)), RejectReason.BAD_KEY),
+        (orjson.dumps(_event(merchant_id="m\n1")), RejectReason.BAD_KEY),
+        (orjson.dumps(_event(event_time_ms=NOW + 60_001)), RejectReason.FUTURE),
+    ],
+)
+def test_each_bad_input_gets_its_reason(raw: bytes, reason: RejectReason) -> None:
+    assert _reason(raw) is reason
+
+
+def test_non_finite_amount_written_as_a_json_literal_is_non_finite() -> None:
+    raw = orjson.dumps(_event(amount=0)).replace(b'"amount":0', b'"amount":Infinity')
+    assert _reason(raw) is RejectReason.NON_FINITE
+
+
+def test_future_skew_boundary_is_inclusive() -> None:
+    assert VALIDATOR.validate(orjson.dumps(_event(event_time_ms=NOW + 60_000)))
+
+
+def test_arbitrary_bytes_never_raise_anything_but_a_rejection() -> None:
+    import random
+
+    rng = random.Random(3)
+    for _ in range(500):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        try:
+            VALIDATOR.validate(raw)
+        except EventRejected:
+            continue
