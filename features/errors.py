@@ -5,7 +5,7 @@ small ``exceptions.py`` with subclasses of the branches below, never of ``Except
 
     FreshlineError
     ├── ConfigError            invalid settings or catalog; the message names the offending field
-    │   └── CatalogError       a feature catalog that does not validate (unknown entity, bad window, ...)
+    │   └── CatalogError       a catalog that does not validate (unknown entity, bad window, ...)
     ├── DataError              input data that cannot be accepted (a bad event, a bad request value)
     │   └── EventRejected      one event refused by validation; carries a machine-readable reason
     ├── TransportError         a store, broker or process did not answer as expected
@@ -59,7 +59,7 @@ class RejectReason(StrEnum):
 
 
 class EventRejected(DataError):
-    """One event refused by validation. Never fatal to a consumer: it goes to the dead-letter topic."""
+    """One event refused by validation. Never fatal to a consumer: it is dead-lettered."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")

@@ -54,6 +54,5 @@ class WatermarkPolicy:
         """Apply one event in arrival order; returns True if accepted, False if late."""
         if self.is_late(state, event_time_ms):
             return False
-        if event_time_ms > state.max_event_time_ms:
-            state.max_event_time_ms = event_time_ms
+        state.max_event_time_ms = max(state.max_event_time_ms, event_time_ms)
         return True
