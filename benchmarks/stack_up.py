@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster.stack import Stack  # noqa: E402
-from tests.integration.conftest import isolated_settings  # noqa: E402
+from cluster.stack import Stack
+from tests.integration.conftest import isolated_settings
 
 
 def _timed_up(stack: Stack) -> float:

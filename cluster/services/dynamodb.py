@@ -9,30 +9,15 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 from cluster.exceptions import MissingTool
 from cluster.process import ManagedProcess, require_free_port
 from cluster.services.base import ServiceStatus, wait_ready
 from cluster.settings import StackSettings
+from regions.aws import dynamodb_client
 from regions.config import RegionConfig
 
-# Local endpoints accept any credentials; real AWS takes them from the usual boto3 chain.
-LOCAL_CREDENTIALS = {"aws_access_key_id": "freshline", "aws_secret_access_key": "freshline"}
-
-
-def dynamodb_client(region: RegionConfig, timeout_s: float = 2.0) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1})
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=region.dynamodb_endpoint_url,
-        region_name=region.aws_region,
-        config=config,
-        **LOCAL_CREDENTIALS,
-    )
+__all__ = ["DynamoDBService", "dynamodb_client", "ensure_online_table"]
 
 
 def ensure_online_table(region: RegionConfig) -> None:

@@ -6,6 +6,7 @@ at the end of the session; the last check fails the run if any process it starte
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,23 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
         topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
         with_ray=with_ray,
     )
+
+
+def stack_env(settings: StackSettings) -> dict[str, str]:
+    """The ``FRESHLINE_*`` environment that makes the CLI or a Ray job address this stack."""
+    regions = list(settings.topology)
+    return {
+        **os.environ,
+        "FRESHLINE_STATE_DIR": str(settings.state_dir),
+        "FRESHLINE_KAFKA_PORT": str(settings.kafka.port),
+        "FRESHLINE_KAFKA_CONTROLLER_PORT": str(settings.kafka.controller_port),
+        "FRESHLINE_REDIS_PORTS": f"{regions[0].redis_port},{regions[1].redis_port}",
+        "FRESHLINE_DYNAMODB_PORTS": f"{regions[0].dynamodb_port},{regions[1].dynamodb_port}",
+        "FRESHLINE_RAY_PORT": str(settings.ray.port),
+        "FRESHLINE_RAY_DASHBOARD_PORT": str(settings.ray.dashboard_port),
+        "FRESHLINE_RAY_CLIENT_PORT": str(settings.ray.client_server_port),
+        "FRESHLINE_SERVE_PORT": str(settings.ray.serve_port),
+    }
 
 
 @pytest.fixture(scope="session")

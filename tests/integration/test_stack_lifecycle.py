@@ -17,33 +17,15 @@ from cluster.exceptions import PortInUse
 from cluster.process import wait_until
 from cluster.stack import Stack
 from regions.config import RegionTopology
-from tests.integration.conftest import isolated_settings
+from tests.integration.conftest import isolated_settings, stack_env
 
 pytestmark = pytest.mark.integration
-
-
-def _env_for(stack: Stack) -> dict[str, str]:
-    s = stack.settings
-    regions = list(s.topology)
-    return {
-        **os.environ,
-        "FRESHLINE_STATE_DIR": str(s.state_dir),
-        "FRESHLINE_KAFKA_PORT": str(s.kafka.port),
-        "FRESHLINE_KAFKA_CONTROLLER_PORT": str(s.kafka.controller_port),
-        "FRESHLINE_REDIS_PORTS": f"{regions[0].redis_port},{regions[1].redis_port}",
-        "FRESHLINE_DYNAMODB_PORTS": f"{regions[0].dynamodb_port},{regions[1].dynamodb_port}",
-        "FRESHLINE_RAY_PORT": str(s.ray.port),
-        "FRESHLINE_RAY_DASHBOARD_PORT": str(s.ray.dashboard_port),
-        "FRESHLINE_RAY_CLIENT_PORT": str(s.ray.client_server_port),
-        "FRESHLINE_SERVE_PORT": str(s.ray.serve_port),
-        "FRESHLINE_WITH_RAY": "0",
-    }
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cluster.cli", *args],
-        env=_env_for(stack),
+        env={**stack_env(stack.settings), "FRESHLINE_WITH_RAY": "0"},
         capture_output=True,
         text=True,
         timeout=240,

@@ -1,0 +1,40 @@
+"""Pipeline configuration: frozen, validated, built once by the job's entry point."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from regions.config import RegionTopology
+
+
+class RedisAccess(BaseModel):
+    """The writer credentials the region sinks use (the job passes them; never logged)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    admin_user: str
+    writer_user: str
+    reader_user: str
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap: str
+    source: str = "card_tx"
+    partitions: int = Field(default=8, ge=1)
+    consumers: int = Field(
+        default=2, ge=1, le=64, description="consumer actors sharing the partitions"
+    )
+    changelog_topic: str = "fl.tiles.changelog"
+    dlq_topic: str = "fl.dlq"
+    group_id: str = "freshline-pipeline"
+    commit_interval_ms: int = Field(default=250, ge=10)
+    topology: RegionTopology
+    stores: tuple[str, ...] = ("redis", "dynamodb")
+    redis_users: RedisAccess
+
+    def assignments(self) -> list[list[int]]:
+        """Partitions per consumer, round-robin; every partition owned exactly once."""
+        count = min(self.consumers, self.partitions)
+        return [list(range(i, self.partitions, count)) for i in range(count)]

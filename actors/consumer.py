@@ -1,0 +1,237 @@
+"""A stream consumer: owns some partitions of a source topic and turns them into tile changes.
+
+Exactly-once from the source to the changelog and the dead-letter topic rests on one Kafka
+transaction per commit (see :meth:`StreamConsumer.commit`). The transactional id is derived from
+the owned partitions, so a restarted consumer fences its dead predecessor's open transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.changelog import ChangelogDecodeError, ChangelogRecord, decode, encode
+from actors.processor import PartitionProcessor, RawRecord
+from features.catalog import Catalog
+from features.errors import RejectReason
+from features.watermark import WatermarkState
+
+
+class ConsumerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap: str
+    source: str = Field(description="catalog name of the event source")
+    changelog_topic: str = "fl.tiles.changelog"
+    dlq_topic: str = "fl.dlq"
+    group_id: str = "freshline-pipeline"
+    max_poll_records: int = Field(default=5000, ge=1)
+    commit_interval_ms: int = Field(default=250, ge=10)
+
+
+@dataclass
+class ConsumerStats:
+    events_in: int = 0
+    accepted: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+    changelog_records: int = 0
+    restored_records: int = 0
+    restore_s: float = 0.0
+    watermark_ms: dict[int, int] = field(default_factory=dict)
+    lag: dict[int, int] = field(default_factory=dict)
+
+
+class StreamConsumer:
+    """Not thread-safe: one thread calls ``start`` once, then ``step`` repeatedly."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        catalog: Catalog,
+        partitions: Sequence[int],
+        *,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._topic = catalog.source(config.source).topic
+        self._partitions = sorted(partitions)
+        self._processors = {
+            p: PartitionProcessor(catalog, config.source, p, now_ms) for p in partitions
+        }
+        self._monotonic = monotonic
+        self._last_commit = monotonic()
+        self._pending_dead: list[tuple[int, Any]] = []
+        self._uncommitted = False
+        self.stats = ConsumerStats()
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    @property
+    def transactional_id(self) -> str:
+        owned = "-".join(str(p) for p in self._partitions)
+        return f"{self.config.group_id}.{self._topic}.{owned}"
+
+    def start(self) -> None:
+        """Fence any predecessor, rebuild state from the changelog, seek to committed offsets."""
+        started = self._monotonic()
+        self._producer = KafkaProducer(
+            bootstrap_servers=self.config.bootstrap,
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            compression_type=None,
+        )
+        self._producer.init_transactions()  # aborts and fences a crashed predecessor's transaction
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap,
+            group_id=self.config.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.max_poll_records,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        tps = [TopicPartition(self._topic, p) for p in self._partitions]
+        self._consumer.assign(tps)
+        for tp in tps:
+            self._restore(tp)
+        self.stats.restore_s = self._monotonic() - started
+
+    def _restore(self, tp: TopicPartition) -> None:
+        committed = self._consumer.committed(tp, metadata=True)
+        processor = self._processors[tp.partition]
+        if committed is None:
+            self._consumer.seek_to_beginning(tp)
+            return
+        watermark = _watermark_from(committed.metadata)
+        records = read_changelog_partition(
+            self.config.bootstrap, self.config.changelog_topic, tp.partition
+        )
+        processor.restore(records, watermark, committed.offset - 1)
+        self.stats.restored_records += len(records)
+        self._consumer.seek(tp, committed.offset)
+
+    def step(self, poll_timeout_ms: int = 100) -> int:
+        """Poll once, process, and commit when the interval has passed; returns events polled."""
+        polled = self._consumer.poll(timeout_ms=poll_timeout_ms)
+        count = 0
+        for tp, records in polled.items():
+            outcome = self._processors[tp.partition].process(
+                RawRecord(r.offset, r.key, r.value) for r in records
+            )
+            count += len(records)
+            self.stats.accepted += outcome.accepted
+            for reason, n in outcome.rejected_by_reason.items():
+                self.stats.dead_lettered[reason.value] = (
+                    self.stats.dead_lettered.get(reason.value, 0) + n
+                )
+            self._pending_dead.extend((tp.partition, d) for d in outcome.dead_letters)
+            self._uncommitted = True
+        self.stats.events_in += count
+        if (
+            self._uncommitted
+            and (self._monotonic() - self._last_commit) * 1000 >= self.config.commit_interval_ms
+        ):
+            self.commit()
+        return count
+
+    def commit(self) -> None:
+        """The commit protocol. Each step must finish before the next one starts:
+
+        1. Begin a transaction: everything below becomes visible together, or not at all.
+        2. Produce the dead letters: inside the transaction, so a replay never duplicates them.
+        3. Produce the changed tiles (absolute states) to the changelog partition numbered like
+           the source partition, which is what a restart reads back.
+        4. Add the source offsets, with each partition's watermark in the offset metadata, so the
+           restored watermark always matches the restored tiles.
+        5. Commit the transaction. Region sinks read the changelog ``read_committed`` and only now
+           see the tiles; a crash before this line aborts it all and the restart replays from the
+           previous commit's offsets onto the previous commit's state.
+        """
+        producer = self._producer
+        producer.begin_transaction()  # 1
+        for _partition, letter in self._pending_dead:  # 2
+            producer.send(
+                self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
+            )
+        offsets = {}
+        for partition, processor in self._processors.items():  # 3
+            for record in processor.drain_changes():
+                key, value = encode(record)
+                producer.send(
+                    self.config.changelog_topic, key=key, value=value, partition=partition
+                )
+                self.stats.changelog_records += 1
+            position = processor.state.last_offset + 1
+            if position > 0:
+                metadata = orjson.dumps(processor.state.watermark.to_dict()).decode()
+                offsets[TopicPartition(self._topic, partition)] = OffsetAndMetadata(
+                    position, metadata, -1
+                )
+                self.stats.watermark_ms[partition] = processor.watermark_ms
+        if offsets:  # 4
+            producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+        producer.commit_transaction()  # 5
+        self._pending_dead.clear()
+        self._uncommitted = False
+        self._last_commit = self._monotonic()
+        self.stats.commits += 1
+
+    def refresh_lag(self) -> dict[int, int]:
+        tps = [TopicPartition(self._topic, p) for p in self._partitions]
+        ends = self._consumer.end_offsets(tps)
+        self.stats.lag = {
+            tp.partition: max(0, ends[tp] - self._consumer.position(tp)) for tp in tps
+        }
+        return self.stats.lag
+
+    def close(self) -> None:
+        if self._uncommitted:
+            self.commit()
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._producer is not None:
+            self._producer.close()
+
+    def dead_lettered(self, reason: RejectReason) -> int:
+        return self.stats.dead_lettered.get(reason.value, 0)
+
+
+def _watermark_from(metadata: str | None) -> WatermarkState:
+    if not metadata:
+        return WatermarkState()
+    return WatermarkState.from_dict(orjson.loads(metadata))
+
+
+def read_changelog_partition(bootstrap: str, topic: str, partition: int) -> list[ChangelogRecord]:
+    """Every committed record of one changelog partition, in log order (for restores)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    tp = TopicPartition(topic, partition)
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records: list[ChangelogRecord] = []
+        while consumer.position(tp) < end:
+            for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+                for r in batch:
+                    try:
+                        records.append(decode(r.key, r.value))
+                    except ChangelogDecodeError:
+                        continue
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,214 @@
+"""Ray actors around the consumer and the sinks, and the supervisor that owns them.
+
+Crash-only: a loop that meets an unexpected error exits its process, and Ray restarts the actor
+(``max_restarts=-1``), which rebuilds its state from the changelog and committed offsets. There is
+no in-process recovery path to get subtly wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import ray
+
+from actors.config import PipelineConfig
+from actors.consumer import ConsumerConfig, StreamConsumer
+from actors.sink import SinkWorker
+from features.catalog import Catalog
+
+NAMESPACE = "freshline"
+SUPERVISOR = "fl-supervisor"
+log = logging.getLogger("freshline.actors")
+
+
+def _die(what: str, exc: BaseException) -> None:
+    log.exception(
+        "%s failed; exiting so that Ray restarts it from durable state", what, exc_info=exc
+    )
+    os._exit(1)
+
+
+class _ConsumerActor:
+    def __init__(self, config: PipelineConfig, catalog: Catalog, partitions: list[int]) -> None:
+        consumer_config = ConsumerConfig(
+            bootstrap=config.bootstrap,
+            source=config.source,
+            changelog_topic=config.changelog_topic,
+            dlq_topic=config.dlq_topic,
+            group_id=config.group_id,
+            commit_interval_ms=config.commit_interval_ms,
+        )
+        self._consumer = StreamConsumer(consumer_config, catalog, partitions)
+        self._partitions = partitions
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._started_at = time.time()
+        threading.Thread(target=self._loop, name="consumer-loop", daemon=True).start()
+
+    def _loop(self) -> None:
+        try:
+            self._consumer.start()
+            self._ready.set()
+            last_lag = 0.0
+            while not self._stop.is_set():
+                self._consumer.step()
+                if time.monotonic() - last_lag > 1.0:
+                    self._consumer.refresh_lag()
+                    last_lag = time.monotonic()
+            self._consumer.close()
+        except BaseException as exc:
+            _die(f"consumer {self._partitions}", exc)
+
+    def status(self) -> dict[str, Any]:
+        stats = self._consumer.stats
+        return {
+            "pid": os.getpid(),
+            "partitions": self._partitions,
+            "ready": self._ready.is_set(),
+            "started_at": self._started_at,
+            "events_in": stats.events_in,
+            "accepted": stats.accepted,
+            "dead_lettered": dict(stats.dead_lettered),
+            "commits": stats.commits,
+            "restored_records": stats.restored_records,
+            "restore_s": stats.restore_s,
+            "watermark_ms": dict(stats.watermark_ms),
+            "lag": dict(stats.lag),
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _SinkActor:
+    def __init__(self, config: PipelineConfig, region: str, store: str, secrets: Any) -> None:
+        self._region, self._store = region, store
+        self._worker = _build_sink(config, region, store, secrets)
+        self._stop = threading.Event()
+        self._started_at = time.time()
+        threading.Thread(target=self._loop, name="sink-loop", daemon=True).start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._worker.step()
+        except BaseException as exc:
+            _die(f"sink {self._region}/{self._store}", exc)
+
+    def status(self) -> dict[str, Any]:
+        s = self._worker.stats
+        return {
+            "pid": os.getpid(),
+            "region": self._region,
+            "store": self._store,
+            "applied_records": s.applied_records,
+            "batches": s.batches,
+            "store_failures": s.store_failures,
+            "paused": s.paused,
+            "last_error": s.last_error,
+            "undecodable": s.undecodable,
+            "started_at": self._started_at,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:
+    from kafka import KafkaConsumer
+
+    from regions.dynamodb_store import DynamoTileWriter
+    from regions.redis_store import RedisRole, RedisTileWriter, redis_client
+
+    region = config.topology.get(region_name)
+    consumer = KafkaConsumer(
+        config.changelog_topic,
+        bootstrap_servers=config.bootstrap,
+        group_id=f"freshline-sink-{region_name}-{store}",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    if store == "redis":
+        client = redis_client(region, RedisRole.WRITER, config.redis_users, secrets)
+        return SinkWorker(consumer, RedisTileWriter(client, f"redis-{region_name}"))
+    from regions.aws import dynamodb_client
+
+    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client)
+    return SinkWorker(consumer, writer)
+
+
+class _Supervisor:
+    """Owns the consumer and sink actors; replaces any that Ray could not restart."""
+
+    def __init__(self, config: PipelineConfig, catalog: Catalog, secrets: Any) -> None:
+        self._config, self._catalog, self._secrets = config, catalog, secrets
+        self._consumers = [self._new_consumer(i) for i in range(len(config.assignments()))]
+        self._sinks = {
+            (r.name, store): self._new_sink(r.name, store)
+            for r in config.topology
+            for store in config.stores
+        }
+        self._replaced = 0
+        threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
+
+    def _new_consumer(self, index: int) -> Any:
+        partitions = self._config.assignments()[index]
+        return ConsumerActor.options(name=f"fl-consumer-{index}").remote(
+            self._config, self._catalog, partitions
+        )
+
+    def _new_sink(self, region: str, store: str) -> Any:
+        return SinkActor.options(name=f"fl-sink-{region}-{store}").remote(
+            self._config, region, store, self._secrets
+        )
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(2.0)
+            for i, actor in enumerate(self._consumers):
+                if not _alive(actor):
+                    self._consumers[i] = self._new_consumer(i)
+                    self._replaced += 1
+            for key, actor in list(self._sinks.items()):
+                if not _alive(actor):
+                    self._sinks[key] = self._new_sink(*key)
+                    self._replaced += 1
+
+    def status(self) -> dict[str, Any]:
+        consumers = ray.get([a.status.remote() for a in self._consumers], timeout=30)
+        sinks = ray.get([a.status.remote() for a in self._sinks.values()], timeout=30)
+        return {"consumers": consumers, "sinks": sinks, "replaced": self._replaced}
+
+    def stop(self) -> None:
+        for actor in [*self._consumers, *self._sinks.values()]:
+            ray.get(actor.stop.remote(), timeout=30)
+            ray.kill(actor, no_restart=True)
+
+
+def _alive(actor: Any) -> bool:
+    try:
+        ray.get(actor.status.remote(), timeout=60)
+        return True
+    except ray.exceptions.RayActorError:
+        return False
+    except ray.exceptions.GetTimeoutError:
+        return True  # busy restoring is not dead
+
+
+# Ray's decorator typing does not model actor options or classes; the handles are Any on purpose.
+_remote: Any = ray.remote
+ConsumerActor: Any = _remote(
+    max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25
+)(_ConsumerActor)
+SinkActor: Any = _remote(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25)(
+    _SinkActor
+)
+Supervisor: Any = _remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8, num_cpus=0)(
+    _Supervisor
+)

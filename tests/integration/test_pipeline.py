@@ -1,0 +1,248 @@
+"""The stream-to-feature pipeline, submitted as a real Ray job against the session stack.
+
+Every window value read back from each region's Redis and DynamoDB must equal the oracle
+(chaos/oracle.py), recomputed by brute force from the acknowledged raw events; dead letters must
+carry their reason; a consumer killed with SIGKILL mid-stream must change nothing in the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import ray
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from chaos.oracle import LedgerEntry, accepted_events, expected_values
+from cluster.settings import DEFAULT_EVENTS_TOPIC, DLQ_TOPIC
+from cluster.stack import Stack
+from features.demo import SOURCE, card_transactions_catalog
+from features.keys import OnlineKey
+from features.tile_groups import read_view, tile_groups
+from regions.aws import dynamodb_client
+from regions.dynamodb_store import DynamoTileReader
+from regions.redis_store import RedisRole, RedisTileReader, redis_client
+from tests.integration.conftest import stack_env
+
+pytestmark = pytest.mark.integration
+CATALOG = card_transactions_catalog()
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _events(n: int, seed: int, start_seq: int) -> Iterator[tuple[bytes, bytes, str]]:
+    """(key, value, kind): skewed users, 15% out of order, 1% late, 1% malformed."""
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        seq = start_seq + i
+        user = f"u_{min(int(rng.paretovariate(1.2)), 40):06d}"
+        event_time = now - (n - i) * 20 - (rng.randrange(4_000) if rng.random() < 0.15 else 0)
+        kind = "valid"
+        if i > n // 3 and rng.random() < 0.01:
+            event_time, kind = now - 900_000, "late"
+        event = {
+            "event_id": f"t{seed}-{seq}",
+            "seq": seq,
+            "event_type": "card_tx",
+            "user_id": user,
+            "merchant_id": f"m_{rng.randrange(12):05d}",
+            "amount": round(rng.lognormvariate(3, 1), 2),
+            "currency": "USD",
+            "event_time_ms": event_time,
+        }
+        value = orjson.dumps(event)
+        if rng.random() < 0.01:
+            value, kind = value[:-7], "bad_json"
+        yield user.encode(), value, kind
+
+
+def _produce(bootstrap: str, n: int, seed: int, start_seq: int) -> list[LedgerEntry]:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    sent = [
+        (producer.send(DEFAULT_EVENTS_TOPIC, key=k, value=v), v)
+        for k, v, _ in _events(n, seed, start_seq)
+    ]
+    producer.flush()
+    ledger = []
+    for future, value in sent:
+        meta = future.get(timeout=30)
+        ledger.append(LedgerEntry(meta.partition, meta.offset, value))
+    producer.close()
+    return ledger
+
+
+def _submit(stack: Stack, verb: str) -> dict[str, Any]:
+    env = stack_env(stack.settings)
+    runtime_env = {"env_vars": {k: v for k, v in env.items() if k.startswith("FRESHLINE_")}}
+    argv = [
+        f"{sys.prefix}/bin/ray",
+        "job",
+        "submit",
+        "--address",
+        stack.settings.ray.dashboard_url,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "-m",
+        "actors.job",
+        verb,
+        "--consumers",
+        "2",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"stdout": result.stdout}
+
+
+def _served(
+    stack: Stack, region: str, store: str, view_name: str, *, entities: list[str], as_of: int
+) -> dict[str, dict[str, Any]]:
+    view = CATALOG.view(view_name)
+    max_id = CATALOG.entity(view.entity).max_id_bytes
+    keys = {
+        OnlineKey("default", view.name, view.version, e).encode(max_id_bytes=max_id): e
+        for e in entities
+    }
+    cfg = stack.settings.topology.get(region)
+    if store == "redis":
+        client = redis_client(cfg, RedisRole.READER, stack.settings.redis, stack.secrets)
+        fields = RedisTileReader(client, store).get_all(list(keys))
+        client.close()
+    else:
+        fields = DynamoTileReader(cfg, cfg.dynamodb_table, dynamodb_client).get_all(list(keys))
+    groups = tile_groups(view)
+    return {keys[k]: read_view(groups, f, as_of) for k, f in fields.items()}
+
+
+def _mismatches(stack: Stack, accepted: list[dict[str, Any]]) -> list[str]:
+    as_of = max(e["event_time_ms"] for e in accepted)
+    problems = []
+    for region in stack.settings.topology.names:
+        for store in ("redis", "dynamodb"):
+            for view_name, key_field in (
+                ("user_spend", "user_id"),
+                ("merchant_activity", "merchant_id"),
+            ):
+                entities = sorted({e[key_field] for e in accepted})
+                served = _served(stack, region, store, view_name, entities=entities, as_of=as_of)
+                for entity in entities:
+                    expected = expected_values(accepted, CATALOG, view_name, entity, as_of)
+                    for name, want in expected.items():
+                        got = served[entity].get(name)
+                        if not _close(name, got, want):
+                            problems.append(
+                                f"{region}/{store} {view_name}:{name}[{entity}] {got} != {want}"
+                            )
+    return problems
+
+
+def _close(name: str, got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, float):
+        return abs(got - want) <= 1e-6 * max(1.0, abs(want))
+    if name.startswith("distinct") and isinstance(want, int) and isinstance(got, int):
+        return abs(got - want) <= max(1, round(0.03 * want))  # HyperLogLog, p=14
+    return bool(got == want)
+
+
+def _wait_for_oracle(
+    stack: Stack, accepted: list[dict[str, Any]], timeout_s: float = 120
+) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    problems = _mismatches(stack, accepted)
+    while problems and time.monotonic() < deadline:
+        time.sleep(2)
+        problems = _mismatches(stack, accepted)
+    return problems
+
+
+def _dead_letters(bootstrap: str) -> list[dict[str, str]]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    tps = [TopicPartition(DLQ_TOPIC, p) for p in consumer.partitions_for_topic(DLQ_TOPIC)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    out = []
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for batch in consumer.poll(timeout_ms=500).values():
+            out += [{k: v.decode() for k, v in r.headers} for r in batch]
+    consumer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack: Stack) -> Iterator[Stack]:
+    _submit(stack, "up")
+    yield stack
+    _submit(stack, "down")
+
+
+def test_pipeline_values_equal_the_oracle_in_every_region_and_store(pipeline: Stack) -> None:
+    bootstrap = pipeline.settings.kafka.bootstrap
+    ledger = _produce(bootstrap, 3_000, seed=11, start_seq=0)
+    accepted = accepted_events(ledger, CATALOG, SOURCE)
+    assert 0 < len(accepted) < len(ledger)
+    problems = _wait_for_oracle(pipeline, accepted)
+    assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
+    letters = _dead_letters(bootstrap)
+    reasons = {h["reason"] for h in letters}
+    assert reasons <= {"late", "bad_json"} and "bad_json" in reasons
+    assert len(letters) == len(ledger) - len(accepted), "every refused event is dead-lettered once"
+    assert all(h["source.topic"] == DEFAULT_EVENTS_TOPIC for h in letters)
+
+
+def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
+    bootstrap = pipeline.settings.kafka.bootstrap
+    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        victim = ray.get_actor("fl-consumer-0", namespace="freshline")
+        before = ray.get(victim.status.remote(), timeout=60)
+        ledger = _produce(bootstrap, 1_500, seed=12, start_seq=10_000)
+        os.kill(before["pid"], signal.SIGKILL)
+        ledger += _produce(bootstrap, 1_500, seed=13, start_seq=20_000)
+        after = ray.get(victim.status.remote(), timeout=120)
+        assert after["pid"] != before["pid"], "Ray restarted the consumer in a new process"
+    finally:
+        ray.shutdown()
+    earlier = _earlier_ledger(bootstrap, exclude={(e.partition, e.offset) for e in ledger})
+    accepted = accepted_events(earlier + ledger, CATALOG, SOURCE)
+    problems = _wait_for_oracle(pipeline, accepted)
+    assert not problems, f"{len(problems)} mismatches after the kill, e.g. {problems[:5]}"
+
+
+def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[LedgerEntry]:
+    """Everything else in the topic (events of earlier tests count in the same windows)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [
+        TopicPartition(DEFAULT_EVENTS_TOPIC, p)
+        for p in consumer.partitions_for_topic(DEFAULT_EVENTS_TOPIC)
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    out = []
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for batch in consumer.poll(timeout_ms=500).values():
+            out += [
+                LedgerEntry(r.partition, r.offset, r.value)
+                for r in batch
+                if (r.partition, r.offset) not in exclude
+            ]
+    consumer.close()
+    return out
