@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=40)
     logs.set_defaults(handler=_stack_logs)
 
+    pipeline = verbs.add_parser("pipeline", help="the stream-to-feature pipeline (a Ray job)")
+    pipeline_verbs = pipeline.add_subparsers(dest="pipeline_verb", required=True)
+    p_up = pipeline_verbs.add_parser("up", help="submit the pipeline job (idempotent)")
+    p_up.add_argument("--consumers", type=int, default=2, help="consumer actors")
+    p_up.set_defaults(handler=_pipeline_up)
+    p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
+    p_status.add_argument("--json", action="store_true")
+    p_status.set_defaults(handler=_pipeline_status)
+    p_down = pipeline_verbs.add_parser("down", help="stop the pipeline's actors")
+    p_down.set_defaults(handler=_pipeline_down)
+
     demo = verbs.add_parser("demo", help="start the stack, stream demo events and show them live")
     demo.add_argument("--rate", type=float, default=300.0, help="events per second")
     demo.add_argument(
@@ -107,6 +118,37 @@ def _stack_logs(args: argparse.Namespace, settings: StackSettings, console: Cons
         return 0
     argv = ["tail", f"-n{args.lines}", *(["-F"] if args.follow else []), *map(str, files)]
     return subprocess.call(argv)
+
+
+def _pipeline_up(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster import pipeline
+
+    with console.status("submitting the pipeline job and waiting for its consumers"):
+        pipeline.submit(settings, "up", args.consumers)
+    return _pipeline_status(argparse.Namespace(json=False), settings, console)
+
+
+def _pipeline_status(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster import pipeline
+    from cluster.cli_views import pipeline_tables
+
+    state = pipeline.status(settings)
+    if args.json:
+        print(json.dumps(state, indent=2, default=str))
+    elif state is None:
+        console.print("no pipeline is running; start it with `freshline pipeline up`")
+    else:
+        for table in pipeline_tables(state):
+            console.print(table)
+    return 0 if state is not None else EXIT_UNHEALTHY
+
+
+def _pipeline_down(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster import pipeline
+
+    pipeline.submit(settings, "down")
+    console.print("pipeline stopped")
+    return 0
 
 
 def _demo(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.table import Table
 
@@ -17,3 +18,34 @@ def status_table(statuses: Sequence[ServiceStatus]) -> Table:
         health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
         table.add_row(s.name, s.endpoint, str(s.pid or "-"), health, s.detail[:80])
     return table
+
+
+def pipeline_tables(state: dict[str, Any]) -> list[Table]:
+    consumers = Table(title="consumers")
+    for column in ("partitions", "pid", "events in", "accepted", "dead-lettered", "lag", "commits"):
+        consumers.add_column(column)
+    for c in state["consumers"]:
+        dead = ", ".join(f"{k}={v}" for k, v in sorted(c["dead_lettered"].items())) or "0"
+        consumers.add_row(
+            ",".join(map(str, c["partitions"])),
+            str(c["pid"]),
+            str(c["events_in"]),
+            str(c["accepted"]),
+            dead,
+            str(sum(c["lag"].values())),
+            str(c["commits"]),
+        )
+    sinks = Table(title="region sinks")
+    for column in ("region", "store", "applied", "batches", "failures", "paused", "last error"):
+        sinks.add_column(column)
+    for s in state["sinks"]:
+        sinks.add_row(
+            s["region"],
+            s["store"],
+            str(s["applied_records"]),
+            str(s["batches"]),
+            str(s["store_failures"]),
+            "yes" if s["paused"] else "no",
+            s["last_error"] or "-",
+        )
+    return [consumers, sinks]

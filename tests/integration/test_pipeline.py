@@ -7,6 +7,7 @@ carry their reason; a consumer killed with SIGKILL mid-stream must change nothin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -129,25 +130,24 @@ def _served(
     return {keys[k]: read_view(groups, f, as_of) for k, f in fields.items()}
 
 
-def _mismatches(stack: Stack, accepted: list[dict[str, Any]]) -> list[str]:
+def _mismatches(
+    stack: Stack, accepted: list[dict[str, Any]], targets: list[tuple[str, str]] | None = None
+) -> list[str]:
     as_of = max(e["event_time_ms"] for e in accepted)
     problems = []
-    for region in stack.settings.topology.names:
-        for store in ("redis", "dynamodb"):
-            for view_name, key_field in (
-                ("user_spend", "user_id"),
-                ("merchant_activity", "merchant_id"),
-            ):
-                entities = sorted({e[key_field] for e in accepted})
-                served = _served(stack, region, store, view_name, entities=entities, as_of=as_of)
-                for entity in entities:
-                    expected = expected_values(accepted, CATALOG, view_name, entity, as_of)
-                    for name, want in expected.items():
-                        got = served[entity].get(name)
-                        if not _close(name, got, want):
-                            problems.append(
-                                f"{region}/{store} {view_name}:{name}[{entity}] {got} != {want}"
-                            )
+    everything = [(r, s) for r in stack.settings.topology.names for s in ("redis", "dynamodb")]
+    views = (("user_spend", "user_id"), ("merchant_activity", "merchant_id"))
+    for (region, store), (view_name, key_field) in itertools.product(targets or everything, views):
+        entities = sorted({e[key_field] for e in accepted})
+        served = _served(stack, region, store, view_name, entities=entities, as_of=as_of)
+        for entity in entities:
+            expected = expected_values(accepted, CATALOG, view_name, entity, as_of)
+            for name, want in expected.items():
+                got = served[entity].get(name)
+                if not _close(name, got, want):
+                    problems.append(
+                        f"{region}/{store} {view_name}:{name}[{entity}] {got} != {want}"
+                    )
     return problems
 
 
@@ -160,13 +160,17 @@ def _close(name: str, got: Any, want: Any) -> bool:
 
 
 def _wait_for_oracle(
-    stack: Stack, accepted: list[dict[str, Any]], timeout_s: float = 120
+    stack: Stack,
+    accepted: list[dict[str, Any]],
+    *,
+    timeout_s: float = 120,
+    targets: list[tuple[str, str]] | None = None,
 ) -> list[str]:
     deadline = time.monotonic() + timeout_s
-    problems = _mismatches(stack, accepted)
+    problems = _mismatches(stack, accepted, targets)
     while problems and time.monotonic() < deadline:
         time.sleep(2)
-        problems = _mismatches(stack, accepted)
+        problems = _mismatches(stack, accepted, targets)
     return problems
 
 
@@ -246,3 +250,44 @@ def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[Ledge
             ]
     consumer.close()
     return out
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
+    pipeline: Stack,
+) -> None:
+    bootstrap = pipeline.settings.kafka.bootstrap
+    admin = pipeline.service("redis-eu-west").admin_client()
+    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        sink = ray.get_actor("fl-sink-eu-west-redis", namespace="freshline")
+        before = ray.get(sink.status.remote(), timeout=60)
+        rss_before = _rss_mb(before["pid"])
+        admin.execute_command("CLIENT", "PAUSE", "25000", "WRITE")
+        try:
+            ledger = _produce(bootstrap, 3_000, seed=21, start_seq=30_000)
+            accepted = accepted_events(_earlier_ledger(bootstrap, exclude=set()), CATALOG, SOURCE)
+            fresh = _wait_for_oracle(
+                pipeline, accepted, timeout_s=60, targets=[("us-east", "redis")]
+            )
+            assert not fresh, f"us-east must stay current while eu-west stalls: {fresh[:3]}"
+            during = ray.get(sink.status.remote(), timeout=60)
+            assert during["store_failures"] > before["store_failures"], (
+                "the stalled sink backed off"
+            )
+            assert _rss_mb(before["pid"]) - rss_before < 200, (
+                "the stalled sink buffers at most a batch"
+            )
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        ray.shutdown()
+    assert ledger
+    caught_up = _wait_for_oracle(pipeline, accepted, timeout_s=120, targets=[("eu-west", "redis")])
+    assert not caught_up, f"eu-west must catch up with nothing lost: {caught_up[:3]}"
