@@ -11,12 +11,14 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import ray
 
 from actors.config import PipelineConfig
 from actors.consumer import ConsumerConfig, StreamConsumer
+from actors.metrics import ConsumerMetrics, SinkMetrics
 from actors.sink import SinkWorker
 from features.catalog import Catalog
 
@@ -53,11 +55,13 @@ class _ConsumerActor:
         try:
             self._consumer.start()
             self._ready.set()
+            exporter = ConsumerMetrics()
             last_lag = 0.0
             while not self._stop.is_set():
                 self._consumer.step()
                 if time.monotonic() - last_lag > 1.0:
                     self._consumer.refresh_lag()
+                    exporter.export(self.status())
                     last_lag = time.monotonic()
             self._consumer.close()
         except BaseException as exc:
@@ -90,12 +94,24 @@ class _SinkActor:
         self._worker = _build_sink(config, region, store, secrets)
         self._stop = threading.Event()
         self._started_at = time.time()
+        self._lag: int | None = None
+        # The latest freshness samples, for status() percentiles; bounded, oldest dropped first.
+        self._recent_freshness: deque[float] = deque(maxlen=20_000)
         threading.Thread(target=self._loop, name="sink-loop", daemon=True).start()
 
     def _loop(self) -> None:
         try:
+            exporter = SinkMetrics(self._region, self._store)
+            last_export = 0.0
             while not self._stop.is_set():
                 self._worker.step()
+                if time.monotonic() - last_export > 1.0:
+                    self._lag = self._worker.lag()
+                    s = self._worker.stats
+                    exporter.export(
+                        s.applied_records, s.store_failures, self._lag, s.take_freshness()
+                    )
+                    last_export = time.monotonic()
         except BaseException as exc:
             _die(f"sink {self._region}/{self._store}", exc)
 
@@ -111,11 +127,21 @@ class _SinkActor:
             "paused": s.paused,
             "last_error": s.last_error,
             "undecodable": s.undecodable,
+            "lag": self._lag,
+            "freshness_ms": _percentiles(self._recent_freshness),
             "started_at": self._started_at,
         }
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _percentiles(samples: deque[float]) -> dict[str, float] | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.50), "p99": pick(0.99), "count": float(len(ordered))}
 
 
 def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:

@@ -64,6 +64,7 @@ class RaySettings(BaseModel):
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
     client_server_port: int = Field(default=10001, ge=1, le=65535)
     serve_port: int = Field(default=8000, ge=1, le=65535)
+    metrics_export_port: int = Field(default=18080, ge=1, le=65535)
     # Logical CPUs: actors are mostly I/O bound, so we advertise more slots than cores.
     num_cpus: int = Field(default=4, ge=1, le=512)
     object_store_mb: int = Field(default=512, ge=78, le=65536)
@@ -119,7 +120,7 @@ class StackSettings(BaseModel):
             self.ray.port,
             self.ray.dashboard_port,
         ]
-        ports += [self.ray.client_server_port, self.ray.serve_port]
+        ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
         ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {sorted(ports)}")
@@ -164,6 +165,7 @@ _ENV_INT = {
     "FRESHLINE_RAY_DASHBOARD_PORT": ("ray", "dashboard_port"),
     "FRESHLINE_RAY_CLIENT_PORT": ("ray", "client_server_port"),
     "FRESHLINE_SERVE_PORT": ("ray", "serve_port"),
+    "FRESHLINE_METRICS_PORT": ("ray", "metrics_export_port"),
     "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
     "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
     "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),

@@ -47,6 +47,7 @@ class RayHeadService:
             ("ray gcs", self._ray.port),
             ("ray dashboard", self._ray.dashboard_port),
             ("ray client server", self._ray.client_server_port),
+            ("ray metrics", self._ray.metrics_export_port),
         ):
             require_free_port(label, "127.0.0.1", port)
         self._proc.spawn(self._argv(), env=self._env())
@@ -82,6 +83,7 @@ class RayHeadService:
             f"--ray-client-server-port={r.client_server_port}",
             f"--min-worker-port={r.min_worker_port}",
             f"--max-worker-port={r.max_worker_port}",
+            f"--metrics-export-port={r.metrics_export_port}",
             f"--num-cpus={r.num_cpus}",
             f"--object-store-memory={r.object_store_mb * 1024 * 1024}",
             f"--temp-dir={self._settings.ray_temp_dir}",

@@ -28,12 +28,17 @@ def free_ports(count: int) -> list[int]:
 
 def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
     """Settings of a stack that shares nothing with the default one but the jar cache."""
-    p = free_ports(10)
+    p = free_ports(11)
     return StackSettings(
         state_dir=state_dir,
         kafka=KafkaSettings(port=p[0], controller_port=p[1]),
         ray=RaySettings(
-            port=p[2], dashboard_port=p[3], client_server_port=p[4], serve_port=p[5], num_cpus=4
+            port=p[2],
+            dashboard_port=p[3],
+            client_server_port=p[4],
+            serve_port=p[5],
+            metrics_export_port=p[10],
+            num_cpus=4,
         ),
         topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
         with_ray=with_ray,
@@ -54,6 +59,7 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
         "FRESHLINE_RAY_DASHBOARD_PORT": str(settings.ray.dashboard_port),
         "FRESHLINE_RAY_CLIENT_PORT": str(settings.ray.client_server_port),
         "FRESHLINE_SERVE_PORT": str(settings.ray.serve_port),
+        "FRESHLINE_METRICS_PORT": str(settings.ray.metrics_export_port),
     }
 
 

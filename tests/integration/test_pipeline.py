@@ -291,3 +291,31 @@ def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
     assert ledger
     caught_up = _wait_for_oracle(pipeline, accepted, timeout_s=120, targets=[("eu-west", "redis")])
     assert not caught_up, f"eu-west must catch up with nothing lost: {caught_up[:3]}"
+
+
+def test_prometheus_metrics_are_exported_by_the_head(pipeline: Stack) -> None:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{pipeline.settings.ray.metrics_export_port}/metrics"
+    wanted = (
+        "freshline_events_in",
+        "freshline_sink_applied",
+        "freshline_freshness_ms",
+        "freshline_source_lag",
+    )
+    deadline = time.monotonic() + 90
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        if all(name in text for name in wanted):
+            break
+        time.sleep(3)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, f"metrics not exported: {missing}"
+    region_lines = [
+        line
+        for line in text.splitlines()
+        if "freshline_sink_applied" in line and 'region="eu-west"' in line
+    ]
+    assert region_lines, "sink metrics carry the region tag"
