@@ -140,7 +140,10 @@ def _percentiles(samples: deque[float]) -> dict[str, float] | None:
     if not samples:
         return None
     ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     return {"p50": pick(0.50), "p99": pick(0.99), "count": float(len(ordered))}
 
 

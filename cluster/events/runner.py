@@ -69,12 +69,15 @@ def run_generator(
     settings: ProducerSettings | None = None,
     clock: Clock = SYSTEM_CLOCK,
     producer_factory: ProducerFactory | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GeneratorReport:
     """Produce ``config.planned_events`` events at ``config.rate_per_s`` (open loop, batch-paced).
 
     Returns once every event is acknowledged; raises :class:`DeliveryFailed` if any was not
     (after writing the acknowledged ones to the ledger) and :class:`BrokerUnavailable` if no
-    broker answers. ``events_per_s`` counts acknowledged events over start-to-last-ack."""
+    broker answers. ``events_per_s`` counts acknowledged events over start-to-last-ack.
+    ``should_stop`` ends the run early (Ctrl-C in the demo); what was sent is still flushed,
+    acknowledged and written to the ledger."""
     settings = settings or ProducerSettings()
     if producer_factory is None:
         from cluster.events.producer import kafka_producer
@@ -95,6 +98,8 @@ def run_generator(
     ):
         start = clock.monotonic()
         while not synth.exhausted and producer.stats.failed < settings.abort_after_failures:
+            if should_stop is not None and should_stop():
+                break
             due = pacer.due(clock.monotonic() - start, synth.emitted)
             if due:
                 producer.send_batch(synth.next_batch(due))
