@@ -21,11 +21,14 @@ from features.catalog import Catalog
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One produced event as Kafka acknowledged it."""
+    """One produced event as Kafka acknowledged it. ``timestamp_ms`` is the record's broker-side
+    time; the consumer sees an event moments later, so "too far in the future" is judged
+    against it (generated future events are minutes ahead, far from that margin)."""
 
     partition: int
     offset: int
     value: bytes
+    timestamp_ms: int
 
 
 def accepted_events(
@@ -42,7 +45,9 @@ def accepted_events(
         newest: int | None = None
         for entry in sorted(entries, key=lambda e: e.offset):
             event = _well_formed(entry.value, spec.event_types)
-            if event is None:
+            if event is None or len(entry.value) > spec.max_payload_bytes:
+                continue
+            if event["event_time_ms"] > entry.timestamp_ms + spec.max_future_skew_ms:
                 continue
             t = event["event_time_ms"]
             if newest is not None and t < newest - delay:

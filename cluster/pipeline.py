@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ from features.errors import StackError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def submit(settings: StackSettings, verb: str, consumers: int = 2) -> str:
-    """Run ``python -m actors.job <verb>`` as a Ray job and return its output."""
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("FRESHLINE_")}
-    env_vars["FRESHLINE_STATE_DIR"] = str(settings.state_dir)
+def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: float = 180.0) -> str:
+    """Run ``python -m actors.job <verb>`` as a Ray job and return its output.
+
+    Ray answers "No available agent to submit job, please try again later" while the head's job
+    agent is still starting (seconds after the dashboard answers, longer under load); that one
+    error is retried until ``timeout_s``, every other failure is raised at once.
+    """
+    env_vars = settings.to_env()
     argv = [
         str(Path(sys.executable).parent / "ray"),
         "job",
@@ -41,10 +46,21 @@ def submit(settings: StackSettings, verb: str, consumers: int = 2) -> str:
         "--consumers",
         str(consumers),
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        raise StackError(f"pipeline {verb} failed: {(result.stdout + result.stderr)[-2000:]}")
-    return result.stdout
+    env = {**os.environ, **settings.ray.client_env()}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=600, check=False, env=env
+        )
+        output = result.stdout + result.stderr
+        if result.returncode == 0:
+            return result.stdout
+        if _AGENT_NOT_READY not in output or time.monotonic() > deadline:
+            raise StackError(f"pipeline {verb} failed: {output[-2000:]}")
+        time.sleep(2.0)
+
+
+_AGENT_NOT_READY = "No available agent to submit job"
 
 
 def status(settings: StackSettings) -> dict[str, Any] | None:
@@ -53,6 +69,7 @@ def status(settings: StackSettings) -> dict[str, Any] | None:
 
     from actors import job
 
+    os.environ.update(settings.ray.client_env())  # read by ray.init in this process
     ray.init(address=settings.ray.address, namespace="freshline", log_to_driver=False)
     try:
         return job.status()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -65,6 +65,13 @@ class RaySettings(BaseModel):
     client_server_port: int = Field(default=10001, ge=1, le=65535)
     serve_port: int = Field(default=8000, ge=1, le=65535)
     metrics_export_port: int = Field(default=18080, ge=1, le=65535)
+    # The job agent's HTTP port; Ray's fixed default (52365) collides with a second head on the
+    # same machine, which then has no agent and refuses every job submission.
+    dashboard_agent_port: int = Field(default=52365, ge=1, le=65535)
+    # Ray 2.60 silently turns token auth on when ~/.ray/auth_token exists; the stack decides
+    # explicitly instead. The local head binds to loopback, so "disabled" is the local default;
+    # a multi-node cluster sets "token" (FRESHLINE_RAY_AUTH_MODE) and distributes the token.
+    auth_mode: Literal["disabled", "token"] = "disabled"
     # Logical CPUs: actors are mostly I/O bound, so we advertise more slots than cores.
     num_cpus: int = Field(default=4, ge=1, le=512)
     object_store_mb: int = Field(default=512, ge=78, le=65536)
@@ -80,6 +87,10 @@ class RaySettings(BaseModel):
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a Ray client (``ray job submit``, ``ray.init``) needs for this head."""
+        return {"RAY_AUTH_MODE": self.auth_mode}
 
 
 class RedisSettings(BaseModel):
@@ -121,6 +132,7 @@ class StackSettings(BaseModel):
             self.ray.dashboard_port,
         ]
         ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
+        ports += [self.ray.dashboard_agent_port]
         ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {sorted(ports)}")
@@ -150,6 +162,32 @@ class StackSettings(BaseModel):
     def iceberg_warehouse(self) -> str:
         return f"file://{self.offline_dir / 'warehouse'}"
 
+    def to_env(self) -> dict[str, str]:
+        """``FRESHLINE_*`` variables that rebuild these settings in another process (a Ray job,
+        the CLI): the inverse of :func:`settings_from_env` for every field it reads."""
+        east, west = self.topology.regions[0], self.topology.regions[-1]
+        return {
+            "FRESHLINE_STATE_DIR": str(self.state_dir),
+            "FRESHLINE_KAFKA_PORT": str(self.kafka.port),
+            "FRESHLINE_KAFKA_CONTROLLER_PORT": str(self.kafka.controller_port),
+            "FRESHLINE_KAFKA_HEAP_MB": str(self.kafka.heap_mb),
+            "FRESHLINE_KAFKA_VERSION": self.kafka.version,
+            "FRESHLINE_REDIS_PORTS": f"{east.redis_port},{west.redis_port}",
+            "FRESHLINE_DYNAMODB_PORTS": f"{east.dynamodb_port},{west.dynamodb_port}",
+            "FRESHLINE_RAY_PORT": str(self.ray.port),
+            "FRESHLINE_RAY_DASHBOARD_PORT": str(self.ray.dashboard_port),
+            "FRESHLINE_RAY_CLIENT_PORT": str(self.ray.client_server_port),
+            "FRESHLINE_SERVE_PORT": str(self.ray.serve_port),
+            "FRESHLINE_METRICS_PORT": str(self.ray.metrics_export_port),
+            "FRESHLINE_RAY_AGENT_PORT": str(self.ray.dashboard_agent_port),
+            "FRESHLINE_RAY_NUM_CPUS": str(self.ray.num_cpus),
+            "FRESHLINE_RAY_OBJECT_STORE_MB": str(self.ray.object_store_mb),
+            "FRESHLINE_RAY_AUTH_MODE": self.ray.auth_mode,
+            "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
+            "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
+            "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
+        }
+
     @property
     def ray_temp_dir(self) -> Path:
         # Ray puts unix sockets under its temp dir; their paths must stay under 107 bytes, so the
@@ -166,6 +204,7 @@ _ENV_INT = {
     "FRESHLINE_RAY_CLIENT_PORT": ("ray", "client_server_port"),
     "FRESHLINE_SERVE_PORT": ("ray", "serve_port"),
     "FRESHLINE_METRICS_PORT": ("ray", "metrics_export_port"),
+    "FRESHLINE_RAY_AGENT_PORT": ("ray", "dashboard_agent_port"),
     "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
     "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
     "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),
@@ -179,6 +218,8 @@ def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
     for var, (section, key) in _ENV_INT.items():
         if var in environ:
             data[section][key] = _int_var(environ, var)
+    if "FRESHLINE_RAY_AUTH_MODE" in environ:
+        data["ray"]["auth_mode"] = environ["FRESHLINE_RAY_AUTH_MODE"]
     if "FRESHLINE_KAFKA_VERSION" in environ:
         data["kafka"]["version"] = environ["FRESHLINE_KAFKA_VERSION"]
     if "FRESHLINE_JAR_CACHE" in environ:

@@ -48,6 +48,7 @@ class RayHeadService:
             ("ray dashboard", self._ray.dashboard_port),
             ("ray client server", self._ray.client_server_port),
             ("ray metrics", self._ray.metrics_export_port),
+            ("ray dashboard agent", self._ray.dashboard_agent_port),
         ):
             require_free_port(label, "127.0.0.1", port)
         self._proc.spawn(self._argv(), env=self._env())
@@ -84,6 +85,7 @@ class RayHeadService:
             f"--min-worker-port={r.min_worker_port}",
             f"--max-worker-port={r.max_worker_port}",
             f"--metrics-export-port={r.metrics_export_port}",
+            f"--dashboard-agent-listen-port={r.dashboard_agent_port}",
             f"--num-cpus={r.num_cpus}",
             f"--object-store-memory={r.object_store_mb * 1024 * 1024}",
             f"--temp-dir={self._settings.ray_temp_dir}",
@@ -92,7 +94,7 @@ class RayHeadService:
     def _env(self) -> dict[str, str]:
         import os
 
-        env = dict(os.environ)
+        env = {**os.environ, **self._ray.client_env()}
         # Jobs run `python ...` on the head: it must be the interpreter with Freshline installed.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -28,7 +28,7 @@ def free_ports(count: int) -> list[int]:
 
 def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
     """Settings of a stack that shares nothing with the default one but the jar cache."""
-    p = free_ports(11)
+    p = free_ports(12)
     return StackSettings(
         state_dir=state_dir,
         kafka=KafkaSettings(port=p[0], controller_port=p[1]),
@@ -38,6 +38,7 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
             client_server_port=p[4],
             serve_port=p[5],
             metrics_export_port=p[10],
+            dashboard_agent_port=p[11],
             num_cpus=4,
         ),
         topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
@@ -46,26 +47,15 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
 
 
 def stack_env(settings: StackSettings) -> dict[str, str]:
-    """The ``FRESHLINE_*`` environment that makes the CLI or a Ray job address this stack."""
-    regions = list(settings.topology)
-    return {
-        **os.environ,
-        "FRESHLINE_STATE_DIR": str(settings.state_dir),
-        "FRESHLINE_KAFKA_PORT": str(settings.kafka.port),
-        "FRESHLINE_KAFKA_CONTROLLER_PORT": str(settings.kafka.controller_port),
-        "FRESHLINE_REDIS_PORTS": f"{regions[0].redis_port},{regions[1].redis_port}",
-        "FRESHLINE_DYNAMODB_PORTS": f"{regions[0].dynamodb_port},{regions[1].dynamodb_port}",
-        "FRESHLINE_RAY_PORT": str(settings.ray.port),
-        "FRESHLINE_RAY_DASHBOARD_PORT": str(settings.ray.dashboard_port),
-        "FRESHLINE_RAY_CLIENT_PORT": str(settings.ray.client_server_port),
-        "FRESHLINE_SERVE_PORT": str(settings.ray.serve_port),
-        "FRESHLINE_METRICS_PORT": str(settings.ray.metrics_export_port),
-    }
+    """The environment that makes the CLI or a Ray client address this stack."""
+    return {**os.environ, **settings.to_env(), **settings.ray.client_env()}
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = isolated_settings(tmp_path_factory.mktemp("stack"), with_ray=True)
+    # Tests call ray.init in this process; it must use the same auth mode as the head.
+    os.environ.update(settings.ray.client_env())
     running = Stack.build(settings, environ={})
     try:
         running.up()

@@ -8,12 +8,9 @@ carry their reason; a consumer killed with SIGKILL mid-stream must change nothin
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ import ray
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
+from cluster import pipeline as pipeline_job
 from cluster.settings import DEFAULT_EVENTS_TOPIC, DLQ_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
@@ -33,7 +31,6 @@ from features.tile_groups import read_view, tile_groups
 from regions.aws import dynamodb_client
 from regions.dynamodb_store import DynamoTileReader
 from regions.redis_store import RedisRole, RedisTileReader, redis_client
-from tests.integration.conftest import stack_env
 
 pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
@@ -79,35 +76,13 @@ def _produce(bootstrap: str, n: int, seed: int, start_seq: int) -> list[LedgerEn
     ledger = []
     for future, value in sent:
         meta = future.get(timeout=30)
-        ledger.append(LedgerEntry(meta.partition, meta.offset, value))
+        ledger.append(LedgerEntry(meta.partition, meta.offset, value, meta.timestamp))
     producer.close()
     return ledger
 
 
-def _submit(stack: Stack, verb: str) -> dict[str, Any]:
-    env = stack_env(stack.settings)
-    runtime_env = {"env_vars": {k: v for k, v in env.items() if k.startswith("FRESHLINE_")}}
-    argv = [
-        f"{sys.prefix}/bin/ray",
-        "job",
-        "submit",
-        "--address",
-        stack.settings.ray.dashboard_url,
-        "--working-dir",
-        str(REPO),
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        "python",
-        "-m",
-        "actors.job",
-        verb,
-        "--consumers",
-        "2",
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"stdout": result.stdout}
+def _submit(stack: Stack, verb: str) -> str:
+    return pipeline_job.submit(stack.settings, verb, consumers=2)
 
 
 def _served(
@@ -202,7 +177,7 @@ def test_pipeline_values_equal_the_oracle_in_every_region_and_store(pipeline: St
     ledger = _produce(bootstrap, 3_000, seed=11, start_seq=0)
     accepted = accepted_events(ledger, CATALOG, SOURCE)
     assert 0 < len(accepted) < len(ledger)
-    problems = _wait_for_oracle(pipeline, accepted)
+    problems = _wait_for_oracle(pipeline, accepted, timeout_s=240)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
     letters = _dead_letters(bootstrap)
     reasons = {h["reason"] for h in letters}
@@ -226,7 +201,7 @@ def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
         ray.shutdown()
     earlier = _earlier_ledger(bootstrap, exclude={(e.partition, e.offset) for e in ledger})
     accepted = accepted_events(earlier + ledger, CATALOG, SOURCE)
-    problems = _wait_for_oracle(pipeline, accepted)
+    problems = _wait_for_oracle(pipeline, accepted, timeout_s=240)
     assert not problems, f"{len(problems)} mismatches after the kill, e.g. {problems[:5]}"
 
 
@@ -244,7 +219,7 @@ def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[Ledge
     while any(consumer.position(tp) < ends[tp] for tp in tps):
         for batch in consumer.poll(timeout_ms=500).values():
             out += [
-                LedgerEntry(r.partition, r.offset, r.value)
+                LedgerEntry(r.partition, r.offset, r.value, r.timestamp)
                 for r in batch
                 if (r.partition, r.offset) not in exclude
             ]
@@ -319,3 +294,63 @@ def test_prometheus_metrics_are_exported_by_the_head(pipeline: Stack) -> None:
         if "freshline_sink_applied" in line and 'region="eu-west"' in line
     ]
     assert region_lines, "sink metrics carry the region tag"
+
+
+def test_every_malformed_kind_is_dead_lettered_with_its_reason_and_no_valid_event_is_lost(
+    pipeline: Stack, tmp_path: Path
+) -> None:
+    from cluster.events import GeneratorConfig, read_ledger, run_generator
+
+    bootstrap = pipeline.settings.kafka.bootstrap
+    config = GeneratorConfig(
+        run_id="poison",
+        seed=3,
+        n_users=200,
+        n_merchants=20,
+        rate_per_s=5_000,
+        max_events=2_000,
+        malformed_share=0.2,
+        late_share=0.02,
+        late_warmup_events=300,
+    )
+    report = run_generator(config, bootstrap, DEFAULT_EVENTS_TOPIC, tmp_path / "ledger.jsonl")
+    assert report.failed == 0
+    ledger = read_ledger(tmp_path / "ledger.jsonl")
+    refused = [r for r in ledger if r.kind not in ("valid", "out_of_order")]
+    kinds = {r.kind for r in refused}
+    assert kinds >= {
+        "bad_json",
+        "missing_field",
+        "wrong_type",
+        "non_finite",
+        "oversized",
+        "future",
+        "unknown_type",
+        "late",
+    }
+
+    # Dead letters are matched to this run by their source partition and offset (unique), never
+    # by position: the DLQ's partitions come back in no particular order.
+    ours = {(r.partition, r.offset): r.kind for r in ledger}
+    deadline = time.monotonic() + 120
+    while True:
+        letters = {
+            (int(h["source.partition"]), int(h["source.offset"])): h["reason"]
+            for h in _dead_letters(bootstrap)
+        }
+        mine = {k: v for k, v in letters.items() if k in ours}
+        if len(mine) >= len(refused) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    wrong = [
+        (r.kind, mine.get((r.partition, r.offset)))
+        for r in refused
+        if mine.get((r.partition, r.offset)) != r.kind
+    ]
+    assert not wrong, f"{len(wrong)} refused events without their reason, e.g. {wrong[:5]}"
+    assert len(mine) == len(refused), "valid events must never be dead-lettered"
+
+    earlier = _earlier_ledger(bootstrap, exclude=set())
+    accepted = accepted_events(earlier, CATALOG, SOURCE)
+    problems = _wait_for_oracle(pipeline, accepted, timeout_s=90, targets=[("us-east", "redis")])
+    assert not problems, f"valid events lost or miscounted: {problems[:5]}"

@@ -72,3 +72,16 @@ def test_secrets_are_generated_once_private_and_env_wins(tmp_path: Path) -> None
     assert "*" in repr(first) and first.redis_reader_password.get_secret_value() not in repr(first)
     env = load_or_create_secrets(path, {"FRESHLINE_REDIS_READER_PASSWORD": "from-env"})
     assert env.redis_reader_password.get_secret_value() == "from-env"
+
+
+def test_to_env_round_trips_through_the_environment(tmp_path: Path) -> None:
+    settings = settings_from_env(
+        {
+            "FRESHLINE_STATE_DIR": str(tmp_path),
+            "FRESHLINE_KAFKA_PORT": "29092",
+            "FRESHLINE_REDIS_PORTS": "26379,26389",
+            "FRESHLINE_RAY_AUTH_MODE": "token",
+            "FRESHLINE_WITH_RAY": "0",
+        }
+    )
+    assert settings_from_env(settings.to_env()) == settings
