@@ -46,8 +46,12 @@ def main() -> None:
             warm = _timed_up(stack)
         finally:
             stack.down(purge=True)
-    result = {"cold_s": round(cold, 1), "warm_s": round(warm, 1), "already_up_s": round(noop, 2),
-              "cold_includes_jar_download": not args.skip_cold}
+    result = {
+        "cold_s": round(cold, 1),
+        "warm_s": round(warm, 1),
+        "already_up_s": round(noop, 2),
+        "cold_includes_jar_download": not args.skip_cold,
+    }
     print(json.dumps(result))
 
 

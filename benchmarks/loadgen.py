@@ -1,0 +1,156 @@
+"""A small HTTP/1.1 load generator: keep-alive connections over raw asyncio streams.
+
+Cheap on purpose (no HTTP library on the request path): the generator shares two cores with the
+server, so every microsecond it spends is taken from the thing measured.
+
+- :func:`open_loop` sends at a fixed rate whatever the answers do; latency is measured from each
+  request's *scheduled* send time, so a stalled server shows up in the tail (no coordinated
+  omission). A fixed pool of connections is opened first (a connection storm would measure the
+  proxy's accept path, not serving).
+- :func:`closed_loop` keeps ``concurrency`` requests outstanding for ``duration_s``: capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    latencies_s: list[float] = field(default_factory=list)
+    errors: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_s) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "n": len(self.latencies_s),
+            "errors": self.errors,
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.pct(0.50), 3),
+            "p99_ms": round(self.pct(0.99), 3),
+            "max_ms": round(self.pct(1.0), 3),
+        }
+
+
+def request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if not body:
+        lines[0] = f"GET {path} HTTP/1.1"
+        lines.pop(2)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def roundtrip(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        chunked = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        elif length:
+            await self.reader.readexactly(length)
+        return status
+
+
+async def _connect(host: str, port: int) -> _Conn:
+    reader, writer = await asyncio.open_connection(host, port)
+    return _Conn(reader, writer)
+
+
+async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
+    host: str, port: int, raw: bytes, rate: float, duration_s: float, connections: int = 32
+) -> Result:
+    """Fixed-rate sends over a fixed pool of keep-alive connections (wrk2-style): a request
+    waits for an idle connection when all are busy, and that wait counts in its latency."""
+    result = Result()
+    idle: asyncio.Queue[_Conn] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await _connect(host, port))
+    tasks = []
+    start = time.perf_counter() + 0.05
+    total = int(rate * duration_s)
+
+    async def one(scheduled: float) -> None:
+        conn = await idle.get()
+        try:
+            status = await conn.roundtrip(raw)
+        except (OSError, asyncio.IncompleteReadError):
+            result.errors += 1
+            idle.put_nowait(await _connect(host, port))
+            return
+        result.latencies_s.append(time.perf_counter() - scheduled)
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if status != 200:
+            result.errors += 1
+        idle.put_nowait(conn)
+
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    result.elapsed_s = time.perf_counter() - start
+    while not idle.empty():
+        idle.get_nowait().writer.close()
+    return result
+
+
+async def closed_loop(
+    host: str, port: int, raw: bytes, concurrency: int, duration_s: float
+) -> Result:
+    result = Result()
+    stop_at = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        conn = await _connect(host, port)
+        while time.perf_counter() < stop_at:
+            sent = time.perf_counter()
+            try:
+                status = await conn.roundtrip(raw)
+            except (OSError, asyncio.IncompleteReadError):
+                result.errors += 1
+                conn = await _connect(host, port)
+                continue
+            result.latencies_s.append(time.perf_counter() - sent)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status != 200:
+                result.errors += 1
+        conn.writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result

@@ -1,0 +1,73 @@
+"""Ray Serve: one application per region, deployed together on the one Serve HTTP port.
+
+Each region's application is the :class:`RegionServer` deployment at route prefix ``/<region>``.
+A request reaches ``__call__`` as a Starlette ``Request``; everything after that is
+:class:`serve_apps.http.ServingHttp` (no FastAPI, no per-request pydantic, orjson).
+
+Entry points:
+- :func:`build_app` is the Serve ``import_path`` target (``serve_apps.app:build_app``); its
+  ``args`` are ``{"config": <ServingConfig as JSON>}``, so ``serve deploy`` works from a YAML file
+  written by :func:`serve_apps.deploy.write_serve_config`;
+- :func:`serve_apps.deploy.deploy` runs the same applications from Python.
+
+Invariants: the replica builds its Redis client on its own event loop (first request), never in
+``__init__`` (asyncio clients are bound to the loop that first uses them); ``max_ongoing_requests``
+equals the handler's in-flight limit and ``max_queued_requests`` bounds the proxy's queue, so
+overload is answered 503 instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve_apps.config import ServingConfig
+from serve_apps.http import ServingHttp
+from serve_apps.wiring import build_http
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class RegionServer:
+    """One region's HTTP entry point."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = ServingConfig.model_validate(config)
+        self._http: ServingHttp | None = None
+
+    def _app(self) -> ServingHttp:
+        if self._http is None:
+            self._http = build_http(self._config)
+        return self._http
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.scope["path"]
+        root = request.scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        elif path.startswith(self._config.route_prefix + "/"):
+            path = path[len(self._config.route_prefix) :]
+        status, headers, body = await self._app().handle(
+            request.method, path or "/", request.headers, request.stream
+        )
+        return Response(body, status_code=status, headers=dict(headers))
+
+    async def check_health(self) -> None:
+        """Serve's replica health check: the event loop answers (readiness is ``/v1/ready``)."""
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve ``import_path`` target: ``args = {"config": {...ServingConfig...}}``."""
+    config = ServingConfig.model_validate(args["config"])
+    limits = config.limits
+    deployment: Any = RegionServer  # a serve.Deployment; the decorator hides that from mypy
+    app: Application = deployment.options(
+        name=f"serving-{config.region}",
+        num_replicas=config.replicas,
+        max_ongoing_requests=limits.max_in_flight,
+        max_queued_requests=limits.max_in_flight * 2,
+    ).bind(config.model_dump(mode="python"))
+    return app

@@ -1,0 +1,166 @@
+"""Serving configuration: one frozen :class:`ServingConfig` per region application.
+
+It is built once (by ``serve_apps.deploy`` from the stack settings, or from a Serve config file's
+``args``) and handed to the deployment; nothing in the serving path reads the environment.
+
+Invariants:
+- API keys are stored only as SHA-256 hex digests (keys are random 32-byte tokens, so a plain
+  digest is enough; they are not passwords a person chose);
+- the Redis password is either given as a ``SecretStr`` (the Python ``deploy`` path: it travels to
+  Ray pickled, never written to disk) or read from ``redis_password_file`` (a JSON file such as the
+  stack's ``secrets.json``, mode 0600), so a generated Serve YAML never contains a secret;
+- serving always connects as the read-only Redis user (``redis_reader_user``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import secrets
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from features.catalog import Catalog
+from regions.config import RegionTopology
+from regions.resilience import BreakerPolicy
+
+DEMO_CATALOG = "features.demo:card_transactions_catalog"
+
+
+class Scope(StrEnum):
+    READ = "read"  # feature reads, catalog
+    ADMIN = "admin"  # reserved for operator routes; implies nothing about read
+
+
+def hash_api_key(raw: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def new_api_key() -> str:
+    """A fresh random key (``fl_`` + 43 url-safe characters); show it once, store its hash."""
+    return "fl_" + secrets.token_urlsafe(32)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ApiKey(_Frozen):
+    """One client's key: its name (logged), SHA-256 digest and scopes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: frozenset[Scope] = frozenset({Scope.READ})
+
+    @classmethod
+    def from_raw(cls, name: str, raw: str, scopes: frozenset[Scope] | None = None) -> ApiKey:
+        return cls(name=name, sha256=hash_api_key(raw), scopes=scopes or frozenset({Scope.READ}))
+
+
+class Limits(_Frozen):
+    """Request limits. ``max_in_flight`` is the load-shedding threshold of one replica: beyond it a
+    request is answered 503 at once, before it can queue and drag every latency up with it."""
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_entities: int = Field(default=1_000, ge=1, le=100_000)
+    max_features: int = Field(default=500, ge=1, le=10_000)
+    default_deadline_ms: int = Field(default=200, ge=1, le=60_000)
+    max_deadline_ms: int = Field(default=5_000, ge=1, le=600_000)
+    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    retry_after_s: int = Field(default=1, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError("default_deadline_ms must not exceed max_deadline_ms")
+        return self
+
+
+class BreakerSettings(_Frozen):
+    """The per-store circuit breaker (see ``regions.resilience.BreakerPolicy``), serving defaults:
+    a store that fails half of the last 20 calls (at least 5) in 10 s is skipped for 2 s."""
+
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    window_calls: int = Field(default=20, ge=1)
+    window_s: float = Field(default=10.0, gt=0)
+    min_calls: int = Field(default=5, ge=1)
+    open_s: float = Field(default=2.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)
+
+    def policy(self) -> BreakerPolicy:
+        return BreakerPolicy(**self.model_dump())
+
+
+class StoreTimeouts(_Frozen):
+    """Upper bounds per store call; the effective timeout is also capped by the share of the
+    request's remaining budget that the fallback step gets (``serve_apps.fallback``)."""
+
+    redis_s: float = Field(default=0.05, gt=0, le=10)
+    dynamodb_s: float = Field(default=0.5, gt=0, le=30)
+    remote_share: float = Field(default=0.5, gt=0, le=1)
+    local_share: float = Field(default=0.34, gt=0, le=1)
+
+
+class ServingConfig(_Frozen):
+    """Everything one region's application needs."""
+
+    region: str
+    topology: RegionTopology
+    redis_reader_user: str = "fl-reader"
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    redis_password_key: str = "redis_reader_password"  # noqa: S105 - a JSON key, not a secret
+    dynamodb_access_key_id: SecretStr | None = None
+    dynamodb_secret_access_key: SecretStr | None = None
+    catalog_import: str | None = DEMO_CATALOG
+    catalog_inline: dict[str, Any] | None = None
+    tenant: str = "default"
+    api_keys: tuple[ApiKey, ...] = ()
+    limits: Limits = Field(default_factory=Limits)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    timeouts: StoreTimeouts = Field(default_factory=StoreTimeouts)
+    # At least limits.max_in_flight: redis-py's asyncio pool raises instead of waiting when it is
+    # exhausted, which would send a busy replica down the fallback chain for no store fault.
+    redis_max_connections: int = Field(default=256, ge=1, le=10_000)
+    replicas: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.region not in self.topology.names:
+            raise ValueError(f"region {self.region!r} is not in the topology")
+        if (self.redis_password is None) == (self.redis_password_file is None):
+            raise ValueError("exactly one of redis_password and redis_password_file is required")
+        if self.redis_max_connections < self.limits.max_in_flight:
+            raise ValueError("redis_max_connections must be at least limits.max_in_flight")
+        if (self.catalog_import is None) == (self.catalog_inline is None):
+            raise ValueError("exactly one of catalog_import and catalog_inline is required")
+        return self
+
+    @property
+    def route_prefix(self) -> str:
+        return f"/{self.region}"
+
+    def reader_password(self) -> SecretStr:
+        """The read-only user's password, from the config or its file (read at replica start)."""
+        if self.redis_password is not None:
+            return self.redis_password
+        if self.redis_password_file is None:
+            raise ValueError("no redis password configured")
+        data: Mapping[str, Any] = json.loads(self.redis_password_file.read_text())
+        return SecretStr(str(data[self.redis_password_key]))
+
+    def load_catalog(self) -> Catalog:
+        if self.catalog_inline is not None:
+            return Catalog.from_dict(self.catalog_inline)
+        module, _, name = (self.catalog_import or "").partition(":")
+        factory = getattr(importlib.import_module(module), name)
+        catalog = factory()
+        if not isinstance(catalog, Catalog):
+            raise TypeError(f"{self.catalog_import} did not return a Catalog")
+        return catalog

@@ -1,0 +1,155 @@
+"""Deploying every region's application: from Python (:func:`deploy`) or as a Serve config file
+(:func:`write_serve_config`, then ``serve deploy <file> -a <dashboard url>``).
+
+Configs are built from the stack through :func:`configs_for_stack`, typed with small protocols
+so that ``serve_apps`` does not import ``cluster`` (the composition root passes its settings in).
+
+Ingress: Ray Serve's HTTP proxy on ``http_port`` with one route prefix per region (``/us-east``,
+``/eu-west``). What the other Ray 2.60 ingress modes bought on this machine is in docs/serving.md;
+they are process-wide switches (environment variables of the Ray head), listed in
+:data:`INGRESS_ENV` for the stack to set when it starts the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+from regions.config import RegionTopology
+from serve_apps.config import ApiKey, BreakerSettings, Limits, ServingConfig, StoreTimeouts
+
+INGRESS_ENV: dict[str, str] = {
+    # HAProxy on the Serve HTTP port routes each route prefix straight to the ingress replica's
+    # own HTTP server (direct ingress): no Python proxy hop. See docs/serving.md for the figures.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Direct ingress, gRPC between Serve actors, user code and router on the replica's main loop,
+    # no per-request logs to stderr, GC frozen after start.
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+"""Environment of the Ray head (``ray start``) for the chosen ingress. These are process-wide
+switches read when Serve's controller, proxies and replicas start, so they cannot live in the
+Serve config file; ``freshline stack up`` must pass them to the head."""
+
+
+class _RedisNames(Protocol):
+    @property
+    def reader_user(self) -> str: ...
+
+
+class StackLike(Protocol):
+    """What :func:`configs_for_stack` reads (``cluster.settings.StackSettings`` satisfies it)."""
+
+    @property
+    def topology(self) -> RegionTopology: ...
+    @property
+    def redis(self) -> _RedisNames: ...
+    @property
+    def secrets_file(self) -> Path: ...
+
+
+def configs_for_stack(
+    settings: StackLike,
+    api_keys: Sequence[ApiKey],
+    *,
+    dynamodb_credentials: tuple[str, str] | None = None,
+    catalog_import: str | None = "features.demo:card_transactions_catalog",
+    catalog_inline: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
+    password: SecretStr | None = None,
+    replicas: int = 1,
+    timeouts: StoreTimeouts | None = None,
+    breaker: BreakerSettings | None = None,
+) -> list[ServingConfig]:
+    """One config per region of the stack. Without ``password`` the replicas read the reader's
+    password from the stack's secrets file (so a written Serve YAML holds no secret)."""
+    key_id, secret = dynamodb_credentials or (None, None)
+    return [
+        ServingConfig(
+            region=region.name,
+            topology=settings.topology,
+            redis_reader_user=settings.redis.reader_user,
+            redis_password=password,
+            redis_password_file=None if password is not None else settings.secrets_file,
+            dynamodb_access_key_id=None if key_id is None else SecretStr(key_id),
+            dynamodb_secret_access_key=None if secret is None else SecretStr(secret),
+            catalog_import=None if catalog_inline is not None else catalog_import,
+            catalog_inline=None if catalog_inline is None else dict(catalog_inline),
+            api_keys=tuple(api_keys),
+            limits=limits or Limits(),
+            replicas=replicas,
+            timeouts=timeouts or StoreTimeouts(),
+            breaker=breaker or BreakerSettings(),
+        )
+        for region in settings.topology
+    ]
+
+
+_SECRETS = {"redis_password", "dynamodb_access_key_id", "dynamodb_secret_access_key"}
+
+
+def serve_config(configs: Sequence[ServingConfig], http_port: int) -> dict[str, Any]:
+    """The ``serve deploy`` document for ``configs``. It never holds a secret: the Redis password
+    comes from ``redis_password_file``; DynamoDB credentials from boto3's default chain in the
+    replicas (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the Ray head's environment)."""
+    apps = []
+    for config in configs:
+        if config.redis_password is not None:
+            raise ValueError("a Serve config file must not hold a password: use the secrets file")
+        apps.append(
+            {
+                "name": config.region,
+                "route_prefix": config.route_prefix,
+                "import_path": "serve_apps.app:build_app",
+                "args": {
+                    "config": config.model_dump(mode="json", exclude_none=True, exclude=_SECRETS)
+                },
+            }
+        )
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port, "keep_alive_timeout_s": 30},
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "applications": apps,
+    }
+
+
+def write_serve_config(configs: Sequence[ServingConfig], http_port: int, path: Path) -> Path:
+    """Write the Serve YAML (mode 0600) and return its path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(serve_config(configs, http_port), sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+def deploy(
+    configs: Sequence[ServingConfig], *, ray_address: str, http_port: int, blocking: bool = False
+) -> list[str]:
+    """Connect to the Ray cluster, start Serve on ``http_port`` (if not running) and run every
+    region's application at its route prefix. Returns the route prefixes. Idempotent."""
+    import ray
+    from ray import serve
+
+    from serve_apps.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False)
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port, "keep_alive_timeout_s": 30},
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
+    )
+    for config in configs:
+        app = build_app({"config": config.model_dump(mode="python")})
+        serve.run(app, name=config.region, route_prefix=config.route_prefix, blocking=blocking)
+    return [c.route_prefix for c in configs]
+
+
+def undeploy(regions: Sequence[str]) -> None:
+    """Delete the regions' applications (Serve itself keeps running)."""
+    from ray import serve
+
+    for region in regions:
+        serve.delete(region)

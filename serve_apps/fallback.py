@@ -1,0 +1,135 @@
+"""The fallback chain of one region: local Redis, local DynamoDB replica, then the other regions
+nearest first (their Redis, then their DynamoDB), then defaults.
+
+Invariants:
+- one call to :meth:`FallbackChain.read` makes at most one request per store (one pipelined
+  HGETALL round trip for Redis, whatever the number of keys);
+- a store whose circuit breaker refuses is skipped without being touched; every allowed call
+  records exactly one outcome on that breaker (a transport error or timeout is a failure);
+- a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
+  remainder, so the chain never outlives the request's deadline by more than scheduling noise;
+- when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
+  store failures never become client errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from features.errors import StoreTimeout, TransportError
+from regions.dynamodb_store import DynamoTileReader
+from regions.redis_store import AsyncRedisTileReader
+from regions.resilience import CircuitBreaker, Deadline
+
+log = logging.getLogger(__name__)
+
+Fields = dict[str, bytes]
+Clock = Callable[[], float]
+DEFAULTS = "defaults"
+
+
+class TileStore(Protocol):
+    """A store the chain can read: every requested key in the result (empty dict when absent)."""
+
+    name: str
+
+    async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, Fields]: ...
+
+
+class RedisStore:
+    """A region's Redis through the read-only user; one pipelined round trip per call."""
+
+    def __init__(self, reader: AsyncRedisTileReader, name: str, clock: Clock) -> None:
+        self.name = name
+        self._reader = reader
+        self._clock = clock
+
+    async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, Fields]:
+        return await self._reader.get_all(keys, Deadline(timeout_s, self._clock))
+
+
+class DynamoStore:
+    """A region's DynamoDB replica. boto3 blocks, so calls run on a small private thread pool;
+    a call that outlives its timeout is abandoned (its thread finishes in the background, bounded
+    by the client's own read timeout) and counted as a timeout."""
+
+    def __init__(
+        self, reader: DynamoTileReader, name: str, clock: Clock, pool: ThreadPoolExecutor
+    ) -> None:
+        self.name = name
+        self._reader = reader
+        self._clock = clock
+        self._pool = pool
+
+    async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, Fields]:
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(timeout_s, self._clock)
+        future = loop.run_in_executor(self._pool, self._reader.get_all, list(keys), deadline)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise StoreTimeout(f"{self.name}: no answer in {timeout_s:.3f}s") from None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One link of the chain: a store, its breaker, its timeout cap and its budget share."""
+
+    store: TileStore
+    breaker: CircuitBreaker
+    cap_s: float
+    share: float
+
+
+@dataclass
+class ChainResult:
+    """What answered: ``fields`` per key from ``store``, or ``None`` when nothing did; ``tried``
+    lists ``(store, outcome)`` for every step considered, in order (for logs and the response)."""
+
+    fields: Mapping[str, Fields] | None
+    store: str
+    tried: list[tuple[str, str]] = field(default_factory=list)
+
+
+class FallbackChain:
+    """Reads keys from the first step that answers in time. Not thread-safe: one event loop."""
+
+    def __init__(self, steps: Sequence[Step], clock: Clock) -> None:
+        self.steps = tuple(steps)
+        self._clock = clock
+
+    def breakers(self) -> dict[str, str]:
+        return {s.store.name: s.breaker.state.value for s in self.steps}
+
+    async def read(self, keys: Sequence[str], deadline: Deadline) -> ChainResult:
+        tried: list[tuple[str, str]] = []
+        last = len(self.steps) - 1
+        for n, step in enumerate(self.steps):
+            name = step.store.name
+            if deadline.expired():
+                tried.append((name, "budget_spent"))
+                break
+            if not step.breaker.allow():
+                tried.append((name, "circuit_open"))
+                continue
+            share = 1.0 if n == last else step.share
+            timeout = min(step.cap_s, deadline.remaining() * share)
+            try:
+                fields = await step.store.get_all(keys, timeout)
+            except TransportError as exc:
+                step.breaker.record_failure()
+                tried.append((name, type(exc).__name__))
+                log.warning("store %s failed: %s", name, exc)
+                continue
+            except BaseException:
+                step.breaker.record_success()  # not the store's fault (cancelled, bug)
+                raise
+            step.breaker.record_success()
+            tried.append((name, "ok"))
+            return ChainResult(fields, name, tried)
+        return ChainResult(None, DEFAULTS, tried)

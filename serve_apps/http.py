@@ -1,0 +1,197 @@
+"""HTTP for one region: routing, API keys, body and entity limits, load shedding, error mapping.
+
+:class:`ServingHttp` is plain ASGI-free Python: ``handle(method, path, headers, read_body)``
+returns ``(status, headers, body)``. The Ray Serve deployment (``serve_apps.app``) and the unit
+tests call it directly; there is no per-request pydantic model and JSON goes through orjson.
+
+Routes (paths relative to the application's route prefix, e.g. ``/us-east``):
+
+========================  ======  ==========================================================
+``POST /v1/features``     read    native read (see ``serve_apps.responses``)
+``POST /get-online-features`` read  Feast-shaped read
+``GET /v1/catalog``       read    views, features, versions, TTLs, freshness targets
+``GET /v1/stores``        admin   circuit breaker state per store
+``GET /v1/health``        none    the replica's event loop answers
+``GET /v1/ready``         none    catalog loaded and at least one store answered recently
+``GET /v1/openapi.json``  none    OpenAPI 3.1 document; ``GET /docs`` renders it
+========================  ======  ==========================================================
+
+Invariants: a response body never holds exception text (errors carry ``code`` and
+``request_id``; the message and traceback go to the log under that id); the body is read with a
+hard byte limit (``Content-Length`` is checked first, then the stream is counted); beyond
+``limits.max_in_flight`` concurrent requests the answer is 503 with ``Retry-After`` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from features.errors import DataError, FreshlineError
+from regions.resilience import Deadline
+from serve_apps.config import Scope, ServingConfig, hash_api_key
+from serve_apps.exceptions import (
+    AuthError,
+    BadRequest,
+    BodyTooLarge,
+    MalformedJson,
+    Overloaded,
+    ScopeDenied,
+)
+from serve_apps.fallback import DEFAULTS
+from serve_apps.openapi import DOCS_HTML, openapi_document
+from serve_apps.responses import feast_plan, feast_response, native_plan, native_response
+from serve_apps.service import ReadService
+
+log = logging.getLogger(__name__)
+
+Headers = Mapping[str, str]
+Response = tuple[int, list[tuple[str, str]], bytes]
+BodyStream = Callable[[], AsyncIterator[bytes]]
+Handler = Callable[[str, Headers, BodyStream], Awaitable[Response]]
+
+_JSON = ("content-type", "application/json")
+
+
+def _json(
+    status: int, payload: Any, request_id: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
+    headers = [_JSON, ("x-request-id", request_id), *(extra or [])]
+    return status, headers, orjson.dumps(payload)
+
+
+def _error(
+    status: int, code: str, request_id: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
+    return _json(status, {"error": code, "request_id": request_id}, request_id, extra)
+
+
+class ServingHttp:
+    """One replica's HTTP logic. Not thread-safe: runs on one event loop."""
+
+    def __init__(self, config: ServingConfig, service: ReadService) -> None:
+        self.config = config
+        self.service = service
+        self.limits = config.limits
+        self._keys = {k.sha256: k for k in config.api_keys}
+        self._in_flight = 0
+        self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
+        self._openapi = orjson.dumps(openapi_document(config.route_prefix))
+        self._probe_key = f"fl:{config.tenant}:readiness:v1:probe"
+        self._routes: dict[tuple[str, str], tuple[Scope | None, Handler]] = {
+            ("POST", "/v1/features"): (Scope.READ, self._features),
+            ("POST", "/get-online-features"): (Scope.READ, self._feast),
+            ("GET", "/v1/catalog"): (Scope.READ, self._get_catalog),
+            ("GET", "/v1/stores"): (Scope.ADMIN, self._stores),
+        }
+
+    async def handle(  # noqa: PLR0911 - one return per outcome reads best here
+        self, method: str, path: str, headers: Headers, body: BodyStream
+    ) -> Response:
+        request_id = os.urandom(8).hex()
+        if method == "GET" and path == "/v1/ready":
+            ready = await self.ready()
+            body_ = {"ready": ready, "region": self.config.region, "request_id": request_id}
+            return _json(200 if ready else 503, body_, request_id)
+        public = self._public(method, path, request_id)
+        if public is not None:
+            return public
+        route = self._routes.get((method, path))
+        if route is None:
+            return _error(404, "not_found", request_id)
+        if self._in_flight >= self.limits.max_in_flight:
+            return _error(
+                503, Overloaded.code, request_id, [("retry-after", str(self.limits.retry_after_s))]
+            )
+        self._in_flight += 1
+        try:
+            self._authorize(headers, route[0])
+            return await route[1](request_id, headers, body)
+        except (AuthError, BadRequest) as exc:
+            log.info("request %s refused: %s", request_id, exc)
+            return _error(exc.status, exc.code, request_id)
+        except DataError as exc:  # invalid entity ids and other bad values
+            log.info("request %s refused: %s", request_id, exc)
+            return _error(422, "invalid_input", request_id)
+        except FreshlineError:
+            log.exception("request %s failed", request_id)
+            return _error(503, "unavailable", request_id, [("retry-after", "1")])
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return _error(500, "internal", request_id)
+        finally:
+            self._in_flight -= 1
+
+    def _public(self, method: str, path: str, request_id: str) -> Response | None:
+        if method != "GET":
+            return None
+        if path == "/v1/health":
+            return _json(200, {"status": "ok"}, request_id)
+        if path == "/v1/openapi.json":
+            return 200, [_JSON], self._openapi
+        if path == "/docs":
+            return 200, [("content-type", "text/html; charset=utf-8")], DOCS_HTML
+        return None
+
+    def _authorize(self, headers: Headers, scope: Scope | None) -> None:
+        if scope is None:
+            return
+        raw = headers.get("x-api-key")
+        if raw is None:
+            auth = headers.get("authorization", "")
+            raw = auth[7:] if auth[:7].lower() == "bearer " else None
+        key = self._keys.get(hash_api_key(raw)) if raw else None
+        if key is None:
+            raise AuthError("missing or unknown API key")
+        if scope not in key.scopes:
+            raise ScopeDenied(f"key {key.name!r} lacks scope {scope.value}")
+
+    async def _json_body(self, headers: Headers, body: BodyStream) -> dict[str, Any]:
+        limit = self.limits.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise BodyTooLarge(limit)
+        chunks, size = [], 0
+        async for chunk in body():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        try:
+            parsed = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            raise MalformedJson() from None
+        if not isinstance(parsed, dict):
+            raise MalformedJson()
+        return parsed
+
+    async def _features(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        parsed = await self._json_body(headers, body)
+        plan = native_plan(self.service.index, parsed, self.limits)
+        result = await self.service.read(plan)
+        return _json(200, native_response(result, plan, self.config.region, request_id), request_id)
+
+    async def _feast(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        parsed = await self._json_body(headers, body)
+        plan, rows = feast_plan(self.service.index, parsed, self.limits)
+        result = await self.service.read(plan)
+        full = parsed.get("full_feature_names") is True
+        return _json(200, feast_response(result, plan, rows, full), request_id)
+
+    async def _get_catalog(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        return 200, [_JSON, ("x-request-id", request_id)], self._catalog
+
+    async def _stores(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        return _json(200, {"breakers": self.service.chain.breakers()}, request_id)
+
+    async def ready(self) -> bool:
+        """Catalog loaded (it is, or the replica would not exist) and a store, not the defaults,
+        answers a read of one absent key through the fallback chain within 0.5 s."""
+        deadline = Deadline(0.5, time.monotonic)
+        result = await self.service.chain.read([self._probe_key], deadline)
+        return result.store != DEFAULTS

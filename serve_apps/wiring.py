@@ -1,0 +1,139 @@
+"""Building one region's read path from its :class:`ServingConfig` (no Ray here).
+
+Chain order for region R (``regions.config.RegionTopology.failover_order`` gives the others,
+nearest first): ``redis-R``, ``dynamodb-R``, then for each other region O: ``redis-O``,
+``dynamodb-O``; then defaults. Every store gets its own :class:`CircuitBreaker` on the injected
+monotonic clock. Redis is always reached as the read-only ACL user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from regions.config import RegionConfig
+from regions.dynamodb_store import DynamoTileReader
+from regions.redis_store import AsyncRedisTileReader, RedisRole, RedisTimeouts, async_redis_client
+from regions.resilience import CircuitBreaker, RetryPolicy
+from serve_apps.config import ServingConfig
+from serve_apps.fallback import DynamoStore, FallbackChain, RedisStore, Step, TileStore
+from serve_apps.http import ServingHttp
+from serve_apps.plan import CatalogIndex
+from serve_apps.service import ReadService
+
+Clock = Callable[[], float]
+
+
+class _ReaderUser:
+    """``RedisUsers`` with only the reader filled in: serving has no other credentials."""
+
+    def __init__(self, config: ServingConfig) -> None:
+        self.reader_user = config.redis_reader_user
+        self.writer_user = self.admin_user = ""
+
+
+class _ReaderPassword:
+    def __init__(self, config: ServingConfig) -> None:
+        self.redis_reader_password = config.reader_password()
+        self.redis_writer_password = self.redis_admin_password = config.reader_password()
+
+
+def redis_store(config: ServingConfig, region: RegionConfig, clock: Clock) -> RedisStore:
+    timeouts = RedisTimeouts(
+        connect_s=config.timeouts.redis_s,
+        socket_s=max(config.timeouts.redis_s, 0.05),
+        max_connections=config.redis_max_connections,
+    )
+    client = async_redis_client(
+        region, RedisRole.READER, _ReaderUser(config), _ReaderPassword(config), timeouts
+    )
+    name = f"redis-{region.name}"
+    return RedisStore(AsyncRedisTileReader(client, name), name, clock)
+
+
+def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
+    """boto3 clients with the serving timeouts and no botocore retries (the chain decides).
+
+    One client per region, made on first use and shared (boto3 clients are thread-safe); building
+    one costs hundreds of milliseconds, so :func:`build_chain` makes them before the first request.
+    """
+    made: dict[str, Any] = {}
+
+    def make(region: RegionConfig) -> Any:
+        if region.name not in made:
+            made[region.name] = _client(config, region)
+        return made[region.name]
+
+    return make
+
+
+def _client(config: ServingConfig, region: RegionConfig) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    timeout = config.timeouts.dynamodb_s
+    kwargs: dict[str, Any] = {}
+    if config.dynamodb_access_key_id is not None:
+        kwargs["aws_access_key_id"] = config.dynamodb_access_key_id.get_secret_value()
+    if config.dynamodb_secret_access_key is not None:
+        kwargs["aws_secret_access_key"] = config.dynamodb_secret_access_key.get_secret_value()
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=region.dynamodb_endpoint_url,
+        region_name=region.aws_region,
+        config=Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 1},
+            max_pool_connections=8,
+        ),
+        **kwargs,
+    )
+
+
+def dynamo_store(
+    config: ServingConfig, region: RegionConfig, clock: Clock, pool: ThreadPoolExecutor
+) -> DynamoStore:
+    factory = dynamo_factory(config)
+    factory(region)  # warm: the first boto3 client build would eat a request's budget
+    reader = DynamoTileReader(
+        region, region.dynamodb_table, factory, retry=RetryPolicy(max_attempts=1)
+    )
+    return DynamoStore(reader, f"dynamodb-{region.name}", clock, pool)
+
+
+def build_chain(
+    config: ServingConfig,
+    clock: Clock,
+    stores: list[tuple[TileStore, float]] | None = None,
+) -> FallbackChain:
+    """The chain of ``config.region``; ``stores`` (store, cap) replaces the real ones in tests."""
+    if stores is None:
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dynamodb")
+        home = config.topology.get(config.region)
+        stores = []
+        for region in (home, *config.topology.failover_order(config.region)):
+            stores.append((redis_store(config, region, clock), config.timeouts.redis_s))
+            stores.append((dynamo_store(config, region, clock, pool), config.timeouts.dynamodb_s))
+    policy = config.breaker.policy()
+    steps = []
+    for n, (store, cap) in enumerate(stores):
+        share = config.timeouts.local_share if n < 2 else config.timeouts.remote_share
+        steps.append(Step(store, CircuitBreaker(store.name, clock, policy), cap, share))
+    return FallbackChain(steps, clock)
+
+
+def build_http(
+    config: ServingConfig,
+    *,
+    monotonic: Clock = time.monotonic,
+    wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    stores: list[tuple[TileStore, float]] | None = None,
+) -> ServingHttp:
+    """Catalog, chain, read service and HTTP logic of one region, ready to serve."""
+    index = CatalogIndex(config.load_catalog(), config.tenant)
+    chain = build_chain(config, monotonic, stores)
+    service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
+    return ServingHttp(config, service)

@@ -1,0 +1,381 @@
+"""Serving end to end: both regions' Serve applications on the session stack's Ray head, tiles
+written by the partition processor through the real Redis and DynamoDB writers, read over HTTP
+and compared with an oracle recomputed from the raw events. Store failures are real: the store
+process is paused with SIGSTOP (and always resumed)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from actors.processor import PartitionProcessor, RawRecord
+from cluster.stack import Stack
+from features.catalog import Catalog
+from features.demo import SOURCE, card_transactions_catalog
+from features.tiles import DAY_MS, MINUTE_MS
+from regions.aws import LOCAL_CREDENTIALS, dynamodb_client
+from regions.dynamodb_store import DynamoTileWriter
+from regions.redis_store import RedisRole, RedisTileWriter, redis_client
+from regions.tiles import TileWrite
+from serve_apps.client import FeatureClient
+from serve_apps.config import ApiKey, BreakerSettings, Scope, StoreTimeouts, new_api_key
+from serve_apps.deploy import configs_for_stack, deploy
+
+pytestmark = pytest.mark.integration
+
+CATALOG = card_transactions_catalog()
+READ_KEY = new_api_key()
+ADMIN_KEY = new_api_key()
+RUN = uuid.uuid4().hex[:8]
+USERS = [f"u_{RUN}_{i}" for i in range(6)]
+MERCHANTS = [f"m_{RUN}_{i}" for i in range(3)]
+QUIET_USER = f"u_{RUN}_quiet"
+PARTITIONS = 4
+OPEN_S = 8.0
+
+
+def _events(now_ms: int) -> list[dict[str, Any]]:
+    """Two hours of card transactions ending a minute before ``now_ms``, ids and seqs unique."""
+    events, t = [], now_ms - 2 * 60 * MINUTE_MS
+    for seq in range(400):
+        t += 17_000 + (seq * 7919) % 5_000
+        events.append(
+            {
+                "event_id": f"{RUN}-{seq}",
+                "seq": seq,
+                "event_type": "card_tx",
+                "user_id": USERS[(seq * 5) % len(USERS)],
+                "merchant_id": MERCHANTS[(seq * 3) % len(MERCHANTS)],
+                "amount": round(1 + (seq * 37 % 1000) / 10, 2),
+                "currency": "USD",
+                "event_time_ms": min(t, now_ms - MINUTE_MS),
+            }
+        )
+    return events
+
+
+def _partition(user: str) -> int:
+    return zlib.crc32(user.encode()) % PARTITIONS
+
+
+def _tile_writes(catalog: Catalog, events: list[dict[str, Any]], now_ms: int) -> list[TileWrite]:
+    writes: list[TileWrite] = []
+    for p in range(PARTITIONS):
+        processor = PartitionProcessor(catalog, SOURCE, p, now_ms=lambda: now_ms)
+        mine = [e for e in events if _partition(e["user_id"]) == p]
+        processor.process(
+            RawRecord(i, e["user_id"].encode(), orjson.dumps(e)) for i, e in enumerate(mine)
+        )
+        writes += [c.write for c in processor.drain_changes()]
+    return writes
+
+
+def _oracle(events: list[dict[str, Any]], ref: str, entity_id: str, as_of: int) -> Any:  # noqa: PLR0911
+    """Recomputed from the raw events, independently of the tile code."""
+    view, feature = CATALOG.resolve(ref)
+    key_field = view.key_field(CATALOG)
+    rows = [e for e in events if e[key_field] == entity_id and e["event_time_ms"] <= as_of]
+    if feature.window_ms is not None:
+        tile = feature.tile_spec.tile_ms  # type: ignore[union-attr]
+        start = as_of - as_of % tile + tile - feature.window_ms
+        rows = [e for e in rows if e["event_time_ms"] >= start]
+    values = [e[feature.column] for e in rows] if feature.column else [1] * len(rows)
+    agg = feature.aggregation.value
+    if not rows and agg != "cusum":
+        return feature.default
+    if agg == "count":
+        return len(rows)
+    if agg == "sum":
+        return sum(values)
+    if agg == "mean":
+        return sum(values) / len(values)
+    if agg == "max":
+        return max(values)
+    if agg == "min":
+        return min(values)
+    if agg == "distinct_count":
+        return len(set(values))
+    if agg == "last":
+        return max(rows, key=lambda e: (e["event_time_ms"], e["seq"]))[feature.column]
+    return None  # cusum: not recomputed here
+
+
+@pytest.fixture(scope="module")
+def world(stack: Stack) -> Iterator[dict[str, Any]]:
+    """Tiles in both regions' Redis and DynamoDB, serving deployed; Serve shut down at the end."""
+    now = time.time_ns() // 1_000_000
+    events = _events(now)
+    quiet = [
+        dict(
+            events[0],
+            event_id=f"{RUN}-q",
+            seq=10_000,
+            user_id=QUIET_USER,
+            event_time_ms=now - 9 * DAY_MS,
+        )
+    ]
+    writes = _tile_writes(CATALOG, events, now) + _tile_writes(CATALOG, quiet, now)
+    for region in stack.settings.topology:
+        client = redis_client(region, RedisRole.WRITER, stack.settings.redis, stack.secrets)
+        RedisTileWriter(client, f"redis-{region.name}").apply(writes)
+        client.close()
+        DynamoTileWriter(region, region.dynamodb_table, dynamodb_client).apply(writes)
+    configs = configs_for_stack(
+        stack.settings,
+        [
+            ApiKey.from_raw("tests", READ_KEY),
+            ApiKey.from_raw("ops", ADMIN_KEY, frozenset({Scope.ADMIN})),
+        ],
+        dynamodb_credentials=(
+            LOCAL_CREDENTIALS["aws_access_key_id"],
+            LOCAL_CREDENTIALS["aws_secret_access_key"],
+        ),
+        # moto answers a Query in milliseconds when idle but in hundreds of them on a loaded
+        # 2-core machine; the fallback test checks the order of the chain, not moto's speed.
+        timeouts=StoreTimeouts(dynamodb_s=2.0),
+        # Open for 8 s so that every breaker is still open when the test looks, whatever the
+        # machine's speed; 3 failures in a minute open one.
+        breaker=BreakerSettings(min_calls=3, window_s=60.0, open_s=OPEN_S),
+    )
+    port = stack.settings.ray.serve_port
+    deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=base, timeout=10.0)
+    try:
+        for region in stack.settings.topology.names:
+            _wait_ready(http, region)
+        yield {"events": events, "http": http, "base": base, "now": now}
+    finally:
+        http.close()
+        from ray import serve
+
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+
+
+def _wait_ready(http: httpx.Client, region: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if http.get(f"/{region}/v1/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{region} never became ready")
+
+
+def _read(
+    world: dict[str, Any], region: str, body: dict[str, Any], key: str = READ_KEY
+) -> httpx.Response:
+    return world["http"].post(
+        f"/{region}/v1/features", content=orjson.dumps(body), headers={"x-api-key": key}
+    )
+
+
+def _check_against_oracle(world: dict[str, Any], body: dict[str, Any], store: str) -> None:
+    assert body["store"] == store, body["fallback"]
+    as_of = body["as_of_ms"]
+    for row in body["results"]:
+        for ref, item in row["features"].items():
+            expected = _oracle(world["events"], ref, row["id"], as_of)
+            assert item["store"] == store
+            if ref.endswith("cusum"):
+                continue
+            if isinstance(expected, float):
+                assert item["value"] == pytest.approx(expected, rel=1e-9), (row["id"], ref)
+            else:
+                assert item["value"] == expected, (row["id"], ref)
+
+
+FRAUD = {"entities": {"user": USERS, "merchant": MERCHANTS}, "feature_service": "fraud_v1"}
+
+
+@pytest.mark.parametrize("region", ["us-east", "eu-west"])
+def test_values_over_http_equal_the_oracle(world: dict[str, Any], region: str) -> None:
+    response = _read(world, region, FRAUD)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["region"] == region
+    _check_against_oracle(world, body, f"redis-{region}")
+    statuses = {item["status"] for row in body["results"] for item in row["features"].values()}
+    assert "present" in statuses
+
+
+def test_unknown_entity_and_stale_values(world: dict[str, Any]) -> None:
+    body = _read(
+        world,
+        "us-east",
+        {
+            "entities": {"user": [f"u_{RUN}_nobody", QUIET_USER]},
+            "features": ["user_spend:last_amount", "user_spend:tx_count_1h"],
+        },
+    ).json()
+    nobody, quiet = body["results"]
+    assert {v["status"] for v in nobody["features"].values()} == {"not_found"}
+    last = quiet["features"]["user_spend:last_amount"]
+    assert (last["status"], last["value"]) == ("stale", None)
+    assert last["age_ms"] > CATALOG.view("user_spend").ttl_ms
+
+
+def test_feast_endpoint(world: dict[str, Any]) -> None:
+    request = {
+        "features": ["user_spend:tx_count_1h", "user_spend:spend_sum_1h"],
+        "entities": {"user_id": USERS[:2]},
+    }
+    response = world["http"].post(
+        "/us-east/get-online-features",
+        content=orjson.dumps(request),
+        headers={"x-api-key": READ_KEY},
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["metadata"]["feature_names"] == ["user_id", "tx_count_1h", "spend_sum_1h"]
+    assert body["results"][0]["values"] == USERS[:2]
+    assert all(s == "PRESENT" for col in body["results"] for s in col["statuses"])
+
+
+def test_auth_limits_and_key_injection(world: dict[str, Any]) -> None:
+    http = world["http"]
+    ok = {"entities": {"user": USERS[:1]}, "features": ["user_spend:last_amount"]}
+    assert _read(world, "us-east", ok, key="nope").status_code == 401
+    assert _read(world, "us-east", ok, key=ADMIN_KEY).status_code == 403
+    assert http.get("/us-east/v1/stores", headers={"x-api-key": ADMIN_KEY}).status_code == 200
+    too_big = http.post(
+        "/us-east/v1/features",
+        content=b"{" + b" " * 300_000 + b"}",
+        headers={"x-api-key": READ_KEY},
+    )
+    assert too_big.status_code == 413
+    many = {
+        "entities": {"user": [f"u{i}" for i in range(1_001)]},
+        "features": ["user_spend:last_amount"],
+    }
+    assert _read(world, "us-east", many).status_code == 422
+    bad = {"entities": {"user": ["u\n1"]}, "features": ["user_spend:last_amount"]}
+    response = _read(world, "us-east", bad)
+    assert response.status_code == 422 and set(response.json()) == {"error", "request_id"}
+    # An id that spells another key is just an unknown (safely encoded) id.
+    sneaky = {
+        "entities": {"user": [f"x:v1:{USERS[0]}", "*"]},
+        "features": ["user_spend:last_amount"],
+    }
+    body = _read(world, "us-east", sneaky).json()
+    assert {r["features"]["user_spend:last_amount"]["status"] for r in body["results"]} == {
+        "not_found"
+    }
+    assert (
+        http.get("/us-east/v1/catalog", headers={"x-api-key": READ_KEY}).json()["region"]
+        == "us-east"
+    )
+    assert http.get("/us-east/v1/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_each_fallback_step_by_stopping_the_real_store(world: dict[str, Any], stack: Stack) -> None:
+    order = ["redis-us-east", "dynamodb-us-east", "redis-eu-west", "dynamodb-eu-west"]
+    request = {
+        **FRAUD,
+        "entities": {"user": USERS[:2], "merchant": MERCHANTS[:1]},
+        "deadline_ms": 5_000,
+    }
+    paused: list[str] = []
+    try:
+        for n, name in enumerate(order):
+            body = _read(world, "us-east", request).json()
+            _check_against_oracle(world, body, name)
+            assert [f["store"] for f in body["fallback"]][: n + 1] == order[: n + 1]
+            stack.service(name).process.signal(signal.SIGSTOP)
+            paused.append(name)
+        body = _read(world, "us-east", request).json()
+        assert body["store"] == "defaults"
+        values = [v for r in body["results"] for v in r["features"].values()]
+        assert {(v["status"], v["store"]) for v in values} == {("default", "defaults")}
+        assert world["http"].get("/us-east/v1/ready").status_code == 503
+        # Three failures in the window open a breaker; an open breaker is skipped at once.
+        for _ in range(6):
+            stores = _breakers(world)
+            if set(stores.values()) == {"open"}:
+                break
+            _read(world, "us-east", request)
+        assert set(_breakers(world).values()) == {"open"}
+        started = time.monotonic()
+        body = _read(world, "us-east", request).json()
+        assert time.monotonic() - started < 0.5
+        assert {f["outcome"] for f in body["fallback"]} == {"circuit_open"}
+    finally:
+        for name in reversed(paused):
+            stack.service(name).process.signal(signal.SIGCONT)
+    time.sleep(OPEN_S + 0.2)  # the next call is a half-open probe
+    assert _breakers(world)["redis-us-east"] == "half_open"
+    body = _read(world, "us-east", request).json()
+    _check_against_oracle(world, body, "redis-us-east")
+    assert _breakers(world)["redis-us-east"] == "closed"
+
+
+def _breakers(world: dict[str, Any]) -> dict[str, str]:
+    reply = world["http"].get("/us-east/v1/stores", headers={"x-api-key": ADMIN_KEY})
+    breakers: dict[str, str] = reply.json()["breakers"]
+    return breakers
+
+
+def test_feature_client(world: dict[str, Any]) -> None:
+    with FeatureClient(
+        world["base"], READ_KEY, regions=("us-east", "eu-west"), timeout_s=2.0
+    ) as client:
+        body = client.get_features({"user": USERS[:1]}, ["user_spend:tx_count_1h"])
+    assert body["region"] == "us-east"
+    assert client.values(body)[(USERS[0], "user_spend:tx_count_1h")] == _oracle(
+        world["events"], "user_spend:tx_count_1h", USERS[0], body["as_of_ms"]
+    )
+
+
+def test_serve_deploy_from_one_config_file(
+    world: dict[str, Any], stack: Stack, tmp_path: Any
+) -> None:
+    """The same applications through ``serve deploy <file>`` (runs last: it replaces them)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from serve_apps.deploy import write_serve_config
+
+    configs = configs_for_stack(stack.settings, [ApiKey.from_raw("tests", READ_KEY)])
+    path = write_serve_config(configs, stack.settings.ray.serve_port, tmp_path / "serve.yaml")
+    text = path.read_text()
+    assert "redis_password_file" in text and READ_KEY not in text
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    env = {**os.environ, **stack.settings.ray.client_env()}
+    subprocess.run(
+        [serve_cli, "deploy", str(path), "-a", stack.settings.ray.dashboard_url],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [serve_cli, "status", "-a", stack.settings.ray.dashboard_url],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        ).stdout
+        if status.count("status: RUNNING") >= 2 and "DEPLOYING" not in status:
+            break
+        time.sleep(1)
+    for region in ("us-east", "eu-west"):
+        _wait_ready(world["http"], region)
+        body = _read(world, region, FRAUD).json()
+        _check_against_oracle(world, body, f"redis-{region}")

@@ -1,0 +1,107 @@
+"""FeatureClient failover and retries (against httpx's mock transport), and the Serve config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from regions.config import default_topology
+from regions.resilience import ExponentialBackoff, no_jitter
+from serve_apps.client import FeatureClient, FeatureRequestRefused, FeatureServiceUnavailable
+from serve_apps.config import ApiKey, Limits, ServingConfig, hash_api_key
+from serve_apps.deploy import configs_for_stack, serve_config
+from tests.unit.serve_apps.fakes import FakeClock
+
+OK = {"region": "eu-west", "results": [{"id": "u_1", "features": {"v:f": {"value": 3}}}]}
+
+
+def _client(handler: Any, clock: FakeClock) -> FeatureClient:
+    return FeatureClient(
+        "http://serve",
+        "key",
+        regions=("us-east", "eu-west"),
+        timeout_s=1.0,
+        backoff=ExponentialBackoff(base_s=0.01, cap_s=0.01, jitter=no_jitter),
+        monotonic=clock,
+        sleep=clock.advance,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def test_fails_over_on_5xx_and_transport_errors_in_preference_order() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        assert request.headers["x-api-key"] == "key"
+        if request.url.path.startswith("/us-east"):
+            return httpx.Response(503, json={"error": "overloaded", "request_id": "r"})
+        return httpx.Response(200, content=orjson.dumps(OK))
+
+    clock = FakeClock()
+    body = _client(handler, clock).get_features({"user": ["u_1"]}, ["v:f"])
+    assert seen == ["/us-east/v1/features", "/eu-west/v1/features"]
+    assert body["region"] == "eu-west"
+    assert FeatureClient.values(_client(handler, clock), body) == {("u_1", "v:f"): 3}
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(FeatureServiceUnavailable):
+        _client(down, clock).get_features({"user": ["u_1"]}, ["v:f"])
+
+
+def test_4xx_is_not_retried_anywhere() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(422, json={"error": "too_many_entities", "request_id": "r"})
+
+    with pytest.raises(FeatureRequestRefused) as refused:
+        _client(handler, FakeClock()).get_features({"user": ["u_1"]}, ["v:f"])
+    assert (refused.value.status, refused.value.code) == (422, "too_many_entities")
+    assert calls == ["/us-east/v1/features"]
+
+
+class _Stack:
+    topology = default_topology()
+    secrets_file = Path("/state/secrets.json")
+
+    class redis:  # noqa: N801 - mirrors StackSettings.redis
+        reader_user = "fl-reader"
+
+
+def test_serve_config_has_one_app_per_region_and_no_secret() -> None:
+    configs = configs_for_stack(_Stack(), [ApiKey.from_raw("c", "raw-key")])
+    doc = serve_config(configs, 8000)
+    assert [a["route_prefix"] for a in doc["applications"]] == ["/us-east", "/eu-west"]
+    text = orjson.dumps(doc).decode()
+    assert "raw-key" not in text and hash_api_key("raw-key") in text
+    assert doc["applications"][0]["args"]["config"]["redis_password_file"] == "/state/secrets.json"
+    rebuilt = ServingConfig.model_validate(doc["applications"][1]["args"]["config"])
+    assert rebuilt.region == "eu-west" and rebuilt.redis_reader_user == "fl-reader"
+    with_password = configs_for_stack(_Stack(), [], password=SecretStr("p"))
+    with pytest.raises(ValueError, match="password"):
+        serve_config(with_password, 8000)
+
+
+def test_config_invariants() -> None:
+    base: dict[str, Any] = {"region": "us-east", "topology": default_topology()}
+    with pytest.raises(ValueError, match="exactly one"):
+        ServingConfig(**base)
+    with pytest.raises(ValueError, match="topology"):
+        ServingConfig(**{**base, "region": "mars-1", "redis_password": SecretStr("p")})
+    with pytest.raises(ValueError, match="redis_max_connections"):
+        ServingConfig(
+            **base,
+            redis_password=SecretStr("p"),
+            limits=Limits(max_in_flight=512),
+            redis_max_connections=64,
+        )
+    assert "p" not in repr(ServingConfig(**base, redis_password=SecretStr("p")).redis_password)

@@ -1,0 +1,119 @@
+"""The fallback chain: order, one round trip per store, budgets, and breaker transitions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from features.demo import card_transactions_catalog
+from features.errors import StoreTimeout
+from regions.resilience import BreakerState
+from serve_apps.config import BreakerSettings
+from serve_apps.http import ServingHttp
+from serve_apps.wiring import build_http
+from tests.unit.serve_apps.fakes import READ_KEY, T0, FakeClock, FakeStore, config, event, tiles_for
+
+CATALOG = card_transactions_catalog()
+REFS = ["user_spend:tx_count_1h", "user_spend:last_amount", "merchant_activity:tx_count_1h"]
+
+
+def _chain() -> tuple[list[FakeStore], FakeClock, ServingHttp]:
+    names = ["redis-us-east", "dynamodb-us-east", "redis-eu-west", "dynamodb-eu-west"]
+    stores = [FakeStore(n) for n in names]
+    writes = tiles_for(CATALOG, [event(0, "u_1", "m_1", 7.0, T0 - 1000)], T0)
+    for store in stores:
+        store.apply(writes)
+    clock = FakeClock(wall=T0)
+    breaker = BreakerSettings(min_calls=2, window_calls=4, open_s=2.0)
+    http = build_http(
+        config(breaker=breaker),
+        monotonic=clock,
+        wall_ms=clock.wall_ms,
+        stores=[(s, 0.05 if s.name.startswith("redis") else 0.5) for s in stores],
+    )
+    return stores, clock, http
+
+
+def _read(http: ServingHttp, **extra: Any) -> dict[str, Any]:
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield orjson.dumps(
+            {"entities": {"user": ["u_1", "u_2"], "merchant": ["m_1"]}, "features": REFS, **extra}
+        )
+
+    status, _, out = asyncio.run(
+        http.handle("POST", "/v1/features", {"x-api-key": READ_KEY}, chunks)
+    )
+    assert status == 200
+    return orjson.loads(out)
+
+
+def _stores_of(body: dict[str, Any]) -> set[str]:
+    return {v["store"] for r in body["results"] for v in r["features"].values()}
+
+
+def test_one_round_trip_to_the_local_redis_for_all_keys() -> None:
+    stores, _, http = _chain()
+    body = _read(http)
+    assert stores[0].calls == [
+        [
+            "fl:default:user_spend:v1:u_1",
+            "fl:default:user_spend:v1:u_2",
+            "fl:default:merchant_activity:v1:m_1",
+        ]
+    ]
+    assert all(not s.calls for s in stores[1:])
+    assert _stores_of(body) == {"redis-us-east"}
+
+
+def test_each_step_of_the_chain_then_defaults() -> None:
+    stores, _, http = _chain()
+    expected = ["redis-us-east", "dynamodb-us-east", "redis-eu-west", "dynamodb-eu-west"]
+    for n, name in enumerate(expected):
+        body = _read(http)
+        assert body["store"] == name and _stores_of(body) == {name}
+        values = {(r["id"], ref): v for r in body["results"] for ref, v in r["features"].items()}
+        assert values[("u_1", "user_spend:last_amount")]["value"] == 7.0
+        assert [f["store"] for f in body["fallback"]] == expected[: n + 1]
+        stores[n].fail = True
+    body = _read(http)
+    assert body["store"] == "defaults"
+    values = [v for r in body["results"] for v in r["features"].values()]
+    assert {(v["status"], v["store"]) for v in values} == {("default", "defaults")}
+    assert {v["value"] for v in values} == {0, None}
+
+
+def test_breaker_opens_skips_the_store_then_probes_and_closes() -> None:
+    stores, clock, http = _chain()
+    redis = stores[0]
+    redis.fail, redis.error = True, StoreTimeout
+    for _ in range(2):  # min_calls=2 failures at rate 1.0 open it
+        assert _read(http)["store"] == "dynamodb-us-east"
+    breakers = http.service.chain.steps[0].breaker
+    assert breakers.state is BreakerState.OPEN
+    calls = len(redis.calls)
+    body = _read(http)
+    assert len(redis.calls) == calls, "an open breaker never touches the store"
+    assert body["fallback"][0] == {"store": "redis-us-east", "outcome": "circuit_open"}
+
+    clock.advance(2.0)
+    assert breakers.state is BreakerState.HALF_OPEN
+    _read(http)  # the probe fails: open again
+    assert breakers.state is BreakerState.OPEN and len(redis.calls) == calls + 1
+
+    clock.advance(2.0)
+    redis.fail = False
+    assert _read(http)["store"] == "redis-us-east"  # the probe succeeds
+    assert breakers.state is BreakerState.CLOSED
+
+
+def test_timeouts_come_from_the_remaining_budget() -> None:
+    stores, _, http = _chain()
+    stores[0].fail = True
+    _read(http, deadline_ms=40)
+    # Redis: min(cap 50 ms, 34% of 40 ms); DynamoDB: min(cap 500 ms, 34% of what is left).
+    assert abs(stores[0].timeouts[0] - 0.0136) < 1e-9
+    assert abs(stores[1].timeouts[0] - 0.0136) < 1e-9
+    _read(http, deadline_ms=1_000)
+    assert stores[0].timeouts[1] == 0.05
