@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy features regions cluster
+	$(BIN)/mypy features regions cluster actors serve_apps chaos
 
 unit: setup
 	$(BIN)/pytest tests/unit
