@@ -122,6 +122,9 @@ class StackSettings(BaseModel):
     topology: RegionTopology = Field(default_factory=default_topology)
     jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
     with_ray: bool = True
+    # None: a local warehouse under the state dir. An s3:// URI (with the usual AWS variables or
+    # pyiceberg's s3.* properties) moves the offline store to S3-compatible storage.
+    iceberg_warehouse_uri: str | None = Field(default=None, pattern=r"^(file|s3|s3a|gs)://.+")
 
     @model_validator(mode="after")
     def _ports_unique(self) -> StackSettings:
@@ -160,7 +163,7 @@ class StackSettings(BaseModel):
 
     @property
     def iceberg_warehouse(self) -> str:
-        return f"file://{self.offline_dir / 'warehouse'}"
+        return self.iceberg_warehouse_uri or f"file://{self.offline_dir / 'warehouse'}"
 
     def to_env(self) -> dict[str, str]:
         """``FRESHLINE_*`` variables that rebuild these settings in another process (a Ray job,
@@ -186,7 +189,11 @@ class StackSettings(BaseModel):
             "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
             "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
             "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
-        }
+        } | (
+            {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
+            if self.iceberg_warehouse_uri
+            else {}
+        )
 
     @property
     def ray_temp_dir(self) -> Path:
@@ -222,6 +229,8 @@ def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
         data["ray"]["auth_mode"] = environ["FRESHLINE_RAY_AUTH_MODE"]
     if "FRESHLINE_KAFKA_VERSION" in environ:
         data["kafka"]["version"] = environ["FRESHLINE_KAFKA_VERSION"]
+    if "FRESHLINE_ICEBERG_WAREHOUSE" in environ:
+        data["iceberg_warehouse_uri"] = environ["FRESHLINE_ICEBERG_WAREHOUSE"]
     if "FRESHLINE_JAR_CACHE" in environ:
         data["jar_cache_dir"] = Path(environ["FRESHLINE_JAR_CACHE"])
     if environ.get("FRESHLINE_WITH_RAY", "1") in {"0", "false", "no"}:

@@ -20,7 +20,8 @@ def iceberg_catalog(settings: StackSettings) -> Any:
     from pyiceberg.catalog.sql import SqlCatalog
 
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    (settings.offline_dir / "warehouse").mkdir(exist_ok=True)
+    if settings.iceberg_warehouse_uri is None:
+        (settings.offline_dir / "warehouse").mkdir(exist_ok=True)
     return SqlCatalog(
         "freshline", uri=settings.iceberg_catalog_uri, warehouse=settings.iceberg_warehouse
     )

@@ -82,6 +82,14 @@ def test_to_env_round_trips_through_the_environment(tmp_path: Path) -> None:
             "FRESHLINE_REDIS_PORTS": "26379,26389",
             "FRESHLINE_RAY_AUTH_MODE": "token",
             "FRESHLINE_WITH_RAY": "0",
+            "FRESHLINE_ICEBERG_WAREHOUSE": "s3://lake/freshline",
         }
     )
+    assert settings.iceberg_warehouse == "s3://lake/freshline"
     assert settings_from_env(settings.to_env()) == settings
+
+
+def test_a_warehouse_that_is_not_a_uri_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_env({"FRESHLINE_ICEBERG_WAREHOUSE": "/data/lake"})
+    assert caught.value.field == "iceberg_warehouse_uri"
