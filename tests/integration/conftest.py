@@ -7,22 +7,31 @@ at the end of the session; the last check fails the run if any process it starte
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster.process import free_port
+from cluster.process import port_is_free
 from cluster.settings import KafkaSettings, RaySettings, StackSettings
 from cluster.stack import Stack
 from regions.config import default_topology
 
+# Below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
+# Ray's worker ports (20000-29999): a port picked here cannot be taken by a client socket between
+# the moment it is chosen and the moment the service binds it.
+_TEST_PORTS = range(30000, 32768)
+
 
 def free_ports(count: int) -> list[int]:
+    rng = random.Random()
     ports: set[int] = set()
     while len(ports) < count:
-        ports.add(free_port())
+        port = rng.choice(_TEST_PORTS)
+        if port_is_free("127.0.0.1", port):
+            ports.add(port)
     return sorted(ports)
 
 
