@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     p_down = pipeline_verbs.add_parser("down", help="stop the pipeline's actors")
     p_down.set_defaults(handler=_pipeline_down)
 
+    serve = verbs.add_parser("serve", help="the per-region feature-serving applications")
+    serve_verbs = serve.add_subparsers(dest="serve_verb", required=True)
+    serve_verbs.add_parser("up", help="deploy one Serve app per region (idempotent)").set_defaults(
+        handler=_serve_up
+    )
+    serve_verbs.add_parser("down", help="delete the region apps").set_defaults(handler=_serve_down)
+
     demo = verbs.add_parser("demo", help="start the stack, stream demo events and show them live")
     demo.add_argument("--rate", type=float, default=300.0, help="events per second")
     demo.add_argument(
@@ -148,6 +155,25 @@ def _pipeline_down(args: argparse.Namespace, settings: StackSettings, console: C
 
     pipeline.submit(settings, "down")
     console.print("pipeline stopped")
+    return 0
+
+
+def _serve_up(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster import serving
+
+    with console.status("deploying the region applications on Ray Serve"):
+        urls = serving.serve_up(settings)
+    for url in urls:
+        console.print(f"{url}/docs")
+    console.print(f"API key (X-API-Key header): {serving.api_key_file(settings)}")
+    return 0
+
+
+def _serve_down(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from cluster import serving
+
+    serving.serve_down(settings)
+    console.print("region applications deleted")
     return 0
 
 
