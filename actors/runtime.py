@@ -108,9 +108,9 @@ class _SinkActor:
                 if time.monotonic() - last_export > 1.0:
                     self._lag = self._worker.lag()
                     s = self._worker.stats
-                    exporter.export(
-                        s.applied_records, s.store_failures, self._lag, s.take_freshness()
-                    )
+                    fresh = s.take_freshness()
+                    self._recent_freshness.extend(fresh)
+                    exporter.export(s.applied_records, s.store_failures, self._lag, fresh)
                     last_export = time.monotonic()
         except BaseException as exc:
             _die(f"sink {self._region}/{self._store}", exc)
