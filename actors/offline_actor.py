@@ -1,0 +1,98 @@
+"""The Ray actor around ``OfflineWriter`` (crash-only, like ``actors.runtime``).
+
+Any error exits the process; Ray restarts the actor, which resumes from the Iceberg snapshot
+properties. There is no in-process recovery path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import ray
+
+from actors.offline import OfflineWriter, OfflineWriterConfig
+from actors.offline_tables import open_tables
+from features.catalog import Catalog
+from features.errors import ConfigError
+
+log = logging.getLogger("freshline.offline")
+
+
+def _die(exc: BaseException) -> None:
+    log.exception("offline writer failed; exiting so that Ray restarts it", exc_info=exc)
+    os._exit(1)
+
+
+def build_writer(config: OfflineWriterConfig, catalog: Catalog) -> OfflineWriter:
+    """The production writer: read_committed, no group offsets (position lives in Iceberg)."""
+    from kafka import KafkaConsumer
+
+    source = catalog.source(config.source)
+    keys = [v.key_field(catalog) for v in catalog.views if v.source == config.source]
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_poll_records=5_000,
+    )
+    raw, tiles = open_tables(
+        config.iceberg_catalog_uri, config.iceberg_warehouse, config.namespace, source
+    )
+    return OfflineWriter(config, source, keys, raw_table=raw, tile_table=tiles, consumer=consumer)
+
+
+def topic_partitions(writer_consumer: Any, topics: Iterable[str]) -> dict[str, list[int]]:
+    out = {}
+    for topic in topics:
+        found = writer_consumer.partitions_for_topic(topic)
+        if not found:
+            raise ConfigError(f"topic {topic!r} does not exist or has no partitions")
+        out[topic] = sorted(found)
+    return out
+
+
+class _OfflineWriterActor:
+    """Crash-only: any error exits the process; Ray's restart resumes from the Iceberg snapshot."""
+
+    def __init__(self, config: OfflineWriterConfig, catalog: Catalog) -> None:
+        self._config, self._catalog = config, catalog
+        self._writer: OfflineWriter | None = None
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, name="offline-loop", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            writer = build_writer(self._config, self._catalog)
+            topics = (self._config.source_topic, self._config.changelog_topic)
+            writer.start(topic_partitions(writer.consumer, topics))
+            self._writer = writer
+            self.ready.set()
+            while not self._stop.is_set():
+                writer.step()
+            writer.consumer.close()
+        except BaseException as exc:
+            _die(exc)
+
+    def status(self) -> dict[str, Any]:
+        w = self._writer
+        return {
+            "pid": os.getpid(),
+            "ready": self.ready.is_set(),
+            "positions": w.positions() if w else {},
+            "rows_written": dict(w.rows_written) if w else {},
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_remote: Any = ray.remote
+OfflineWriterActor: Any = _remote(
+    max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25
+)(_OfflineWriterActor)
