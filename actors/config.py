@@ -33,6 +33,11 @@ class PipelineConfig(BaseModel):
     topology: RegionTopology
     stores: tuple[str, ...] = ("redis", "dynamodb")
     redis_users: RedisAccess
+    # Offline store: exactly one writer may run (Iceberg's optimistic commits reject a second one).
+    offline: bool = True
+    iceberg_catalog_uri: str = ""
+    iceberg_warehouse: str = ""
+    offline_batch_records: int = Field(default=5000, ge=1)
 
     def assignments(self) -> list[list[int]]:
         """Partitions per consumer, round-robin; every partition owned exactly once."""

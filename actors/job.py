@@ -31,6 +31,8 @@ def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
         bootstrap=settings.kafka.bootstrap,
         consumers=consumers,
         topology=settings.topology,
+        iceberg_catalog_uri=settings.iceberg_catalog_uri,
+        iceberg_warehouse=settings.iceberg_warehouse,
         redis_users=RedisAccess(
             admin_user=users.admin_user,
             writer_user=users.writer_user,

@@ -183,8 +183,25 @@ class _Supervisor:
             for r in config.topology
             for store in config.stores
         }
+        self._offline = self._new_offline() if config.offline else None
         self._replaced = 0
         threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
+
+    def _new_offline(self) -> Any:
+        from actors.offline import OfflineWriterConfig
+        from actors.offline_actor import OfflineWriterActor
+
+        c = self._config
+        writer_config = OfflineWriterConfig(
+            source_topic=self._catalog.source(c.source).topic,
+            changelog_topic=c.changelog_topic,
+            bootstrap=c.bootstrap,
+            source=c.source,
+            iceberg_catalog_uri=c.iceberg_catalog_uri,
+            iceberg_warehouse=c.iceberg_warehouse,
+            batch_records=c.offline_batch_records,
+        )
+        return OfflineWriterActor.options(name="fl-offline").remote(writer_config, self._catalog)
 
     def _new_consumer(self, index: int) -> Any:
         partitions = self._config.assignments()[index]
@@ -208,14 +225,26 @@ class _Supervisor:
                 if not _alive(actor):
                     self._sinks[key] = self._new_sink(*key)
                     self._replaced += 1
+            if self._offline is not None and not _alive(self._offline):
+                self._offline = self._new_offline()
+                self._replaced += 1
 
     def status(self) -> dict[str, Any]:
         consumers = ray.get([a.status.remote() for a in self._consumers], timeout=30)
         sinks = ray.get([a.status.remote() for a in self._sinks.values()], timeout=30)
-        return {"consumers": consumers, "sinks": sinks, "replaced": self._replaced}
+        offline = None
+        if self._offline is not None:
+            offline = ray.get(self._offline.status.remote(), timeout=30)
+        return {
+            "consumers": consumers,
+            "sinks": sinks,
+            "offline": offline,
+            "replaced": self._replaced,
+        }
 
     def stop(self) -> None:
-        for actor in [*self._consumers, *self._sinks.values()]:
+        extra = [self._offline] if self._offline is not None else []
+        for actor in [*self._consumers, *self._sinks.values(), *extra]:
             ray.get(actor.stop.remote(), timeout=30)
             ray.kill(actor, no_restart=True)
 

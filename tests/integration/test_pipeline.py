@@ -354,3 +354,21 @@ def test_every_malformed_kind_is_dead_lettered_with_its_reason_and_no_valid_even
     accepted = accepted_events(earlier, CATALOG, SOURCE)
     problems = _wait_for_oracle(pipeline, accepted, timeout_s=90, targets=[("us-east", "redis")])
     assert not problems, f"valid events lost or miscounted: {problems[:5]}"
+
+
+def test_offline_store_holds_every_accepted_event_exactly_once(pipeline: Stack) -> None:
+    from cluster.services.offline import NAMESPACE, iceberg_catalog
+
+    bootstrap = pipeline.settings.kafka.bootstrap
+    accepted = accepted_events(_earlier_ledger(bootstrap, exclude=set()), CATALOG, SOURCE)
+    expected = sorted((e["_partition"], e["_offset"]) for e in accepted)
+    deadline = time.monotonic() + 120
+    rows: list[tuple[int, int]] = []
+    while time.monotonic() < deadline:
+        table = iceberg_catalog(pipeline.settings).load_table(f"{NAMESPACE}.raw_events")
+        data = table.scan(selected_fields=("_partition", "_offset")).to_arrow().to_pydict()
+        rows = sorted(zip(data["_partition"], data["_offset"], strict=True))
+        if len(rows) >= len(expected):
+            break
+        time.sleep(3)
+    assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"
