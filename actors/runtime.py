@@ -185,6 +185,9 @@ class _Supervisor:
         }
         self._offline = self._new_offline() if config.offline else None
         self._replaced = 0
+        # Set before stopping children: otherwise the watcher would "replace" the actors that
+        # stop() is killing, leaving duplicates that fence each other's transactions.
+        self._stopping = threading.Event()
         threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
 
     def _new_offline(self) -> Any:
@@ -215,19 +218,23 @@ class _Supervisor:
         )
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(2.0)
-            for i, actor in enumerate(self._consumers):
-                if not _alive(actor):
-                    self._consumers[i] = self._new_consumer(i)
-                    self._replaced += 1
-            for key, actor in list(self._sinks.items()):
-                if not _alive(actor):
-                    self._sinks[key] = self._new_sink(*key)
-                    self._replaced += 1
-            if self._offline is not None and not _alive(self._offline):
-                self._offline = self._new_offline()
+        while not self._stopping.wait(2.0):
+            self._replace_dead()
+
+    def _replace_dead(self) -> None:
+        """Recreate children Ray could not restart; never while stop() is tearing them down."""
+        for i, actor in enumerate(self._consumers):
+            if not _alive(actor) and not self._stopping.is_set():
+                self._consumers[i] = self._new_consumer(i)
                 self._replaced += 1
+        for key, actor in list(self._sinks.items()):
+            if not _alive(actor) and not self._stopping.is_set():
+                self._sinks[key] = self._new_sink(*key)
+                self._replaced += 1
+        offline = self._offline
+        if offline is not None and not _alive(offline) and not self._stopping.is_set():
+            self._offline = self._new_offline()
+            self._replaced += 1
 
     def status(self) -> dict[str, Any]:
         consumers = ray.get([a.status.remote() for a in self._consumers], timeout=30)
@@ -243,6 +250,7 @@ class _Supervisor:
         }
 
     def stop(self) -> None:
+        self._stopping.set()
         extra = [self._offline] if self._offline is not None else []
         for actor in [*self._consumers, *self._sinks.values(), *extra]:
             ray.get(actor.stop.remote(), timeout=30)

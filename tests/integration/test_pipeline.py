@@ -372,3 +372,26 @@ def test_offline_store_holds_every_accepted_event_exactly_once(pipeline: Stack) 
             break
         time.sleep(3)
     assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"
+
+
+def test_down_then_up_leaves_exactly_the_configured_actors(pipeline: Stack) -> None:
+    def named() -> list[str]:
+        ray.init(
+            address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True
+        )
+        try:
+            actors = ray.util.list_named_actors(all_namespaces=True)
+        finally:
+            ray.shutdown()
+        return sorted(a["name"] for a in actors if a["name"].startswith("fl-"))
+
+    _submit(pipeline, "down")
+    time.sleep(5)  # longer than the supervisor's watch interval: a racing watcher would recreate
+    assert named() == [], "down must not leave (or let the watcher recreate) any actor"
+    _submit(pipeline, "up")
+    expected = sorted(
+        ["fl-consumer-0", "fl-consumer-1", "fl-offline", "fl-supervisor"]
+        + [f"fl-sink-{r}-{s}" for r in ("us-east", "eu-west") for s in ("redis", "dynamodb")]
+    )
+    time.sleep(5)
+    assert named() == expected
