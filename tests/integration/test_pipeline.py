@@ -149,20 +149,25 @@ def _wait_for_oracle(
     return problems
 
 
-def _dead_letters(bootstrap: str) -> list[dict[str, str]]:
+def _read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every committed record of ``topic``, from the beginning to the current end."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
-    tps = [TopicPartition(DLQ_TOPIC, p) for p in consumer.partitions_for_topic(DLQ_TOPIC)]
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
-    out = []
+    out: list[Any] = []
     while any(consumer.position(tp) < ends[tp] for tp in tps):
         for batch in consumer.poll(timeout_ms=500).values():
-            out += [{k: v.decode() for k, v in r.headers} for r in batch]
+            out += batch
     consumer.close()
     return out
+
+
+def _dead_letters(bootstrap: str) -> list[dict[str, str]]:
+    return [{k: v.decode() for k, v in r.headers} for r in _read_topic(bootstrap, DLQ_TOPIC)]
 
 
 @pytest.fixture(scope="module")
@@ -207,24 +212,11 @@ def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
 
 def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[LedgerEntry]:
     """Everything else in the topic (events of earlier tests count in the same windows)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [
-        TopicPartition(DEFAULT_EVENTS_TOPIC, p)
-        for p in consumer.partitions_for_topic(DEFAULT_EVENTS_TOPIC)
+    return [
+        LedgerEntry(r.partition, r.offset, r.value, r.timestamp)
+        for r in _read_topic(bootstrap, DEFAULT_EVENTS_TOPIC)
+        if (r.partition, r.offset) not in exclude
     ]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    out = []
-    while any(consumer.position(tp) < ends[tp] for tp in tps):
-        for batch in consumer.poll(timeout_ms=500).values():
-            out += [
-                LedgerEntry(r.partition, r.offset, r.value, r.timestamp)
-                for r in batch
-                if (r.partition, r.offset) not in exclude
-            ]
-    consumer.close()
-    return out
 
 
 def _rss_mb(pid: int) -> float:
