@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from regions.config import RegionTopology
-
-
-class RedisAccess(BaseModel):
-    """The writer credentials the region sinks use (the job passes them; never logged)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    admin_user: str
-    writer_user: str
-    reader_user: str
+from regions.config import RedisUsers, RegionTopology
 
 
 class PipelineConfig(BaseModel):
@@ -32,7 +22,7 @@ class PipelineConfig(BaseModel):
     commit_interval_ms: int = Field(default=250, ge=10)
     topology: RegionTopology
     stores: tuple[str, ...] = ("redis", "dynamodb")
-    redis_users: RedisAccess
+    redis_users: RedisUsers
     # Offline store: exactly one writer may run (Iceberg's optimistic commits reject a second one).
     offline: bool = True
     iceberg_catalog_uri: str = ""

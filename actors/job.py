@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from actors.config import PipelineConfig, RedisAccess
+from actors.config import PipelineConfig
 from actors.runtime import NAMESPACE, SUPERVISOR, Supervisor
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import StackSettings, settings_from_env
@@ -26,18 +26,13 @@ from features.demo import card_transactions_catalog
 
 
 def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
-    users = settings.redis
     return PipelineConfig(
         bootstrap=settings.kafka.bootstrap,
         consumers=consumers,
         topology=settings.topology,
         iceberg_catalog_uri=settings.iceberg_catalog_uri,
         iceberg_warehouse=settings.iceberg_warehouse,
-        redis_users=RedisAccess(
-            admin_user=users.admin_user,
-            writer_user=users.writer_user,
-            reader_user=users.reader_user,
-        ),
+        redis_users=settings.redis,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from features.errors import ConfigError
-from regions.config import RegionTopology, default_topology
+from regions.config import RedisUsers, RegionTopology, default_topology
 
 DEFAULT_EVENTS_TOPIC = "fl.card_tx"
 DLQ_TOPIC = "fl.dlq"
@@ -93,13 +93,10 @@ class RaySettings(BaseModel):
         return {"RAY_AUTH_MODE": self.auth_mode}
 
 
-class RedisSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class RedisSettings(RedisUsers):
+    """The ACL user names (``RedisUsers``) plus the local servers' memory bound."""
 
     maxmemory_mb: int = Field(default=512, ge=16)
-    admin_user: str = "fl-admin"
-    writer_user: str = "fl-writer"
-    reader_user: str = "fl-reader"
 
 
 class Secrets(BaseModel):

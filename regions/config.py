@@ -48,6 +48,16 @@ class RegionConfig(BaseModel):
         return f"redis://{self.redis_host}:{self.redis_port}"
 
 
+class RedisUsers(BaseModel):
+    """Names of the Redis ACL users every region's Redis has (passwords travel separately)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    admin_user: str = "fl-admin"
+    writer_user: str = "fl-writer"
+    reader_user: str = "fl-reader"
+
+
 class RegionTopology(BaseModel):
     """All regions of a deployment. The first region is the default home region."""
 
