@@ -93,6 +93,7 @@ class PartitionProcessor:
         self._policy = WatermarkPolicy(
             self.source.out_of_orderness_ms, self.source.allowed_lateness_ms
         )
+        self._views_by_name = {v.view.name: v for v in self._views}
         self._group_index = {(v.view.name, g.tile_ms): g for v in self._views for g in v.groups}
         self.state = ProcessorState()
         self._changed: dict[TileId, _Change] = {}
@@ -200,10 +201,7 @@ class PartitionProcessor:
         return (tile_id[3] or 0) + (group.span_ms or 0)
 
     def _view(self, name: str) -> _View:
-        for view in self._views:
-            if view.view.name == name:
-                return view
-        raise KeyError(name)
+        return self._views_by_name[name]
 
     def _key(self, view: _View, entity: str) -> str:
         online = OnlineKey(TENANT, view.view.name, view.view.version, entity)
@@ -215,9 +213,8 @@ class PartitionProcessor:
         """Rebuild state from this partition's changelog (in log order) and committed metadata."""
         self.state = ProcessorState(watermark=watermark, last_offset=last_offset)
         self._changed.clear()
-        by_name = {v.view.name: v for v in self._views}
         for record in records:
-            self._restore_one(record.write, by_name)
+            self._restore_one(record.write, self._views_by_name)
 
     def _restore_one(self, write: TileWrite, views: dict[str, _View]) -> None:
         key = OnlineKey.parse(write.key)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cluster.exceptions import NotReady
+from cluster.exceptions import NotReady, ProcessStartFailed
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,6 @@ def wait_ready(
 
     Fails fast when ``alive`` says the process already exited, instead of waiting out the timeout.
     """
-    from cluster.exceptions import ProcessStartFailed
-
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
