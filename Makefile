@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/freshline demo
 
 test: setup lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not chaos_full"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -43,3 +43,7 @@ status: setup
 clean:
 	-$(BIN)/freshline stack down --purge
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Every drill, full length, against the local stack (started if needed); reports in reports/chaos/.
+chaos: setup
+	$(BIN)/freshline chaos run all

@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_verbs.add_parser("down", help="delete the region apps").set_defaults(handler=_serve_down)
 
+    chaos = verbs.add_parser("chaos", help="failure drills judged by an oracle")
+    chaos_verbs = chaos.add_subparsers(dest="chaos_verb", required=True)
+    c_run = chaos_verbs.add_parser("run", help="run a drill (or all, or ci) against the stack")
+    c_run.add_argument("drill", help="a drill's name, 'all' or 'ci' (see `freshline chaos list`)")
+    c_run.add_argument("--quick", action="store_true", help="the short version CI runs")
+    c_run.add_argument(
+        "--reports", default="reports/chaos", help="folder for report.json and timeline.png"
+    )
+    c_run.set_defaults(handler=_chaos_run)
+    chaos_verbs.add_parser("list", help="the drills and what each injects").set_defaults(
+        handler=_chaos_list
+    )
+
     demo = verbs.add_parser("demo", help="start the stack, stream demo events and show them live")
     demo.add_argument("--rate", type=float, default=300.0, help="events per second")
     demo.add_argument(
@@ -174,6 +187,34 @@ def _serve_down(args: argparse.Namespace, settings: StackSettings, console: Cons
 
     serving.serve_down(settings)
     console.print("region applications deleted")
+    return 0
+
+
+def _chaos_run(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from pathlib import Path
+
+    from chaos.report import verdict_table
+    from chaos.runner import drill_names, run_drill
+
+    stack = Stack.build(settings)
+    failed = []
+    for name in drill_names(args.drill):
+        with console.status(f"drill {name}{' (quick)' if args.quick else ''}"):
+            report = run_drill(stack, name, quick=args.quick, reports_dir=Path(args.reports))
+        console.print(verdict_table(report))
+        console.print(f"report: {report.files['json']}  timeline: {report.files['png']}")
+        if not report.passed:
+            failed.append(name)
+    if failed:
+        console.print(f"[bold red]failed:[/] {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def _chaos_list(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
+    from chaos.drills import DRILLS
+
+    for drill in DRILLS.values():
+        console.print(f"{drill.name:16} {'ci ' if drill.in_ci else '   '} {drill.summary}")
     return 0
 
 

@@ -7,7 +7,6 @@ carry their reason; a consumer killed with SIGKILL mid-stream must change nothin
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import signal
@@ -19,18 +18,14 @@ from typing import Any
 import orjson
 import pytest
 import ray
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
-from chaos.oracle import LedgerEntry, accepted_events, expected_values
+from chaos import verify
+from chaos.oracle import LedgerEntry, accepted_events
 from cluster import pipeline as pipeline_job
-from cluster.settings import DEFAULT_EVENTS_TOPIC, DLQ_TOPIC
+from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
-from features.keys import OnlineKey
-from features.tile_groups import read_view, tile_groups
-from regions.aws import dynamodb_client
-from regions.dynamodb_store import DynamoTileReader
-from regions.redis_store import RedisRole, RedisTileReader, redis_client
 
 pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
@@ -85,55 +80,6 @@ def _submit(stack: Stack, verb: str) -> str:
     return pipeline_job.submit(stack.settings, verb, consumers=2)
 
 
-def _served(
-    stack: Stack, region: str, store: str, view_name: str, *, entities: list[str], as_of: int
-) -> dict[str, dict[str, Any]]:
-    view = CATALOG.view(view_name)
-    max_id = CATALOG.entity(view.entity).max_id_bytes
-    keys = {
-        OnlineKey("default", view.name, view.version, e).encode(max_id_bytes=max_id): e
-        for e in entities
-    }
-    cfg = stack.settings.topology.get(region)
-    if store == "redis":
-        client = redis_client(cfg, RedisRole.READER, stack.settings.redis, stack.secrets)
-        fields = RedisTileReader(client, store).get_all(list(keys))
-        client.close()
-    else:
-        fields = DynamoTileReader(cfg, cfg.dynamodb_table, dynamodb_client).get_all(list(keys))
-    groups = tile_groups(view)
-    return {keys[k]: read_view(groups, f, as_of) for k, f in fields.items()}
-
-
-def _mismatches(
-    stack: Stack, accepted: list[dict[str, Any]], targets: list[tuple[str, str]] | None = None
-) -> list[str]:
-    as_of = max(e["event_time_ms"] for e in accepted)
-    problems = []
-    everything = [(r, s) for r in stack.settings.topology.names for s in ("redis", "dynamodb")]
-    views = (("user_spend", "user_id"), ("merchant_activity", "merchant_id"))
-    for (region, store), (view_name, key_field) in itertools.product(targets or everything, views):
-        entities = sorted({e[key_field] for e in accepted})
-        served = _served(stack, region, store, view_name, entities=entities, as_of=as_of)
-        for entity in entities:
-            expected = expected_values(accepted, CATALOG, view_name, entity, as_of)
-            for name, want in expected.items():
-                got = served[entity].get(name)
-                if not _close(name, got, want):
-                    problems.append(
-                        f"{region}/{store} {view_name}:{name}[{entity}] {got} != {want}"
-                    )
-    return problems
-
-
-def _close(name: str, got: Any, want: Any) -> bool:
-    if isinstance(want, float) and isinstance(got, float):
-        return abs(got - want) <= 1e-6 * max(1.0, abs(want))
-    if name.startswith("distinct") and isinstance(want, int) and isinstance(got, int):
-        return abs(got - want) <= max(1, round(0.03 * want))  # HyperLogLog, p=14
-    return bool(got == want)
-
-
 def _wait_for_oracle(
     stack: Stack,
     accepted: list[dict[str, Any]],
@@ -141,33 +87,21 @@ def _wait_for_oracle(
     timeout_s: float = 120,
     targets: list[tuple[str, str]] | None = None,
 ) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    problems = _mismatches(stack, accepted, targets)
-    while problems and time.monotonic() < deadline:
-        time.sleep(2)
-        problems = _mismatches(stack, accepted, targets)
-    return problems
-
-
-def _read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every committed record of ``topic``, from the beginning to the current end."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    return verify.wait_for_oracle(
+        stack.settings, stack.secrets, accepted, timeout_s=timeout_s, targets=targets
     )
-    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    out: list[Any] = []
-    while any(consumer.position(tp) < ends[tp] for tp in tps):
-        for batch in consumer.poll(timeout_ms=500).values():
-            out += batch
-    consumer.close()
-    return out
 
 
-def _dead_letters(bootstrap: str) -> list[dict[str, str]]:
-    return [{k: v.decode() for k, v in r.headers} for r in _read_topic(bootstrap, DLQ_TOPIC)]
+def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[LedgerEntry]:
+    """Everything else in the topic (events of earlier tests count in the same windows)."""
+    return verify.topic_ledger(bootstrap, DEFAULT_EVENTS_TOPIC, exclude)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +118,7 @@ def test_pipeline_values_equal_the_oracle_in_every_region_and_store(pipeline: St
     assert 0 < len(accepted) < len(ledger)
     problems = _wait_for_oracle(pipeline, accepted, timeout_s=240)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
-    letters = _dead_letters(bootstrap)
+    letters = verify.dead_letters(bootstrap)
     reasons = {h["reason"] for h in letters}
     assert reasons <= {"late", "bad_json"} and "bad_json" in reasons
     assert len(letters) == len(ledger) - len(accepted), "every refused event is dead-lettered once"
@@ -208,22 +142,6 @@ def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
     accepted = accepted_events(earlier + ledger, CATALOG, SOURCE)
     problems = _wait_for_oracle(pipeline, accepted, timeout_s=240)
     assert not problems, f"{len(problems)} mismatches after the kill, e.g. {problems[:5]}"
-
-
-def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[LedgerEntry]:
-    """Everything else in the topic (events of earlier tests count in the same windows)."""
-    return [
-        LedgerEntry(r.partition, r.offset, r.value, r.timestamp)
-        for r in _read_topic(bootstrap, DEFAULT_EVENTS_TOPIC)
-        if (r.partition, r.offset) not in exclude
-    ]
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
@@ -328,7 +246,7 @@ def test_every_malformed_kind_is_dead_lettered_with_its_reason_and_no_valid_even
     while True:
         letters = {
             (int(h["source.partition"]), int(h["source.offset"])): h["reason"]
-            for h in _dead_letters(bootstrap)
+            for h in verify.dead_letters(bootstrap)
         }
         mine = {k: v for k, v in letters.items() if k in ours}
         if len(mine) >= len(refused) or time.monotonic() > deadline:

@@ -1,0 +1,211 @@
+"""HTTP load for drills: open loop (a fixed rate, whatever the answers do) or closed loop (a fixed
+number of requests outstanding), in a background thread, recording every request.
+
+Latency is measured from each request's *scheduled* send time in open loop, so a stalled server
+shows in the tail instead of silently slowing the generator (no coordinated omission). Requests
+go over a fixed pool of keep-alive HTTP/1.1 connections on raw asyncio streams: the generator
+shares two cores with what it measures, so it must cost little per request.
+
+Each :class:`Sample` keeps the status, whether a 503 carried ``Retry-After``, and the top-level
+``store`` of a native ``/v1/features`` answer (which path of the fallback chain served it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+TRANSPORT_ERROR = 0  # the status recorded when no HTTP answer came (refused, reset, timed out)
+_STORE_MARK = b'"store":"'
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    sent_s: float  # scheduled send time, seconds on the load's monotonic clock
+    latency_s: float
+    status: int
+    store: str = ""
+    retry_after: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """``rate`` requests/s (open loop) or ``concurrency`` outstanding requests (closed loop)."""
+
+    host: str
+    port: int
+    requests: Sequence[bytes]  # raw HTTP/1.1 requests, sent round-robin
+    rate: float | None = None
+    concurrency: int | None = None
+    connections: int = 16
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.rate is None) == (self.concurrency is None):
+            raise ValueError("give exactly one of rate (open loop) or concurrency (closed loop)")
+        if not self.requests:
+            raise ValueError("at least one request is needed")
+
+
+def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A raw keep-alive POST (GET when ``body`` is empty)."""
+    head = [f"{'POST' if body else 'GET'} {path} HTTP/1.1", f"host: {host}:{port}"]
+    if body:
+        head.append(f"content-length: {len(body)}")
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def roundtrip(self, raw: bytes) -> tuple[int, str, bool]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length, chunked, retry_after = 0, False, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif lname == b"retry-after":
+                retry_after = True
+        body = await self._body(length, chunked)
+        return status, _store_of(body), retry_after
+
+    async def _body(self, length: int, chunked: bool) -> bytes:
+        if not chunked:
+            return await self.reader.readexactly(length) if length else b""
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+            parts.append((await self.reader.readexactly(size + 2))[:-2])
+            if size == 0:
+                return b"".join(parts)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _store_of(body: bytes) -> str:
+    # The native response's first "store" key is the top-level one (see serve_apps.responses).
+    at = body.find(_STORE_MARK, 0, 400)
+    if at < 0:
+        return ""
+    start = at + len(_STORE_MARK)
+    return body[start : body.find(b'"', start)].decode()
+
+
+@dataclass
+class HttpLoad:
+    """``with HttpLoad(spec) as load: ...``; ``load.samples`` holds what was recorded so far."""
+
+    spec: LoadSpec
+    samples: list[Sample] = field(default_factory=list)
+    started_at: float = 0.0  # time.monotonic() when the first request was scheduled
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-http-load", daemon=True)
+        self._next = 0
+
+    def __enter__(self) -> HttpLoad:
+        self.started_at = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(timeout=self.spec.timeout_s + 10)
+        return self.samples
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    def _request(self) -> bytes:
+        raw = self.spec.requests[self._next % len(self.spec.requests)]
+        self._next += 1
+        return raw
+
+    async def _main(self) -> None:
+        if self.spec.rate is not None:
+            await self._open_loop(self.spec.rate)
+        else:
+            await asyncio.gather(*(self._worker() for _ in range(self.spec.concurrency or 1)))
+
+    async def _connect(self) -> _Connection | None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.spec.host, self.spec.port), self.spec.timeout_s
+            )
+        except (OSError, TimeoutError):
+            return None
+        return _Connection(reader, writer)
+
+    async def _send(self, conn: _Connection | None, scheduled: float) -> _Connection | None:
+        """One request on ``conn`` (or a new connection); returns the connection to reuse."""
+        conn = conn or await self._connect()
+        if conn is None:
+            self._record(scheduled, TRANSPORT_ERROR, "", False)
+            await asyncio.sleep(0.05)  # refused: do not spin while the server is down
+            return None
+        try:
+            status, store, retry_after = await asyncio.wait_for(
+                conn.roundtrip(self._request()), self.spec.timeout_s
+            )
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            conn.close()
+            self._record(scheduled, TRANSPORT_ERROR, "", False)
+            return None
+        self._record(scheduled, status, store, retry_after)
+        return conn
+
+    def _record(self, scheduled: float, status: int, store: str, retry_after: bool) -> None:
+        now = time.monotonic()
+        sent = scheduled - self.started_at
+        self.samples.append(Sample(sent, now - scheduled, status, store, retry_after))
+
+    async def _open_loop(self, rate: float) -> None:
+        idle: asyncio.Queue[_Connection | None] = asyncio.Queue()
+        for _ in range(self.spec.connections):
+            idle.put_nowait(await self._connect())
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(scheduled: float) -> None:
+            conn = await idle.get()
+            idle.put_nowait(await self._send(conn, scheduled))
+
+        i = 0
+        while not self._stop.is_set():
+            scheduled = self.started_at + i / rate
+            delay = scheduled - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        if pending:
+            await asyncio.wait(pending, timeout=self.spec.timeout_s + 1)
+        while not idle.empty():
+            conn = idle.get_nowait()
+            if conn is not None:
+                conn.close()
+
+    async def _worker(self) -> None:
+        conn: _Connection | None = None
+        while not self._stop.is_set():
+            conn = await self._send(conn, time.monotonic())
+        if conn is not None:
+            conn.close()
