@@ -3,27 +3,35 @@ the drill injects and what it must show; ``docs/runbooks/<name>.md`` is the oper
 
 from __future__ import annotations
 
-from chaos.drills import consumer_kill, poison_flood, redis_kill, slow_sink
+from chaos.drills import (
+    broker_restart,
+    consumer_kill,
+    dynamodb_down,
+    poison_flood,
+    redis_kill,
+    region_evacuation,
+    serve_overload,
+    slow_sink,
+)
 from chaos.drills.base import Drill
 
+_ALL = (
+    # name, what it injects, the drill, whether CI runs its quick version
+    ("redis-kill", "kill a region's Redis under load; it comes back empty", redis_kill, True),
+    ("consumer-kill", "SIGKILL consumer actors three times mid-stream", consumer_kill, True),
+    ("slow-sink", "stall a region's Redis writes under full ingest", slow_sink, True),
+    ("poison-flood", "10 % malformed and late events in the stream", poison_flood, True),
+    (
+        "region-evacuation",
+        "every store of a region hangs; clients fail over",
+        region_evacuation,
+        False,
+    ),
+    ("broker-restart", "SIGKILL the Kafka broker for 10 s, then restart it", broker_restart, False),
+    ("serve-overload", "serving past capacity, and a replica killed", serve_overload, False),
+    ("dynamodb-down", "a region's DynamoDB endpoint hangs for a minute", dynamodb_down, False),
+)
+
 DRILLS: dict[str, Drill] = {
-    d.name: d
-    for d in (
-        Drill(
-            "redis-kill",
-            "kill a region's Redis under load; it comes back empty",
-            redis_kill.run,
-            True,
-        ),
-        Drill(
-            "consumer-kill",
-            "SIGKILL consumer actors three times mid-stream",
-            consumer_kill.run,
-            True,
-        ),
-        Drill("slow-sink", "stall a region's Redis writes under full ingest", slow_sink.run, True),
-        Drill(
-            "poison-flood", "10 % malformed and late events in the stream", poison_flood.run, True
-        ),
-    )
+    name: Drill(name, summary, module.run, in_ci) for name, summary, module, in_ci in _ALL
 }

@@ -1,0 +1,76 @@
+"""``dynamodb-down``: one region's DynamoDB endpoint hangs (SIGSTOP) for a minute while events
+stream in and serving reads that region. Its durable replica lags and then catches up with
+nothing lost; serving, reading a healthy Redis, does not notice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from chaos import faults
+from chaos.context import DrillContext, busiest_users
+from chaos.drills.base import (
+    gauge_max,
+    generator,
+    in_background,
+    pick,
+    pipeline_probe,
+    serving_load,
+    sleep_until,
+    warm_up,
+)
+from chaos.report import Verdict
+from chaos.timeline import OK, Sampler, Timeline, error_rate, within
+
+REGION = "eu-west"
+
+
+def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
+    ledger, _ = warm_up(ctx, "dynamodb_down_warm", events=1_000, seed=801)
+    users = busiest_users(ledger, 40)
+    down_s = pick(ctx, 20, 60)
+    rate = pick(ctx, 300, 500)
+    service = ctx.process_service(f"dynamodb-{REGION}")
+    config = generator("dynamodb_down", rate=rate, events=int(rate * down_s * 0.75), seed=802)
+    with Sampler(timeline, pipeline_probe(ctx)), serving_load(ctx, REGION, users, 100) as load:
+        sleep_until(timeline, 3)
+        began = timeline.now_s()
+        with faults.stopped(service):
+            with in_background(lambda: ctx.produce(config, config.run_id)) as produced:
+                report, _ = produced.result(timeout=down_s * 4 + 60)
+            sink_during = ctx.sink(REGION, "dynamodb")
+            sleep_until(timeline, began + down_s)
+        ended = timeline.now_s()
+        timeline.fault(f"dynamodb-{REGION} SIGSTOP", began, ended)
+        problems, drain_s = ctx.settle(pick(ctx, 120, 240))
+        time.sleep(2)
+    timeline.add_load(load.samples, load.started_at)
+    during = within(timeline.samples, began, ended)
+    local = f"redis-{REGION}"
+    verdict.figure("down_s", ended - began)
+    verdict.figure("events_during_fault", report.acked)
+    verdict.figure("peak_lag_records", gauge_max(timeline, f"lag {REGION}/dynamodb", began, ended))
+    verdict.figure("catch_up_s", drain_s)
+    verdict.check(
+        "the DynamoDB sink lagged",
+        sink_during["store_failures"] > 0
+        or bool(sink_during["paused"])
+        or (sink_during["lag"] or 0) > 0,
+        target="failures, pause or lag while the endpoint hangs",
+        measured=f"failures={sink_during['store_failures']} paused={sink_during['paused']} "
+        f"lag={sink_during['lag']}",
+    )
+    verdict.check(
+        "caught up, nothing lost",
+        not problems,
+        target="every region and store equals the oracle",
+        measured=f"{len(problems)} mismatches after {drain_s:.1f} s {problems[:2]}",
+    )
+    verdict.check(
+        "serving unaffected",
+        bool(during)
+        and error_rate(during) == 0.0
+        and all(s.store == local for s in during if s.status == OK),
+        target=f"0 errors, every answer from {local}",
+        measured=f"{100 * error_rate(during):.2f} % errors of {len(during)}",
+    )

@@ -1,0 +1,92 @@
+"""``serve-overload``: serving is driven past its capacity and one of its replicas is killed.
+
+Excess requests must be shed quickly with 503 and ``Retry-After`` rather than queued, accepted
+requests must keep a bounded latency, and Serve must replace the killed replica by itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+from chaos import faults
+from chaos.context import DrillContext, busiest_users
+from chaos.drills.base import pick, serving_load, sleep_until, warm_up
+from chaos.load import HttpLoad, LoadSpec
+from chaos.report import Verdict
+from chaos.timeline import OK, SHED, Timeline, error_rate, percentile, within
+
+REGION = "us-east"
+OVERLOAD_CONCURRENCY = 512  # twice a replica's default in-flight limit (serve_apps.config.Limits)
+
+
+def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
+    ledger, _ = warm_up(ctx, "overload", events=1_000, seed=606)
+    users = busiest_users(ledger, 40)
+    overload_s = pick(ctx, 15, 40)
+    with serving_load(ctx, REGION, users, rate=50) as probe:
+        sleep_until(timeline, 5)
+        began = timeline.now_s()
+        flood = HttpLoad(
+            LoadSpec(
+                "127.0.0.1",
+                ctx.serve_port,
+                ctx.feature_requests(REGION, users),
+                concurrency=OVERLOAD_CONCURRENCY,
+                timeout_s=10.0,
+            )
+        )
+        with flood:
+            sleep_until(timeline, began + overload_s / 3)
+            killed_at = timeline.now_s()
+            victim, replaced_s = faults.kill_serve_replica(REGION)
+            timeline.fault(f"kill {victim.split('#')[-1]}", killed_at)
+            sleep_until(timeline, began + overload_s)
+        ended = timeline.now_s()
+        timeline.fault("overload", began, ended)
+        sleep_until(timeline, ended + pick(ctx, 10, 20))
+    timeline.add_load(probe.samples, probe.started_at)
+    flooded = flood.samples
+    before = within(timeline.samples, 0, began)
+    during = within(timeline.samples, began, ended)
+    after = within(timeline.samples, ended + 3, float("inf"))
+    shed = [s for s in flooded if s.status == SHED]
+    base_p99 = percentile([s.latency_s * 1e3 for s in before if s.status == OK], 0.99)
+    load_p99 = percentile([s.latency_s * 1e3 for s in during if s.status == OK], 0.99)
+    shed_p99 = percentile([s.latency_s * 1e3 for s in shed], 0.99)
+    verdict.figure("flood_requests", len(flooded))
+    verdict.figure("flood_rps", len(flooded) / max(1e-9, ended - began))
+    verdict.figure("shed_share_pct", 100 * len(shed) / max(1, len(flooded)))
+    verdict.figure("baseline_p99_ms", base_p99)
+    verdict.figure("accepted_p99_under_overload_ms", load_p99)
+    verdict.figure("shed_p99_ms", shed_p99)
+    verdict.figure("replica_replaced_s", replaced_s)
+    verdict.check(
+        "excess shed with 503 and Retry-After",
+        bool(shed) and all(s.retry_after for s in shed),
+        target="503s, every one with Retry-After",
+        measured=f"{len(shed)} shed, {sum(1 for s in shed if s.retry_after)} with Retry-After",
+    )
+    verdict.check(
+        "shedding is quick",
+        shed_p99 <= 250,
+        target="p99 of a 503 <= 250 ms",
+        measured=f"{shed_p99:.1f} ms",
+    )
+    verdict.check(
+        "accepted requests keep their latency",
+        load_p99 <= max(10 * base_p99, 500.0),
+        target="p99 <= max(10 x baseline, 500 ms)",
+        measured=f"{load_p99:.1f} ms (baseline {base_p99:.1f} ms)",
+    )
+    verdict.check(
+        "the killed replica was replaced",
+        not math.isnan(replaced_s),
+        target="a new replica at the same count",
+        measured=f"{replaced_s:.1f} s",
+    )
+    verdict.check(
+        "healthy after the overload",
+        bool(after) and error_rate(after) == 0.0,
+        target="0 errors at the baseline rate",
+        measured=f"{sum(1 for s in after if s.status != OK)} of {len(after)}",
+    )

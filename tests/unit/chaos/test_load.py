@@ -1,0 +1,88 @@
+"""The drills' HTTP load against a real (tiny, in-process) HTTP server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, http_request
+from cluster.process import free_port
+
+_OK = b'{"request_id":"r","region":"us-east","as_of_ms":1,"store":"redis-us-east","results":[]}'
+
+
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            body = await reader.readexactly(length)
+            if b"shed" in body:
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
+                    b"content-length: 2\r\n\r\n{}"
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(_OK), _OK))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[int]:
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(_handle, "127.0.0.1", port)
+        started.set()
+        async with srv:
+            await srv.serve_forever()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    started.wait(5)
+    yield port  # the daemon thread serves until the test process exits
+
+
+def test_open_loop_keeps_its_rate_and_records_status_store_and_retry_after(server: int) -> None:
+    requests = [
+        http_request("127.0.0.1", server, "/us-east/v1/features", b'{"ok":1}', {}),
+        http_request("127.0.0.1", server, "/us-east/v1/features", b'{"shed":1}', {}),
+    ]
+    with HttpLoad(LoadSpec("127.0.0.1", server, requests, rate=200, connections=4)) as load:
+        time.sleep(1.0)
+    samples = load.samples
+    assert 150 <= len(samples) <= 230, "open loop sends at its rate, not as fast as it can"
+    ok = [s for s in samples if s.status == 200]
+    shed = [s for s in samples if s.status == 503]
+    assert ok and all(s.store == "redis-us-east" for s in ok)
+    assert shed and all(s.retry_after and s.store == "" for s in shed)
+
+
+def test_a_refused_connection_is_a_transport_error_not_a_crash() -> None:
+    port = free_port()  # nothing listens here
+    raw = [http_request("127.0.0.1", port, "/", b"", {})]
+    with HttpLoad(LoadSpec("127.0.0.1", port, raw, concurrency=2, timeout_s=1.0)) as load:
+        time.sleep(0.3)
+    assert load.samples and {s.status for s in load.samples} == {TRANSPORT_ERROR}
+
+
+def test_a_spec_needs_exactly_one_mode() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadSpec("127.0.0.1", 1, [b"x"], rate=1, concurrency=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadSpec("127.0.0.1", 1, [b"x"])
