@@ -4,21 +4,29 @@ No Kafka, no Ray: a consumer actor feeds it records in partition order and ships
 Its state (watermark, tiles of every live entity, CUSUM detectors) is rebuilt on restart from the
 changelog it emitted, so it holds nothing that is not also durable once a commit finished.
 
-For each record, in partition order:
-1. validate (``features.validation``); a refusal becomes a dead letter with its reason;
-2. apply the watermark rule (``features.watermark``); a late event becomes a dead letter ``late``;
-3. fold the event into every view of the source: one tile per tile group of the view, plus the
-   unwindowed group (last value, CUSUM);
-4. remember which (view, entity, tile) changed, with the record's offset as the change's version.
+For each micro-batch:
+1. for each record in partition order: validate (``features.validation``; a refusal becomes a
+   dead letter with its reason), then apply the watermark rule (``features.watermark``; a late
+   event becomes a dead letter ``late``). Both decisions depend only on the records before it, so
+   they are taken for the whole batch before any tile changes;
+2. group the accepted events by (view, entity, tile) keeping partition order inside each group,
+   and fold each group into its tile with the aggregators' ``agg_seq``, which equals folding the
+   group's events one by one; tiles are independent of each other, so the states equal those of
+   a per-event fold in partition order (the unit tests compare both on random batches);
+3. remember which (view, entity, tile) changed, with the newest offset folded into it as the
+   change's version.
 ``drain_changes`` turns the changed tiles into changelog records holding *absolute* tile states,
-so replaying them anywhere (a region catching up, a restart) never counts an event twice.
+so replaying them anywhere (a region catching up, a restart) never counts an event twice, and
+deletes the tiles no window can read any more (found through a min-heap of expiry times, so a
+commit does not scan every live tile).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from actors.changelog import ChangelogRecord
 from actors.dlq import DeadLetter, dead_letter
@@ -43,6 +51,19 @@ class RawRecord(NamedTuple):
     value: bytes
 
 
+class SourceRecord(Protocol):
+    """What ``process`` reads of a record: a :class:`RawRecord` or kafka-python's own record."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
 @dataclass
 class _View:
     view: FeatureView
@@ -52,12 +73,10 @@ class _View:
 
 
 TileId = tuple[str, str, int | None, int | None]  # view, entity id, tile_ms, tile start
-
-
-@dataclass
-class _Change:
-    version: int
-    event_time_ms: int
+_Change = tuple[int, int]  # (version: newest offset folded in, newest event time folded in)
+_Accepted = tuple[dict[str, Any], int, int]  # (event, event time, offset)
+# Bounds the encoded-key cache; it is only a cache, so clearing it when full is always correct.
+_KEY_CACHE_MAX = 100_000
 
 
 @dataclass
@@ -65,6 +84,9 @@ class ProcessorState:
     watermark: WatermarkState = field(default_factory=WatermarkState)
     tiles: dict[TileId, list[Any]] = field(default_factory=dict)
     last_offset: int = -1
+    # (expires at, tile) for every tiled tile ever created since the last restore; an entry whose
+    # tile is gone (evicted or restored as deleted) is skipped when it comes up.
+    expiry: list[tuple[int, TileId]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,34 +117,40 @@ class PartitionProcessor:
         )
         self._views_by_name = {v.view.name: v for v in self._views}
         self._group_index = {(v.view.name, g.tile_ms): g for v in self._views for g in v.groups}
+        self._spans = {k: g.span_ms or 0 for k, g in self._group_index.items()}
         self.state = ProcessorState()
         self._changed: dict[TileId, _Change] = {}
+        self._keys: dict[tuple[str, str], str] = {}
 
     @property
     def watermark_ms(self) -> int:
         return self._policy.watermark(self.state.watermark)
 
-    def process(self, records: Iterable[RawRecord]) -> BatchOutcome:
+    def process(self, records: Iterable[SourceRecord]) -> BatchOutcome:
         dead: list[DeadLetter] = []
         reasons: dict[RejectReason, int] = {}
-        accepted = 0
+        accepted: list[_Accepted] = []
+        validate, observe = self._validator.validate, self._policy.observe
+        watermark, time_field = self.state.watermark, self.source.event_time_field
+        offset = self.state.last_offset
         for record in records:
-            self.state.last_offset = record.offset
+            offset = record.offset
             try:
-                event = self._validator.validate(record.value)
-                if not self._policy.observe(
-                    self.state.watermark, event[self.source.event_time_field]
-                ):
+                event = validate(record.value)
+                event_time = event[time_field]
+                if not observe(watermark, event_time):
                     raise EventRejected(RejectReason.LATE, "event time is behind the watermark")
             except EventRejected as rejected:
                 reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
                 dead.append(self._dead_letter(record, rejected))
                 continue
-            self._fold(event, record.offset)
-            accepted += 1
-        return BatchOutcome(dead, accepted, reasons)
+            accepted.append((event, event_time, offset))
+        self.state.last_offset = offset
+        for view in self._views:
+            self._fold_view(view, accepted)
+        return BatchOutcome(dead, len(accepted), reasons)
 
-    def _dead_letter(self, record: RawRecord, rejected: EventRejected) -> DeadLetter:
+    def _dead_letter(self, record: SourceRecord, rejected: EventRejected) -> DeadLetter:
         return dead_letter(
             record.key,
             record.value,
@@ -132,24 +160,53 @@ class PartitionProcessor:
             error=rejected,
         )
 
-    def _fold(self, event: dict[str, Any], offset: int) -> None:
-        event_time = event[self.source.event_time_field]
-        for view in self._views:
-            entity = event[view.key_field]
+    def _fold_view(self, view: _View, accepted: list[_Accepted]) -> None:
+        """Fold a batch into one view's tiles: per entity, per group, per tile, in batch order."""
+        by_entity: dict[str, list[_Accepted]] = {}
+        key_field = view.key_field
+        for item in accepted:
+            entity = item[0][key_field]
+            bucket = by_entity.get(entity)
+            if bucket is None:
+                by_entity[entity] = [item]
+            else:
+                bucket.append(item)
+        name = view.view.name
+        for entity, items in by_entity.items():
             for group in view.groups:
-                start = None if group.tile_ms is None else tile_start(event_time, group.tile_ms)
-                tile_id = (view.view.name, entity, group.tile_ms, start)
-                states = self.state.tiles.get(tile_id)
-                if states is None:
-                    states = self.state.tiles[tile_id] = group.initial_states()
-                for i, (feature, aggregator) in enumerate(
-                    zip(group.features, group.aggregators, strict=True)
-                ):
-                    value = 1 if feature.column is None else event[feature.column]
-                    states[i] = aggregator.agg(states[i], value, event_time, offset)
-                change = self._changed.get(tile_id)
-                newest = event_time if change is None else max(change.event_time_ms, event_time)
-                self._changed[tile_id] = _Change(offset, newest)
+                tile_ms = group.tile_ms
+                if tile_ms is None:
+                    self._fold_tile((name, entity, None, None), group, items)
+                    continue
+                by_tile: dict[int, list[_Accepted]] = {}
+                for item in items:
+                    start = tile_start(item[1], tile_ms)
+                    tile = by_tile.get(start)
+                    if tile is None:
+                        by_tile[start] = [item]
+                    else:
+                        tile.append(item)
+                for start, tile_items in by_tile.items():
+                    self._fold_tile((name, entity, tile_ms, start), group, tile_items)
+
+    def _fold_tile(self, tile_id: TileId, group: TileGroup, items: list[_Accepted]) -> None:
+        states = self.state.tiles.get(tile_id)
+        if states is None:
+            states = self.state.tiles[tile_id] = group.initial_states()
+            self._track_expiry(tile_id)
+        events = [item[0] for item in items]
+        times = [item[1] for item in items]
+        offsets = [item[2] for item in items]
+        group.fold(states, events, times, offsets)
+        newest = max(times)
+        change = self._changed.get(tile_id)
+        if change is not None and change[1] > newest:
+            newest = change[1]
+        self._changed[tile_id] = (offsets[-1], newest)
+
+    def _track_expiry(self, tile_id: TileId) -> None:
+        if tile_id[3] is not None:
+            heapq.heappush(self.state.expiry, (self._expires_at(tile_id), tile_id))
 
     def drain_changes(self) -> list[ChangelogRecord]:
         """Changed tiles since the last drain, as absolute states; expired tiles as deletes."""
@@ -166,20 +223,21 @@ class PartitionProcessor:
             key=self._key(view, entity),
             field=group.field(self.partition, start),
             value=group.encode(self.state.tiles[tile_id]),
-            version=change.version,
+            version=change[0],
             ttl_ms=view.view.ttl_ms,
         )
-        return ChangelogRecord(write, change.event_time_ms)
+        return ChangelogRecord(write, change[1])
 
     def _evict(self) -> list[ChangelogRecord]:
         """Drop tiles no window can read any more (relative to the watermark) and emit deletes."""
         watermark = self.watermark_ms
         horizon = watermark - self.source.allowed_lateness_ms - _EVICTION_SLACK_MS
-        expired = [
-            tile_id
-            for tile_id in self.state.tiles
-            if tile_id[3] is not None and self._expires_at(tile_id) < horizon
-        ]
+        heap, tiles = self.state.expiry, self.state.tiles
+        expired = []
+        while heap and heap[0][0] < horizon:
+            tile_id = heapq.heappop(heap)[1]
+            if tile_id in tiles:
+                expired.append(tile_id)
         records = []
         for tile_id in expired:
             view_name, entity, tile_ms, start = tile_id
@@ -197,15 +255,21 @@ class PartitionProcessor:
         return records
 
     def _expires_at(self, tile_id: TileId) -> int:
-        group = self._group_index[(tile_id[0], tile_id[2])]
-        return (tile_id[3] or 0) + (group.span_ms or 0)
+        return (tile_id[3] or 0) + self._spans[(tile_id[0], tile_id[2])]
 
     def _view(self, name: str) -> _View:
         return self._views_by_name[name]
 
     def _key(self, view: _View, entity: str) -> str:
-        online = OnlineKey(TENANT, view.view.name, view.view.version, entity)
-        return online.encode(max_id_bytes=view.max_id_bytes)
+        cached = self._keys.get((view.view.name, entity))
+        if cached is None:
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            online = OnlineKey(TENANT, view.view.name, view.view.version, entity)
+            cached = self._keys[(view.view.name, entity)] = online.encode(
+                max_id_bytes=view.max_id_bytes
+            )
+        return cached
 
     def restore(
         self, records: Sequence[ChangelogRecord], watermark: WatermarkState, last_offset: int
@@ -228,4 +292,6 @@ class PartitionProcessor:
         if write.value is None:
             self.state.tiles.pop(tile_id, None)
         else:
+            if tile_id not in self.state.tiles:
+                self._track_expiry(tile_id)
             self.state.tiles[tile_id] = self._group_index[(key.view, tile_ms)].decode(write.value)

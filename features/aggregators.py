@@ -20,6 +20,11 @@ Invariants:
 * ``agg_many`` (numpy batches) gives exactly the state of folding ``agg`` over the batch in order:
   ``count``/``min``/``max``/``last`` trivially; ``sum``/``mean`` because ``np.add.accumulate`` adds
   sequentially, unlike ``np.sum`` (pairwise), so the float rounding is the same as the fold's.
+* ``agg_seq`` (Python sequences, the stream actors' per-tile batch) gives exactly the state of
+  folding ``agg`` over the sequence in order, too: sums are folded left to right with plain float
+  additions (never ``sum()``, which compensates rounding from Python 3.12 on), extremes take the
+  first extreme like the pairwise fold, ``last`` the latest copy on full ties, and
+  ``distinct_count`` adds each distinct value once (adding a value twice changes no register).
 * Values are finite (the event validator rejects NaN and infinities before aggregation).
 * ``cusum`` depends on arrival order across *all* of an entity's events, so it has no merge
   (:class:`~features.exceptions.NotMergeable`) and is never tiled: one actor owns each entity's
@@ -28,8 +33,10 @@ Invariants:
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -79,7 +86,13 @@ class Aggregator(ABC, Generic[S, R]):
     def agg_many(self, state: S, values: Values, times: Ints, orders: Ints) -> S:
         """Fold a batch in array order; equal to calling ``agg`` once per element."""
         _check_batch(values, times, orders)
-        for value, ts, order in zip(values.tolist(), times.tolist(), orders.tolist(), strict=True):
+        return self.agg_seq(state, values.tolist(), times.tolist(), orders.tolist())
+
+    def agg_seq(
+        self, state: S, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
+    ) -> S:
+        """Fold equal-length sequences in order; equal to calling ``agg`` once per element."""
+        for value, ts, order in zip(values, times, orders, strict=True):
             state = self.agg(state, value, ts, order)
         return state
 
@@ -107,6 +120,11 @@ def _sequential_sum(start: float, values: npt.NDArray[Any]) -> float:
     return float(np.add.accumulate(chain)[-1])
 
 
+def _fold_sum(start: float, values: Sequence[Any]) -> float:
+    """``start + float(v0) + float(v1) + ...`` left to right, checking each value is a number."""
+    return reduce(operator.add, map(_num, values), start)
+
+
 def _load(data: bytes, kinds: tuple[type, ...], what: str) -> Any:
     """Decode a stored state and check its JSON type (bools are never a valid state)."""
     value = codec.decode(data)
@@ -126,6 +144,11 @@ class CountAgg(Aggregator[int, int]):
 
     def agg_many(self, state: int, values: Values, times: Ints, orders: Ints) -> int:
         _check_batch(values, times, orders)
+        return state + len(values)
+
+    def agg_seq(
+        self, state: int, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
+    ) -> int:
         return state + len(values)
 
     def merge(self, a: int, b: int) -> int:
@@ -157,6 +180,11 @@ class SumAgg(Aggregator[float, float]):
         _check_batch(values, times, orders)
         return _sequential_sum(state, values)
 
+    def agg_seq(
+        self, state: float, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
+    ) -> float:
+        return _fold_sum(state, values)
+
     def merge(self, a: float, b: float) -> float:
         return a + b
 
@@ -185,6 +213,11 @@ class MeanAgg(Aggregator[MeanState, float | None]):
         _check_batch(values, times, orders)
         return (state[0] + len(values), _sequential_sum(state[1], values))
 
+    def agg_seq(
+        self, state: MeanState, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
+    ) -> MeanState:
+        return (state[0] + len(values), _fold_sum(state[1], values))
+
     def merge(self, a: MeanState, b: MeanState) -> MeanState:
         return (a[0] + b[0], a[1] + b[1])
 
@@ -211,6 +244,7 @@ class _ExtremumAgg(Aggregator[float | None, float | None]):
         return None
 
     _pick: Callable[[float, float], float]
+    _pick_many: Callable[[Iterable[float]], float]
     _reduce: Callable[[Values], Any]
 
     def agg(
@@ -230,6 +264,19 @@ class _ExtremumAgg(Aggregator[float | None, float | None]):
         _check_batch(values, times, orders)
         return self.merge(state, float(self._reduce(values)) if len(values) else None)
 
+    def agg_seq(
+        self,
+        state: float | None,
+        values: Sequence[Any],
+        times: Sequence[int],
+        orders: Sequence[int],
+    ) -> float | None:
+        if not values:
+            return state
+        # The builtin keeps the first of equal extremes, as the pairwise fold does.
+        best: float = self._pick_many(map(_num, values))
+        return best if state is None else self._pick(state, best)
+
     def result(self, state: float | None) -> float | None:
         return state
 
@@ -241,15 +288,25 @@ class _ExtremumAgg(Aggregator[float | None, float | None]):
         return None if value is None else float(value)
 
 
+def _min_of(values: Iterable[float]) -> float:
+    return min(values)
+
+
+def _max_of(values: Iterable[float]) -> float:
+    return max(values)
+
+
 class MinAgg(_ExtremumAgg):
     aggregation = Aggregation.MIN
     _pick = staticmethod(min)
+    _pick_many = staticmethod(_min_of)
     _reduce = staticmethod(np.min)
 
 
 class MaxAgg(_ExtremumAgg):
     aggregation = Aggregation.MAX
     _pick = staticmethod(max)
+    _pick_many = staticmethod(_max_of)
     _reduce = staticmethod(np.max)
 
 
@@ -295,6 +352,17 @@ class LastAgg(Aggregator[LastState, Scalar]):
         value = values[best]
         scalar = value.item() if isinstance(value, np.generic) else value
         return self.agg(state, scalar, int(times[best]), int(orders[best]))
+
+    def agg_seq(
+        self, state: LastState, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
+    ) -> LastState:
+        if len(values) != len(times) or len(values) != len(orders):
+            raise DataError("agg_seq needs sequences of equal length")
+        if not values:
+            return state
+        # max() keeps the first of equal keys, so scan backwards: the latest copy wins full ties.
+        best = max(range(len(values) - 1, -1, -1), key=lambda i: (times[i], orders[i]))
+        return self.agg(state, values[best], times[best], orders[best])
 
     def merge(self, a: LastState, b: LastState) -> LastState:
         if a is None or b is None:
@@ -363,6 +431,20 @@ class DistinctCountAgg(Aggregator[HyperLogLog, int]):
 
     def agg(self, state: HyperLogLog, value: Scalar, event_time_ms: int, order: int) -> HyperLogLog:
         state.add(value if isinstance(value, str) else str(value))
+        return state
+
+    def agg_seq(
+        self,
+        state: HyperLogLog,
+        values: Sequence[Any],
+        times: Sequence[int],
+        orders: Sequence[int],
+    ) -> HyperLogLog:
+        if len(values) != len(times) or len(values) != len(orders):
+            raise DataError("agg_seq needs sequences of equal length")
+        # A register only ever takes the max rank, so a repeated value changes nothing.
+        for text in dict.fromkeys(v if isinstance(v, str) else str(v) for v in values):
+            state.add(text)
         return state
 
     def merge(self, a: HyperLogLog, b: HyperLogLog) -> HyperLogLog:

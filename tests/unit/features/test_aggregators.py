@@ -262,3 +262,46 @@ def test_aggregator_for_every_demo_feature() -> None:
     distinct = aggregator_for(catalog.feature("user_spend:distinct_merchants_24h"))
     assert isinstance(distinct, DistinctCountAgg)
     assert distinct.precision == 14
+
+
+SEQUENTIAL: list[Aggregator[Any, Any]] = [
+    *MERGEABLE,
+    CusumAgg(CusumConfig(drift=0.5, threshold=4.0, warmup=5)),
+]
+
+
+@pytest.mark.parametrize("agg", SEQUENTIAL, ids=_ids)
+def test_sequence_fold_equals_scalar_fold_exactly(agg: Aggregator[Any, Any]) -> None:
+    """What the stream actors fold per tile and batch equals one ``agg`` call per event,
+    bitwise: non-dyadic floats, time ties, repeated values, and out-of-order times."""
+    rng = random.Random(21)
+    for size in (0, 1, 2, 17, 400):
+        events = _events(rng, size, dyadic=False)
+        events += [events[i] for i in range(0, size, 3)]  # repeats (same time and order too)
+        values = [
+            round(v, 1) if agg.aggregation is Aggregation.DISTINCT_COUNT else v
+            for v, _, _ in events
+        ]
+        times = [t for _, t, _ in events]
+        orders = [o for _, _, o in events]
+        start = agg.agg(agg.initialize(), 12.5, 10, -1)
+        scalar = _fold_from(agg, start, list(zip(values, times, orders, strict=True)))
+        start = agg.agg(agg.initialize(), 12.5, 10, -1)
+        assert agg.agg_seq(start, values, times, orders) == scalar
+
+
+def _fold_from(agg: Aggregator[Any, Any], state: Any, events: list[Event]) -> Any:
+    for value, ts, order in events:
+        state = agg.agg(state, value, ts, order)
+    return state
+
+
+def test_distinct_sequence_fold_tells_equal_numbers_of_other_types_apart() -> None:
+    """1, 1.0 and "1" are three values to the scalar fold (hashed as "1", "1.0", "1"), so the
+    sequence fold must not merge 1 and 1.0 as a dict key would."""
+    agg = DistinctCountAgg(10)
+    values: list[Any] = [1, 1.0, "1", True]
+    zeros = [0] * len(values)
+    assert agg.agg_seq(agg.initialize(), values, zeros, zeros) == _fold_from(
+        agg, agg.initialize(), list(zip(values, zeros, zeros, strict=True))
+    )
