@@ -85,3 +85,53 @@ def test_arbitrary_bytes_never_raise_anything_but_a_rejection() -> None:
             VALIDATOR.validate(raw)
         except EventRejected:
             continue
+
+
+_ODD_VALUES: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**40,
+    1.5,
+    0.0,
+    "",
+    "x",
+    "u\u00e9",
+    "a\x7fb",
+    "a\tb",
+    "a" * 65,
+    [],
+    {},
+    [1],
+    NOW + 60_001,
+    NOW + 60_000,
+    1e300,
+    "card_tx",
+    "USD",
+]
+
+
+def _decision(validate: object, raw: bytes) -> object:
+    try:
+        return validate(raw)  # type: ignore[operator]
+    except EventRejected as rejected:
+        return rejected.reason
+
+
+def test_fast_path_never_changes_a_decision() -> None:
+    """Every field of a valid event replaced (or dropped) by odd values of every JSON type: the
+    validator decides exactly as the ordered checks alone do."""
+    checked = VALIDATOR._checked  # the ordered checks, without the fast path in front
+    fields = list(_event())
+    for name in fields:
+        for odd in [*_ODD_VALUES, _DROP]:
+            raw = orjson.dumps(_event(**{name: odd}))
+            slow = _decision(lambda r: checked(orjson.loads(r)), raw)
+            assert _decision(VALIDATOR.validate, raw) == slow, (name, odd)
+
+
+@pytest.mark.parametrize("odd", [[], {}, ["card_tx"]])
+def test_an_unhashable_event_type_is_unknown_not_a_crash(odd: object) -> None:
+    assert _reason(orjson.dumps(_event(event_type=odd))) is RejectReason.UNKNOWN_TYPE
