@@ -78,7 +78,7 @@ class EventValidator:
         if type(event_type) is not str or event_type not in source.event_types:
             return False
         for name, types in self._exact_types:
-            value = event.get(name)
+            value: Any = event.get(name)
             kind = type(value)
             if kind not in types or (kind is float and not math.isfinite(value)):
                 return False
