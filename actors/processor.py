@@ -61,7 +61,7 @@ class SourceRecord(Protocol):
     def key(self) -> bytes | None: ...
 
     @property
-    def value(self) -> bytes: ...
+    def value(self) -> bytes | None: ...
 
 
 @dataclass
@@ -153,7 +153,7 @@ class PartitionProcessor:
     def _dead_letter(self, record: SourceRecord, rejected: EventRejected) -> DeadLetter:
         return dead_letter(
             record.key,
-            record.value,
+            b"" if record.value is None else record.value,  # a null value is dead-lettered empty
             topic=self.source.topic,
             partition=self.partition,
             offset=record.offset,

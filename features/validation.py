@@ -60,8 +60,10 @@ class EventValidator:
         # orjson builds exact builtin types, so ``type(v) in ...`` is isinstance without bools.
         self._exact_types = tuple((name, _EXACT_TYPES[kind]) for name, kind in self._fields)
 
-    def validate(self, raw: bytes) -> dict[str, Any]:
+    def validate(self, raw: bytes | None) -> dict[str, Any]:
         source = self._source
+        if raw is None:  # a Kafka record with a null value (a tombstone) carries no event
+            raise EventRejected(RejectReason.BAD_JSON, "the record has no value")
         if len(raw) > source.max_payload_bytes:
             raise EventRejected(
                 RejectReason.OVERSIZED, f"{len(raw)} bytes > {source.max_payload_bytes}"

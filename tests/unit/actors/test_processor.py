@@ -182,3 +182,13 @@ def test_expired_tiles_are_deleted_once_and_live_ones_kept() -> None:
         [f"t10000_p0@{T0 - T0 % 10_000}", *[f"t60000_p0@{T0 - T0 % 60_000}"] * 2]
     )
     assert not [r for r in processor.drain_changes() if r.write.value is None]
+
+
+def test_a_record_without_value_is_dead_lettered_and_the_batch_goes_on() -> None:
+    processor = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: NOW)
+    good = _stream(3, seed=2)
+    tombstone = RawRecord(3, b"u_000001", None)  # type: ignore[arg-type]
+    outcome = processor.process([*good, tombstone])
+    assert [d.reason for d in outcome.dead_letters][-1] is RejectReason.BAD_JSON
+    assert outcome.accepted + len(outcome.dead_letters) == 4
+    assert processor.state.last_offset == 3

@@ -135,3 +135,9 @@ def test_fast_path_never_changes_a_decision() -> None:
 @pytest.mark.parametrize("odd", [[], {}, ["card_tx"]])
 def test_an_unhashable_event_type_is_unknown_not_a_crash(odd: object) -> None:
     assert _reason(orjson.dumps(_event(event_type=odd))) is RejectReason.UNKNOWN_TYPE
+
+
+def test_a_record_without_value_is_bad_json_not_a_crash() -> None:
+    with pytest.raises(EventRejected) as caught:
+        VALIDATOR.validate(None)
+    assert caught.value.reason is RejectReason.BAD_JSON
