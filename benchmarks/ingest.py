@@ -98,7 +98,8 @@ def _produce_paced(bootstrap: str, rate: int, seconds: float, start_seq: int) ->
 
 
 def _raw_consume_rate(bootstrap: str, expected_from: dict[int, int], n: int) -> float:
-    """Records/s of a plain kafka-python consumer reading the backlog (no group, no parsing)."""
+    """Records/s of a plain kafka-python consumer reading the backlog (no group, no parsing),
+    from the first record on; the first poll's records are not counted (they took no time)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000
     )
@@ -106,13 +107,17 @@ def _raw_consume_rate(bootstrap: str, expected_from: dict[int, int], n: int) -> 
     consumer.assign(parts)
     for tp in parts:
         consumer.seek(tp, expected_from[tp.partition])
-    seen, started = 0, time.perf_counter()
+    # Timed from the first record, like the pipeline's drain (which starts at the first event
+    # the consumers take): connecting and fetching metadata are not consuming.
+    seen, first, started = 0, 0, 0.0
     while seen < n:
         for records in consumer.poll(timeout_ms=1000).values():
+            if not started:
+                started, first = time.perf_counter(), len(records)
             seen += len(records)
     elapsed = time.perf_counter() - started
     consumer.close()
-    return seen / elapsed
+    return (seen - first) / elapsed
 
 
 def _end_offsets(bootstrap: str) -> dict[int, int]:
