@@ -2,7 +2,8 @@
 
     TransportError
     ├── StoreUnavailable
-    │   └── CircuitOpen        the breaker refused the call without touching the store
+    │   ├── CircuitOpen        the breaker refused the call without touching the store
+    │   └── StoreNotReady      the store lost its data or is being rehydrated: incomplete
     ├── StoreTimeout
     │   └── DeadlineExceeded   the request's budget ran out before (or between) store calls
     └── StoreRejected          the store answered with an error: permission, script, validation
@@ -32,6 +33,12 @@ class CircuitOpen(StoreUnavailable):
         super().__init__(f"{store}: circuit open, next probe in {retry_after:.3f}s")
         self.store = store
         self.retry_after = retry_after
+
+
+class StoreNotReady(StoreUnavailable):
+    """The store answers but does not hold the complete state (emptied by a restart on a lost
+    disk, or still being rehydrated from the changelog): read elsewhere; a sink must rehydrate it.
+    """
 
 
 class DeadlineExceeded(StoreTimeout):

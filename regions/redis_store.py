@@ -2,9 +2,18 @@
 
 On-store layout: one Redis hash per tile key (``key`` must match the ACL pattern ``fl:*``); each
 hash field holds ``version (8 bytes, big-endian unsigned) | tag (1 byte) | payload`` where the tag
-is 1 for a value and 0 for a tombstone. Deletes leave a tombstone instead of HDEL so that the
-stored version survives them: a delayed older write can never resurrect a deleted field. Tombstones
-go away with the key's TTL and readers never return them.
+is 1 for a value and 2 for a version floor (0 marks a legacy tombstone). A delete really removes the
+field (HDEL) and raises the floor of the field's (key, source partition), a field ``~p<n>``
+(``regions.tiles.floor_field``): an absent field refuses any write not above that floor, so a
+delayed older write can never resurrect a deleted field, and a hash holds its live tiles plus one
+small floor per partition that ever deleted, instead of a tombstone per evicted tile. Readers
+never return floors or tombstones.
+
+Completeness marker: ``fl:meta:epoch`` (no TTL, so never evicted) is ``ready`` when the store holds
+the complete changelog state and ``rehydrating`` while a sink replays the changelog into it; a
+Redis that came back empty has no marker. Guarded writers refuse to write without it, and
+:meth:`AsyncRedisTileReader.get_all_ready` (serving) raises ``StoreNotReady`` unless it is
+``ready``, reading it in the same pipelined round trip as the tiles.
 
 Error mapping (every public call): connection refused/reset -> ``StoreUnavailable``; no answer
 within the socket timeout (including a paused or stopped server) -> ``StoreTimeout``; an error reply
@@ -31,9 +40,9 @@ from redis.retry import Retry
 
 from features.errors import StoreTimeout, StoreUnavailable
 from regions.config import RegionConfig
-from regions.exceptions import StoreRejected
+from regions.exceptions import StoreNotReady, StoreRejected
 from regions.resilience import Deadline
-from regions.tiles import TileWrite, coalesce, decode_field, encode_field
+from regions.tiles import TileWrite, coalesce, decode_field, encode_field, floor_field
 
 T = TypeVar("T")
 
@@ -160,33 +169,81 @@ def _check_budget(deadline: Deadline | None) -> None:
         )  # raises DeadlineExceeded when spent; the socket timeout bounds the rest
 
 
-# KEYS: the distinct tile keys. ARGV, per key in KEYS order: ttl_ms, n, n (field, encoded) pairs.
+# Where a region's Redis says whether it holds the complete changelog state (see STORE_READY).
+MARKER_KEY = "fl:meta:epoch"
+STORE_READY = b"ready"
+STORE_REHYDRATING = b"rehydrating"
+
+# KEYS[1]: the marker; KEYS[2..]: the distinct tile keys. ARGV[1]: "guard" (refuse, returning -1,
+# when the marker is missing: the store lost its data) or "seed" (set the marker to ready if it is
+# missing: a seeding tool declares what it writes complete). Then, per tile key in KEYS order:
+# ttl_ms, n, n (field, encoded, floor field) triples.
 # Versions are compared as two 32-bit halves because Lua numbers are doubles (exact to 2**53 only).
+# A field's guard is its own stored version when present, else its partition's floor (pre-batch:
+# a batch may hold a delete and older writes of other fields of the same partition that precede it
+# in the changelog; raising the floor mid-batch would refuse those).
 _APPLY_LUA = """
+local function newer(a, b)
+  local ah, al = struct.unpack('>I4I4', a)
+  local bh, bl = struct.unpack('>I4I4', b)
+  if ah ~= bh then return ah > bh end
+  return al > bl
+end
 local function wins(incoming, stored)
   if not stored or #stored < 9 then return true end
-  local ih, il = struct.unpack('>I4I4', incoming)
-  local sh, sl = struct.unpack('>I4I4', stored)
-  if ih ~= sh then return ih > sh end
-  if il ~= sl then return il > sl end
+  if newer(incoming, stored) then return true end
+  if newer(stored, incoming) then return false end
   return string.byte(incoming, 9) == 0 and string.byte(stored, 9) ~= 0
 end
-local applied, i = 0, 1
-for k = 1, #KEYS do
+local marker = redis.call('GET', KEYS[1])
+if not marker then
+  if ARGV[1] == 'guard' then return -1 end
+  redis.call('SET', KEYS[1], 'ready')
+end
+local applied, i = 0, 2
+for k = 2, #KEYS do
   local key, ttl, n = KEYS[k], tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   i = i + 2
-  local touched = false
+  local floors, raised, touched = {}, {}, false
   for _ = 1, n do
-    local field, encoded = ARGV[i], ARGV[i + 1]
-    i = i + 2
-    if wins(encoded, redis.call('HGET', key, field)) then
-      redis.call('HSET', key, field, encoded)
-      applied, touched = applied + 1, true
+    local field, encoded, floor_field = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    local floor = floors[floor_field]
+    if floor == nil then
+      floor = redis.call('HGET', key, floor_field) or false
+      floors[floor_field] = floor
+    end
+    local stored = redis.call('HGET', key, field)
+    if wins(encoded, stored or floor or nil) then
+      if string.byte(encoded, 9) == 0 then
+        local changed = false
+        if stored then redis.call('HDEL', key, field); changed = true end
+        local top = raised[floor_field] or floor
+        if not top or newer(encoded, top) then
+          raised[floor_field] = string.sub(encoded, 1, 8) .. '\\2'
+          changed = true
+        end
+        if changed then applied, touched = applied + 1, true end
+      else
+        redis.call('HSET', key, field, encoded)
+        applied, touched = applied + 1, true
+      end
     end
   end
+  for floor_field, value in pairs(raised) do redis.call('HSET', key, floor_field, value) end
   if touched and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
 return applied
+"""
+
+# Marks a rehydrated store ready only if it is still the rehydration this sink started (or is
+# already ready): a store emptied again in between (the marker is gone) must not be declared
+# complete.
+_MARK_READY_LUA = """
+local state = redis.call('GET', KEYS[1])
+if state == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+if state == ARGV[1] or state == ARGV[2] then return 1 end
+return 0
 """
 
 
@@ -203,15 +260,27 @@ class RedisTileWriter:
 
     Invariants: one network round trip per non-empty batch (after the script is cached on the
     server: the very first call, or the first after a restart, costs two more to load it); atomic
-    (Redis runs the script alone); monotone and idempotent per (key, field) as in ``regions.tiles``.
+    (Redis runs the script alone); monotone and idempotent per (key, field) as in ``regions.tiles``:
+    a delete removes the field and raises its partition's floor, and an absent field refuses any
+    write not above that floor, so replaying any prefix of the changelog changes nothing.
     TTL: each key that had a field written gets ``PEXPIRE`` of the largest ``ttl_ms`` of its writes
     in the batch, unless the key already lives longer (a TTL is extended, never shortened).
+
+    ``guarded`` (the sinks): a batch is refused with ``StoreNotReady`` when the store's marker is
+    missing, i.e. the store lost its data; the caller must rehydrate it from the changelog before
+    writing again (:meth:`begin_rehydration`, :meth:`mark_ready`). Unguarded (seeding tools and
+    tests that write a complete state directly): the first batch marks the store ready.
     """
 
-    def __init__(self, client: redis.Redis, store: str) -> None:
+    def __init__(
+        self, client: redis.Redis, store: str, *, guarded: bool = False, marker: str = MARKER_KEY
+    ) -> None:
         self._client = client
         self._store = store
+        self._marker = marker
+        self._mode = "guard" if guarded else "seed"
         self._script = client.register_script(_APPLY_LUA)
+        self._mark_ready = client.register_script(_MARK_READY_LUA)
 
     def apply(self, batch: Sequence[TileWrite], deadline: Deadline | None = None) -> ApplyResult:
         writes = coalesce(batch)
@@ -220,8 +289,28 @@ class RedisTileWriter:
         _check_budget(deadline)
         keys, args = _script_arguments(writes)
         with _store_errors(self._store):
-            applied = int(self._script(keys=keys, args=args))
+            applied = int(self._script(keys=[self._marker, *keys], args=[self._mode, *args]))
+        if applied < 0:
+            raise StoreNotReady(f"{self._store}: store marker missing, the store lost its data")
         return ApplyResult(applied, len(writes) - applied)
+
+    def store_state(self) -> bytes | None:
+        """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new)."""
+        with _store_errors(self._store):
+            value: Any = self._client.get(self._marker)
+        return None if value is None else bytes(value)
+
+    def begin_rehydration(self) -> None:
+        """Mark the store incomplete: readers go elsewhere and guarded writes are accepted."""
+        with _store_errors(self._store):
+            self._client.set(self._marker, STORE_REHYDRATING)
+
+    def mark_ready(self) -> bool:
+        """Declare a rehydrated store complete; ``False`` (nothing changed) when the marker is no
+        longer the one :meth:`begin_rehydration` set, i.e. the store was emptied again."""
+        with _store_errors(self._store):
+            done = self._mark_ready(keys=[self._marker], args=[STORE_REHYDRATING, STORE_READY])
+        return int(done) == 1
 
 
 def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[bytes | str | int]]:
@@ -232,7 +321,7 @@ def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[byte
     for group in by_key.values():
         args += [max(w.ttl_ms for w in group), len(group)]
         for write in group:
-            args += [write.field, encode_field(write)]
+            args += [write.field, encode_field(write), floor_field(write.field)]
     return list(by_key), args
 
 
@@ -295,9 +384,27 @@ class RedisTileReader:
 class AsyncRedisTileReader:
     """The asyncio twin of :class:`RedisTileReader`; a deadline bounds the whole call."""
 
-    def __init__(self, client: redis.asyncio.Redis, store: str) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, store: str, *, marker: str = MARKER_KEY
+    ) -> None:
         self._client = client
         self._store = store
+        self._marker = marker
+
+    async def get_all_ready(
+        self, keys: Sequence[str], deadline: Deadline | None = None
+    ) -> dict[str, Fields]:
+        """Like :meth:`get_all`, but raises ``StoreNotReady`` unless the store's marker says it is
+        complete; the marker travels in the same pipelined round trip as the tiles."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._marker)
+        for key in keys:
+            pipe.hgetall(key)
+        replies = await self._execute(pipe, deadline)
+        if replies[0] != STORE_READY:
+            state = "missing" if replies[0] is None else repr(replies[0])
+            raise StoreNotReady(f"{self._store}: store marker {state}, not complete")
+        return {key: _live(raw) for key, raw in zip(keys, replies[1:], strict=True)}
 
     async def get_all(
         self, keys: Sequence[str], deadline: Deadline | None = None

@@ -9,6 +9,12 @@ Invariants shared by every store adapter:
 
 The Redis adapter enforces the first invariant on the server; DynamoDB's BatchWriteItem cannot be
 conditional, so there it holds only if one writer at a time owns a key (see ``dynamodb_store``).
+
+Deletes and the version floor: a field's versions come from one source partition's offsets, and the
+changelog carries one partition's records in offset order, so a single *floor* per (key, partition),
+the highest version of any delete applied there, is enough to refuse a replayed older write of a
+deleted field (:func:`floor_field` names it). Stores may therefore really delete a field instead of
+keeping a per-field tombstone: "absent" compares as "at the floor".
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from features.errors import DataError
+from features.exceptions import CorruptState
+from features.tile_groups import parse_field
 
 MAX_VERSION = 2**64 - 1
 # Redis field layout: 8-byte big-endian unsigned version, one tag byte, then the payload.
 _HEADER = struct.Struct(">QB")
 HEADER_BYTES = _HEADER.size
 TAG_VALUE = 1
-TAG_TOMBSTONE = 0
+TAG_TOMBSTONE = 0  # legacy per-field tombstones: still honoured and dropped by the next delete
+TAG_FLOOR = 2
+FLOOR_PREFIX = "~"  # tile-group fields start with "t" or "u": a floor never collides with a tile
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +91,16 @@ def decode_field(raw: bytes) -> tuple[int, bytes | None]:
         raise DataError(f"stored field of {len(raw)} bytes is shorter than its header")
     version, tag = _HEADER.unpack_from(raw)
     return version, (raw[HEADER_BYTES:] if tag == TAG_VALUE else None)
+
+
+def floor_field(field: str) -> str:
+    """The hash field holding the version floor that guards ``field`` once it is deleted.
+
+    Tile-group fields (``features.tile_groups``) share one floor per source partition (``~p3``);
+    any other field name is its own group (``~f:<field>``), which is exactly a tombstone's guard.
+    """
+    try:
+        _, partition, _ = parse_field(field)
+    except CorruptState:
+        return f"{FLOOR_PREFIX}f:{field}"
+    return f"{FLOOR_PREFIX}p{partition}"

@@ -6,6 +6,7 @@ with an ``INFO commandstats`` delta read by the admin user.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -21,13 +22,16 @@ from cluster.stack import Stack
 from features.errors import StoreTimeout, StoreUnavailable, TransportError
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
-from regions.exceptions import StoreRejected
+from regions.exceptions import StoreNotReady, StoreRejected
 from regions.redis_store import (
+    STORE_READY,
     ApplyResult,
+    AsyncRedisTileReader,
     RedisRole,
     RedisTileReader,
     RedisTileWriter,
     RedisTimeouts,
+    async_redis_client,
     redis_client,
 )
 from regions.tiles import TileWrite, decode_field
@@ -109,6 +113,133 @@ def test_delete_applies_at_equal_version_and_blocks_older_writes(us_east: Any, k
     assert writer.apply([_w(key, "f", 5, b"five")]) == ApplyResult(0, 1)  # no resurrection
     assert writer.apply([_w(key, "f", 6, b"six")]) == ApplyResult(1, 0)
     assert reader.get_fields({key: ["f", "nope"]}) == {key: {"f": b"six"}}
+
+
+# --- Redis: deletes drop the field, a per-(key, partition) floor blocks resurrection -----------
+
+P3_OLD, P3_NEW, P3_CUSUM, P4_OLD = "t10000_p3@0", "t10000_p3@10000", "u_p3", "t10000_p4@0"
+
+
+def _changelog(key: str) -> list[TileWrite]:
+    """One partition's changelog in offset order, as the processor emits it: the writes of a commit
+    precede its deletes, and a delete carries the commit's last offset (here 5, a tie with the
+    CUSUM write of the same commit); partition 4 has its own, unrelated offsets."""
+    return [
+        _w(key, P3_OLD, 1, b"old-1"),
+        _w(key, P4_OLD, 2, b"p4-2"),
+        _w(key, P3_OLD, 3, b"old-3"),
+        _w(key, P3_NEW, 4, b"new-4"),
+        _w(key, P3_CUSUM, 5, b"cusum-5"),
+        _w(key, P3_OLD, 5, None),
+        _w(key, P3_NEW, 7, b"new-7"),
+    ]
+
+
+def test_delete_drops_the_field_and_no_replayed_prefix_changes_anything(
+    us_east: Any, key: str
+) -> None:
+    writer, reader, admin = us_east
+    log = _changelog(key)
+    for write in log:  # one batch per record: every record meets the state its predecessors left
+        writer.apply([write])
+    live = {P4_OLD: b"p4-2", P3_NEW: b"new-7", P3_CUSUM: b"cusum-5"}
+    assert reader.get_all([key])[key] == live
+    stored = admin.hgetall(key)
+    # Only live tiles plus one floor for partition 3, at the delete's version: no tombstone.
+    assert sorted(stored) == sorted([f.encode() for f in live] + [b"~p3"])
+    assert decode_field(stored[b"~p3"]) == (5, None)
+    for end in range(1, len(log) + 1):
+        assert writer.apply(log[:end]).applied == 0  # a prefix as one batch
+        for write in log[:end]:
+            assert writer.apply([write]).applied == 0  # and record by record
+        assert admin.hgetall(key) == stored
+
+
+def test_a_replayed_older_write_never_resurrects_a_deleted_tile(us_east: Any, key: str) -> None:
+    writer, reader, admin = us_east
+    writer.apply([_w(key, P3_OLD, 3, b"old-3"), _w(key, P4_OLD, 2, b"p4")])
+    assert writer.apply([_w(key, P3_OLD, 5, None)]) == ApplyResult(1, 0)
+    assert writer.apply([_w(key, P3_OLD, 3, b"old-3")]) == ApplyResult(0, 1)
+    assert writer.apply([_w(key, P3_OLD, 5, b"tie")]) == ApplyResult(0, 1)  # a delete wins a tie
+    assert writer.apply([_w(key, P3_OLD, 4, None)]) == ApplyResult(0, 1)  # older delete: no-op
+    assert reader.get_all([key])[key] == {P4_OLD: b"p4"}
+    # The floor is per partition: partition 4's offsets are not comparable with partition 3's.
+    assert writer.apply([_w(key, "t10000_p4@10000", 1, b"p4-low")]) == ApplyResult(1, 0)
+    # A newer write of partition 3 (a later commit) is accepted, for any of its fields.
+    assert writer.apply([_w(key, P3_OLD, 6, b"later")]) == ApplyResult(1, 0)
+    assert decode_field(admin.hget(key, "~p3")) == (5, None)
+
+
+def test_writes_that_precede_a_delete_in_the_same_batch_are_applied(us_east: Any, key: str) -> None:
+    writer, reader, _ = us_east
+    writer.apply([_w(key, P3_OLD, 1, b"old")])
+    # One commit: write P3_NEW at 4, then evict P3_OLD at the commit's last offset, 9.
+    assert writer.apply([_w(key, P3_NEW, 4, b"new"), _w(key, P3_OLD, 9, None)]) == ApplyResult(2, 0)
+    assert reader.get_all([key])[key] == {P3_NEW: b"new"}
+
+
+def test_a_legacy_tombstone_is_dropped_by_the_next_delete(us_east: Any, key: str) -> None:
+    writer, reader, admin = us_east
+    admin.hset(key, P3_OLD, (4).to_bytes(8, "big") + b"\x00")  # the old layout's tombstone
+    assert writer.apply([_w(key, P3_OLD, 3, b"older")]) == ApplyResult(0, 1)
+    assert writer.apply([_w(key, P3_NEW, 8, None)]) == ApplyResult(1, 0)
+    assert writer.apply([_w(key, P3_OLD, 8, None)]) == ApplyResult(1, 0)
+    assert sorted(admin.hgetall(key)) == [b"~p3"]
+    assert reader.get_all([key])[key] == {}
+
+
+# --- Redis: the completeness marker ------------------------------------------------------------
+
+
+def test_marker_guards_writes_and_reads(stack: Stack, key: str) -> None:
+    """A guarded writer refuses to write into a store that lost its marker; serving's reader (the
+    read-only user) reads the marker in the same round trip and refuses an incomplete store."""
+    marker = f"{key}:marker"
+    writer_client = _client(stack, "us-east", RedisRole.WRITER)
+    reader_client = _client(stack, "us-east", RedisRole.READER)
+    try:
+        guarded = RedisTileWriter(writer_client, "redis-us-east", guarded=True, marker=marker)
+        with pytest.raises(StoreNotReady):
+            guarded.apply([_w(key, P3_OLD, 1, b"x")])
+        assert writer_client.exists(key) == 0  # refused atomically: nothing written
+        assert guarded.store_state() is None
+        assert guarded.mark_ready() is False  # never declares a store it did not rehydrate ready
+        guarded.begin_rehydration()
+        assert guarded.apply([_w(key, P3_OLD, 1, b"x")]) == ApplyResult(1, 0)
+        assert _ready_read(stack, key, marker) == "StoreNotReady"
+        assert guarded.mark_ready() is True
+        assert _ready_read(stack, key, marker) == {P3_OLD: b"x"}
+        writer_client.delete(marker)  # the store "lost its data"
+        assert _ready_read(stack, key, marker) == "StoreNotReady"
+        assert reader_client.get(marker) is None  # the reader may read the marker...
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader_client.set(marker, b"ready")  # ...and never forge it
+        seeding = RedisTileWriter(writer_client, "redis-us-east", marker=marker)
+        seeding.apply([_w(key, P3_NEW, 2, b"y")])
+        assert seeding.store_state() == STORE_READY  # a seeding tool declares its data complete
+    finally:
+        writer_client.delete(marker)
+        writer_client.close()
+        reader_client.close()
+
+
+def _ready_read(stack: Stack, key: str, marker: str) -> Any:
+    async def read() -> Any:
+        client = async_redis_client(
+            stack.settings.topology.get("us-east"),
+            RedisRole.READER,
+            stack.settings.redis,
+            stack.secrets,
+        )
+        try:
+            reader = AsyncRedisTileReader(client, "redis-us-east", marker=marker)
+            return (await reader.get_all_ready([key]))[key]
+        except StoreNotReady as exc:
+            return type(exc).__name__
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
 
 
 def test_versions_above_2_pow_53_compare_exactly(us_east: Any, key: str) -> None:

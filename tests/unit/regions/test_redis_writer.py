@@ -7,17 +7,28 @@ import redis.exceptions as rex
 from pydantic import SecretStr
 
 from features.errors import DataError, StoreTimeout, StoreUnavailable
+from features.exceptions import CorruptState
+from features.tile_groups import parse_field
 from regions.config import default_topology
 from regions.exceptions import DeadlineExceeded, StoreRejected
 from regions.redis_store import (
     RedisRole,
     RedisTileReader,
     RedisTileWriter,
+    _live,
     _script_arguments,
     redis_client,
 )
 from regions.resilience import Deadline
-from regions.tiles import TileWrite, coalesce, decode_field, encode_field, supersedes
+from regions.tiles import (
+    TAG_FLOOR,
+    TileWrite,
+    coalesce,
+    decode_field,
+    encode_field,
+    floor_field,
+    supersedes,
+)
 from tests.unit.regions.fakes import FakeClock
 
 
@@ -70,13 +81,38 @@ def test_script_arguments_group_by_key_with_the_longest_ttl() -> None:
         2,
         "f",
         encode_field(writes[0]),
+        "~f:f",
         "g",
         encode_field(writes[2]),
+        "~f:g",
         700,
         1,
         "f",
         encode_field(writes[1]),
+        "~f:f",
     ]
+
+
+def test_tile_fields_of_one_partition_share_one_floor_and_floors_never_look_like_tiles() -> None:
+    # The floor is per (key, source partition): that partition's changelog is in offset order.
+    assert floor_field("t10000_p3@1764000000000") == "~p3"
+    assert floor_field("t3600000_p3@1764000000000") == "~p3"
+    assert floor_field("u_p3") == "~p3"
+    assert floor_field("t10000_p4@1764000000000") == "~p4"
+    assert floor_field("f") == "~f:f"  # not a tile-group field: its own guard, like a tombstone
+    with pytest.raises(CorruptState):
+        parse_field(floor_field("u_p3"))  # read_view could never mistake a floor for a tile
+
+
+def test_readers_skip_floors_and_legacy_tombstones() -> None:
+    floor = (7).to_bytes(8, "big") + bytes([TAG_FLOOR])
+    raw = {
+        b"u_p1": encode_field(_w("u_p1", 3, b"x")),
+        b"~p1": floor,
+        b"t10_p1@0": encode_field(_w("t10_p1@0", 2, None)),
+    }
+    assert _live(raw) == {"u_p1": b"x"}
+    assert decode_field(floor) == (7, None)
 
 
 class _FailingClient:
