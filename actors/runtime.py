@@ -125,6 +125,8 @@ class _SinkActor:
             "batches": s.batches,
             "store_failures": s.store_failures,
             "paused": s.paused,
+            "store_state": s.store_state,  # Redis: "ready" or "rehydrating" (see actors.sink)
+            "rehydrations": s.rehydrations,
             "last_error": s.last_error,
             "undecodable": s.undecodable,
             "lag": self._lag,
@@ -165,7 +167,8 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
     )
     if store == "redis":
         client = redis_client(region, RedisRole.WRITER, config.redis_users, secrets)
-        return SinkWorker(consumer, RedisTileWriter(client, f"redis-{region_name}"))
+        # Guarded: a Redis that came back empty refuses writes until the sink rehydrated it.
+        return SinkWorker(consumer, RedisTileWriter(client, f"redis-{region_name}", guarded=True))
     from regions.aws import dynamodb_client
 
     writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client)

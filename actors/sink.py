@@ -12,6 +12,20 @@ One step, in order:
 When the store fails, the sink seeks back to the batch's first offsets, pauses its partitions
 (it keeps polling, so the group stays healthy and memory stays at one batch) and resumes after a
 backoff.
+
+Rehydration (a store that can say whether it is complete: Redis, ``regions.redis_store``'s marker
+``fl:meta:epoch``): a Redis on a replaced node or a lost disk comes back *empty*, while this sink's
+committed offsets say it applied everything. The sink checks the marker when it starts and every
+``check_interval_s``, and its guarded writes are refused atomically when the marker is missing, so
+no batch ever lands in an emptied store unnoticed. Then:
+1. mark the store ``rehydrating`` (readers keep going to DynamoDB; guarded writes are accepted);
+2. note the end offsets of the assignment and seek to the beginning of the compacted changelog,
+   which holds the latest absolute, versioned state of every tile (replay is safe: idempotent);
+3. apply and commit as usual; once every partition's position reached the noted end offsets,
+   mark the store ``ready`` again, only if the marker is still the one step 1 set (a store emptied
+   again in between starts over instead of being declared complete).
+``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``) and ``stats.rehydrations``
+show it in the sink actor's ``status()``.
 """
 
 from __future__ import annotations
@@ -19,16 +33,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from actors.changelog import ChangelogDecodeError, decode
 from features.errors import BackpressureError, TransportError
+from regions.exceptions import StoreNotReady
 from regions.resilience import ExponentialBackoff
 from regions.tiles import TileWrite
+
+READY, REHYDRATING, UNKNOWN, NOT_APPLICABLE = "ready", "rehydrating", "unknown", "n/a"
 
 
 class StoreWriter(Protocol):
     def apply(self, batch: Sequence[TileWrite]) -> object: ...
+
+
+@runtime_checkable
+class Rehydratable(Protocol):
+    """A store that records whether it holds the complete state (``RedisTileWriter``)."""
+
+    def store_state(self) -> bytes | None: ...
+    def begin_rehydration(self) -> None: ...
+    def mark_ready(self) -> bool: ...
 
 
 @dataclass
@@ -38,6 +64,8 @@ class SinkStats:
     store_failures: int = 0
     undecodable: int = 0
     paused: bool = False
+    store_state: str = NOT_APPLICABLE
+    rehydrations: int = 0
     last_error: str = ""
     freshness_ms: list[float] = field(default_factory=list)  # drained by the metrics exporter
 
@@ -58,6 +86,7 @@ class SinkWorker:
         backoff: ExponentialBackoff | None = None,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
+        check_interval_s: float = 1.0,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
@@ -68,24 +97,90 @@ class SinkWorker:
         self._failures_in_a_row = 0
         self._resume_at: float | None = None
         self.stats = SinkStats()
+        self._store = writer if isinstance(writer, Rehydratable) else None
+        self._check_interval_s = check_interval_s
+        self._next_check = 0.0  # check before the first batch
+        self._lost = False  # the store lost its data; rehydrate once partitions are assigned
+        self._targets: dict[Any, int] | None = None  # end offsets to reach while rehydrating
+        if self._store is not None:
+            self.stats.store_state = UNKNOWN
 
     def step(self, poll_timeout_ms: int = 200) -> int:
         """One poll-apply-commit cycle; returns how many records were applied."""
         self._maybe_resume()
+        self._check_store()
         polled = self._consumer.poll(timeout_ms=poll_timeout_ms, max_records=self._max_records)
+        if self._lost:
+            self._start_rehydration()  # the polled records are read again from the beginning
+            return 0
         records = [r for batch in polled.values() for r in batch]
         if not records:
+            self._maybe_finish_rehydration()
             return 0
         writes, event_times = self._decode(records)
         try:
             if writes:
                 self._writer.apply(writes)
+        except StoreNotReady:
+            self._lost = True  # refused atomically: nothing of the batch was written
+            return 0
         except (TransportError, BackpressureError) as exc:
             self._back_off(polled, exc)
             return 0
         self._consumer.commit()
         self._record_success(len(writes), event_times)
+        self._maybe_finish_rehydration()
         return len(writes)
+
+    def _check_store(self) -> None:
+        """Every ``check_interval_s``: is the store still complete (or still ours to rehydrate)?
+        A store that cannot answer is left to the write path's backoff."""
+        if self._store is None or self._lost or self._monotonic() < self._next_check:
+            return
+        self._next_check = self._monotonic() + self._check_interval_s
+        try:
+            state = self._store.store_state()
+        except TransportError as exc:
+            self.stats.last_error = type(exc).__name__
+            return
+        rehydrating = self._targets is not None
+        if state is None or (state != b"ready" and not rehydrating):
+            self._lost = True  # emptied, or a rehydration a previous incarnation did not finish
+        elif not rehydrating:
+            self.stats.store_state = READY
+
+    def _start_rehydration(self) -> None:
+        store = self._store
+        assigned = list(self._consumer.assignment())
+        if store is None or not assigned:
+            return  # the group has not assigned partitions yet
+        try:
+            store.begin_rehydration()
+        except TransportError as exc:
+            self.stats.last_error = type(exc).__name__
+            return
+        self._targets = dict(self._consumer.end_offsets(assigned))
+        self._consumer.seek_to_beginning(*assigned)
+        self._lost = False
+        self.stats.store_state = REHYDRATING
+        self.stats.rehydrations += 1
+
+    def _maybe_finish_rehydration(self) -> None:
+        targets = self._targets
+        if targets is None or self._store is None:
+            return
+        if any(self._consumer.position(tp) < end for tp, end in targets.items()):
+            return
+        try:
+            ready = self._store.mark_ready()
+        except TransportError as exc:
+            self.stats.last_error = type(exc).__name__
+            return
+        self._targets = None
+        if ready:
+            self.stats.store_state = READY
+        else:
+            self._lost = True  # emptied again while we replayed: start over
 
     def lag(self) -> int:
         """Changelog records not yet applied by this sink (over its current assignment)."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from actors.changelog import ChangelogRecord, encode
 from actors.sink import SinkWorker
 from features.errors import StoreTimeout
+from regions.exceptions import StoreNotReady
 from regions.resilience import ExponentialBackoff
 from regions.tiles import TileWrite
 from tests.doubles.kafka import FakeConsumer, FakeTopicPartition
@@ -89,3 +90,130 @@ def test_undecodable_records_are_counted_and_skipped() -> None:
         pass
     assert worker.stats.undecodable == 1
     assert len(store.data) == 3
+
+
+# --- rehydration of a store that came back empty ---------------------------------------------
+
+
+class ReplayableConsumer(FakeConsumer):
+    """The fake plus what rehydration uses of kafka-python: end offsets, position, seek to start."""
+
+    def end_offsets(self, tps: list[FakeTopicPartition]) -> dict[FakeTopicPartition, int]:
+        return {tp: len(self.logs[tp]) for tp in tps}
+
+    def position(self, tp: FakeTopicPartition) -> int:
+        return self.positions[tp]
+
+    def seek_to_beginning(self, *tps: FakeTopicPartition) -> None:
+        for tp in tps:
+            self.positions[tp] = 0
+
+
+class MarkedStore:
+    """A version-guarded store with a completeness marker, refusing writes without it like the
+    guarded Redis writer; ``lose_everything`` is a node coming back on an empty disk."""
+
+    def __init__(self, marker: bytes | None = b"ready") -> None:
+        self.marker = marker
+        self.data: dict[tuple[str, str], TileWrite] = {}
+        self.markers_seen: list[bytes | None] = []
+
+    def apply(self, batch: Sequence[TileWrite]) -> None:
+        if self.marker is None:
+            raise StoreNotReady("marker missing")
+        for w in batch:
+            old = self.data.get((w.key, w.field))
+            if old is None or w.version > old.version:
+                self.data[(w.key, w.field)] = w
+        self.markers_seen.append(self.marker)
+
+    def store_state(self) -> bytes | None:
+        return self.marker
+
+    def begin_rehydration(self) -> None:
+        self.marker = b"rehydrating"
+
+    def mark_ready(self) -> bool:
+        if self.marker not in (b"rehydrating", b"ready"):
+            return False
+        self.marker = b"ready"
+        return True
+
+    def lose_everything(self) -> None:
+        self.data.clear()
+        self.marker = None
+
+
+def _drain(worker: SinkWorker, clock: Clock, steps: int = 50) -> None:
+    for _ in range(steps):
+        clock.t += 1.0  # past the check interval: every step re-checks the marker
+        worker.step()
+
+
+def test_a_store_back_empty_is_replayed_from_the_start_then_marked_ready() -> None:
+    consumer, store, clock = ReplayableConsumer(), MarkedStore(), Clock()
+    _fill(consumer, 100)
+    worker = SinkWorker(consumer, store, max_records=30, monotonic=clock)
+    _drain(worker, clock)
+    expected = dict(store.data)
+    assert worker.stats.store_state == "ready" and worker.stats.rehydrations == 0
+    assert sum(consumer.committed.values()) == 100  # offsets say: everything applied
+
+    store.lose_everything()
+    _drain(worker, clock)
+    assert store.data == expected
+    assert store.marker == b"ready"
+    assert worker.stats.store_state == "ready" and worker.stats.rehydrations == 1
+    # Every replayed batch went in while readers were told the store is incomplete.
+    assert store.markers_seen[-4:] == [b"rehydrating"] * 4
+
+
+def test_a_batch_refused_by_an_emptied_store_is_replayed_not_lost() -> None:
+    consumer, store, clock = ReplayableConsumer(), MarkedStore(), Clock()
+    _fill(consumer, 40)
+    worker = SinkWorker(consumer, store, max_records=30, monotonic=clock, check_interval_s=1e9)
+    worker.step()  # first check and first 30 records
+    store.lose_everything()  # between two checks: only the guarded write can notice
+    for _ in range(10):
+        worker.step()
+    assert len(store.data) == 40
+    assert worker.stats.rehydrations == 1 and store.marker == b"ready"
+
+
+def test_a_new_store_and_an_unfinished_rehydration_both_start_from_the_beginning() -> None:
+    consumer, clock = ReplayableConsumer(), Clock()
+    _fill(consumer, 50)
+    new = MarkedStore(marker=None)
+    worker = SinkWorker(consumer, new, max_records=20, monotonic=clock)
+    _drain(worker, clock)
+    assert len(new.data) == 50 and new.marker == b"ready"
+    # A sink that died mid-replay left "rehydrating": its successor replays everything again.
+    half = MarkedStore(marker=b"rehydrating")
+    successor = SinkWorker(ReplayableConsumer(), half, monotonic=clock)
+    successor._consumer.logs.update(consumer.logs)  # same topic, committed offsets at the end
+    for tp, log in consumer.logs.items():
+        successor._consumer.positions[tp] = len(log)
+    _drain(successor, clock)
+    assert len(half.data) == 50 and half.marker == b"ready"
+
+
+def test_emptied_again_during_the_replay_is_never_declared_ready() -> None:
+    consumer, store, clock = ReplayableConsumer(), MarkedStore(marker=None), Clock()
+    _fill(consumer, 60)
+    worker = SinkWorker(consumer, store, max_records=20, monotonic=clock, check_interval_s=1e9)
+    worker.step()  # notices the missing marker, starts the replay
+    worker.step()  # first 20 records
+    store.lose_everything()
+    for _ in range(20):
+        worker.step()
+    assert len(store.data) == 60 and store.marker == b"ready"
+    assert worker.stats.rehydrations == 2
+
+
+def test_a_store_without_a_marker_is_never_rehydrated() -> None:
+    consumer, store = ReplayableConsumer(), FlakyStore()
+    _fill(consumer, 10)
+    worker = SinkWorker(consumer, store)
+    while worker.step():
+        pass
+    assert worker.stats.store_state == "n/a" and worker.stats.rehydrations == 0
