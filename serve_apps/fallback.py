@@ -8,6 +8,8 @@ Invariants:
   records exactly one outcome on that breaker (a transport error or timeout is a failure);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
   remainder, so the chain never outlives the request's deadline by more than scheduling noise;
+- a store that answers but is incomplete (``StoreNotReady``: a Redis being rehydrated) is
+  skipped like a failed one but is not a breaker failure;
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
   store failures never become client errors.
 """
@@ -23,6 +25,7 @@ from typing import Protocol
 
 from features.errors import StoreTimeout, TransportError
 from regions.dynamodb_store import DynamoTileReader
+from regions.exceptions import StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline
 
@@ -42,7 +45,9 @@ class TileStore(Protocol):
 
 
 class RedisStore:
-    """A region's Redis through the read-only user; one pipelined round trip per call."""
+    """A region's Redis through the read-only user; one pipelined round trip per call, which also
+    reads the store's completeness marker: a Redis that came back empty or is being rehydrated
+    raises ``StoreNotReady`` instead of serving its partial contents."""
 
     def __init__(self, reader: AsyncRedisTileReader, name: str, clock: Clock) -> None:
         self.name = name
@@ -50,7 +55,7 @@ class RedisStore:
         self._clock = clock
 
     async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, Fields]:
-        return await self._reader.get_all(keys, Deadline(timeout_s, self._clock))
+        return await self._reader.get_all_ready(keys, Deadline(timeout_s, self._clock))
 
 
 class DynamoStore:
@@ -121,6 +126,12 @@ class FallbackChain:
             timeout = min(step.cap_s, deadline.remaining() * share)
             try:
                 fields = await step.store.get_all(keys, timeout)
+            except StoreNotReady:
+                # It answered: healthy, only incomplete. Not a breaker failure, so the first
+                # request after the sink marks it ready reads it again.
+                step.breaker.record_success()
+                tried.append((name, "StoreNotReady"))
+                continue
             except TransportError as exc:
                 step.breaker.record_failure()
                 tried.append((name, type(exc).__name__))

@@ -9,8 +9,10 @@ import orjson
 
 from features.demo import card_transactions_catalog
 from features.errors import StoreTimeout
+from regions.exceptions import StoreNotReady
 from regions.resilience import BreakerState
 from serve_apps.config import BreakerSettings
+from serve_apps.fallback import RedisStore
 from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
 from tests.unit.serve_apps.fakes import READ_KEY, T0, FakeClock, FakeStore, config, event, tiles_for
@@ -117,3 +119,38 @@ def test_timeouts_come_from_the_remaining_budget() -> None:
     assert abs(stores[1].timeouts[0] - 0.0136) < 1e-9
     _read(http, deadline_ms=1_000)
     assert stores[0].timeouts[1] == 0.05
+
+
+def test_an_incomplete_redis_is_skipped_without_tripping_its_breaker_and_read_once_ready() -> None:
+    stores, _, http = _chain()
+    stores[0].fail, stores[0].error = True, StoreNotReady  # rehydrating: it answers "not ready"
+    for _ in range(6):  # more than the breaker's min_calls: a failure count would open it
+        body = _read(http)
+        assert body["store"] == "dynamodb-us-east" and _stores_of(body) == {"dynamodb-us-east"}
+        assert body["fallback"][0] == {"store": "redis-us-east", "outcome": "StoreNotReady"}
+    assert http.service.chain.breakers()["redis-us-east"] == BreakerState.CLOSED.value
+    stores[0].fail = False  # the sink marked it ready
+    assert _read(http)["store"] == "redis-us-east"
+
+
+class _MarkerReader:
+    """Stands in for AsyncRedisTileReader: records which read the store adapter asks for."""
+
+    def __init__(self) -> None:
+        self.ready_reads: list[list[str]] = []
+
+    async def get_all_ready(self, keys: Any, deadline: Any) -> dict[str, dict[str, bytes]]:
+        self.ready_reads.append(list(keys))
+        raise StoreNotReady("redis-us-east: store marker missing")
+
+
+def test_the_redis_store_reads_the_marker_with_the_tiles() -> None:
+    reader = _MarkerReader()
+    store = RedisStore(reader, "redis-us-east", FakeClock())  # type: ignore[arg-type]
+    try:
+        asyncio.run(store.get_all(["fl:k"], 0.05))
+    except StoreNotReady:
+        pass
+    else:
+        raise AssertionError("an incomplete Redis must not answer")
+    assert reader.ready_reads == [["fl:k"]]
