@@ -1,4 +1,5 @@
-"""``freshline serve up|down``: the per-region Serve applications on the stack's Ray head.
+"""The per-region Serve applications on the stack's Ray head: ``freshline serve up|down`` and
+the ``serving`` service that ``Stack.up`` starts after the head when ``settings.with_serving``.
 
 The local API key is generated once into ``$FRESHLINE_STATE_DIR/serving_api_key`` (mode 0600); the
 applications store only its hash. It gets the read and admin scopes: it is the operator's key.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import urllib.request
 from pathlib import Path
 
+from cluster.services.base import ServiceStatus, wait_ready
 from cluster.settings import StackSettings
 from regions.aws import LOCAL_CREDENTIALS
 
@@ -64,3 +67,51 @@ def serve_down(settings: StackSettings) -> None:
         undeploy(settings.topology.names)
     finally:
         ray.shutdown()
+
+
+def base_urls(settings: StackSettings) -> list[str]:
+    port = settings.ray.serve_port
+    return [f"http://127.0.0.1:{port}/{name}" for name in settings.topology.names]
+
+
+class ServingService:
+    """The region applications as a stack service. They are Serve actors on the Ray head, so they
+    have no process of their own: ``stop`` is a no-op that reports whether they were up, and the
+    head's stop (which follows in ``Stack.down``'s reverse order) ends them. ``start`` is
+    idempotent: it deploys only when some region does not answer ``/v1/health``."""
+
+    name = "serving"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self._settings = settings
+
+    def status(self) -> ServiceStatus:
+        error = self._probe()
+        urls = ", ".join(base_urls(self._settings))
+        detail = f"key in {api_key_file(self._settings)}" if error is None else error
+        return ServiceStatus(self.name, "serve", urls, None, error is None, detail)
+
+    def start(self) -> None:
+        if self._probe() is None:
+            return
+        serve_up(self._settings)
+        log = self._settings.log_dir / "serving.log"
+        wait_ready(self.name, self._probe, 60.0, log)
+
+    def stop(self) -> bool:
+        return self._probe() is None
+
+    def purge(self) -> None:
+        """The API key stays in the state dir, which ``stack down --purge`` keeps."""
+
+    def _probe(self) -> str | None:
+        for url in base_urls(self._settings):
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
+                    f"{url}/v1/health", timeout=2.0
+                ) as response:
+                    if response.status != 200:
+                        return f"{url}: HTTP {response.status}"
+            except Exception as exc:
+                return f"{url}: {type(exc).__name__}"
+        return None

@@ -20,6 +20,10 @@ DEFAULT_EVENTS_TOPIC = "fl.card_tx"
 DLQ_TOPIC = "fl.dlq"
 CHANGELOG_TOPIC = "fl.tiles.changelog"
 
+IngressMode = Literal["proxy", "haproxy", "haproxy-throughput"]
+"""Ray Serve's ingress, set on the Ray head (the environment of each mode is
+``serve_apps.deploy.INGRESS_MODES``; what each bought is in docs/serving.md)."""
+
 
 class TopicSpec(BaseModel):
     """A Kafka topic the stack creates. Compacted topics keep the latest value per key forever."""
@@ -79,6 +83,9 @@ class RaySettings(BaseModel):
     # Ray's default worker range (10002-19999) covers our Kafka and Redis ports; move it away.
     min_worker_port: int = Field(default=20000, ge=1024, le=65535)
     max_worker_port: int = Field(default=29999, ge=1024, le=65535)
+    # HAProxy on the Serve port plus Serve's throughput-optimised mode: the fastest correct
+    # option measured (docs/serving.md). Process-wide, so it is the head's environment.
+    ingress: IngressMode = "haproxy-throughput"
 
     @property
     def address(self) -> str:
@@ -119,9 +126,19 @@ class StackSettings(BaseModel):
     topology: RegionTopology = Field(default_factory=default_topology)
     jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
     with_ray: bool = True
+    # Deploy the region Serve applications in ``Stack.up`` (after the Ray head). Off by default
+    # for code that builds settings itself (the test stack deploys its own apps); on by default
+    # from the environment, i.e. for ``freshline stack up`` and ``make demo``.
+    with_serving: bool = False
     # None: a local warehouse under the state dir. An s3:// URI (with the usual AWS variables or
     # pyiceberg's s3.* properties) moves the offline store to S3-compatible storage.
     iceberg_warehouse_uri: str | None = Field(default=None, pattern=r"^(file|s3|s3a|gs)://.+")
+
+    @model_validator(mode="after")
+    def _serving_needs_ray(self) -> StackSettings:
+        if self.with_serving and not self.with_ray:
+            raise ValueError("with_serving needs with_ray: the applications run on the Ray head")
+        return self
 
     @model_validator(mode="after")
     def _ports_unique(self) -> StackSettings:
@@ -186,6 +203,8 @@ class StackSettings(BaseModel):
             "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
             "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
             "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
+            "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
+            "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
         } | (
             {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
             if self.iceberg_warehouse_uri
@@ -232,6 +251,11 @@ def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
         data["jar_cache_dir"] = Path(environ["FRESHLINE_JAR_CACHE"])
     if environ.get("FRESHLINE_WITH_RAY", "1") in {"0", "false", "no"}:
         data["with_ray"] = False
+    data["with_serving"] = data.get("with_ray", True) and environ.get(
+        "FRESHLINE_WITH_SERVING", "1"
+    ) not in {"0", "false", "no"}
+    if "FRESHLINE_SERVE_INGRESS" in environ:
+        data["ray"]["ingress"] = environ["FRESHLINE_SERVE_INGRESS"]
     redis_ports = _port_pair(environ, "FRESHLINE_REDIS_PORTS")
     dynamo_ports = _port_pair(environ, "FRESHLINE_DYNAMODB_PORTS")
     if redis_ports or dynamo_ports:

@@ -1,7 +1,9 @@
 """The local stack as one object: which services exist, in which order they start and stop.
 
 Start order follows dependencies (the broker and stores before Ray, whose jobs use them); stop order
-is the reverse. ``up`` is idempotent: a healthy service is left alone, a dead one is restarted.
+is the reverse; the region Serve applications (``settings.with_serving``) come last, once the
+head is healthy, and stop with it. ``up`` is idempotent: a healthy service is left alone, a dead
+one is restarted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cluster.services.kafka import KafkaService
 from cluster.services.offline import OfflineStoreService
 from cluster.services.ray_head import RayHeadService
 from cluster.services.redis import RedisService
+from cluster.serving import ServingService
 from cluster.settings import Secrets, StackSettings
 
 
@@ -39,6 +42,8 @@ class Stack:
         services.append(OfflineStoreService(settings))
         if settings.with_ray:
             services.append(RayHeadService(settings))
+        if settings.with_serving:
+            services.append(ServingService(settings))
         return cls(settings, secrets, tuple(services))
 
     def service(self, name: str) -> Service:

@@ -21,17 +21,26 @@ from pydantic import SecretStr
 from regions.config import RegionTopology
 from serve_apps.config import ApiKey, BreakerSettings, Limits, ServingConfig, StoreTimeouts
 
-INGRESS_ENV: dict[str, str] = {
+INGRESS_MODES: dict[str, dict[str, str]] = {
+    # Serve's default Python HTTP proxy actor on the Serve port.
+    "proxy": {},
     # HAProxy on the Serve HTTP port routes each route prefix straight to the ingress replica's
-    # own HTTP server (direct ingress): no Python proxy hop. See docs/serving.md for the figures.
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    # Direct ingress, gRPC between Serve actors, user code and router on the replica's main loop,
-    # no per-request logs to stderr, GC frozen after start.
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # own HTTP server (direct ingress): no Python proxy hop.
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # + direct ingress, gRPC between Serve actors, user code and router on the replica's main
+    # loop, no per-request logs to stderr, GC frozen after start.
+    "haproxy-throughput": {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    },
 }
-"""Environment of the Ray head (``ray start``) for the chosen ingress. These are process-wide
-switches read when Serve's controller, proxies and replicas start, so they cannot live in the
-Serve config file; ``freshline stack up`` must pass them to the head."""
+"""Environment of the Ray head (``ray start``) per ingress mode (``RaySettings.ingress``). These
+are process-wide switches read when Serve's controller, proxies and replicas import
+``ray.serve._private.constants``, so they cannot live in the Serve config file: ``freshline stack
+up`` passes them to the head, and the Serve YAML names the mode it expects in a header."""
+
+DEFAULT_INGRESS = "haproxy-throughput"
+INGRESS_ENV: dict[str, str] = INGRESS_MODES[DEFAULT_INGRESS]
 
 
 class _RedisNames(Protocol):
@@ -116,11 +125,24 @@ def serve_config(configs: Sequence[ServingConfig], http_port: int) -> dict[str, 
     }
 
 
-def write_serve_config(configs: Sequence[ServingConfig], http_port: int, path: Path) -> Path:
-    """Write the Serve YAML (mode 0600) and return its path."""
+def write_serve_config(
+    configs: Sequence[ServingConfig],
+    http_port: int,
+    path: Path,
+    *,
+    ingress: str = DEFAULT_INGRESS,
+) -> Path:
+    """Write the Serve YAML (mode 0600) and return its path. Its header names the ingress mode
+    and the head environment it needs (Serve reads those switches from the environment only)."""
     import yaml
 
-    path.write_text(yaml.safe_dump(serve_config(configs, http_port), sort_keys=False))
+    env = INGRESS_MODES[ingress]
+    needs = " ".join(f"{k}={v}" for k, v in env.items()) or "no RAY_SERVE_* variable"
+    header = (
+        f"# Freshline serving, ingress {ingress!r}: the Ray head must run with {needs}\n"
+        "# (freshline stack up sets it from FRESHLINE_SERVE_INGRESS).\n"
+    )
+    path.write_text(header + yaml.safe_dump(serve_config(configs, http_port), sort_keys=False))
     path.chmod(0o600)
     return path
 

@@ -34,7 +34,7 @@ class RayHeadService:
     def status(self) -> ServiceStatus:
         pid = self._proc.pid()
         error = self._probe() if pid is not None else "not running"
-        detail = f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs"
+        detail = f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs, ingress {self._ray.ingress}"
         return ServiceStatus(
             self.name, "ray", self._ray.dashboard_url, pid, error is None, error or detail
         )
@@ -98,6 +98,20 @@ class RayHeadService:
         # Jobs run `python ...` on the head: it must be the interpreter with Freshline installed.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        env.update(self.ingress_env())
+        return env
+
+    def ingress_env(self) -> dict[str, str]:
+        """The RAY_SERVE_* switches of the configured ingress (read by Serve at import time in
+        the controller and replicas, which inherit the head's environment)."""
+        from serve_apps.deploy import INGRESS_MODES
+
+        env = dict(INGRESS_MODES[self._ray.ingress])
+        if "RAY_SERVE_ENABLE_HA_PROXY" in env:
+            haproxy = shutil.which("haproxy")
+            if haproxy is None:
+                raise MissingTool("haproxy", "apt-get install -y haproxy (or run `make setup`)")
+            env["RAY_SERVE_HAPROXY_BINARY_PATH"] = haproxy
         return env
 
     def _probe(self) -> str | None:

@@ -105,3 +105,14 @@ def test_config_invariants() -> None:
             redis_max_connections=64,
         )
     assert "p" not in repr(ServingConfig(**base, redis_password=SecretStr("p")).redis_password)
+
+
+def test_serve_yaml_names_the_ingress_environment_it_needs(tmp_path: Path) -> None:
+    from serve_apps.deploy import write_serve_config
+
+    configs = configs_for_stack(_Stack(), [])
+    text = write_serve_config(configs, 8000, tmp_path / "serve.yaml").read_text()
+    assert text.startswith("# Freshline serving, ingress 'haproxy-throughput'")
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in text
+    plain = write_serve_config(configs, 8000, tmp_path / "p.yaml", ingress="proxy").read_text()
+    assert "no RAY_SERVE_* variable" in plain

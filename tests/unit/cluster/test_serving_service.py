@@ -1,0 +1,87 @@
+"""The stack's serving settings and service: ingress on the head, serving after the head."""
+
+from __future__ import annotations
+
+import socket
+import typing
+from pathlib import Path
+
+import pytest
+
+from cluster.exceptions import MissingTool
+from cluster.services import ray_head
+from cluster.services.ray_head import RayHeadService
+from cluster.serving import ServingService, base_urls
+from cluster.settings import IngressMode, RaySettings, StackSettings, settings_from_env
+from cluster.stack import Stack
+from features.errors import ConfigError
+from serve_apps.deploy import INGRESS_MODES
+
+
+def test_every_ingress_mode_of_the_settings_has_an_environment() -> None:
+    assert set(typing.get_args(IngressMode)) == set(INGRESS_MODES)
+
+
+def test_serving_is_on_from_the_environment_and_off_in_code(tmp_path: Path) -> None:
+    assert settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path)}).with_serving is True
+    assert StackSettings(state_dir=tmp_path).with_serving is False
+    off = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path), "FRESHLINE_WITH_SERVING": "0"})
+    assert off.with_serving is False
+    no_ray = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path), "FRESHLINE_WITH_RAY": "0"})
+    assert no_ray.with_serving is False
+
+
+def test_serving_without_ray_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="with_serving needs with_ray"):
+        StackSettings(state_dir=tmp_path, with_ray=False, with_serving=True)
+
+
+def test_ingress_comes_from_the_environment(tmp_path: Path) -> None:
+    env = {"FRESHLINE_STATE_DIR": str(tmp_path)}
+    assert settings_from_env(env).ray.ingress == "haproxy-throughput"
+    assert settings_from_env(env | {"FRESHLINE_SERVE_INGRESS": "proxy"}).ray.ingress == "proxy"
+    with pytest.raises(ConfigError):
+        settings_from_env(env | {"FRESHLINE_SERVE_INGRESS": "grpc"})
+
+
+def test_the_head_starts_with_the_ingress_switches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_head.shutil, "which", lambda name: f"/opt/bin/{name}")
+    head = RayHeadService(StackSettings(state_dir=tmp_path))
+    env = head._env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/bin/haproxy"
+    proxy = RayHeadService(StackSettings(state_dir=tmp_path, ray=RaySettings(ingress="proxy")))
+    assert proxy.ingress_env() == {}
+
+
+def test_haproxy_ingress_without_haproxy_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_head.shutil, "which", lambda name: None)
+    with pytest.raises(MissingTool, match="haproxy"):
+        RayHeadService(StackSettings(state_dir=tmp_path)).ingress_env()
+
+
+def test_serving_is_the_last_service_and_only_when_asked(tmp_path: Path) -> None:
+    plain = Stack.build(StackSettings(state_dir=tmp_path), environ={})
+    assert "serving" not in [s.name for s in plain.services]
+    served = Stack.build(StackSettings(state_dir=tmp_path, with_serving=True), environ={})
+    assert [s.name for s in served.services][-2:] == ["ray-head", "serving"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serving_status_is_down_when_nothing_answers(tmp_path: Path) -> None:
+    settings = StackSettings(state_dir=tmp_path, ray=RaySettings(serve_port=_free_port()))
+    status = ServingService(settings).status()
+    assert not status.healthy
+    assert status.endpoint == ", ".join(base_urls(settings))
+    assert "us-east" in status.endpoint and "eu-west" in status.endpoint
+    assert ServingService(settings).stop() is False
