@@ -19,7 +19,7 @@ import ray
 from actors.config import PipelineConfig
 from actors.consumer import ConsumerConfig, StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
-from actors.sink import SinkWorker
+from actors.sink import SinkStats, SinkWorker
 from features.catalog import Catalog
 
 NAMESPACE = "freshline"
@@ -91,7 +91,12 @@ class _ConsumerActor:
 class _SinkActor:
     def __init__(self, config: PipelineConfig, region: str, store: str, secrets: Any) -> None:
         self._region, self._store = region, store
-        self._worker = _build_sink(config, region, store, secrets)
+        # Built in the loop thread, never here: a constructor that raises (the broker is down
+        # while Ray restarts this actor) leaves an actor Ray will not restart; a loop that
+        # raises exits the process, which Ray restarts until the broker answers again.
+        self._config, self._secrets = config, secrets
+        self._worker: SinkWorker | None = None
+        self._idle_stats = SinkStats()
         self._stop = threading.Event()
         self._started_at = time.time()
         self._lag: int | None = None
@@ -101,13 +106,15 @@ class _SinkActor:
 
     def _loop(self) -> None:
         try:
+            worker = _build_sink(self._config, self._region, self._store, self._secrets)
+            self._worker = worker
             exporter = SinkMetrics(self._region, self._store)
             last_export = 0.0
             while not self._stop.is_set():
-                self._worker.step()
+                worker.step()
                 if time.monotonic() - last_export > 1.0:
-                    self._lag = self._worker.lag()
-                    s = self._worker.stats
+                    self._lag = worker.lag()
+                    s = worker.stats
                     fresh = s.take_freshness()
                     self._recent_freshness.extend(fresh)
                     exporter.export(s.applied_records, s.store_failures, self._lag, fresh)
@@ -116,7 +123,7 @@ class _SinkActor:
             _die(f"sink {self._region}/{self._store}", exc)
 
     def status(self) -> dict[str, Any]:
-        s = self._worker.stats
+        s = self._idle_stats if self._worker is None else self._worker.stats
         return {
             "pid": os.getpid(),
             "region": self._region,
@@ -223,7 +230,10 @@ class _Supervisor:
 
     def _watch(self) -> None:
         while not self._stopping.wait(2.0):
-            self._replace_dead()
+            try:
+                self._replace_dead()
+            except Exception:  # the watcher must outlive one failed replacement
+                log.exception("replacing a dead pipeline actor failed; retrying")
 
     def _replace_dead(self) -> None:
         """Recreate children Ray could not restart; never while stop() is tearing them down."""

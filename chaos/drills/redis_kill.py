@@ -59,7 +59,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
 
 def _rehydrating(ctx: DrillContext) -> bool:
     sink = ctx.sink(REGION, "redis")
-    return bool(sink.get("rehydrating", False))
+    return sink.get("store_state") == "rehydrating"
 
 
 def _wait_local(load: HttpLoad, local: str, timeout_s: float) -> float:
