@@ -42,14 +42,14 @@ from loadgen import closed_loop, open_loop, request_bytes
 
 from actors.processor import PartitionProcessor, RawRecord
 from cluster.process import free_port
-from cluster.settings import StackSettings
+from cluster.settings import IngressMode, StackSettings
 from cluster.stack import Stack
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 from regions.aws import LOCAL_CREDENTIALS
 from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 from serve_apps.config import ApiKey, Limits, new_api_key
-from serve_apps.deploy import configs_for_stack, deploy
+from serve_apps.deploy import DEFAULT_INGRESS, INGRESS_MODES, configs_for_stack, deploy
 from tests.integration.conftest import isolated_settings
 
 WINDOWS = ("5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h", "3d", "7d")
@@ -57,12 +57,6 @@ AGGS = ("count", "sum", "mean", "max", "min")
 USERS = 200
 PARTITIONS = 8
 API_KEY = new_api_key()
-INGRESS_MODES: dict[str, dict[str, str]] = {
-    "proxy": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-}
 FLOOR_APP = """
 import sys, uvicorn
 from starlette.applications import Starlette
@@ -142,9 +136,11 @@ def _write_tiles(stack: Stack, catalog: Catalog, now: int) -> int:
     return len(writes)
 
 
-def _settings(state_dir: Path) -> StackSettings:
-    """Every port free, nothing shared with a developer's stack (the test suite's helper)."""
-    return isolated_settings(state_dir, with_ray=True)
+def _settings(state_dir: Path, ingress: IngressMode) -> StackSettings:
+    """Every port free, nothing shared with a developer's stack (the test suite's helper); the
+    head gets ``ingress``'s environment from the settings, exactly as ``stack up`` gives it."""
+    settings = isolated_settings(state_dir, with_ray=True)
+    return settings.model_copy(update={"ray": settings.ray.model_copy(update={"ingress": ingress})})
 
 
 def _wait(url: str, timeout_s: float = 90.0) -> None:
@@ -248,19 +244,18 @@ def main() -> None:
     parser.add_argument(
         "--ingress",
         choices=sorted(INGRESS_MODES),
-        default="haproxy-throughput",
-        help="environment of the Ray head this run starts (see INGRESS_MODES; the default is "
-        "what serve_apps.deploy.INGRESS_ENV keeps)",
+        default=DEFAULT_INGRESS,
+        help="RaySettings.ingress of the Ray head this run starts (serve_apps.deploy."
+        "INGRESS_MODES; the default is the stack's default)",
     )
     parser.add_argument("--replicas", type=int, default=1, help="replicas per region")
     args = parser.parse_args()
-    os.environ.update(INGRESS_MODES[args.ingress])  # inherited by the Ray head this run starts
     # A ~/.ray/auth_token left by any local ray.init() turns token auth on for every new head,
     # and the stack's readiness probe does not send the token: this run's head opts out.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = time.monotonic()
     state = Path(tempfile.mkdtemp(prefix="fl-bench-"))
-    stack = Stack.build(_settings(state), environ={})
+    stack = Stack.build(_settings(state, args.ingress), environ={})
     floor_proc = None
     try:
         for service in stack.services:

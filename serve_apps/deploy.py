@@ -4,10 +4,10 @@
 Configs are built from the stack through :func:`configs_for_stack`, typed with small protocols
 so that ``serve_apps`` does not import ``cluster`` (the composition root passes its settings in).
 
-Ingress: Ray Serve's HTTP proxy on ``http_port`` with one route prefix per region (``/us-east``,
-``/eu-west``). What the other Ray 2.60 ingress modes bought on this machine is in docs/serving.md;
-they are process-wide switches (environment variables of the Ray head), listed in
-:data:`INGRESS_ENV` for the stack to set when it starts the head.
+Ingress: one HTTP port (``http_port``) with one route prefix per region (``/us-east``,
+``/eu-west``), served by Serve's proxy or by HAProxy. The mode is a process-wide switch
+(environment variables of the Ray head, :data:`INGRESS_MODES`) that the stack sets when it starts
+the head; what each mode bought on this machine is in docs/serving.md.
 """
 
 from __future__ import annotations
