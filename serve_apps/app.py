@@ -12,8 +12,8 @@ Entry points:
 
 Invariants: the replica builds its Redis client on its own event loop (first request), never in
 ``__init__`` (asyncio clients are bound to the loop that first uses them); ``max_ongoing_requests``
-equals the handler's in-flight limit and ``max_queued_requests`` bounds the proxy's queue, so
-overload is answered 503 instead of queueing without bound.
+is twice the handler's in-flight limit, so the handler itself sheds the excess with 503 and
+``Retry-After``, and ``max_queued_requests`` bounds the proxy's queue behind it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def build_app(args: dict[str, Any]) -> Application:
     app: Application = deployment.options(
         name=f"serving-{config.region}",
         num_replicas=config.replicas,
-        max_ongoing_requests=limits.max_in_flight,
-        max_queued_requests=limits.max_in_flight * 2,
+        # Serve must hand the replica more than its in-flight limit: otherwise Serve's own queue
+        # limit answers the excess, with a 503 that carries no Retry-After (serve-overload drill).
+        # The replica sheds first, at once and with Retry-After; Serve's bounds stay as a backstop.
+        max_ongoing_requests=limits.max_in_flight * 2,
+        max_queued_requests=limits.max_in_flight,
     ).bind(config.model_dump(mode="python"))
     return app
