@@ -86,6 +86,10 @@ class RaySettings(BaseModel):
     # HAProxy on the Serve port plus Serve's throughput-optimised mode: the fastest correct
     # option measured (docs/serving.md). Process-wide, so it is the head's environment.
     ingress: IngressMode = "haproxy-throughput"
+    # HAProxy's stats and Prometheus listeners (Ray's fixed defaults, 8404 and 9101 on all
+    # interfaces, collide between two heads on one machine). None: a free port at head start.
+    haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)
+    haproxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @property
     def address(self) -> str:
@@ -150,6 +154,7 @@ class StackSettings(BaseModel):
         ]
         ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
         ports += [self.ray.dashboard_agent_port]
+        ports += [p for p in (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port) if p]
         ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {sorted(ports)}")
@@ -205,6 +210,13 @@ class StackSettings(BaseModel):
             "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
             "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
             "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
+        } | {
+            var: str(port)
+            for var, port in (
+                ("FRESHLINE_HAPROXY_STATS_PORT", self.ray.haproxy_stats_port),
+                ("FRESHLINE_HAPROXY_METRICS_PORT", self.ray.haproxy_metrics_port),
+            )
+            if port is not None
         } | (
             {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
             if self.iceberg_warehouse_uri
@@ -231,6 +243,8 @@ _ENV_INT = {
     "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
     "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
     "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),
+    "FRESHLINE_HAPROXY_STATS_PORT": ("ray", "haproxy_stats_port"),
+    "FRESHLINE_HAPROXY_METRICS_PORT": ("ray", "haproxy_metrics_port"),
 }
 
 

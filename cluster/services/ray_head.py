@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, require_free_port
+from cluster.process import ManagedProcess, free_port, require_free_port
 from cluster.services.base import ServiceStatus, wait_ready
 from cluster.settings import StackSettings
 
@@ -103,7 +103,8 @@ class RayHeadService:
 
     def ingress_env(self) -> dict[str, str]:
         """The RAY_SERVE_* switches of the configured ingress (read by Serve at import time in
-        the controller and replicas, which inherit the head's environment)."""
+        the controller and replicas, which inherit the head's environment). HAProxy's stats and
+        metrics ports are this head's own, so that two heads on one machine both start."""
         from serve_apps.deploy import INGRESS_MODES
 
         env = dict(INGRESS_MODES[self._ray.ingress])
@@ -112,6 +113,9 @@ class RayHeadService:
             if haproxy is None:
                 raise MissingTool("haproxy", "apt-get install -y haproxy (or run `make setup`)")
             env["RAY_SERVE_HAPROXY_BINARY_PATH"] = haproxy
+            r = self._ray
+            env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(r.haproxy_stats_port or free_port())
+            env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(r.haproxy_metrics_port or free_port())
         return env
 
     def _probe(self) -> str | None:

@@ -339,6 +339,34 @@ def test_feature_client(world: dict[str, Any]) -> None:
     )
 
 
+def test_the_stack_ingress_is_haproxy_and_the_serving_service_sees_the_apps(
+    world: dict[str, Any], stack: Stack
+) -> None:
+    """The head started with RaySettings.ingress (HAProxy holds the Serve port), and the stack's
+    ``serving`` service reports the running apps healthy and leaves them alone on ``start``."""
+    import re
+    import subprocess
+
+    from cluster.serving import ServingService, api_key_file
+
+    port = stack.settings.ray.serve_port
+    held = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert stack.settings.ray.ingress == "haproxy-throughput"
+    assert set(re.findall(r'\(\("([^"]+)"', held)) == {"haproxy"}, held
+    service = ServingService(stack.settings)
+    status = service.status()
+    assert status.healthy, status.detail
+    service.start()  # healthy already: no redeploy, so no operator key is generated
+    assert not api_key_file(stack.settings).exists()
+    body = {"entities": {"user": USERS[:1]}, "features": ["user_spend:tx_count_1h"]}
+    assert _read(world, "us-east", body).status_code == 200
+
+
 def test_serve_deploy_from_one_config_file(
     world: dict[str, Any], stack: Stack, tmp_path: Any
 ) -> None:

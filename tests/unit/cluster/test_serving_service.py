@@ -38,6 +38,9 @@ def test_serving_without_ray_is_refused(tmp_path: Path) -> None:
 
 def test_ingress_comes_from_the_environment(tmp_path: Path) -> None:
     env = {"FRESHLINE_STATE_DIR": str(tmp_path)}
+    pinned = settings_from_env(env | {"FRESHLINE_HAPROXY_STATS_PORT": "18404"})
+    assert pinned.ray.haproxy_stats_port == 18404
+    assert settings_from_env(pinned.to_env()) == pinned
     assert settings_from_env(env).ray.ingress == "haproxy-throughput"
     assert settings_from_env(env | {"FRESHLINE_SERVE_INGRESS": "proxy"}).ray.ingress == "proxy"
     with pytest.raises(ConfigError):
@@ -53,6 +56,16 @@ def test_the_head_starts_with_the_ingress_switches(
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/bin/haproxy"
+    # Ray's fixed 8404/9101 would collide with another head on the machine: free ports instead.
+    stats, metrics = env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    assert stats != "8404"
+    assert metrics not in {"9101", stats}
+    fixed = RaySettings(haproxy_stats_port=18404, haproxy_metrics_port=19101)
+    pinned = RayHeadService(StackSettings(state_dir=tmp_path, ray=fixed)).ingress_env()
+    assert (pinned["RAY_SERVE_HAPROXY_STATS_PORT"], pinned["RAY_SERVE_HAPROXY_METRICS_PORT"]) == (
+        "18404",
+        "19101",
+    )
     proxy = RayHeadService(StackSettings(state_dir=tmp_path, ray=RaySettings(ingress="proxy")))
     assert proxy.ingress_env() == {}
 
