@@ -6,6 +6,7 @@ at the end of the session; the last check fails the run if any process it starte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import uuid
@@ -60,9 +61,11 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
     return {**os.environ, **settings.to_env(), **settings.ray.client_env()}
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = isolated_settings(tmp_path_factory.mktemp("stack"), with_ray=True)
+@contextlib.contextmanager
+def running_stack(state_dir: Path) -> Iterator[Stack]:
+    """A private stack with Ray, up for the block, then stopped and purged; the exit fails if
+    any process it started is still alive."""
+    settings = isolated_settings(state_dir, with_ray=True)
     # Tests call ray.init in this process; it must use the same auth mode as the head.
     os.environ.update(settings.ray.client_env())
     running = Stack.build(settings, environ={})
@@ -72,7 +75,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         running.down(purge=True)
         leftovers = [s.name for s in running.services if s.status().pid is not None]
-        assert not leftovers, f"processes left running after the session: {leftovers}"
+        assert not leftovers, f"processes left running after the stack: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
