@@ -181,7 +181,11 @@ class KafkaService:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        argv = self._java_argv(classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id)
+        # "--cluster-id=<id>", never "-t <id>": an id is URL-safe base64 and one in 64 begins with
+        # "-", which the tool's argument parser then takes for an option and refuses to start.
+        argv = self._java_argv(
+            classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}"
+        )
         argv += ["-c", str(config)]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
