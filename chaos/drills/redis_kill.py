@@ -2,8 +2,8 @@
 
 Serving must keep answering through the fallback chain (the region's DynamoDB, then the nearest
 other region), the sink must rehydrate the empty Redis from the compacted changelog, and the
-region must return to local reads without ever serving a wrong present value. Target: at most 1 % errors while Redis is
-down, none once it serves locally again.
+region must return to local reads without ever serving a wrong present value. Target: at most
+1 % errors while Redis is down, none once it serves locally again.
 """
 
 from __future__ import annotations
