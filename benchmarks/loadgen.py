@@ -16,6 +16,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from chaos.load import Connection, connect, http_request
+
 
 @dataclass
 class Result:
@@ -45,47 +47,8 @@ class Result:
         }
 
 
-def request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    if not body:
-        lines[0] = f"GET {path} HTTP/1.1"
-        lines.pop(2)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def roundtrip(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        chunked = False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            lname = name.strip().lower()
-            if lname == b"content-length":
-                length = int(value)
-            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if chunked:
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-                await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-        elif length:
-            await self.reader.readexactly(length)
-        return status
-
-
-async def _connect(host: str, port: int) -> _Conn:
-    reader, writer = await asyncio.open_connection(host, port)
-    return _Conn(reader, writer)
+# The same raw request builder and connection as the chaos drills' load (one implementation).
+request_bytes = http_request
 
 
 async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
@@ -94,9 +57,9 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
     """Fixed-rate sends over a fixed pool of keep-alive connections (wrk2-style): a request
     waits for an idle connection when all are busy, and that wait counts in its latency."""
     result = Result()
-    idle: asyncio.Queue[_Conn] = asyncio.Queue()
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
-        idle.put_nowait(await _connect(host, port))
+        idle.put_nowait(await connect(host, port))
     tasks = []
     start = time.perf_counter() + 0.05
     total = int(rate * duration_s)
@@ -104,10 +67,10 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
     async def one(scheduled: float) -> None:
         conn = await idle.get()
         try:
-            status = await conn.roundtrip(raw)
+            status, _, _ = await conn.roundtrip(raw)
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
-            idle.put_nowait(await _connect(host, port))
+            idle.put_nowait(await connect(host, port))
             return
         result.latencies_s.append(time.perf_counter() - scheduled)
         result.statuses[status] = result.statuses.get(status, 0) + 1
@@ -135,14 +98,14 @@ async def closed_loop(
     stop_at = time.perf_counter() + duration_s
 
     async def worker() -> None:
-        conn = await _connect(host, port)
+        conn = await connect(host, port)
         while time.perf_counter() < stop_at:
             sent = time.perf_counter()
             try:
-                status = await conn.roundtrip(raw)
+                status, _, _ = await conn.roundtrip(raw)
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
-                conn = await _connect(host, port)
+                conn = await connect(host, port)
                 continue
             result.latencies_s.append(time.perf_counter() - sent)
             result.statuses[status] = result.statuses.get(status, 0) + 1

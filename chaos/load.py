@@ -59,7 +59,10 @@ def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-class _Connection:
+class Connection:
+    """One keep-alive HTTP/1.1 connection; ``roundtrip`` sends a raw request and reads the whole
+    answer (content-length or chunked), returning (status, serving store, Retry-After seen)."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
@@ -93,6 +96,11 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def connect(host: str, port: int) -> Connection:
+    reader, writer = await asyncio.open_connection(host, port)
+    return Connection(reader, writer)
 
 
 def _store_of(body: bytes) -> str:
@@ -144,16 +152,15 @@ class HttpLoad:
         else:
             await asyncio.gather(*(self._worker() for _ in range(self.spec.concurrency or 1)))
 
-    async def _connect(self) -> _Connection | None:
+    async def _connect(self) -> Connection | None:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.spec.host, self.spec.port), self.spec.timeout_s
+            return await asyncio.wait_for(
+                connect(self.spec.host, self.spec.port), self.spec.timeout_s
             )
         except (OSError, TimeoutError):
             return None
-        return _Connection(reader, writer)
 
-    async def _send(self, conn: _Connection | None, scheduled: float) -> _Connection | None:
+    async def _send(self, conn: Connection | None, scheduled: float) -> Connection | None:
         """One request on ``conn`` (or a new connection); returns the connection to reuse."""
         conn = conn or await self._connect()
         if conn is None:
@@ -177,7 +184,7 @@ class HttpLoad:
         self.samples.append(Sample(sent, now - scheduled, status, store, retry_after))
 
     async def _open_loop(self, rate: float) -> None:
-        idle: asyncio.Queue[_Connection | None] = asyncio.Queue()
+        idle: asyncio.Queue[Connection | None] = asyncio.Queue()
         for _ in range(self.spec.connections):
             idle.put_nowait(await self._connect())
         pending: set[asyncio.Task[None]] = set()
@@ -204,7 +211,7 @@ class HttpLoad:
                 conn.close()
 
     async def _worker(self) -> None:
-        conn: _Connection | None = None
+        conn: Connection | None = None
         while not self._stop.is_set():
             conn = await self._send(conn, time.monotonic())
         if conn is not None:
