@@ -34,6 +34,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     config = generator("dynamodb_down", rate=rate, events=int(rate * down_s * 0.75), seed=802)
     with Sampler(timeline, pipeline_probe(ctx)), serving_load(ctx, REGION, users, 100) as load:
         sleep_until(timeline, 3)
+        applied_before = ctx.sink(REGION, "dynamodb")["applied_records"]
         began = timeline.now_s()
         with faults.stopped(service):
             with in_background(lambda: ctx.produce(config, config.run_id)) as produced:
@@ -51,14 +52,15 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     verdict.figure("events_during_fault", report.acked)
     verdict.figure("peak_lag_records", gauge_max(timeline, f"lag {REGION}/dynamodb", began, ended))
     verdict.figure("catch_up_s", drain_s)
+    # A sink blocked in a call to the hung endpoint reports its last figures: no record applied
+    # while events were produced is the lag (its lag gauge is refreshed between calls only).
+    stalled = sink_during["applied_records"] == applied_before
     verdict.check(
         "the DynamoDB sink lagged",
-        sink_during["store_failures"] > 0
-        or bool(sink_during["paused"])
-        or (sink_during["lag"] or 0) > 0,
-        target="failures, pause or lag while the endpoint hangs",
-        measured=f"failures={sink_during['store_failures']} paused={sink_during['paused']} "
-        f"lag={sink_during['lag']}",
+        report.acked > 0 and (stalled or sink_during["store_failures"] > 0),
+        target="applied nothing (or backed off) while the endpoint hung",
+        measured=f"{sink_during['applied_records'] - applied_before} records applied during the "
+        f"fault, failures={sink_during['store_failures']}, {report.acked} events produced",
     )
     verdict.check(
         "caught up, nothing lost",
