@@ -3,9 +3,9 @@
 Every injector that leaves something broken is a context manager whose exit undoes the fault
 (SIGCONT, UNPAUSE, restart), so a drill that fails half-way never leaves the stack stalled.
 
-- Processes (Redis, the DynamoDB endpoint, the Kafka broker): SIGKILL, SIGSTOP/SIGCONT, restart,
-  and "replace empty" (killed, its data deleted, started again: a node that lost its disk).
-- Redis stalls: ``CLIENT PAUSE`` (writes or all commands) and ``DEBUG SLEEP``.
+- Processes (Redis, the DynamoDB endpoint, the Kafka broker): SIGKILL, SIGSTOP/SIGCONT, restart
+  (with the service's ``purge`` in between: a node that lost its disk comes back empty).
+- Redis stalls: ``CLIENT PAUSE`` (writes or all commands).
 - Ray: SIGKILL of a named actor's worker process (Ray restarts it), ``ray.kill`` of a Serve
   replica (Serve's controller replaces it).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
@@ -58,16 +57,6 @@ def restart(service: ServiceLike) -> float:
     return time.monotonic() - began
 
 
-def replace_empty(service: ServiceLike) -> float:
-    """Kill the service, delete its data, start it again: a replacement node with an empty disk.
-    Returns the seconds from the kill until it answered again."""
-    began = time.monotonic()
-    kill(service)
-    service.purge()
-    service.start()
-    return time.monotonic() - began
-
-
 @contextlib.contextmanager
 def stopped(service: ServiceLike) -> Iterator[int]:
     """SIGSTOP the process for the duration of the block (it hangs: sockets accept, nothing
@@ -89,18 +78,6 @@ def redis_paused(admin: Any, seconds: float, mode: str = "WRITE") -> Iterator[No
         yield
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
-
-
-def redis_debug_sleep(admin: Any, seconds: float) -> threading.Thread:
-    """``DEBUG SLEEP``: the whole server blocks for ``seconds``. Runs in a thread (the call itself
-    blocks); join the returned thread to wait for the end of the stall."""
-    thread = threading.Thread(
-        target=lambda: admin.execute_command("DEBUG", "SLEEP", str(seconds)),
-        name="chaos-redis-debug-sleep",
-        daemon=True,
-    )
-    thread.start()
-    return thread
 
 
 def kill_actor_process(name: str, namespace: str) -> tuple[int, float]:
