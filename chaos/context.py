@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import orjson
 
+from actors.runtime import NAMESPACE
 from chaos import verify
 from chaos.exceptions import DrillSetupFailed
 from chaos.faults import ServiceLike
@@ -27,7 +28,6 @@ from cluster.settings import DEFAULT_EVENTS_TOPIC, Secrets, StackSettings
 from cluster.stack import Stack
 from features.errors import FreshlineError
 
-NAMESPACE = "freshline"  # the pipeline's Ray namespace (actors.runtime.NAMESPACE)
 USER_FEATURES = tuple(f"user_spend:{f.name}" for f in verify.CATALOG.view("user_spend").features)
 
 

@@ -202,16 +202,8 @@ def wait_for_oracle(
 
 
 def lost_acknowledged(
-    bootstrap: str, acknowledged: Mapping[tuple[int, int], bytes | None]
+    bootstrap: str, acknowledged: Iterable[tuple[int, int]]
 ) -> list[tuple[int, int]]:
-    """Acknowledged (partition, offset) pairs that the topic no longer holds (or holds changed).
-
-    ``acknowledged`` maps each acked position to its bytes, or to None where only the position is
-    known (the generator's ledger keeps a malformed event's description, not its bytes).
-    """
-    held = {(e.partition, e.offset): e.value for e in topic_ledger(bootstrap)}
-    return [
-        pos
-        for pos, value in acknowledged.items()
-        if pos not in held or (value is not None and held[pos] != value)
-    ]
+    """Acknowledged (partition, offset) positions that the topic no longer holds."""
+    held = {(e.partition, e.offset) for e in topic_ledger(bootstrap)}
+    return [pos for pos in acknowledged if pos not in held]

@@ -108,16 +108,6 @@ def pipeline_probe(ctx: DrillContext) -> Callable[[], Mapping[str, float]]:
     return probe
 
 
-def combine(*probes: Callable[[], Mapping[str, float]]) -> Callable[[], Mapping[str, float]]:
-    def probe() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for p in probes:
-            out.update(p())
-        return out
-
-    return probe
-
-
 def gauge_max(timeline: Timeline, name: str, start_s: float, end_s: float) -> float:
     values = [v for t, v in timeline.gauges.get(name, []) if start_s <= t <= end_s]
     return max(values) if values else float("nan")

@@ -36,7 +36,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
             restarted_at = timeline.now_s()
             timeline.fault("kafka SIGKILL", killed_at, restarted_at)
             report, ledger = produced.result(timeout=seconds * 4 + 180)
-        acked = {(r.partition, r.offset): None for r in ledger}
+        acked = [(r.partition, r.offset) for r in ledger]
         lost = verify.lost_acknowledged(ctx.bootstrap, acked)
         problems, settle_s = ctx.settle(pick(ctx, 180, 300))
     # The broker answers before `start` returns (it also checks topics): progress is looked for

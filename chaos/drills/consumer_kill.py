@@ -7,9 +7,10 @@ the oracle: zero missing, zero double-counted. Reported: each restart's time.
 
 from __future__ import annotations
 
+from actors.runtime import NAMESPACE
 from chaos import faults
-from chaos.context import NAMESPACE, DrillContext
-from chaos.drills.base import combine, generator, in_background, pick, pipeline_probe, sleep_until
+from chaos.context import DrillContext
+from chaos.drills.base import generator, in_background, pick, pipeline_probe, sleep_until
 from chaos.report import Verdict
 from chaos.timeline import Sampler, Timeline
 
@@ -22,7 +23,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     config = generator("consumer_kill", rate=rate, events=int(rate * seconds), seed=202)
     restarts: list[float] = []
     with (
-        Sampler(timeline, combine(pipeline_probe(ctx))),
+        Sampler(timeline, pipeline_probe(ctx)),
         in_background(lambda: ctx.produce(config, config.run_id)) as produced,
     ):
         for i in range(KILLS):

@@ -21,6 +21,7 @@ import ray
 from kafka import KafkaProducer
 
 from chaos import verify
+from chaos.context import rss_mib
 from chaos.oracle import LedgerEntry, accepted_events
 from cluster import pipeline as pipeline_job
 from cluster.settings import DEFAULT_EVENTS_TOPIC
@@ -97,13 +98,6 @@ def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[Ledge
     return verify.topic_ledger(bootstrap, DEFAULT_EVENTS_TOPIC, exclude)
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack) -> Iterator[Stack]:
     _submit(stack, "up")
@@ -153,7 +147,7 @@ def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
     try:
         sink = ray.get_actor("fl-sink-eu-west-redis", namespace="freshline")
         before = ray.get(sink.status.remote(), timeout=60)
-        rss_before = _rss_mb(before["pid"])
+        rss_before = rss_mib(before["pid"])
         admin.execute_command("CLIENT", "PAUSE", "25000", "WRITE")
         try:
             ledger = _produce(bootstrap, 3_000, seed=21, start_seq=30_000)
@@ -166,7 +160,7 @@ def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
             assert during["store_failures"] > before["store_failures"], (
                 "the stalled sink backed off"
             )
-            assert _rss_mb(before["pid"]) - rss_before < 200, (
+            assert rss_mib(before["pid"]) - rss_before < 200, (
                 "the stalled sink buffers at most a batch"
             )
         finally:
