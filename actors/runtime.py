@@ -100,6 +100,7 @@ class _SinkActor:
         self._stop = threading.Event()
         self._started_at = time.time()
         self._lag: int | None = None
+        self._stepped_at: float | None = None  # monotonic time the loop last finished a step
         # The latest freshness samples, for status() percentiles; bounded, oldest dropped first.
         self._recent_freshness: deque[float] = deque(maxlen=20_000)
         threading.Thread(target=self._loop, name="sink-loop", daemon=True).start()
@@ -112,6 +113,7 @@ class _SinkActor:
             last_export = 0.0
             while not self._stop.is_set():
                 worker.step()
+                self._stepped_at = time.monotonic()
                 if time.monotonic() - last_export > 1.0:
                     self._lag = worker.lag()
                     s = worker.stats
@@ -138,6 +140,11 @@ class _SinkActor:
             "last_error": s.last_error,
             "undecodable": s.undecodable,
             "lag": self._lag,
+            "assigned_partitions": s.assigned_partitions,
+            # None until the first step: the worker is still being built (connecting to Kafka).
+            "since_last_step_s": (
+                None if self._stepped_at is None else round(time.monotonic() - self._stepped_at, 1)
+            ),
             "freshness_ms": _percentiles(self._recent_freshness),
             "started_at": self._started_at,
         }

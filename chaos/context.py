@@ -128,6 +128,18 @@ class DrillContext:
                 return dict(sink)
         raise DrillSetupFailed(f"no sink for {region}/{store}")
 
+    def sink_summary(self) -> str:
+        """One line per sink for a failed drill's report: what an operator would look at first."""
+        keys = (
+            "applied_records lag assigned_partitions store_state store_failures paused "
+            "last_error since_last_step_s"
+        ).split()
+        lines = []
+        for sink in self.pipeline_status()["sinks"]:
+            fields = " ".join(f"{k}={sink.get(k)}" for k in keys)
+            lines.append(f"{sink['region']}/{sink['store']}: {fields}")
+        return "; ".join(lines)
+
     # -- producing and judging ----------------------------------------------------------------
 
     def produce(

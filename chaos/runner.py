@@ -62,6 +62,8 @@ def run_drill(
             measured=f"{type(exc).__name__}: {str(exc)[:300]}",
         )
     finally:
+        if not all(c.passed for c in verdict.criteria):
+            _note_sinks(ctx, verdict)
         ctx.close()
     return finish(
         drill.name,
@@ -71,3 +73,11 @@ def run_drill(
         verdict=verdict,
         out_dir=out_dir,
     )
+
+
+def _note_sinks(ctx: DrillContext, verdict: Verdict) -> None:
+    """A failed drill's report says what the sinks were doing: the first thing to look at."""
+    try:
+        verdict.notes.append(f"sinks at the end: {ctx.sink_summary()}")
+    except Exception as exc:  # the diagnosis must never hide the failure it explains
+        verdict.notes.append(f"sinks at the end: unavailable ({type(exc).__name__})")

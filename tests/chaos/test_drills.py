@@ -32,6 +32,6 @@ def test_drill_passes_every_criterion(chaos_stack: Stack, name: str) -> None:
     failed = [
         f"{c.name}: {c.measured} (target {c.target})" for c in report.criteria if not c.passed
     ]
-    assert report.passed, f"{name} failed: {failed}; figures {report.figures}"
+    assert report.passed, f"{name} failed: {failed}; figures {report.figures}; notes {report.notes}"
     assert Path(report.files["json"]).stat().st_size > 0
     assert Path(report.files["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
