@@ -31,6 +31,19 @@ from features.errors import FreshlineError
 USER_FEATURES = tuple(f"user_spend:{f.name}" for f in verify.CATALOG.view("user_spend").features)
 
 
+# What a failed drill's report shows per sink (SinkActor.status() fields).
+_SINK_SUMMARY_FIELDS = (
+    "applied_records",
+    "lag",
+    "assigned_partitions",
+    "store_state",
+    "store_failures",
+    "paused",
+    "last_error",
+    "since_last_step_s",
+)
+
+
 @dataclass
 class DrillContext:
     stack: Stack
@@ -130,13 +143,9 @@ class DrillContext:
 
     def sink_summary(self) -> str:
         """One line per sink for a failed drill's report: what an operator would look at first."""
-        keys = (
-            "applied_records lag assigned_partitions store_state store_failures paused "
-            "last_error since_last_step_s"
-        ).split()
         lines = []
         for sink in self.pipeline_status()["sinks"]:
-            fields = " ".join(f"{k}={sink.get(k)}" for k in keys)
+            fields = " ".join(f"{k}={sink.get(k)}" for k in _SINK_SUMMARY_FIELDS)
             lines.append(f"{sink['region']}/{sink['store']}: {fields}")
         return "; ".join(lines)
 

@@ -188,39 +188,43 @@ class StackSettings(BaseModel):
         """``FRESHLINE_*`` variables that rebuild these settings in another process (a Ray job,
         the CLI): the inverse of :func:`settings_from_env` for every field it reads."""
         east, west = self.topology.regions[0], self.topology.regions[-1]
-        return {
-            "FRESHLINE_STATE_DIR": str(self.state_dir),
-            "FRESHLINE_KAFKA_PORT": str(self.kafka.port),
-            "FRESHLINE_KAFKA_CONTROLLER_PORT": str(self.kafka.controller_port),
-            "FRESHLINE_KAFKA_HEAP_MB": str(self.kafka.heap_mb),
-            "FRESHLINE_KAFKA_VERSION": self.kafka.version,
-            "FRESHLINE_REDIS_PORTS": f"{east.redis_port},{west.redis_port}",
-            "FRESHLINE_DYNAMODB_PORTS": f"{east.dynamodb_port},{west.dynamodb_port}",
-            "FRESHLINE_RAY_PORT": str(self.ray.port),
-            "FRESHLINE_RAY_DASHBOARD_PORT": str(self.ray.dashboard_port),
-            "FRESHLINE_RAY_CLIENT_PORT": str(self.ray.client_server_port),
-            "FRESHLINE_SERVE_PORT": str(self.ray.serve_port),
-            "FRESHLINE_METRICS_PORT": str(self.ray.metrics_export_port),
-            "FRESHLINE_RAY_AGENT_PORT": str(self.ray.dashboard_agent_port),
-            "FRESHLINE_RAY_NUM_CPUS": str(self.ray.num_cpus),
-            "FRESHLINE_RAY_OBJECT_STORE_MB": str(self.ray.object_store_mb),
-            "FRESHLINE_RAY_AUTH_MODE": self.ray.auth_mode,
-            "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
-            "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
-            "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
-            "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
-            "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
-        } | {
-            var: str(port)
-            for var, port in (
-                ("FRESHLINE_HAPROXY_STATS_PORT", self.ray.haproxy_stats_port),
-                ("FRESHLINE_HAPROXY_METRICS_PORT", self.ray.haproxy_metrics_port),
+        return (
+            {
+                "FRESHLINE_STATE_DIR": str(self.state_dir),
+                "FRESHLINE_KAFKA_PORT": str(self.kafka.port),
+                "FRESHLINE_KAFKA_CONTROLLER_PORT": str(self.kafka.controller_port),
+                "FRESHLINE_KAFKA_HEAP_MB": str(self.kafka.heap_mb),
+                "FRESHLINE_KAFKA_VERSION": self.kafka.version,
+                "FRESHLINE_REDIS_PORTS": f"{east.redis_port},{west.redis_port}",
+                "FRESHLINE_DYNAMODB_PORTS": f"{east.dynamodb_port},{west.dynamodb_port}",
+                "FRESHLINE_RAY_PORT": str(self.ray.port),
+                "FRESHLINE_RAY_DASHBOARD_PORT": str(self.ray.dashboard_port),
+                "FRESHLINE_RAY_CLIENT_PORT": str(self.ray.client_server_port),
+                "FRESHLINE_SERVE_PORT": str(self.ray.serve_port),
+                "FRESHLINE_METRICS_PORT": str(self.ray.metrics_export_port),
+                "FRESHLINE_RAY_AGENT_PORT": str(self.ray.dashboard_agent_port),
+                "FRESHLINE_RAY_NUM_CPUS": str(self.ray.num_cpus),
+                "FRESHLINE_RAY_OBJECT_STORE_MB": str(self.ray.object_store_mb),
+                "FRESHLINE_RAY_AUTH_MODE": self.ray.auth_mode,
+                "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
+                "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
+                "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
+                "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
+                "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
+            }
+            | {
+                var: str(port)
+                for var, port in (
+                    ("FRESHLINE_HAPROXY_STATS_PORT", self.ray.haproxy_stats_port),
+                    ("FRESHLINE_HAPROXY_METRICS_PORT", self.ray.haproxy_metrics_port),
+                )
+                if port is not None
+            }
+            | (
+                {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
+                if self.iceberg_warehouse_uri
+                else {}
             )
-            if port is not None
-        } | (
-            {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
-            if self.iceberg_warehouse_uri
-            else {}
         )
 
     @property
