@@ -10,6 +10,7 @@ from chaos.drills import (
     poison_flood,
     redis_kill,
     region_evacuation,
+    region_partition,
     serve_overload,
     slow_sink,
 )
@@ -30,6 +31,12 @@ _ALL = (
     ("broker-restart", "SIGKILL the Kafka broker for 10 s, then restart it", broker_restart, False),
     ("serve-overload", "serving past capacity, and a replica killed", serve_overload, False),
     ("dynamodb-down", "a region's DynamoDB endpoint hangs for a minute", dynamodb_down, False),
+    (
+        "region-partition",
+        "a region's Redis slowed, then cut off, from serving",
+        region_partition,
+        False,
+    ),
 )
 
 DRILLS: dict[str, Drill] = {
