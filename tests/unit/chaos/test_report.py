@@ -68,7 +68,7 @@ def test_every_criterion_passing_passes(tmp_path: Path) -> None:
 
 def test_drill_selection() -> None:
     assert drill_names("ci") == ["redis-kill", "consumer-kill", "slow-sink", "poison-flood"]
-    assert len(drill_names("all")) == 8
+    assert len(drill_names("all")) == 9
     assert drill_names("broker-restart") == ["broker-restart"]
     with pytest.raises(UnknownDrill, match="drills: all, ci, redis-kill"):
         drill_names("redis-kil")
