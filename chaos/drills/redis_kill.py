@@ -33,7 +33,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
         ValueProbe(ctx, REGION, users, accepted) as probe,
         serving_load(ctx, REGION, users, rate) as load,
     ):
-        sleep_until(timeline, 5)
+        sleep_until(timeline, timeline.now_s() + 5)  # a baseline after the warm-up
         killed_at = timeline.now_s()
         faults.kill(service)
         time.sleep(down_s)

@@ -1,4 +1,5 @@
-"""``region-evacuation``: every store of one region hangs (SIGSTOP of its Redis and DynamoDB).
+"""``region-evacuation``: every store of one region hangs (its Redis in ``DEBUG SLEEP``, its
+DynamoDB endpoint SIGSTOPped).
 
 Clients (``FeatureClient``, us-east first, eu-west second) keep getting answers: the region's
 app falls back to the nearest healthy region, and the client fails over to that region's app
@@ -83,14 +84,15 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     users = busiest_users(ledger, 40)
     lag_before = {s: ctx.sink(OTHER, s)["lag"] for s in ("redis", "dynamodb")}
     down_s = pick(ctx, 15, 60)
-    stores = [ctx.process_service(f"{kind}-{EVACUATED}") for kind in ("redis", "dynamodb")]
+    admin = ctx.redis_service(EVACUATED).admin_client()
+    dynamodb = ctx.process_service(f"dynamodb-{EVACUATED}")
     with ClientLoad(ctx, users, accepted, rate=pick(ctx, 20, 50)) as load:
-        sleep_until(timeline, 5)
+        sleep_until(timeline, timeline.now_s() + 5)  # a baseline after the warm-up
         began = timeline.now_s()
-        with faults.stopped(stores[0]), faults.stopped(stores[1]):
+        with faults.redis_asleep(admin, down_s), faults.stopped(dynamodb):
             sleep_until(timeline, began + down_s)
         ended = timeline.now_s()
-        timeline.fault(f"{EVACUATED} Redis+DynamoDB SIGSTOP", began, ended)
+        timeline.fault(f"{EVACUATED} Redis DEBUG SLEEP + DynamoDB SIGSTOP", began, ended)
         sleep_until(timeline, ended + pick(ctx, 10, 30))
     timeline.add_load(load.samples, load.started_at)
     during = within(timeline.samples, began, ended)

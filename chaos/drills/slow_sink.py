@@ -23,7 +23,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     admin = ctx.redis_service(STALLED).admin_client()
     failures_before = ctx.sink(STALLED, "redis")["store_failures"]
     with Sampler(timeline, pipeline_probe(ctx)):
-        sleep_until(timeline, 3)
+        sleep_until(timeline, timeline.now_s() + 3)  # a baseline after the warm-up
         memory_before = gauge_max(timeline, "consumers MiB", 0, timeline.now_s())
         began = timeline.now_s()
         with faults.redis_paused(admin, stall_s + 5):
