@@ -5,7 +5,8 @@ Every injector that leaves something broken is a context manager whose exit undo
 
 - Processes (Redis, the DynamoDB endpoint, the Kafka broker): SIGKILL, SIGSTOP/SIGCONT, restart
   (with the service's ``purge`` in between: a node that lost its disk comes back empty).
-- Redis stalls: ``CLIENT PAUSE`` (writes or all commands).
+- Redis stalls: ``CLIENT PAUSE`` (writes or all commands) and ``DEBUG SLEEP`` (the whole server,
+  reads included, as in a fork or a slow disk freezing it).
 - Ray: SIGKILL of a named actor's worker process (Ray restarts it), ``ray.kill`` of a Serve
   replica (Serve's controller replaces it).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
@@ -78,6 +80,37 @@ def redis_paused(admin: Any, seconds: float, mode: str = "WRITE") -> Iterator[No
         yield
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
+
+
+@contextlib.contextmanager
+def redis_asleep(admin: Any, seconds: float) -> Iterator[None]:
+    """``DEBUG SLEEP``: the whole server blocks for ``seconds`` (connections are accepted, nothing
+    answers). A sleep cannot be cut short, so the exit waits until the server answers again."""
+    thread = threading.Thread(
+        target=_debug_sleep, args=(admin, seconds), name="chaos-redis-sleep", daemon=True
+    )
+    thread.start()
+    time.sleep(0.05)  # the command is on the wire before the block's body starts timing
+    try:
+        yield
+    finally:
+        thread.join(seconds + 30)
+        if not wait_until(lambda: _answers(admin), timeout_s=seconds + 30):
+            raise StackError("Redis did not answer again after DEBUG SLEEP")
+
+
+def _debug_sleep(admin: Any, seconds: float) -> None:
+    # The admin client's socket timeout is shorter than the sleep: the call times out on our
+    # side while the server goes on sleeping, which is the fault itself.
+    with contextlib.suppress(Exception):
+        admin.execute_command("DEBUG", "SLEEP", f"{seconds:.3f}")
+
+
+def _answers(admin: Any) -> bool:
+    try:
+        return bool(admin.ping())
+    except Exception:
+        return False
 
 
 def kill_actor_process(name: str, namespace: str) -> tuple[int, float]:
