@@ -11,9 +11,10 @@ Entry points:
 - :func:`serve_apps.deploy.deploy` runs the same applications from Python.
 
 Invariants: the replica builds its Redis client on its own event loop (first request), never in
-``__init__`` (asyncio clients are bound to the loop that first uses them); ``max_ongoing_requests``
-is twice the handler's in-flight limit, so the handler itself sheds the excess with 503 and
-``Retry-After``, and ``max_queued_requests`` bounds the proxy's queue behind it.
+``__init__`` (asyncio clients are bound to the loop that first uses them); Serve admits
+``limits.max_in_flight`` requests at a time and queues ``limits.max_queued``, and answers the rest
+with 503 and ``Retry-After`` (``backpressure_config``); the handler's own in-flight check at the
+same limit is the second line, for a host other than Serve.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -67,10 +69,13 @@ def build_app(args: dict[str, Any]) -> Application:
     app: Application = deployment.options(
         name=f"serving-{config.region}",
         num_replicas=config.replicas,
-        # Serve must hand the replica more than its in-flight limit: otherwise Serve's own queue
-        # limit answers the excess, with a 503 that carries no Retry-After (serve-overload drill).
-        # The replica sheds first, at once and with Retry-After; Serve's bounds stay as a backstop.
-        max_ongoing_requests=limits.max_in_flight * 2,
-        max_queued_requests=limits.max_in_flight,
+        # Serve itself sheds: past max_ongoing + max_queued its direct ingress answers 503 before
+        # the request reaches Python code of ours, the cheapest place to refuse (serve-overload
+        # drill). Its backpressure response must carry Retry-After like ours does.
+        max_ongoing_requests=limits.max_in_flight,
+        max_queued_requests=limits.max_queued,
+        backpressure_config=BackpressureConfig(
+            status_code=503, retry_after_s=float(limits.retry_after_s)
+        ),
     ).bind(config.model_dump(mode="python"))
     return app

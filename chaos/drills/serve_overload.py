@@ -16,7 +16,7 @@ from chaos.report import Verdict
 from chaos.timeline import OK, SHED, Timeline, error_rate, percentile, within
 
 REGION = "us-east"
-# Twice what a replica admits by default (64 in flight + 64 queued, serve_apps.config.Limits),
+# Four times what a replica admits by default (32 in flight + 32 queued, serve_apps.config.Limits),
 # each connection sending its next request the moment the last one is answered, 503s included.
 OVERLOAD_CONCURRENCY = 256
 
