@@ -36,16 +36,21 @@ def pipeline_tables(state: dict[str, Any]) -> list[Table]:
             str(c["commits"]),
         )
     sinks = Table(title="region sinks")
-    for column in ("region", "store", "applied", "batches", "failures", "paused", "last error"):
+    columns = ("region", "store", "applied", "lag", "partitions", "state", "failures", "paused")
+    for column in (*columns, "last step", "last error"):
         sinks.add_column(column)
     for s in state["sinks"]:
+        stepped = s.get("since_last_step_s")
         sinks.add_row(
             s["region"],
             s["store"],
             str(s["applied_records"]),
-            str(s["batches"]),
+            str(s.get("lag", "-")),
+            str(s.get("assigned_partitions", "-")),
+            s.get("store_state", "-"),
             str(s["store_failures"]),
             "yes" if s["paused"] else "no",
+            "connecting" if stepped is None else f"{stepped:.1f} s ago",
             s["last_error"] or "-",
         )
     return [consumers, sinks]
