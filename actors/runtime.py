@@ -20,6 +20,7 @@ from actors.config import PipelineConfig
 from actors.consumer import ConsumerConfig, StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
 from actors.sink import SinkStats, SinkWorker
+from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
 
 NAMESPACE = "freshline"
@@ -104,25 +105,38 @@ class _SinkActor:
         # The latest freshness samples, for status() percentiles; bounded, oldest dropped first.
         self._recent_freshness: deque[float] = deque(maxlen=20_000)
         threading.Thread(target=self._loop, name="sink-loop", daemon=True).start()
+        threading.Thread(target=self._measure, name="sink-lag", daemon=True).start()
 
     def _loop(self) -> None:
         try:
             worker = _build_sink(self._config, self._region, self._store, self._secrets)
             self._worker = worker
-            exporter = SinkMetrics(self._region, self._store)
-            last_export = 0.0
             while not self._stop.is_set():
                 worker.step()
                 self._stepped_at = time.monotonic()
-                if time.monotonic() - last_export > 1.0:
-                    self._lag = worker.lag()
-                    s = worker.stats
-                    fresh = s.take_freshness()
-                    self._recent_freshness.extend(fresh)
-                    exporter.export(s.applied_records, s.store_failures, self._lag, fresh)
-                    last_export = time.monotonic()
         except BaseException as exc:
             _die(f"sink {self._region}/{self._store}", exc)
+
+    def _measure(self) -> None:
+        """Once a second: the committed lag and the metrics, from this thread, so that a loop
+        blocked in a store call still shows its region falling behind (actors.sink_lag)."""
+        exporter = SinkMetrics(self._region, self._store)
+        monitor: CommittedLag | None = None
+        while not self._stop.wait(1.0):
+            try:
+                monitor = monitor or CommittedLag(
+                    self._config.bootstrap,
+                    sink_group(self._region, self._store),
+                    self._config.changelog_topic,
+                )
+                self._lag = monitor.measure()
+            except Exception:  # the broker is down: keep the last figure, try again next second
+                log.debug("sink lag not measured", exc_info=True)
+            worker = self._worker
+            s = self._idle_stats if worker is None else worker.stats
+            fresh = s.take_freshness()
+            self._recent_freshness.extend(fresh)
+            exporter.export(s.applied_records, s.store_failures, self._lag, fresh)
 
     def status(self) -> dict[str, Any]:
         s = self._idle_stats if self._worker is None else self._worker.stats
@@ -164,6 +178,12 @@ def _percentiles(samples: deque[float]) -> dict[str, float] | None:
     return {"p50": pick(0.50), "p99": pick(0.99), "count": float(len(ordered))}
 
 
+def sink_group(region: str, store: str) -> str:
+    """The consumer group of one region's sink for one store: its committed offsets are what
+    that store has durably applied."""
+    return f"freshline-sink-{region}-{store}"
+
+
 def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:
     from kafka import KafkaConsumer
 
@@ -174,7 +194,7 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
     consumer = KafkaConsumer(
         config.changelog_topic,
         bootstrap_servers=config.bootstrap,
-        group_id=f"freshline-sink-{region_name}-{store}",
+        group_id=sink_group(region_name, store),
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",

@@ -203,14 +203,6 @@ class SinkWorker:
         else:
             self._lost = True  # emptied again while we replayed: start over
 
-    def lag(self) -> int:
-        """Changelog records not yet applied by this sink (over its current assignment)."""
-        assigned = list(self._consumer.assignment())
-        if not assigned:
-            return 0
-        ends = self._consumer.end_offsets(assigned)
-        return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
-
     def _decode(self, records: list[Any]) -> tuple[list[TileWrite], list[int]]:
         writes, event_times = [], []
         for record in records:
