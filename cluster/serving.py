@@ -45,7 +45,9 @@ def serve_up(settings: StackSettings) -> list[str]:
         LOCAL_CREDENTIALS["aws_access_key_id"],
         LOCAL_CREDENTIALS["aws_secret_access_key"],
     )
-    configs = configs_for_stack(settings, [key], dynamodb_credentials=credentials)
+    configs = configs_for_stack(
+        settings, [key], dynamodb_credentials=credentials, replicas=settings.ray.serve_replicas
+    )
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
     try:
         prefixes = deploy(

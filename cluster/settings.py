@@ -86,6 +86,9 @@ class RaySettings(BaseModel):
     # HAProxy on the Serve port plus Serve's throughput-optimised mode: the fastest correct
     # option measured (docs/serving.md). Process-wide, so it is the head's environment.
     ingress: IngressMode = "haproxy-throughput"
+    # Serve replicas per region app: two, so that losing one (a crash, a node) leaves the region
+    # a warm replica instead of a cold start under full load (serve-overload drill).
+    serve_replicas: int = Field(default=2, ge=1, le=64)
     # HAProxy's stats and Prometheus listeners (Ray's fixed defaults, 8404 and 9101 on all
     # interfaces, collide between two heads on one machine). None: a free port at head start.
     haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)
@@ -211,6 +214,7 @@ class StackSettings(BaseModel):
                 "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
                 "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
                 "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
+                "FRESHLINE_SERVE_REPLICAS": str(self.ray.serve_replicas),
             }
             | {
                 var: str(port)
@@ -246,6 +250,7 @@ _ENV_INT = {
     "FRESHLINE_RAY_AGENT_PORT": ("ray", "dashboard_agent_port"),
     "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
     "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
+    "FRESHLINE_SERVE_REPLICAS": ("ray", "serve_replicas"),
     "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),
     "FRESHLINE_HAPROXY_STATS_PORT": ("ray", "haproxy_stats_port"),
     "FRESHLINE_HAPROXY_METRICS_PORT": ("ray", "haproxy_metrics_port"),

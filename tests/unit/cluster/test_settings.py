@@ -83,9 +83,11 @@ def test_to_env_round_trips_through_the_environment(tmp_path: Path) -> None:
             "FRESHLINE_RAY_AUTH_MODE": "token",
             "FRESHLINE_WITH_RAY": "0",
             "FRESHLINE_ICEBERG_WAREHOUSE": "s3://lake/freshline",
+            "FRESHLINE_SERVE_REPLICAS": "3",
         }
     )
     assert settings.iceberg_warehouse == "s3://lake/freshline"
+    assert settings.ray.serve_replicas == 3
     assert settings_from_env(settings.to_env()) == settings
 
 
