@@ -13,10 +13,12 @@ Each :class:`Sample` keeps the status, whether a 503 carried ``Retry-After``, an
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 TRANSPORT_ERROR = 0  # the status recorded when no HTTP answer came (refused, reset, timed out)
 _STORE_MARK = b'"store":"'
@@ -216,3 +218,51 @@ class HttpLoad:
             conn = await self._send(conn, time.monotonic())
         if conn is not None:
             conn.close()
+
+
+class ProcessLoad:
+    """An :class:`HttpLoad` in a process of its own, for a flood: in the drill's process its
+    thread would hold the GIL that the drill's probes need, and their latencies would include
+    waiting for it (measured: serve-overload's probe). ``samples`` arrive when it stops.
+    Times are comparable across processes (``time.monotonic`` is the system's CLOCK_MONOTONIC)."""
+
+    def __init__(self, spec: LoadSpec, start_timeout_s: float = 60.0) -> None:
+        self.spec = spec
+        self.samples: list[Sample] = []
+        self.started_at = 0.0
+        self._start_timeout_s = start_timeout_s
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._started, self._stop = context.Event(), context.Event()
+        self._results, child_end = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_load_in_process,
+            args=(spec, self._started, self._stop, child_end),
+            name="chaos-process-load",
+            daemon=True,
+        )
+
+    def __enter__(self) -> ProcessLoad:
+        self._process.start()
+        if not self._started.wait(self._start_timeout_s):
+            self._process.kill()
+            raise RuntimeError("the load process did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        if self._results.poll(self.spec.timeout_s + 30):
+            self.started_at, self.samples = self._results.recv()
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+        return self.samples
+
+
+def _load_in_process(spec: LoadSpec, started: Any, stop: Any, results: Any) -> None:
+    with HttpLoad(spec) as load:
+        started.set()
+        stop.wait()
+    results.send((load.started_at, load.samples))

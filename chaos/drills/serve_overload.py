@@ -11,7 +11,7 @@ import math
 from chaos import faults
 from chaos.context import DrillContext, busiest_users
 from chaos.drills.base import pick, serving_load, sleep_until, warm_up
-from chaos.load import HttpLoad, LoadSpec
+from chaos.load import LoadSpec, ProcessLoad
 from chaos.report import Verdict
 from chaos.timeline import OK, SHED, Timeline, error_rate, percentile, within
 
@@ -28,8 +28,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     with serving_load(ctx, REGION, users, rate=50) as probe:
         # The warm-up ran on this timeline too: the baseline is 5 s of probe load from here.
         sleep_until(timeline, timeline.now_s() + 5)
-        began = timeline.now_s()
-        flood = HttpLoad(
+        flood = ProcessLoad(
             LoadSpec(
                 "127.0.0.1",
                 ctx.serve_port,
@@ -39,6 +38,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
             )
         )
         with flood:
+            began = timeline.now_s()  # the flood's process is up and sending
             sleep_until(timeline, began + overload_s / 3)
             killed_at = timeline.now_s()
             victim, replaced_s = faults.kill_serve_replica(REGION)

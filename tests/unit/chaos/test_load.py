@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, http_request
+from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, ProcessLoad, http_request
 from cluster.process import free_port
 
 _OK = b'{"request_id":"r","region":"us-east","as_of_ms":1,"store":"redis-us-east","results":[]}'
@@ -86,3 +86,15 @@ def test_a_spec_needs_exactly_one_mode() -> None:
         LoadSpec("127.0.0.1", 1, [b"x"], rate=1, concurrency=1)
     with pytest.raises(ValueError, match="exactly one"):
         LoadSpec("127.0.0.1", 1, [b"x"])
+
+
+def test_a_load_in_its_own_process_hands_back_every_sample_on_the_drills_clock(
+    server: int,
+) -> None:
+    requests = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"ok":1}', {})]
+    before = time.monotonic()
+    with ProcessLoad(LoadSpec("127.0.0.1", server, requests, concurrency=4)) as load:
+        time.sleep(0.5)
+    assert len(load.samples) > 10 and {s.status for s in load.samples} == {200}
+    assert before <= load.started_at <= time.monotonic()  # one clock across processes
+    assert all(s.store == "redis-us-east" for s in load.samples)
