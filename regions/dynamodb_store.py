@@ -1,27 +1,49 @@
 """A region's DynamoDB online table: the durable tile replica and the serving fallback.
 
-On-store layout (table schema from ``cluster.services.dynamodb``): one item per (key, field) with
-``pk`` (S) = tile key, ``sk`` (S) = field, ``v`` (B) = payload without any header, ``ver`` (N) =
-version, ``expires_at`` (N) = epoch seconds, rounded up, after which DynamoDB's TTL may delete it.
-A delete removes the item (DeleteRequest); there are no tombstones here.
+On-store layout (table schema: :func:`create_online_table`, its one definition): one item per
+(key, field) with ``pk`` (S) = tile key, ``sk`` (S) = field, ``v`` (B) = payload without any
+header, ``ver`` (N) = version, ``expires_at`` (N) = epoch seconds, rounded up, after which
+DynamoDB's TTL may delete it. A delete removes the item (DeleteRequest); there are no tombstones.
+
+Completeness marker: the item (``pk`` = ``fl:meta:epoch``, ``sk`` = ``state``), named like the
+Redis marker. No tile key can be it: ``features.keys`` keys are ``fl:<tenant>:<view>:v<n>:<id>``,
+four colons and an id that never holds one, while the marker's ``pk`` has two. It has no
+``expires_at``, so TTL never deletes it. ``state`` is ``ready`` when the table holds the complete
+changelog state and ``rehydrating`` while a sink replays the changelog into it (with that sink's
+``epoch``); a table that came back empty (moto restarted, a recreated table) has no marker. Serving
+(``serve_apps.fallback.DynamoStore``) reads the marker beside the tiles and raises
+``StoreNotReady`` unless it is ``ready`` (:func:`require_ready`). Unlike the Redis apply script,
+BatchWriteItem cannot carry a condition, so a sink batch may land in an emptied table before the
+sink's next marker check notices the loss. That is harmless: the marker is missing, so nobody
+reads the table as complete, and the rehydration that follows replays the whole compacted
+changelog over it, that batch included.
+
+A missing table (an endpoint that restarted before the stack recreated it, a deleted table) is
+``StoreUnavailable``: the sink backs off and retries, it neither dies nor recreates the table.
+Creating tables is the stack's job (``cluster.services.dynamodb.ensure_online_table``, run by
+every start of the endpoint) or, on AWS, the infrastructure's: a data-path writer that created one
+would need ``CreateTable`` rights, would hide a deleted or misnamed table behind a new empty one,
+and would miss what the infrastructure sets (backups, encryption, alarms). Once the table exists
+again, without a marker, the sink rehydrates it.
 
 Monotonicity: BatchWriteItem cannot carry a condition, so unlike Redis this table does *not* refuse
 an older version on its own. A batch is coalesced (the highest version per item wins, a delete wins
 a tie), and the table stays monotone as long as one writer at a time owns a key and re-submits a
 failed batch before sending later ones, which is how the stream actors are partitioned.
 
-Errors: connect/read timeouts -> ``StoreTimeout``; other connection failures ->
-``StoreUnavailable``; error replies -> ``StoreRejected``. Throttling and UnprocessedItems are
-retried with backoff, then surface as ``WriteThrottled`` carrying every write of the batch that is
-not known to be stored.
+Errors: connect/read timeouts -> ``StoreTimeout``; other connection failures and a missing table
+-> ``StoreUnavailable``; other error replies -> ``StoreRejected``. Throttling and UnprocessedItems
+are retried with backoff, then surface as ``WriteThrottled`` carrying every write of the batch that
+is not known to be stored.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any, Protocol
 
@@ -29,7 +51,7 @@ from botocore import exceptions as bex
 
 from features.errors import StoreTimeout, StoreUnavailable
 from regions.config import RegionConfig
-from regions.exceptions import StoreRejected, WriteThrottled
+from regions.exceptions import StoreNotReady, StoreRejected, WriteThrottled
 from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, Sleep
 from regions.tiles import TileWrite, coalesce
 
@@ -43,6 +65,14 @@ _THROTTLE_CODES = frozenset(
 Fields = dict[str, bytes]
 Item = dict[str, Any]
 
+MARKER_PK = "fl:meta:epoch"  # two colons: no features.keys key (four) can collide with it
+MARKER_SK = "state"
+STORE_READY = b"ready"
+STORE_REHYDRATING = b"rehydrating"
+_MARKER_KEY: Item = {"pk": {"S": MARKER_PK}, "sk": {"S": MARKER_SK}}
+# "state" is a DynamoDB reserved word: expressions name the attributes through placeholders.
+_MARKER_NAMES = {"#s": "state", "#e": "epoch"}
+
 
 class DynamoClient(Protocol):
     """The subset of a boto3 DynamoDB client this module calls."""
@@ -50,13 +80,54 @@ class DynamoClient(Protocol):
     def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def query(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 ClientFactory = Callable[[RegionConfig], DynamoClient]
 
 
+def create_online_table(client: Any, table: str) -> None:
+    """Create the online table and wait until it is active: ``pk`` (S, hash) and ``sk`` (S,
+    range), on-demand, TTL on ``expires_at``. The one definition of the schema; the stack calls it
+    (``cluster.services.dynamodb.ensure_online_table``), the sinks never do (module docstring)."""
+    client.create_table(
+        TableName=table,
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(TableName=table)
+    client.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
+
+
+def require_ready(store: str, state: bytes | None) -> None:
+    """Raise ``StoreNotReady`` unless ``state`` (a marker read) says the table is complete."""
+    if state != STORE_READY:
+        shown = "missing" if state is None else repr(state)
+        raise StoreNotReady(f"{store}: store marker {shown}, not complete")
+
+
 class _Throttled(Exception):
     """The whole call was throttled; handled like "every item unprocessed"."""
+
+
+class _ConditionFailed(Exception):
+    """A conditional write found the item otherwise; ``item`` is what it found (None: absent)."""
+
+    def __init__(self, item: Item | None) -> None:
+        super().__init__("condition failed")
+        self.item = item
 
 
 @contextmanager
@@ -68,8 +139,14 @@ def _store_errors(store: str) -> Iterator[None]:
     except (bex.ConnectionError, bex.HTTPClientError) as exc:
         raise StoreUnavailable(f"{store}: {type(exc).__name__}: {exc}") from exc
     except bex.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _THROTTLE_CODES:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in _THROTTLE_CODES:
             raise _Throttled from exc
+        if code == "ConditionalCheckFailedException":
+            raise _ConditionFailed(exc.response.get("Item")) from exc
+        if code == "ResourceNotFoundException":
+            # Retryable: the stack (or the infrastructure) recreates it; see the module docstring.
+            raise StoreUnavailable(f"{store}: table missing: {exc}") from exc
         raise StoreRejected(f"{store}: {exc}") from exc
     except bex.BotoCoreError as exc:
         raise StoreRejected(f"{store}: {type(exc).__name__}: {exc}") from exc
@@ -104,6 +181,17 @@ class _Store:
             result: dict[str, Any] = getattr(self._client, operation)(**kwargs)
             return result
 
+    def _once(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One call of a marker operation: the caller (the sink's loop) retries on its own pace."""
+        try:
+            return self._call(operation, **kwargs)
+        except _Throttled as exc:
+            raise StoreUnavailable(f"{self.name}: throttled") from exc
+
+    def _marker_read(self) -> dict[str, Any]:
+        # Strongly consistent: the marker is one item, and a sink must see its own last write.
+        return {"TableName": self._table, "Key": _MARKER_KEY, "ConsistentRead": True}
+
     def _backoff_or_stop(self, attempt: int, deadline: Deadline | None) -> float | None:
         """The delay before the next attempt, or None when retries or the budget are spent."""
         delay = self._retry.backoff.delay(attempt)
@@ -114,12 +202,24 @@ class _Store:
         return delay
 
 
+def _state_of(item: Item | None) -> bytes | None:
+    if item is None or "state" not in item:
+        return None
+    return str(item["state"]["S"]).encode()
+
+
 class DynamoTileWriter(_Store):
     """Writes tile batches with BatchWriteItem, 25 items per call.
 
     Invariants: the batch is coalesced first, so no call holds two writes of one item; every write
     is either stored or listed in the raised ``WriteThrottled.unwritten``, never dropped; at most
     ``retry.max_attempts`` calls per chunk, never sleeping past the deadline.
+
+    ``seeding`` (the default: tools and tests that write a complete state directly): after the
+    first stored batch the table is marked ``ready`` if it has no marker (never over a sink's
+    ``rehydrating``). The sinks pass ``seeding=False``: the marker is theirs to manage through
+    :meth:`store_state`, :meth:`begin_rehydration` and :meth:`mark_ready` (``actors.sink``), and a
+    batch never marks anything, since it may land in a table that just lost its data.
     """
 
     def __init__(
@@ -131,10 +231,67 @@ class DynamoTileWriter(_Store):
         retry: RetryPolicy = DEFAULT_RETRY,
         sleep: Sleep = time.sleep,
         wall_clock: Callable[[], float] = time.time,
+        seeding: bool = True,
     ) -> None:
         super().__init__(
             region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
         )
+        self._seeding = seeding
+        self._epoch: str | None = None  # of the rehydration this writer began, if any
+
+    def store_state(self) -> bytes | None:
+        """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new).
+        A missing table raises ``StoreUnavailable``: nothing can be rehydrated into it yet."""
+        return _state_of(self._once("get_item", **self._marker_read()).get("Item"))
+
+    def begin_rehydration(self) -> None:
+        """Mark the table incomplete under a new epoch of this writer: readers go elsewhere."""
+        epoch = uuid.uuid4().hex
+        marker = {
+            **_MARKER_KEY,
+            "state": {"S": STORE_REHYDRATING.decode()},
+            "epoch": {"S": epoch},
+            "since": {"N": str(int(self._wall_clock()))},  # for an operator reading the item
+        }
+        self._once("put_item", TableName=self._table, Item=marker)
+        self._epoch = epoch
+
+    def mark_ready(self) -> bool:
+        """Declare a rehydrated table complete, with one conditional update from the
+        ``rehydrating`` state of the epoch :meth:`begin_rehydration` set. ``False`` (nothing
+        changed) when the marker is gone or another epoch's, i.e. the table was emptied again or
+        another writer took over; ``True`` too when it is already ``ready``."""
+        if self._epoch is None:
+            return self.store_state() == STORE_READY
+        try:
+            self._once(
+                "update_item",
+                TableName=self._table,
+                Key=_MARKER_KEY,
+                UpdateExpression="SET #s = :ready REMOVE #e",
+                ConditionExpression="#s = :rehydrating AND #e = :epoch",
+                ExpressionAttributeNames=_MARKER_NAMES,
+                ExpressionAttributeValues={
+                    ":ready": {"S": STORE_READY.decode()},
+                    ":rehydrating": {"S": STORE_REHYDRATING.decode()},
+                    ":epoch": {"S": self._epoch},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except _ConditionFailed as failed:
+            return _state_of(failed.item) == STORE_READY
+        return True
+
+    def _seed_marker(self) -> None:
+        # A marker already there is ready, or a sink's rehydration that only that sink may end.
+        with suppress(_ConditionFailed):
+            self._once(
+                "put_item",
+                TableName=self._table,
+                Item={**_MARKER_KEY, "state": {"S": STORE_READY.decode()}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        self._seeding = False
 
     def apply(self, batch: Sequence[TileWrite], deadline: Deadline | None = None) -> int:
         """Store the batch; returns the number of items written (after coalescing).
@@ -151,6 +308,8 @@ class DynamoTileWriter(_Store):
                 # Later chunks were never sent: they are unwritten too.
                 rest = [w for later in chunks[n + 1 :] for w in later]
                 raise WriteThrottled(self.name, [*exc.unwritten, *rest], exc.retry_after) from exc
+        if writes and self._seeding:
+            self._seed_marker()  # after the data: a reader never sees ready before it
         return len(writes)
 
     def _write_chunk(self, chunk: Sequence[TileWrite], deadline: Deadline | None) -> None:
@@ -214,7 +373,9 @@ def _item_of(request: Item) -> tuple[str, str]:
 class DynamoTileReader(_Store):
     """Serving-fallback reads. Items past ``expires_at`` are skipped: DynamoDB deletes expired
     items lazily (up to days later), so presence alone does not mean live. Every requested key is
-    in the result, an empty dict when absent. Reads are eventually consistent unless ``consistent``.
+    in the result, an empty dict when absent. Reads are eventually consistent unless ``consistent``
+    (the marker read, :meth:`store_state`, always is consistent). ``get_all`` and ``get_fields``
+    return what the table holds whatever its marker: serving checks it with :func:`require_ready`.
     """
 
     def __init__(
@@ -232,6 +393,11 @@ class DynamoTileReader(_Store):
             region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
         )
         self._consistent = consistent
+
+    def store_state(self, deadline: Deadline | None = None) -> bytes | None:
+        """The marker (one GetItem): ``STORE_READY``, ``STORE_REHYDRATING`` or ``None``."""
+        call = partial(self._call, "get_item", **self._marker_read())
+        return _state_of(self._with_retry(call, deadline).get("Item"))
 
     def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
         """Every live field of each key: one Query per key (paginated)."""

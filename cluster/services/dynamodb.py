@@ -16,32 +16,20 @@ from cluster.services.base import ServiceStatus, wait_ready
 from cluster.settings import StackSettings
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
+from regions.dynamodb_store import create_online_table
 
 __all__ = ["DynamoDBService", "dynamodb_client", "ensure_online_table"]
 
 
 def ensure_online_table(region: RegionConfig) -> None:
-    """Create the region's online table (pk, sk; on-demand; TTL on ``expires_at``) if missing."""
+    """Create the region's online table (schema: ``regions.dynamodb_store``) if missing.
+
+    It has no completeness marker then: the region's DynamoDB sink finds it so and rehydrates it
+    from the changelog, and serving skips it until the sink marks it ready."""
     client = dynamodb_client(region, timeout_s=10.0)
     if region.dynamodb_table in client.list_tables()["TableNames"]:
         return
-    client.create_table(
-        TableName=region.dynamodb_table,
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.get_waiter("table_exists").wait(TableName=region.dynamodb_table)
-    client.update_time_to_live(
-        TableName=region.dynamodb_table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
-    )
+    create_online_table(client, region.dynamodb_table)
 
 
 class DynamoDBService:

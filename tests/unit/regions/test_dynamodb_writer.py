@@ -1,12 +1,27 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
 from features.errors import StoreTimeout, StoreUnavailable
+from features.exceptions import CorruptState
+from features.keys import OnlineKey
+from regions.aws import LOCAL_CREDENTIALS
 from regions.config import default_topology
-from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
-from regions.exceptions import StoreRejected, WriteThrottled
+from regions.dynamodb_store import (
+    MARKER_PK,
+    STORE_READY,
+    STORE_REHYDRATING,
+    DynamoTileReader,
+    DynamoTileWriter,
+    create_online_table,
+    require_ready,
+)
+from regions.exceptions import StoreNotReady, StoreRejected, WriteThrottled
 from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, no_jitter
 from regions.tiles import TileWrite
 from tests.unit.regions.fakes import FakeClock, FakeDynamo
@@ -17,8 +32,15 @@ RETRY = RetryPolicy(4, ExponentialBackoff(0.05, 0.4, jitter=no_jitter))
 
 
 def _writer(fake: FakeDynamo, clock: FakeClock) -> DynamoTileWriter:
+    # The sinks' writer (not seeding): batches only. The marker is tested on moto, at the end.
     return DynamoTileWriter(
-        REGION, fake.table, fake.factory(), retry=RETRY, sleep=clock.sleep, wall_clock=lambda: WALL
+        REGION,
+        fake.table,
+        fake.factory(),
+        retry=RETRY,
+        sleep=clock.sleep,
+        wall_clock=lambda: WALL,
+        seeding=False,
     )
 
 
@@ -172,3 +194,123 @@ def test_reader_get_all_skips_expired_items() -> None:
         "fl:b": {},
     }
     assert _reader(fake, clock, wall=WALL + 62).get_all(["fl:a"]) == {"fl:a": {}}
+
+
+# --- completeness marker, on moto's DynamoDB in this process ---------------------------------
+# Conditions are the point here, so they run on moto's implementation of DynamoDB rather than on
+# a hand-written fake of it.
+
+
+@pytest.fixture(scope="module")
+def moto_client() -> Iterator[Any]:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        yield boto3.client(
+            "dynamodb",
+            region_name="us-east-1",
+            **LOCAL_CREDENTIALS,
+        )
+
+
+@pytest.fixture
+def table(moto_client: Any) -> str:
+    name = f"online_{uuid.uuid4().hex[:8]}"
+    create_online_table(moto_client, name)
+    return name
+
+
+def _on_moto(client: Any, table: str, *, seeding: bool = False) -> DynamoTileWriter:
+    clock = FakeClock()
+    return DynamoTileWriter(
+        REGION, table, lambda _: client, retry=RETRY, sleep=clock.sleep, seeding=seeding
+    )
+
+
+def _moto_reader(client: Any, table: str) -> DynamoTileReader:
+    return DynamoTileReader(REGION, table, lambda _: client, retry=RETRY, consistent=True)
+
+
+def _empty_again(client: Any, table: str) -> None:
+    """What a restarted moto or a recreated table looks like: the same table, nothing in it."""
+    client.delete_table(TableName=table)
+    create_online_table(client, table)
+
+
+def test_a_new_table_has_no_marker_and_a_sink_batch_never_marks_it(
+    moto_client: Any, table: str
+) -> None:
+    sink = _on_moto(moto_client, table)
+    sink.apply(_batch(3))
+    assert sink.store_state() is None
+    assert _moto_reader(moto_client, table).store_state() is None
+    with pytest.raises(StoreNotReady):
+        require_ready("dynamodb-us-east", None)
+
+
+def test_a_rehydration_is_marked_ready_only_by_the_epoch_that_began_it(
+    moto_client: Any, table: str
+) -> None:
+    first, second = _on_moto(moto_client, table), _on_moto(moto_client, table)
+    first.begin_rehydration()
+    assert first.store_state() == STORE_REHYDRATING
+    second.begin_rehydration()  # e.g. a successor of a sink that died mid-replay
+    assert first.mark_ready() is False
+    assert first.store_state() == STORE_REHYDRATING, "another epoch's rehydration is not ended"
+    assert second.mark_ready() is True
+    assert _moto_reader(moto_client, table).store_state() == STORE_READY
+    assert first.mark_ready() is True  # ready already: nothing left to replay for anyone
+    require_ready("dynamodb-us-east", STORE_READY)
+
+
+def test_a_table_emptied_again_during_the_rehydration_is_never_declared_ready(
+    moto_client: Any, table: str
+) -> None:
+    sink = _on_moto(moto_client, table)
+    sink.begin_rehydration()
+    sink.apply(_batch(2))
+    _empty_again(moto_client, table)
+    assert sink.mark_ready() is False
+    assert sink.store_state() is None, "the failed update must not have created a marker"
+
+
+def test_a_seeding_writer_marks_a_new_table_ready_but_never_ends_a_rehydration(
+    moto_client: Any, table: str
+) -> None:
+    seeder = _on_moto(moto_client, table, seeding=True)
+    seeder.apply([])
+    assert seeder.store_state() is None, "nothing written, nothing declared"
+    seeder.apply(_batch(2))
+    assert seeder.store_state() == STORE_READY
+    _empty_again(moto_client, table)
+    sink = _on_moto(moto_client, table)
+    sink.begin_rehydration()
+    _on_moto(moto_client, table, seeding=True).apply(_batch(1))
+    assert sink.store_state() == STORE_REHYDRATING
+
+
+def test_the_marker_is_no_tile_and_tile_reads_never_return_it(moto_client: Any, table: str) -> None:
+    sink = _on_moto(moto_client, table)
+    sink.begin_rehydration()
+    sink.apply(_batch(2))
+    reader = _moto_reader(moto_client, table)
+    assert reader.get_all(["fl:card:0"]) == {"fl:card:0": {"amt_sum_1h": b"0"}}
+    # parse inverts every key features.keys can encode, so no entity id can produce this one.
+    with pytest.raises(CorruptState):
+        OnlineKey.parse(MARKER_PK)
+
+
+def test_a_missing_table_is_unavailable_not_rejected_so_the_sink_retries(
+    moto_client: Any, table: str
+) -> None:
+    sink = _on_moto(moto_client, table)
+    moto_client.delete_table(TableName=table)
+    with pytest.raises(StoreUnavailable, match="table missing"):
+        sink.store_state()
+    with pytest.raises(StoreUnavailable, match="table missing"):
+        sink.apply(_batch(1))
+    with pytest.raises(StoreUnavailable):
+        sink.begin_rehydration()
+    with pytest.raises(StoreUnavailable):
+        _moto_reader(moto_client, table).store_state()
