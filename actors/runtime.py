@@ -206,7 +206,9 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
         return SinkWorker(consumer, RedisTileWriter(client, f"redis-{region_name}", guarded=True))
     from regions.aws import dynamodb_client
 
-    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client)
+    # Not seeding: its batches never mark the table ready, since one may land in a table that
+    # just lost its data; the worker's marker checks rehydrate such a table instead.
+    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client, seeding=False)
     return SinkWorker(consumer, writer)
 
 

@@ -13,12 +13,15 @@ When the store fails, the sink seeks back to the batch's first offsets, pauses i
 (it keeps polling, so the group stays healthy and memory stays at one batch) and resumes after a
 backoff.
 
-Rehydration (a store that can say whether it is complete: Redis, ``regions.redis_store``'s marker
-``fl:meta:epoch``): a Redis on a replaced node or a lost disk comes back *empty*, while this sink's
-committed offsets say it applied everything. The sink checks the marker when it starts and every
-``check_interval_s``, and its guarded writes are refused atomically when the marker is missing, so
-no batch ever lands in an emptied store unnoticed. Then:
-1. mark the store ``rehydrating`` (readers keep going to DynamoDB; guarded writes are accepted);
+Rehydration (a store that can say whether it is complete: Redis and DynamoDB, each with a marker
+``fl:meta:epoch``, see ``regions.redis_store`` and ``regions.dynamodb_store``): a store on a
+replaced node, a lost disk or a restarted moto comes back *empty*, while this sink's committed
+offsets say it applied everything. The sink checks the marker when it starts and every
+``check_interval_s``. Redis's guarded writes are also refused atomically when the marker is
+missing; DynamoDB's cannot be (BatchWriteItem has no condition), so a batch may land in the emptied
+table before the next check, which is harmless: readers see no marker, and the replay covers it.
+Then:
+1. mark the store ``rehydrating`` (readers go to the next store of the chain; writes are accepted);
 2. note the end offsets of the assignment and seek to the beginning of the compacted changelog,
    which holds the latest absolute, versioned state of every tile (replay is safe: idempotent);
 3. apply and commit as usual; once every partition's position reached the noted end offsets,
@@ -51,7 +54,7 @@ class StoreWriter(Protocol):
 
 @runtime_checkable
 class Rehydratable(Protocol):
-    """A store that records whether it holds the complete state (``RedisTileWriter``)."""
+    """A store that records whether it holds the complete state (both tile writers)."""
 
     def store_state(self) -> bytes | None: ...
     def begin_rehydration(self) -> None: ...

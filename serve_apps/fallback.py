@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from features.errors import StoreTimeout, TransportError
-from regions.dynamodb_store import DynamoTileReader
+from regions.dynamodb_store import DynamoTileReader, require_ready
 from regions.exceptions import StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline
@@ -61,7 +61,13 @@ class RedisStore:
 class DynamoStore:
     """A region's DynamoDB replica. boto3 blocks, so calls run on a small private thread pool;
     a call that outlives its timeout is abandoned (its thread finishes in the background, bounded
-    by the client's own read timeout) and counted as a timeout."""
+    by the client's own read timeout) and counted as a timeout.
+
+    The table's completeness marker is read beside the tiles: a table that came back empty or is
+    being rehydrated raises ``StoreNotReady`` instead of serving its partial contents. A Query
+    reads one partition key, so the marker cannot ride in the tiles' requests as it does in
+    Redis's pipeline; on a second pool thread, in parallel, it adds no round trip to the latency.
+    """
 
     def __init__(
         self, reader: DynamoTileReader, name: str, clock: Clock, pool: ThreadPoolExecutor
@@ -74,11 +80,14 @@ class DynamoStore:
     async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, Fields]:
         loop = asyncio.get_running_loop()
         deadline = Deadline(timeout_s, self._clock)
-        future = loop.run_in_executor(self._pool, self._reader.get_all, list(keys), deadline)
+        marker = loop.run_in_executor(self._pool, self._reader.store_state, deadline)
+        tiles = loop.run_in_executor(self._pool, self._reader.get_all, list(keys), deadline)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            state, fields = await asyncio.wait_for(asyncio.gather(marker, tiles), timeout_s)
         except TimeoutError:
             raise StoreTimeout(f"{self.name}: no answer in {timeout_s:.3f}s") from None
+        require_ready(self.name, state)
+        return fields
 
 
 @dataclass(frozen=True)

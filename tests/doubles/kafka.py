@@ -1,7 +1,8 @@
 """An in-memory stand-in for kafka-python's KafkaConsumer, for unit tests of consumer loops.
 
 It honours what the loops rely on: poll returns only un-paused partitions, seek moves the
-position, commit records the positions, and max_records bounds a poll.
+position, commit records the positions, and max_records bounds a poll; end offsets, positions and
+seek to beginning are what a sink's rehydration uses.
 """
 
 from __future__ import annotations
@@ -74,3 +75,13 @@ class FakeConsumer:
 
     def commit(self) -> None:
         self.committed = dict(self.positions)
+
+    def end_offsets(self, tps: list[FakeTopicPartition]) -> dict[FakeTopicPartition, int]:
+        return {tp: len(self.logs[tp]) for tp in tps}
+
+    def position(self, tp: FakeTopicPartition) -> int:
+        return self.positions[tp]
+
+    def seek_to_beginning(self, *tps: FakeTopicPartition) -> None:
+        for tp in tps:
+            self.positions[tp] = 0
