@@ -1,0 +1,187 @@
+"""A region's DynamoDB endpoint that restarts empty is rehydrated from the changelog; serving never
+reads it as complete in between.
+
+The pipeline runs as a real Ray job on the session stack. eu-west's moto is SIGKILLed and started
+again by its service (``chaos.faults``), which recreates the table empty and without a marker,
+while the sink's committed offsets say it applied everything. A few of the region's tiles are put
+back directly, as a sink batch landing before the sink's marker check would, so the table holds a
+partial state. The eu-west DynamoDB sink's process is held with SIGSTOP across the restart, so
+that partial window lasts as long as the test looks, whatever the machine's speed. Values are
+judged against the oracle (chaos/oracle.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from chaos import faults, verify
+from cluster import pipeline as pipeline_job
+from cluster.stack import Stack
+from features.demo import card_transactions_catalog
+from features.keys import OnlineKey
+from regions.aws import LOCAL_CREDENTIALS, dynamodb_client
+from regions.dynamodb_store import MARKER_PK, MARKER_SK
+from regions.resilience import Deadline
+from serve_apps.config import ApiKey, StoreTimeouts
+from serve_apps.deploy import configs_for_stack
+from serve_apps.fallback import FallbackChain
+from serve_apps.wiring import build_chain
+from tests.integration.test_pipeline import _produce
+
+pytestmark = pytest.mark.integration
+CATALOG = card_transactions_catalog()
+REGION, OTHER = "eu-west", "us-east"
+DYNAMO_SINK = (REGION, "dynamodb")
+LOCAL_DYNAMO = f"dynamodb-{REGION}"
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack: Stack) -> Iterator[Stack]:
+    pipeline_job.submit(stack.settings, "up", consumers=2)
+    yield stack
+    pipeline_job.submit(stack.settings, "down", consumers=2)
+
+
+def _wait_for_sink(
+    stack: Stack, done: Callable[[dict[str, Any]], bool], timeout_s: float = 180
+) -> dict[str, Any]:
+    """Poll the eu-west DynamoDB sink's status until ``done``; a status call that fails (the
+    actor being restarted by Ray) is tried again."""
+    deadline = time.monotonic() + timeout_s
+    sink: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            status = pipeline_job.status(stack.settings)
+            assert status is not None, "the pipeline is running"
+            sink = next(s for s in status["sinks"] if (s["region"], s["store"]) == DYNAMO_SINK)
+            if done(sink):
+                return sink
+        time.sleep(1)
+    raise AssertionError(f"the eu-west DynamoDB sink never got there: {sink}")
+
+
+def _chain(stack: Stack) -> FallbackChain:
+    """eu-west's real fallback chain (Redis, DynamoDB, then us-east), as its Serve app builds it."""
+    (config,) = [
+        c
+        for c in configs_for_stack(
+            stack.settings,
+            [ApiKey.from_raw("tests", "dynamodb-rehydration-key")],
+            dynamodb_credentials=(
+                LOCAL_CREDENTIALS["aws_access_key_id"],
+                LOCAL_CREDENTIALS["aws_secret_access_key"],
+            ),
+            timeouts=StoreTimeouts(redis_s=1.0, dynamodb_s=5.0),  # moto is slow when loaded
+        )
+        if c.region == REGION
+    ]
+    return build_chain(config, time.monotonic)
+
+
+def _keys(users: list[str]) -> list[str]:
+    view = CATALOG.view("user_spend")
+    max_id = CATALOG.entity(view.entity).max_id_bytes
+    return [
+        OnlineKey("default", view.name, view.version, u).encode(max_id_bytes=max_id) for u in users
+    ]
+
+
+def _reads_with_local_redis_down(
+    stack: Stack, runner: asyncio.Runner, chain: FallbackChain, keys: list[str], until: str
+) -> list[dict[str, str]]:
+    """Reads through the chain while eu-west's Redis hangs, until the local DynamoDB step's
+    outcome is ``until`` (at most 5: under load a step may miss its budget and fall further)."""
+    reads = []
+    with faults.stopped(stack.service(f"redis-{REGION}")):
+        for _ in range(5):
+            result = runner.run(chain.read(keys, Deadline(20.0, time.monotonic)))
+            reads.append(dict(result.tried) | {"answered": result.store})
+            if reads[-1].get(LOCAL_DYNAMO) == until:
+                break
+    return reads
+
+
+def _put_back_some_tiles(stack: Stack, keys: list[str]) -> int:
+    """Copy a few keys' items from us-east's table into eu-west's: a partial table, as left by
+    sink batches that landed after the restart and before the sink noticed the loss."""
+    other = stack.settings.topology.get(OTHER)
+    region = stack.settings.topology.get(REGION)
+    source, target = dynamodb_client(other), dynamodb_client(region)
+    copied = 0
+    for key in keys:
+        items = source.query(
+            TableName=other.dynamodb_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": key}},
+        )["Items"]
+        for item in items:
+            target.put_item(TableName=region.dynamodb_table, Item=item)
+            copied += 1
+    return copied
+
+
+def _marker(stack: Stack) -> dict[str, Any] | None:
+    region = stack.settings.topology.get(REGION)
+    reply = dynamodb_client(region).get_item(
+        TableName=region.dynamodb_table,
+        Key={"pk": {"S": MARKER_PK}, "sk": {"S": MARKER_SK}},
+        ConsistentRead=True,
+    )
+    item: dict[str, Any] | None = reply.get("Item")
+    return item
+
+
+def test_a_dynamodb_endpoint_back_empty_is_never_served_partial_and_is_rehydrated_to_the_oracle(
+    pipeline: Stack,
+) -> None:
+    bootstrap = pipeline.settings.kafka.bootstrap
+    _produce(bootstrap, 1_000, seed=47, start_seq=70_000)
+    accepted = verify.accepted_in_topic(bootstrap)  # earlier tests' events count in the windows
+    users = sorted({e["user_id"] for e in accepted})[:20]
+    keys = _keys(users)
+    targets = [DYNAMO_SINK, (OTHER, "dynamodb")]
+    problems = verify.wait_for_oracle(
+        pipeline.settings, pipeline.secrets, accepted, timeout_s=240, targets=targets
+    )
+    assert not problems, problems[:5]
+    before = _wait_for_sink(pipeline, lambda s: s["store_state"] == "ready")
+    moto = pipeline.service(LOCAL_DYNAMO)
+
+    with asyncio.Runner() as runner:
+        os.kill(before["pid"], signal.SIGSTOP)  # hold the sink: nothing rehydrates meanwhile
+        try:
+            faults.kill(moto)
+            faults.restart(moto)  # the stack recreates the table: empty, without a marker
+            assert _marker(pipeline) is None
+            assert _put_back_some_tiles(pipeline, keys[:5]) > 0
+            chain = _chain(pipeline)
+            reads = _reads_with_local_redis_down(pipeline, runner, chain, keys, "StoreNotReady")
+        finally:
+            os.kill(before["pid"], signal.SIGCONT)
+        # The partial table answered, but said it is not complete: it never served.
+        assert reads[-1][LOCAL_DYNAMO] == "StoreNotReady", reads
+        assert all(r["answered"] != LOCAL_DYNAMO for r in reads), reads
+
+        sink = _wait_for_sink(
+            pipeline,
+            lambda s: (
+                s["store_state"] == "ready"
+                and (s["pid"] != before["pid"] or s["rehydrations"] > before["rehydrations"])
+            ),
+        )
+        # Rehydrated from the changelog alone: every value equals the oracle again...
+        problems = verify.mismatches(pipeline.settings, pipeline.secrets, accepted, [DYNAMO_SINK])
+        assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
+        marker = _marker(pipeline)
+        assert marker is not None and marker["state"]["S"] == "ready", (marker, sink)
+        # ...and with its Redis down the region reads its own DynamoDB again.
+        reads = _reads_with_local_redis_down(pipeline, runner, chain, keys, "ok")
+        assert reads[-1]["answered"] == LOCAL_DYNAMO, reads
