@@ -116,6 +116,10 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_until(lambda: self.pid() is None, 5.0)
+        # The service ran in its own session, so its process group is its own: whatever it left
+        # behind there (Ray's agents outlived a head SIGKILLed mid-drain) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -57,7 +57,9 @@ class RayHeadService:
         )
 
     def stop(self) -> bool:
-        return self._proc.stop(timeout_s=30.0)
+        # `ray start --block` drains for up to 30 s on SIGTERM, then stops its own processes:
+        # give it that and the shutdown, rather than SIGKILL it in the middle of it.
+        return self._proc.stop(timeout_s=45.0)
 
     def purge(self) -> None:
         shutil.rmtree(self._settings.ray_temp_dir, ignore_errors=True)

@@ -25,6 +25,26 @@ def test_spawned_process_is_tracked_and_stopped(tmp_path: Path) -> None:
     assert not proc.stop(), "stopping twice is harmless and reports nothing stopped"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie is dead, only not yet reaped by its new parent
+
+
+def test_what_a_service_left_in_its_process_group_is_stopped_with_it(tmp_path: Path) -> None:
+    """Ray's agents once outlived their head: a stop must not leave the service's children."""
+    proc = ManagedProcess("parent", tmp_path / "run", tmp_path / "logs")
+    child_file = tmp_path / "child.pid"
+    proc.spawn(["sh", "-c", f"sleep 60 & echo $! > {child_file}; exec sleep 60"])
+    assert wait_until(lambda: child_file.exists() and child_file.read_text().strip() != "", 5)
+    child = int(child_file.read_text())
+    assert _alive(child)
+    assert proc.stop(timeout_s=5)
+    assert wait_until(lambda: not _alive(child), 5), "the child in the service's group was left"
+
+
 def test_a_reused_pid_is_not_mistaken_for_ours(tmp_path: Path) -> None:
     proc = ManagedProcess("sleeper", tmp_path / "run", tmp_path / "logs")
     pid = proc.spawn(SLEEPER)
