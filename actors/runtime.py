@@ -148,7 +148,7 @@ class _SinkActor:
             "batches": s.batches,
             "store_failures": s.store_failures,
             "paused": s.paused,
-            "store_state": s.store_state,  # Redis: "ready" or "rehydrating" (see actors.sink)
+            "store_state": s.store_state,  # "ready", "rehydrating" or "unknown" (see actors.sink)
             "rehydrating": s.store_state == "rehydrating",  # what the redis-kill drill samples
             "rehydrations": s.rehydrations,
             "last_error": s.last_error,

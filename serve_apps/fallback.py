@@ -8,8 +8,8 @@ Invariants:
   records exactly one outcome on that breaker (a transport error or timeout is a failure);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
   remainder, so the chain never outlives the request's deadline by more than scheduling noise;
-- a store that answers but is incomplete (``StoreNotReady``: a Redis being rehydrated) is
-  skipped like a failed one but is not a breaker failure;
+- a store that answers but is incomplete (``StoreNotReady``: a Redis or a DynamoDB table being
+  rehydrated) is skipped like a failed one but is not a breaker failure;
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
   store failures never become client errors.
 """
