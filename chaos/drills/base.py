@@ -8,6 +8,7 @@ a drill that fails half-way leaves the stack as it found it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,9 +22,9 @@ import orjson
 
 from chaos import verify
 from chaos.context import USER_FEATURES, DrillContext, rss_mib
-from chaos.load import HttpLoad, LoadSpec
+from chaos.load import HttpLoad, LoadSpec, Sample
 from chaos.report import Verdict
-from chaos.timeline import Timeline
+from chaos.timeline import OK, Timeline, error_rate
 from cluster.events import GeneratorConfig, LedgerRecord
 
 DrillFn = Callable[[DrillContext, Timeline, Verdict], None]
@@ -170,3 +171,34 @@ def sleep_until(timeline: Timeline, t_s: float) -> None:
     delay = t_s - timeline.now_s()
     if delay > 0:
         time.sleep(delay)
+
+
+def judge_recovery(
+    verdict: Verdict,
+    probe: ValueProbe,
+    after: list[Sample],
+    *,
+    back_s: float,
+    since_s: float,
+    since: str,
+) -> None:
+    """The three recovery criteria of a store-fault drill: local reads again (``back_s``, nan when
+    never), no error after, no wrong value served all along (judged by ``probe``)."""
+    verdict.check(
+        "returned to local reads",
+        not math.isnan(back_s),
+        target="the local Redis serves again",
+        measured=f"{back_s - since_s:.1f} s after {since}",
+    )
+    verdict.check(
+        "errors after recovery",
+        bool(after) and error_rate(after) == 0.0,
+        target="0",
+        measured=f"{sum(1 for s in after if s.status != OK)} of {len(after)}",
+    )
+    verdict.check(
+        "no wrong value served",
+        probe.checked > 0 and not probe.wrong,
+        target="0 present values differ from the oracle",
+        measured=f"{len(probe.wrong)} wrong in {probe.checked} answers {probe.wrong[:2]}",
+    )

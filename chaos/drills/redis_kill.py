@@ -13,7 +13,15 @@ import time
 
 from chaos import faults
 from chaos.context import DrillContext, busiest_users
-from chaos.drills.base import ValueProbe, first_time, pick, serving_load, sleep_until, warm_up
+from chaos.drills.base import (
+    ValueProbe,
+    first_time,
+    judge_recovery,
+    pick,
+    serving_load,
+    sleep_until,
+    warm_up,
+)
 from chaos.load import HttpLoad
 from chaos.report import Verdict
 from chaos.timeline import OK, Sampler, Timeline, error_rate, percentile, within
@@ -107,24 +115,7 @@ def _judge(
         target="answers from the fallback chain (DynamoDB, then the other region)",
         measured=f"{fallback} answers",
     )
-    verdict.check(
-        "returned to local reads",
-        not math.isnan(back_at),
-        target="local Redis serves again",
-        measured=f"{back_at - restarted_at:.1f} s after restart",
-    )
-    verdict.check(
-        "errors after recovery",
-        bool(after) and error_rate(after) == 0.0,
-        target="0",
-        measured=f"{sum(1 for s in after if s.status != OK)} of {len(after)}",
-    )
-    verdict.check(
-        "no wrong value served",
-        probe.checked > 0 and not probe.wrong,
-        target="0 present values differ from the oracle",
-        measured=f"{len(probe.wrong)} wrong in {probe.checked} answers {probe.wrong[:2]}",
-    )
+    judge_recovery(verdict, probe, after, back_s=back_at, since_s=restarted_at, since="the restart")
     problems, _ = ctx.settle(60, targets=[(REGION, "redis")])
     verdict.check(
         "rehydrated Redis equals the oracle",

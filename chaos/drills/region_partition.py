@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import httpx
 
 from chaos.context import DrillContext, busiest_users
-from chaos.drills.base import ValueProbe, first_time, pick, serving_load, sleep_until, warm_up
+from chaos.drills.base import (
+    ValueProbe,
+    first_time,
+    judge_recovery,
+    pick,
+    serving_load,
+    sleep_until,
+    warm_up,
+)
 from chaos.exceptions import DrillSetupFailed
 from chaos.load import HttpLoad, Sample
 from chaos.proxy import FaultProxy
@@ -189,7 +197,14 @@ def _judge(timeline: Timeline, verdict: Verdict, probe: ValueProbe, marks: Marks
     verdict.figure("partition_switch_s", first_time(timeline, marks.blackhole_s, _not_local))
     verdict.figure("back_to_local_after_heal_s", marks.back_s - marks.healed_s)
     _judge_faults(timeline, verdict, phases, marks)
-    _judge_recovery(verdict, probe, phases["after"], marks)
+    judge_recovery(
+        verdict,
+        probe,
+        phases["after"],
+        back_s=marks.back_s,
+        since_s=marks.healed_s,
+        since="the heal",
+    )
 
 
 def _judge_faults(
@@ -229,25 +244,4 @@ def _judge_faults(
         not any(math.isnan(v) for v in opened.values()),
         target="seen open in both the delay and the partition",
         measured=", ".join(f"{k}: {v:.2f} s" for k, v in opened.items()),
-    )
-
-
-def _judge_recovery(verdict: Verdict, probe: ValueProbe, after: list[Sample], marks: Marks) -> None:
-    verdict.check(
-        "returned to local reads",
-        not math.isnan(marks.back_s),
-        target=f"{LOCAL} serves again after the heal",
-        measured=f"{marks.back_s - marks.healed_s:.1f} s after the heal",
-    )
-    verdict.check(
-        "errors after the heal",
-        bool(after) and error_rate(after) == 0.0,
-        target="0",
-        measured=f"{sum(1 for s in after if s.status != OK)} of {len(after)}",
-    )
-    verdict.check(
-        "no wrong value served",
-        probe.checked > 0 and not probe.wrong,
-        target="0 present values differ from the oracle",
-        measured=f"{len(probe.wrong)} wrong in {probe.checked} answers {probe.wrong[:2]}",
     )

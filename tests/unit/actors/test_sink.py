@@ -98,20 +98,6 @@ def test_undecodable_records_are_counted_and_skipped() -> None:
 # --- rehydration of a store that came back empty ---------------------------------------------
 
 
-class ReplayableConsumer(FakeConsumer):
-    """The fake plus what rehydration uses of kafka-python: end offsets, position, seek to start."""
-
-    def end_offsets(self, tps: list[FakeTopicPartition]) -> dict[FakeTopicPartition, int]:
-        return {tp: len(self.logs[tp]) for tp in tps}
-
-    def position(self, tp: FakeTopicPartition) -> int:
-        return self.positions[tp]
-
-    def seek_to_beginning(self, *tps: FakeTopicPartition) -> None:
-        for tp in tps:
-            self.positions[tp] = 0
-
-
 class MarkedStore:
     """A version-guarded store with a completeness marker, refusing writes without it like the
     guarded Redis writer; ``lose_everything`` is a node coming back on an empty disk."""
@@ -154,7 +140,7 @@ def _drain(worker: SinkWorker, clock: Clock, steps: int = 50) -> None:
 
 
 def test_a_store_back_empty_is_replayed_from_the_start_then_marked_ready() -> None:
-    consumer, store, clock = ReplayableConsumer(), MarkedStore(), Clock()
+    consumer, store, clock = FakeConsumer(), MarkedStore(), Clock()
     _fill(consumer, 100)
     worker = SinkWorker(consumer, store, max_records=30, monotonic=clock)
     _drain(worker, clock)
@@ -172,7 +158,7 @@ def test_a_store_back_empty_is_replayed_from_the_start_then_marked_ready() -> No
 
 
 def test_a_batch_refused_by_an_emptied_store_is_replayed_not_lost() -> None:
-    consumer, store, clock = ReplayableConsumer(), MarkedStore(), Clock()
+    consumer, store, clock = FakeConsumer(), MarkedStore(), Clock()
     _fill(consumer, 40)
     worker = SinkWorker(consumer, store, max_records=30, monotonic=clock, check_interval_s=1e9)
     worker.step()  # first check and first 30 records
@@ -184,7 +170,7 @@ def test_a_batch_refused_by_an_emptied_store_is_replayed_not_lost() -> None:
 
 
 def test_a_new_store_and_an_unfinished_rehydration_both_start_from_the_beginning() -> None:
-    consumer, clock = ReplayableConsumer(), Clock()
+    consumer, clock = FakeConsumer(), Clock()
     _fill(consumer, 50)
     new = MarkedStore(marker=None)
     worker = SinkWorker(consumer, new, max_records=20, monotonic=clock)
@@ -192,7 +178,7 @@ def test_a_new_store_and_an_unfinished_rehydration_both_start_from_the_beginning
     assert len(new.data) == 50 and new.marker == b"ready"
     # A sink that died mid-replay left "rehydrating": its successor replays everything again.
     half = MarkedStore(marker=b"rehydrating")
-    successor = SinkWorker(ReplayableConsumer(), half, monotonic=clock)
+    successor = SinkWorker(FakeConsumer(), half, monotonic=clock)
     successor._consumer.logs.update(consumer.logs)  # same topic, committed offsets at the end
     for tp, log in consumer.logs.items():
         successor._consumer.positions[tp] = len(log)
@@ -201,7 +187,7 @@ def test_a_new_store_and_an_unfinished_rehydration_both_start_from_the_beginning
 
 
 def test_emptied_again_during_the_replay_is_never_declared_ready() -> None:
-    consumer, store, clock = ReplayableConsumer(), MarkedStore(marker=None), Clock()
+    consumer, store, clock = FakeConsumer(), MarkedStore(marker=None), Clock()
     _fill(consumer, 60)
     worker = SinkWorker(consumer, store, max_records=20, monotonic=clock, check_interval_s=1e9)
     worker.step()  # notices the missing marker, starts the replay
@@ -214,7 +200,7 @@ def test_emptied_again_during_the_replay_is_never_declared_ready() -> None:
 
 
 def test_a_store_without_a_marker_is_never_rehydrated() -> None:
-    consumer, store = ReplayableConsumer(), FlakyStore()
+    consumer, store = FakeConsumer(), FlakyStore()
     _fill(consumer, 10)
     worker = SinkWorker(consumer, store)
     while worker.step():
