@@ -27,13 +27,11 @@ from cluster import pipeline as pipeline_job
 from cluster.stack import Stack
 from features.demo import card_transactions_catalog
 from features.keys import OnlineKey
-from regions.aws import LOCAL_CREDENTIALS, dynamodb_client
+from regions.aws import dynamodb_client
 from regions.dynamodb_store import MARKER_PK, MARKER_SK
 from regions.resilience import Deadline
-from serve_apps.config import ApiKey, StoreTimeouts
-from serve_apps.deploy import configs_for_stack
 from serve_apps.fallback import FallbackChain
-from serve_apps.wiring import build_chain
+from tests.integration.chains import region_chain
 from tests.integration.test_pipeline import _produce
 
 pytestmark = pytest.mark.integration
@@ -66,24 +64,6 @@ def _wait_for_sink(
                 return sink
         time.sleep(1)
     raise AssertionError(f"the eu-west DynamoDB sink never got there: {sink}")
-
-
-def _chain(stack: Stack) -> FallbackChain:
-    """eu-west's real fallback chain (Redis, DynamoDB, then us-east), as its Serve app builds it."""
-    (config,) = [
-        c
-        for c in configs_for_stack(
-            stack.settings,
-            [ApiKey.from_raw("tests", "dynamodb-rehydration-key")],
-            dynamodb_credentials=(
-                LOCAL_CREDENTIALS["aws_access_key_id"],
-                LOCAL_CREDENTIALS["aws_secret_access_key"],
-            ),
-            timeouts=StoreTimeouts(redis_s=1.0, dynamodb_s=5.0),  # moto is slow when loaded
-        )
-        if c.region == REGION
-    ]
-    return build_chain(config, time.monotonic)
 
 
 def _keys(users: list[str]) -> list[str]:
@@ -162,7 +142,7 @@ def test_a_dynamodb_endpoint_back_empty_is_never_served_partial_and_is_rehydrate
             faults.restart(moto)  # the stack recreates the table: empty, without a marker
             assert _marker(pipeline) is None
             assert _put_back_some_tiles(pipeline, keys[:5]) > 0
-            chain = _chain(pipeline)
+            chain = region_chain(pipeline, REGION)
             reads = _reads_with_local_redis_down(pipeline, runner, chain, keys, "StoreNotReady")
         finally:
             os.kill(before["pid"], signal.SIGCONT)

@@ -21,11 +21,8 @@ from cluster import pipeline as pipeline_job
 from cluster.stack import Stack
 from features.demo import card_transactions_catalog
 from features.keys import OnlineKey
-from regions.aws import LOCAL_CREDENTIALS
 from regions.resilience import Deadline
-from serve_apps.config import ApiKey, StoreTimeouts
-from serve_apps.deploy import configs_for_stack
-from serve_apps.wiring import build_chain
+from tests.integration.chains import region_chain
 from tests.integration.test_pipeline import _produce
 
 pytestmark = pytest.mark.integration
@@ -61,19 +58,6 @@ def _wait_for_sink(stack: Stack, *, rehydrations: int, timeout_s: float = 180) -
 
 def _serving_read(stack: Stack, users: list[str]) -> tuple[str, list[tuple[str, str]]]:
     """One read through eu-west's real fallback chain: (store that answered, steps tried)."""
-    (config,) = [
-        c
-        for c in configs_for_stack(
-            stack.settings,
-            [ApiKey.from_raw("tests", "rehydration-test-key")],
-            dynamodb_credentials=(
-                LOCAL_CREDENTIALS["aws_access_key_id"],
-                LOCAL_CREDENTIALS["aws_secret_access_key"],
-            ),
-            timeouts=StoreTimeouts(redis_s=1.0, dynamodb_s=5.0),  # moto is slow when loaded
-        )
-        if c.region == REGION
-    ]
     view = CATALOG.view("user_spend")
     max_id = CATALOG.entity(view.entity).max_id_bytes
     keys = [
@@ -81,7 +65,7 @@ def _serving_read(stack: Stack, users: list[str]) -> tuple[str, list[tuple[str, 
     ]
 
     async def read() -> tuple[str, list[tuple[str, str]]]:
-        chain = build_chain(config, time.monotonic)
+        chain = region_chain(stack, REGION)  # inside the loop: its Redis client is bound to it
         result = await chain.read(keys, Deadline(20.0, time.monotonic))
         return result.store, result.tried
 
