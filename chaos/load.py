@@ -30,7 +30,7 @@ class Sample:
     latency_s: float
     status: int
     store: str = ""
-    retry_after: bool = False
+    retry_after: float = 0.0  # seconds a 503's Retry-After asked for; 0.0 when it had none
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class LoadSpec:
     concurrency: int | None = None
     connections: int = 16
     timeout_s: float = 5.0
+    # Closed loop only: a client that got 503 + Retry-After waits that long before its next
+    # request, as a well-behaved client does; False is a client that ignores it.
+    honor_retry_after: bool = False
 
     def __post_init__(self) -> None:
         if (self.rate is None) == (self.concurrency is None):
@@ -63,17 +66,18 @@ def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str
 
 class Connection:
     """One keep-alive HTTP/1.1 connection; ``roundtrip`` sends a raw request and reads the whole
-    answer (content-length or chunked), returning (status, serving store, Retry-After seen)."""
+    answer (content-length or chunked), returning (status, serving store, Retry-After seconds,
+    0.0 when absent; a date form, which we never send, counts as one second)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
-    async def roundtrip(self, raw: bytes) -> tuple[int, str, bool]:
+    async def roundtrip(self, raw: bytes) -> tuple[int, str, float]:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
-        length, chunked, retry_after = 0, False, False
+        length, chunked, retry_after = 0, False, 0.0
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             lname = name.strip().lower()
@@ -82,7 +86,7 @@ class Connection:
             elif lname == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
             elif lname == b"retry-after":
-                retry_after = True
+                retry_after = _seconds(value)
         body = await self._body(length, chunked)
         return status, _store_of(body), retry_after
 
@@ -103,6 +107,13 @@ class Connection:
 async def connect(host: str, port: int) -> Connection:
     reader, writer = await asyncio.open_connection(host, port)
     return Connection(reader, writer)
+
+
+def _seconds(value: bytes) -> float:
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return 1.0
 
 
 def _store_of(body: bytes) -> str:
@@ -162,28 +173,30 @@ class HttpLoad:
         except (OSError, TimeoutError):
             return None
 
-    async def _send(self, conn: Connection | None, scheduled: float) -> Connection | None:
-        """One request on ``conn`` (or a new connection); returns the connection to reuse."""
+    async def _send(
+        self, conn: Connection | None, scheduled: float
+    ) -> tuple[Connection | None, Sample]:
+        """One request on ``conn`` (or a new connection); returns the connection to reuse and
+        what was recorded."""
         conn = conn or await self._connect()
         if conn is None:
-            self._record(scheduled, TRANSPORT_ERROR, "", False)
+            sample = self._record(scheduled, TRANSPORT_ERROR, "", 0.0)
             await asyncio.sleep(0.05)  # refused: do not spin while the server is down
-            return None
+            return None, sample
         try:
             status, store, retry_after = await asyncio.wait_for(
                 conn.roundtrip(self._request()), self.spec.timeout_s
             )
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
-            self._record(scheduled, TRANSPORT_ERROR, "", False)
-            return None
-        self._record(scheduled, status, store, retry_after)
-        return conn
+            return None, self._record(scheduled, TRANSPORT_ERROR, "", 0.0)
+        return conn, self._record(scheduled, status, store, retry_after)
 
-    def _record(self, scheduled: float, status: int, store: str, retry_after: bool) -> None:
+    def _record(self, scheduled: float, status: int, store: str, retry_after: float) -> Sample:
         now = time.monotonic()
-        sent = scheduled - self.started_at
-        self.samples.append(Sample(sent, now - scheduled, status, store, retry_after))
+        sample = Sample(scheduled - self.started_at, now - scheduled, status, store, retry_after)
+        self.samples.append(sample)
+        return sample
 
     async def _open_loop(self, rate: float) -> None:
         idle: asyncio.Queue[Connection | None] = asyncio.Queue()
@@ -193,7 +206,7 @@ class HttpLoad:
 
         async def one(scheduled: float) -> None:
             conn = await idle.get()
-            idle.put_nowait(await self._send(conn, scheduled))
+            idle.put_nowait((await self._send(conn, scheduled))[0])
 
         i = 0
         while not self._stop.is_set():
@@ -215,9 +228,16 @@ class HttpLoad:
     async def _worker(self) -> None:
         conn: Connection | None = None
         while not self._stop.is_set():
-            conn = await self._send(conn, time.monotonic())
+            conn, sample = await self._send(conn, time.monotonic())
+            if self.spec.honor_retry_after and sample.status == 503 and sample.retry_after:
+                await self._pause(sample.retry_after)
         if conn is not None:
             conn.close()
+
+    async def _pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < until:  # stop within 0.1 s
+            await asyncio.sleep(min(0.1, until - time.monotonic()))
 
 
 class ProcessLoad:

@@ -102,8 +102,13 @@ class FaultProxy:
             return
         self._final = self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=30)
         self._loop.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the proxy's thread (and so its event loop) is still alive."""
+        return self._thread.is_alive()
 
     # -- faults (any thread) ------------------------------------------------------------------
 
@@ -127,7 +132,8 @@ class FaultProxy:
         return self._call(self._snapshot())
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+        # Generous: on a loaded two-core box the loop thread can wait seconds for the GIL.
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
 
     # -- on the loop --------------------------------------------------------------------------
 

@@ -64,7 +64,12 @@ class RedisService:
         shutil.rmtree(self._home, ignore_errors=True)
 
     def admin_client(self) -> Any:
+        """An admin connection that fails fast: no retry. redis-py 6+ retries a timed-out
+        command three times by default, which turned one ``DEBUG SLEEP`` into up to four and made
+        a blocked command look like a slow success."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         return redis.Redis(
             host=self._region.redis_host,
@@ -73,6 +78,7 @@ class RedisService:
             password=self._secrets.redis_admin_password.get_secret_value(),
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
         )
 
     def _probe(self) -> str | None:
