@@ -104,9 +104,9 @@ def test_a_client_honouring_retry_after_waits_before_asking_again(server: int) -
     shed = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"shed":1}', {})]
     polite = LoadSpec("127.0.0.1", server, shed, concurrency=3, honor_retry_after=True)
     with HttpLoad(polite) as load:
-        time.sleep(0.6)  # under the server's Retry-After of 1 s
-    assert len(load.samples) == 3, "one request per client, then each waits its Retry-After"
+        time.sleep(0.4)  # well under the server's Retry-After of 1 s, even on a loaded box
+    assert 1 <= len(load.samples) <= 3, "one request per client, then each waits its Retry-After"
     assert all(s.status == 503 and s.retry_after == 1.0 for s in load.samples)
     with HttpLoad(LoadSpec("127.0.0.1", server, shed, concurrency=3)) as rude:
-        time.sleep(0.3)
+        time.sleep(0.6)
     assert len(rude.samples) > 3, "a client ignoring Retry-After asks again at once"
