@@ -7,7 +7,10 @@ Invariants:
   way everywhere: bad input, bad key);
 - retries back off with :class:`regions.resilience.ExponentialBackoff` and never sleep past the
   call's deadline (:class:`regions.resilience.Deadline`); each HTTP attempt's timeout is what is
-  left of it, so a call never takes much longer than ``timeout_s``.
+  left of it, so a call never takes much longer than ``timeout_s``;
+- a region that answered 503 with ``Retry-After`` is not asked again before that time (by any
+  call of this client): the others are tried instead, and when every region asked to wait the
+  call fails at once, so an overloaded region is never hammered by retries.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class FeatureClient:
         self._backoff = backoff or ExponentialBackoff(base_s=0.01, cap_s=0.1)
         self._monotonic = monotonic
         self._sleep = sleep
+        self._cool_until: dict[str, float] = {}  # region -> monotonic time its Retry-After ends
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -105,11 +109,16 @@ class FeatureClient:
         deadline = Deadline(self._timeout_s, self._monotonic)
         retry = 0
         for _round in range(self._rounds):
-            for region in self.regions:
+            regions = [r for r in self.regions if not self._cooling(r)]
+            if not regions:
+                raise FeatureServiceUnavailable("every region asked to retry later")
+            for region in regions:
                 for _attempt in range(self._attempts):
                     if deadline.expired():
                         raise FeatureServiceUnavailable("no region answered within the deadline")
-                    answer = self._try(f"/{region}{path}", body, deadline)
+                    if self._cooling(region):
+                        break
+                    answer = self._try(region, path, body, deadline)
                     if answer is not None:
                         return answer
                     retry += 1
@@ -119,12 +128,22 @@ class FeatureClient:
             self._sleep(delay)
         raise FeatureServiceUnavailable("no region answered")
 
-    def _try(self, url: str, body: bytes, deadline: Deadline) -> dict[str, Any] | None:
+    def _cooling(self, region: str) -> bool:
+        return self._cool_until.get(region, 0.0) > self._monotonic()
+
+    def _try(
+        self, region: str, path: str, body: bytes, deadline: Deadline
+    ) -> dict[str, Any] | None:
         try:
-            response = self._http.post(url, content=body, timeout=deadline.timeout_for(1.0))
+            response = self._http.post(
+                f"/{region}{path}", content=body, timeout=deadline.timeout_for(1.0)
+            )
         except (httpx.TransportError, TransportError):
             return None
         if response.status_code >= 500:
+            wait = _retry_after_s(response) if response.status_code == 503 else None
+            if wait:
+                self._cool_until[region] = self._monotonic() + wait
             return None
         payload: dict[str, Any] = orjson.loads(response.content)
         if response.status_code >= 400:
@@ -139,3 +158,12 @@ class FeatureClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds of a ``Retry-After`` given in seconds (the form Freshline and Serve send)."""
+    raw = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None

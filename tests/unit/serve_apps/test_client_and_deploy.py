@@ -136,3 +136,40 @@ def test_serve_sheds_past_the_limits_with_retry_after() -> None:
     assert deployment.max_queued_requests == 5
     assert deployment.backpressure_config.status_code == 503
     assert deployment.backpressure_config.retry_after_s == 3.0
+
+
+def test_a_region_that_asked_to_retry_later_is_left_alone_until_then() -> None:
+    seen: list[str] = []
+    east_full = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path.split("/")[1])
+        if request.url.path.startswith("/us-east") and east_full:
+            return httpx.Response(503, headers={"retry-after": "2"}, text="backpressure")
+        return httpx.Response(200, content=orjson.dumps(OK))
+
+    clock = FakeClock()
+    client = _client(handler, clock)
+    for _ in range(3):  # within the 2 s: us-east is not asked again, eu-west answers
+        client.get_features({"user": ["u_1"]}, ["v:f"])
+    assert seen == ["us-east", "eu-west", "eu-west", "eu-west"]
+    clock.advance(2.1)
+    east_full = False
+    client.get_features({"user": ["u_1"]}, ["v:f"])
+    assert seen[-1] == "us-east", "asked again once its Retry-After is over"
+
+
+def test_when_every_region_asked_to_wait_the_call_fails_at_once() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(503, headers={"retry-after": "5"}, text="backpressure")
+
+    client = _client(handler, FakeClock())
+    with pytest.raises(FeatureServiceUnavailable):
+        client.get_features({"user": ["u_1"]}, ["v:f"])
+    assert len(calls) == 2  # each region once, no retry round against regions that said wait
+    with pytest.raises(FeatureServiceUnavailable, match="retry later"):
+        client.get_features({"user": ["u_1"]}, ["v:f"])
+    assert len(calls) == 2
