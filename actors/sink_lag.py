@@ -49,9 +49,11 @@ class CommittedLag:
         if not tps:
             return 0
         ends = self._offsets.end_offsets(tps)
-        beginnings = self._offsets.beginning_offsets(tps)
         raw = self._admin.list_group_offsets({self._group_id: tps}).get(self._group_id, {})
         committed = {tp: meta.offset for tp, meta in raw.items() if meta.offset >= 0}
+        # A group that committed every partition (the steady state) needs no third request.
+        uncommitted = [tp for tp in tps if tp not in committed]
+        beginnings = self._offsets.beginning_offsets(uncommitted) if uncommitted else {}
         return committed_lag(ends, committed, beginnings)
 
     def close(self) -> None:
