@@ -75,6 +75,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy")
         self._thread.daemon = True
         self._server: asyncio.Server | None = None
+        self._closing = False  # set by close(): a connection accepted from now on is dropped
         # Loop-thread state: read and written only by coroutines running on self._loop.
         self._mode = Mode.FORWARD
         self._delay_s = 0.0
@@ -155,14 +156,22 @@ class FaultProxy:
                 task.cancel()
 
     async def _shutdown(self) -> ProxyStats:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        tasks = list(self._conns)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Until none is left: a connection accepted just before the close starts its task only
+        # now, and Server.wait_closed() waits for every connection (it hung the tests once).
+        # Bounded: a close must never hang a drill (it once hung the tests for 30 s).
+        for _ in range(3):
+            tasks = list(self._conns)
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=2.0)
         if self._server is not None:
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
         return await self._snapshot()
 
     def _count(self, **delta: int) -> None:
@@ -180,6 +189,9 @@ class FaultProxy:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = cast(asyncio.Task[None], asyncio.current_task())  # stream callbacks run in tasks
+        if self._closing:
+            self._abort(client_w)
+            return
         self._conns[task] = (client_w,)  # tracked from the start: close() cancels a connect too
         self._count(accepted=1)
         try:
