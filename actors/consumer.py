@@ -8,6 +8,7 @@ the owned partitions, so a restarted consumer fences its dead predecessor's open
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ class ConsumerStats:
     restore_s: float = 0.0
     watermark_ms: dict[int, int] = field(default_factory=dict)
     lag: dict[int, int] = field(default_factory=dict)
+    # Event time -> changelog committed (visible to the region sinks), per changed tile field: the
+    # consumer's share of end-to-end freshness. Bounded: the latest samples only.
+    visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
 
 
 class StreamConsumer:
@@ -67,6 +71,7 @@ class StreamConsumer:
         self._processors = {
             p: PartitionProcessor(catalog, config.source, p, now_ms) for p in partitions
         }
+        self._now_ms = now_ms
         self._monotonic = monotonic
         self._last_commit = monotonic()
         self._pending_dead: list[tuple[int, Any]] = []
@@ -165,12 +170,14 @@ class StreamConsumer:
                 self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
             )
         offsets = {}
+        event_times: list[int] = []
         for partition, processor in self._processors.items():  # 3
             for record in processor.drain_changes():
                 key, value = encode(record)
                 producer.send(
                     self.config.changelog_topic, key=key, value=value, partition=partition
                 )
+                event_times.append(record.event_time_ms)
                 self.stats.changelog_records += 1
             position = processor.state.last_offset + 1
             if position > 0:
@@ -182,6 +189,8 @@ class StreamConsumer:
         if offsets:  # 4
             producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
         producer.commit_transaction()  # 5
+        visible_at = self._now_ms()
+        self.stats.visible_ms.extend(float(visible_at - t) for t in event_times)
         self._pending_dead.clear()
         self._uncommitted = False
         self._last_commit = self._monotonic()

@@ -83,6 +83,8 @@ class _ConsumerActor:
             "restore_s": stats.restore_s,
             "watermark_ms": dict(stats.watermark_ms),
             "lag": dict(stats.lag),
+            # Event time -> changelog committed: the consumer's share of the sinks' freshness.
+            "visible_ms": _percentiles(stats.visible_ms),
         }
 
     def stop(self) -> None:
@@ -199,6 +201,9 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         max_poll_records=5000,
+        # The broker holds an empty fetch this long (kafka-python's default is 500 ms): every
+        # committed transaction would otherwise wait up to half a second to reach the region.
+        fetch_max_wait_ms=50,
     )
     if store == "redis":
         client = redis_client(region, RedisRole.WRITER, config.redis_users, secrets)

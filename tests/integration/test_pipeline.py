@@ -135,6 +135,24 @@ def test_pipeline_values_equal_the_oracle_in_every_region_and_store(pipeline: St
     assert reasons <= {"late", "bad_json"} and "bad_json" in reasons
     assert len(letters) == len(ledger) - len(accepted_ours), "each refused event dead-lettered once"
     assert all(h["source.topic"] == DEFAULT_EVENTS_TOPIC for h in letters)
+    _assert_consumers_report_their_share_of_freshness(pipeline)
+
+
+def _assert_consumers_report_their_share_of_freshness(stack: Stack) -> None:
+    """Each consumer reports event time -> changelog committed for what it committed, in
+    milliseconds of the wall clock, like event time: never negative."""
+    ray.init(address=stack.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        statuses = [
+            ray.get(ray.get_actor(f"fl-consumer-{i}", namespace="freshline").status.remote())
+            for i in range(2)
+        ]
+    finally:
+        ray.shutdown()
+    for status in statuses:
+        visible = status["visible_ms"]
+        assert visible and visible["count"] > 0, status
+        assert 0 <= visible["p50"] <= visible["p99"], visible
 
 
 def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
