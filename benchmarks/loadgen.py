@@ -22,6 +22,9 @@ from chaos.load import Connection, connect, http_request
 @dataclass
 class Result:
     latencies_s: list[float] = field(default_factory=list)
+    # Open loop only: each answered request's scheduled send time (seconds from the run's start),
+    # parallel to ``latencies_s``, so a tail can be told apart: a few stalls or slow throughout.
+    offsets_s: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -36,8 +39,18 @@ class Result:
     def rps(self) -> float:
         return len(self.latencies_s) / self.elapsed_s if self.elapsed_s else 0.0
 
+    def slow_seconds(self, over_ms: float = 20.0) -> int:
+        """How many whole seconds of the run held a request slower than ``over_ms``."""
+        return len(
+            {
+                int(o)
+                for o, lat in zip(self.offsets_s, self.latencies_s, strict=True)
+                if lat * 1e3 > over_ms
+            }
+        )
+
     def summary(self) -> dict[str, float]:
-        return {
+        out = {
             "n": len(self.latencies_s),
             "errors": self.errors,
             "rps": round(self.rps, 1),
@@ -45,6 +58,10 @@ class Result:
             "p99_ms": round(self.pct(0.99), 3),
             "max_ms": round(self.pct(1.0), 3),
         }
+        if self.offsets_s:
+            out["seconds"] = len({int(o) for o in self.offsets_s})
+            out["seconds_over_20ms"] = self.slow_seconds()
+        return out
 
 
 # The same raw request builder and connection as the chaos drills' load (one implementation).
@@ -73,6 +90,7 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
             idle.put_nowait(await connect(host, port))
             return
         result.latencies_s.append(time.perf_counter() - scheduled)
+        result.offsets_s.append(scheduled - start)
         result.statuses[status] = result.statuses.get(status, 0) + 1
         if status != 200:
             result.errors += 1
