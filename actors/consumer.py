@@ -51,6 +51,7 @@ class ConsumerStats:
     # Event time -> changelog committed (visible to the region sinks), per changed tile field: the
     # consumer's share of end-to-end freshness. Bounded: the latest samples only.
     visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+    commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=240))  # ~1 min of commits
 
 
 class StreamConsumer:
@@ -164,6 +165,7 @@ class StreamConsumer:
            previous commit's offsets onto the previous commit's state.
         """
         producer = self._producer
+        began = self._monotonic()
         producer.begin_transaction()  # 1
         for _partition, letter in self._pending_dead:  # 2
             producer.send(
@@ -194,6 +196,7 @@ class StreamConsumer:
         self._pending_dead.clear()
         self._uncommitted = False
         self._last_commit = self._monotonic()
+        self.stats.commit_ms.append((self._last_commit - began) * 1000)
         self.stats.commits += 1
 
     def refresh_lag(self) -> dict[int, int]:

@@ -72,6 +72,7 @@ class _ConsumerActor:
         stats = self._consumer.stats
         return {
             "pid": os.getpid(),
+            "niceness": os.nice(0),
             "partitions": self._partitions,
             "ready": self._ready.is_set(),
             "started_at": self._started_at,
@@ -85,6 +86,8 @@ class _ConsumerActor:
             "lag": dict(stats.lag),
             # Event time -> changelog committed: the consumer's share of the sinks' freshness.
             "visible_ms": _percentiles(stats.visible_ms),
+            "changelog_records": stats.changelog_records,
+            "commit_ms": _percentiles(stats.commit_ms),  # one commit protocol run
         }
 
     def stop(self) -> None:
@@ -144,6 +147,7 @@ class _SinkActor:
         s = self._idle_stats if self._worker is None else self._worker.stats
         return {
             "pid": os.getpid(),
+            "niceness": os.nice(0),
             "region": self._region,
             "store": self._store,
             "applied_records": s.applied_records,
@@ -253,14 +257,14 @@ class _Supervisor:
 
     def _new_consumer(self, index: int) -> Any:
         partitions = self._config.assignments()[index]
-        return ConsumerActor.options(name=f"fl-consumer-{index}").remote(
-            self._config, self._catalog, partitions
-        )
+        return ConsumerActor.options(
+            name=f"fl-consumer-{index}", runtime_env=self._config.stream_runtime_env()
+        ).remote(self._config, self._catalog, partitions)
 
     def _new_sink(self, region: str, store: str) -> Any:
-        return SinkActor.options(name=f"fl-sink-{region}-{store}").remote(
-            self._config, region, store, self._secrets
-        )
+        return SinkActor.options(
+            name=f"fl-sink-{region}-{store}", runtime_env=self._config.stream_runtime_env()
+        ).remote(self._config, region, store, self._secrets)
 
     def _watch(self) -> None:
         while not self._stopping.wait(2.0):

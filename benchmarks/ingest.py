@@ -196,6 +196,12 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
         "durable_freshness_p99_ms": worst(dynamo, "p99"),
         "changelog_visible_p50_ms": worst(visible, "p50"),
         "changelog_visible_p99_ms": worst(visible, "p99"),
+        "commit_p50_ms": worst(
+            [c["commit_ms"] for c in status["consumers"] if c["commit_ms"]], "p50"
+        ),
+        "commit_p99_ms": worst(
+            [c["commit_ms"] for c in status["consumers"] if c["commit_ms"]], "p99"
+        ),
         "freshness_by_sink": {
             k: {"p50": round(f["p50"], 1), "p99": round(f["p99"], 1)} for k, f in by_sink.items()
         },
@@ -203,7 +209,10 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _applied(status: dict[str, Any]) -> dict[str, int]:
-    return {f"{s['region']}/{s['store']}": s["applied_records"] for s in status["sinks"]}
+    """Records applied per sink and produced per consumer: the freshness windows' inputs."""
+    sinks = {f"{s['region']}/{s['store']}": s["applied_records"] for s in status["sinks"]}
+    consumers = {f"consumer{c['partitions']}": c["changelog_records"] for c in status["consumers"]}
+    return sinks | consumers
 
 
 def _status(poller: _Status) -> dict[str, Any]:
@@ -216,8 +225,8 @@ def _status(poller: _Status) -> dict[str, Any]:
 def _freshness_phase(
     poller: _Status, bootstrap: str, rate: int, max_s: float, start_seq: int
 ) -> tuple[dict[str, Any], int]:
-    """Produce at ``rate`` until every sink's recent-freshness window (the sink actor keeps the
-    last 20,000 samples) holds only samples of this phase, so the backlog cannot leak in."""
+    """Produce at ``rate`` until every sink's and consumer's recent-freshness window (each keeps
+    its last 20,000 samples) holds only samples of this phase, so the backlog cannot leak in."""
     before = _applied(_status(poller))
     sent, started = 0, time.monotonic()
     while True:
@@ -259,7 +268,9 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
         "drain_s": round(drain["elapsed_s"], 2),
         "produce_events_per_s": round(produce_rate),
         "consumers": consumers,
-        "sinks_applied_records": _applied(final),
+        "sinks_applied_records": {
+            k: v for k, v in _applied(final).items() if not k.startswith("consumer")
+        },
         "cpus": os.cpu_count(),
     }
 

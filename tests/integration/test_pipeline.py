@@ -155,6 +155,23 @@ def _assert_consumers_report_their_share_of_freshness(stack: Stack) -> None:
         assert 0 <= visible["p50"] <= visible["p99"], visible
 
 
+def test_consumers_and_sinks_run_at_normal_priority(pipeline: Stack) -> None:
+    """Ray starts workers at nice 15; the stream actors must not yield the CPU to the broker and
+    the stores they feed (PipelineConfig.stream_niceness)."""
+    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        status = ray.get(
+            ray.get_actor("fl-supervisor", namespace="freshline").status.remote(), timeout=60
+        )
+    finally:
+        ray.shutdown()
+    assert {c["niceness"] for c in status["consumers"]} == {0}
+    by_store: dict[str, set[int]] = {}
+    for sink in status["sinks"]:
+        by_store.setdefault(sink["store"], set()).add(sink["niceness"])
+    assert by_store == {"redis": {0}, "dynamodb": {0}}, by_store
+
+
 def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
     bootstrap = pipeline.settings.kafka.bootstrap
     ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
