@@ -249,6 +249,12 @@ def main() -> None:
         "INGRESS_MODES; the default is the stack's default)",
     )
     parser.add_argument("--replicas", type=int, default=1, help="replicas per region")
+    parser.add_argument(
+        "--niceness",
+        type=int,
+        default=0,
+        help="ServingConfig.niceness of the replicas (Ray's own default for workers is 15)",
+    )
     args = parser.parse_args()
     # A ~/.ray/auth_token left by any local ray.init() turns token auth on for every new head,
     # and the stack's readiness probe does not send the token: this run's head opts out.
@@ -275,6 +281,7 @@ def main() -> None:
             limits=Limits(max_in_flight=256, default_deadline_ms=500),
             replicas=args.replicas,
         )
+        configs = [c.model_copy(update={"niceness": args.niceness}) for c in configs]
         port = stack.settings.ray.serve_port
         deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
         _wait(f"http://127.0.0.1:{port}/us-east/v1/ready")
@@ -298,6 +305,7 @@ def main() -> None:
         figures.update(
             ingress=args.ingress,
             replicas=args.replicas,
+            niceness=args.niceness,
             features=len(statuses),
             present=statuses.count("present"),
             tile_writes=n_writes,

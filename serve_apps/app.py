@@ -70,6 +70,11 @@ def build_app(args: dict[str, Any]) -> Application:
     app: Application = deployment.options(
         name=f"serving-{config.region}",
         num_replicas=config.replicas,
+        # Merged into the application's runtime env (Serve keeps its env_vars and adds these).
+        ray_actor_options={
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {"RAY_worker_niceness": str(config.niceness)}},
+        },
         # Serve itself sheds: past max_ongoing + max_queued its direct ingress answers 503 before
         # the request reaches Python code of ours, the cheapest place to refuse (serve-overload
         # drill). Its backpressure response must carry Retry-After like ours does.

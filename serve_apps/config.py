@@ -134,6 +134,9 @@ class ServingConfig(_Frozen):
     # exhausted, which would send a busy replica down the fallback chain for no store fault.
     redis_max_connections: int = Field(default=256, ge=1, le=10_000)
     replicas: int = Field(default=1, ge=1, le=64)
+    # Ray starts worker processes at nice 15 so that its raylet and GCS win the CPU; a replica is
+    # the request path, so it runs at the node's normal priority unless told otherwise.
+    niceness: int = Field(default=0, ge=0, le=19)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

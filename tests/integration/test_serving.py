@@ -339,6 +339,22 @@ def test_feature_client(world: dict[str, Any]) -> None:
     )
 
 
+def test_replicas_run_at_normal_priority(world: dict[str, Any]) -> None:
+    """Ray starts workers at nice 15, behind every nice-0 process of the node; a serving replica
+    is the request path, so it runs at ServingConfig.niceness (0) instead."""
+    import os
+
+    from ray.util.state import list_actors
+
+    replicas = [
+        a
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1_000)
+        if a.class_name.startswith("ServeReplica:") and a.class_name.endswith("serving-us-east")
+    ]
+    assert replicas, "the us-east replicas are listed"
+    assert {os.getpriority(os.PRIO_PROCESS, a.pid) for a in replicas} == {0}
+
+
 def test_the_stack_ingress_is_haproxy_and_the_serving_service_sees_the_apps(
     world: dict[str, Any], stack: Stack
 ) -> None:
