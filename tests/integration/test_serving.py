@@ -339,16 +339,17 @@ def test_feature_client(world: dict[str, Any]) -> None:
     )
 
 
-def test_replicas_run_at_normal_priority(world: dict[str, Any]) -> None:
+def test_replicas_run_at_normal_priority(world: dict[str, Any], stack: Stack) -> None:
     """Ray starts workers at nice 15, behind every nice-0 process of the node; a serving replica
     is the request path, so it runs at ServingConfig.niceness (0) instead."""
     import os
 
     from ray.util.state import list_actors
 
+    dashboard = stack.settings.ray.dashboard_url  # this stack's head, never auto-detected
     replicas = [
         a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1_000)
+        for a in list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=1_000)
         if a.class_name.startswith("ServeReplica:") and a.class_name.endswith("serving-us-east")
     ]
     assert replicas, "the us-east replicas are listed"
