@@ -110,7 +110,11 @@ class RedisService:
             # Only keys with a TTL (tiles) may be evicted; never silently drop un-expiring state.
             "maxmemory-policy volatile-ttl",
             "enable-debug-command local",
-            "user default off",
+            # Off: no connection can authenticate as `default`. Its permissions still matter:
+            # Redis replays the AOF as `default`, and releases before 7.2.x (redis#14541, Debian's
+            # 7.0 included) re-check ACLs at each EXEC. An `off` user with no permissions made a
+            # restart drop every script's writes (all tiles) while keeping the plain-SET marker.
+            "user default off ~* &* +@all",
             f"user {users.admin_user} on >{s.redis_admin_password.get_secret_value()} ~* &* +@all",
             f"user {users.writer_user} on >{s.redis_writer_password.get_secret_value()} ~fl:* "
             "resetchannels +@all -@admin -@dangerous",
