@@ -183,6 +183,7 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
         if s["freshness_ms"]
     }
     visible = [c["visible_ms"] for c in status["consumers"] if c.get("visible_ms")]
+    commits = [c["commit_ms"] for c in status["consumers"] if c.get("commit_ms")]
 
     def worst(samples: list[dict[str, float]], q: str) -> float | None:
         return round(max(f[q] for f in samples), 1) if samples else None
@@ -196,12 +197,8 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
         "durable_freshness_p99_ms": worst(dynamo, "p99"),
         "changelog_visible_p50_ms": worst(visible, "p50"),
         "changelog_visible_p99_ms": worst(visible, "p99"),
-        "commit_p50_ms": worst(
-            [c["commit_ms"] for c in status["consumers"] if c["commit_ms"]], "p50"
-        ),
-        "commit_p99_ms": worst(
-            [c["commit_ms"] for c in status["consumers"] if c["commit_ms"]], "p99"
-        ),
+        "commit_p50_ms": worst(commits, "p50"),
+        "commit_p99_ms": worst(commits, "p99"),
         "freshness_by_sink": {
             k: {"p50": round(f["p50"], 1), "p99": round(f["p99"], 1)} for k, f in by_sink.items()
         },
@@ -209,10 +206,13 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _applied(status: dict[str, Any]) -> dict[str, int]:
-    """Records applied per sink and produced per consumer: the freshness windows' inputs."""
-    sinks = {f"{s['region']}/{s['store']}": s["applied_records"] for s in status["sinks"]}
-    consumers = {f"consumer{c['partitions']}": c["changelog_records"] for c in status["consumers"]}
-    return sinks | consumers
+    return {f"{s['region']}/{s['store']}": s["applied_records"] for s in status["sinks"]}
+
+
+def _window_inputs(status: dict[str, Any]) -> dict[str, int]:
+    """Records applied per sink and produced per consumer: what fills each freshness window."""
+    produced = {f"consumer{c['partitions']}": c["changelog_records"] for c in status["consumers"]}
+    return _applied(status) | produced
 
 
 def _status(poller: _Status) -> dict[str, Any]:
@@ -227,13 +227,13 @@ def _freshness_phase(
 ) -> tuple[dict[str, Any], int]:
     """Produce at ``rate`` until every sink's and consumer's recent-freshness window (each keeps
     its last 20,000 samples) holds only samples of this phase, so the backlog cannot leak in."""
-    before = _applied(_status(poller))
+    before = _window_inputs(_status(poller))
     sent, started = 0, time.monotonic()
     while True:
         sent += _produce_paced(bootstrap, rate, 5.0, start_seq=start_seq + sent)
         time.sleep(2.0)
         status = _status(poller)
-        fresh = min(n - before.get(k, 0) for k, n in _applied(status).items())
+        fresh = min(n - before.get(k, 0) for k, n in _window_inputs(status).items())
         if fresh >= FRESHNESS_WINDOW or time.monotonic() - started > max_s:
             return _freshness(status), sent
 
@@ -268,9 +268,7 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
         "drain_s": round(drain["elapsed_s"], 2),
         "produce_events_per_s": round(produce_rate),
         "consumers": consumers,
-        "sinks_applied_records": {
-            k: v for k, v in _applied(final).items() if not k.startswith("consumer")
-        },
+        "sinks_applied_records": _applied(final),
         "cpus": os.cpu_count(),
     }
 

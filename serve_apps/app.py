@@ -32,8 +32,8 @@ from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
 
 
-# Admission (max_ongoing_requests, max_queued_requests) is set from the limits in build_app.
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# Admission and actor options (CPUs, priority) are set from the config in build_app.
+@serve.deployment
 class RegionServer:
     """One region's HTTP entry point."""
 
