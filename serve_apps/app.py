@@ -19,17 +19,19 @@ same limit is the second line, for a host other than Serve.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from ray.serve.schema import LoggingConfig
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serve_apps.config import ServingConfig
 from serve_apps.http import ServingHttp
-from serve_apps.wiring import build_http
+from serve_apps.wiring import build_http, warm_dynamo_clients
 
 
 # Admission and actor options (CPUs, priority) are set from the config in build_app.
@@ -40,10 +42,14 @@ class RegionServer:
     def __init__(self, config: dict[str, Any]) -> None:
         self._config = ServingConfig.model_validate(config)
         self._http: ServingHttp | None = None
+        adopt_serve_logging(self._config.log_level)
+        # Serve routes no request here before the constructor returns: the slow, GIL-holding
+        # boto3 builds belong here, not on the event loop of the first request.
+        self._dynamo = warm_dynamo_clients(self._config)
 
     def _app(self) -> ServingHttp:
         if self._http is None:
-            self._http = build_http(self._config)
+            self._http = build_http(self._config, dynamo=self._dynamo)
         return self._http
 
     async def __call__(self, request: Request) -> Response:
@@ -62,6 +68,17 @@ class RegionServer:
         """Serve's replica health check: the event loop answers (readiness is ``/v1/ready``)."""
 
 
+def adopt_serve_logging(level: str, package: str = "serve_apps") -> None:
+    """Route our package's records through Serve's replica handlers (its log file, its format).
+
+    Without a handler of their own they would reach Python's last-resort handler, i.e. stderr,
+    which Serve redirects to its logger line by line, walking the whole stack for every line."""
+    ours = logging.getLogger(package)
+    ours.setLevel(level)
+    ours.handlers = list(logging.getLogger("ray.serve").handlers)
+    ours.propagate = False
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Serve ``import_path`` target: ``args = {"config": {...ServingConfig...}}``."""
     config = ServingConfig.model_validate(args["config"])
@@ -78,6 +95,9 @@ def build_app(args: dict[str, Any]) -> Application:
         # Serve itself sheds: past max_ongoing + max_queued its direct ingress answers 503 before
         # the request reaches Python code of ours, the cheapest place to refuse (serve-overload
         # drill). Its backpressure response must carry Retry-After like ours does.
+        # Set per deployment: serve.start's logging_config covers Serve's own actors only, and
+        # a deployment's default is INFO with an access-log line per request.
+        logging_config=LoggingConfig(log_level=config.log_level, enable_access_log=False),
         max_ongoing_requests=limits.max_in_flight,
         max_queued_requests=limits.max_queued,
         backpressure_config=BackpressureConfig(

@@ -110,12 +110,38 @@ class ChainResult:
     tried: list[tuple[str, str]] = field(default_factory=list)
 
 
+class FailureLog:
+    """At most one warning per store every ``interval_s``; the next one counts those it skipped.
+
+    A store that times out fails every request until its breaker opens: one line per request
+    would be a log storm on the request path exactly when the replica has no time to spare."""
+
+    def __init__(self, clock: Clock, interval_s: float = 5.0) -> None:
+        self._clock = clock
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def failed(self, store: str, exc: BaseException) -> bool:
+        """Record one failure; returns whether it was logged."""
+        now = self._clock()
+        last = self._last.get(store)
+        if last is not None and now - last < self._interval_s:
+            self._skipped[store] = self._skipped.get(store, 0) + 1
+            return False
+        skipped = self._skipped.pop(store, 0)
+        self._last[store] = now
+        log.warning("store %s failed: %s (%d more failures not logged)", store, exc, skipped)
+        return True
+
+
 class FallbackChain:
     """Reads keys from the first step that answers in time. Not thread-safe: one event loop."""
 
     def __init__(self, steps: Sequence[Step], clock: Clock) -> None:
         self.steps = tuple(steps)
         self._clock = clock
+        self._failures = FailureLog(clock)
 
     def breakers(self) -> dict[str, str]:
         return {s.store.name: s.breaker.state.value for s in self.steps}
@@ -144,7 +170,7 @@ class FallbackChain:
             except TransportError as exc:
                 step.breaker.record_failure()
                 tried.append((name, type(exc).__name__))
-                log.warning("store %s failed: %s", name, exc)
+                self._failures.failed(name, exc)
                 continue
             except BaseException:
                 step.breaker.record_success()  # not the store's fault (cancelled, bug)

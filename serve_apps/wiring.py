@@ -57,7 +57,9 @@ def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
     """boto3 clients with the serving timeouts and no botocore retries (the chain decides).
 
     One client per region, made on first use and shared (boto3 clients are thread-safe); building
-    one costs hundreds of milliseconds, so :func:`build_chain` makes them before the first request.
+    one costs hundreds of milliseconds of imports and model loading that hold the GIL, so
+    :func:`warm_dynamo_clients` makes them in the replica's constructor, before Serve sends it a
+    request (built on the first request, they stalled its event loop for ~250 ms).
     """
     made: dict[str, Any] = {}
 
@@ -93,11 +95,21 @@ def _client(config: ServingConfig, region: RegionConfig) -> Any:
     )
 
 
-def dynamo_store(
-    config: ServingConfig, region: RegionConfig, clock: Clock, pool: ThreadPoolExecutor
-) -> DynamoStore:
+DynamoFactory = Callable[[RegionConfig], Any]
+
+
+def warm_dynamo_clients(config: ServingConfig) -> DynamoFactory:
+    """A :func:`dynamo_factory` that already holds the client of every region of the chain."""
     factory = dynamo_factory(config)
-    factory(region)  # warm: the first boto3 client build would eat a request's budget
+    for region in config.topology.regions:
+        factory(region)
+    return factory
+
+
+def dynamo_store(
+    region: RegionConfig, clock: Clock, pool: ThreadPoolExecutor, factory: DynamoFactory
+) -> DynamoStore:
+    factory(region)  # made now if not warmed: the first build would eat a request's budget
     reader = DynamoTileReader(
         region, region.dynamodb_table, factory, retry=RetryPolicy(max_attempts=1)
     )
@@ -108,15 +120,18 @@ def build_chain(
     config: ServingConfig,
     clock: Clock,
     stores: list[tuple[TileStore, float]] | None = None,
+    dynamo: DynamoFactory | None = None,
 ) -> FallbackChain:
     """The chain of ``config.region``; ``stores`` (store, cap) replaces the real ones in tests."""
     if stores is None:
+        factory = dynamo or dynamo_factory(config)
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dynamodb")
         home = config.topology.get(config.region)
         stores = []
         for region in (home, *config.topology.failover_order(config.region)):
             stores.append((redis_store(config, region, clock), config.timeouts.redis_s))
-            stores.append((dynamo_store(config, region, clock, pool), config.timeouts.dynamodb_s))
+            dynamodb = dynamo_store(region, clock, pool, factory)
+            stores.append((dynamodb, config.timeouts.dynamodb_s))
     policy = config.breaker.policy()
     steps = []
     for n, (store, cap) in enumerate(stores):
@@ -131,9 +146,10 @@ def build_http(
     monotonic: Clock = time.monotonic,
     wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     stores: list[tuple[TileStore, float]] | None = None,
+    dynamo: DynamoFactory | None = None,
 ) -> ServingHttp:
     """Catalog, chain, read service and HTTP logic of one region, ready to serve."""
     index = CatalogIndex(config.load_catalog(), config.tenant)
-    chain = build_chain(config, monotonic, stores)
+    chain = build_chain(config, monotonic, stores, dynamo)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
     return ServingHttp(config, service)

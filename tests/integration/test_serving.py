@@ -356,6 +356,28 @@ def test_replicas_run_at_normal_priority(world: dict[str, Any], stack: Stack) ->
     assert {os.getpriority(os.PRIO_PROCESS, a.pid) for a in replicas} == {0}
 
 
+def test_replicas_write_no_access_log_line_per_request(world: dict[str, Any], stack: Stack) -> None:
+    """Serve's per-request access log is off in the region replicas (ServingConfig docs: in
+    throughput mode its 1,000-record buffer was written from the event loop every 2 s at
+    500 req/s, stalling every request in flight), while their log files still exist."""
+    logs = stack.settings.ray_temp_dir / "session_latest" / "logs" / "serve"
+    files = sorted(logs.glob("replica_us-east_serving-us-east_*.log"))
+    assert files, f"no us-east replica log under {logs}"
+    body = {"entities": {"user": ["u_0001"]}, "features": ["user_spend:tx_count_1h"]}
+    marker = f"probe-{uuid.uuid4().hex}"
+    # More requests than the 1,000 records Serve buffers before it writes its log file.
+    for _ in range(1_100):
+        response = world["http"].post(
+            "/us-east/v1/features",
+            content=orjson.dumps(body),
+            headers={"x-api-key": READ_KEY, "x-request-id": marker},
+        )
+        assert response.status_code == 200
+    time.sleep(1.0)
+    text = "".join(f.read_text(errors="replace") for f in files)
+    assert marker not in text, "an access-log line per request is back"
+
+
 def test_the_stack_ingress_is_haproxy_and_the_serving_service_sees_the_apps(
     world: dict[str, Any], stack: Stack
 ) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
+import pytest
 
 from features.demo import card_transactions_catalog
 from features.errors import StoreTimeout
@@ -154,3 +156,19 @@ def test_the_redis_store_reads_the_marker_with_the_tiles() -> None:
     else:
         raise AssertionError("an incomplete Redis must not answer")
     assert reader.ready_reads == [["fl:k"]]
+
+
+def test_a_failing_store_is_logged_once_per_interval_with_the_count_it_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stores, clock, http = _chain()
+    stores[0].fail, stores[0].error = True, StoreTimeout
+    with caplog.at_level(logging.WARNING, logger="serve_apps.fallback"):
+        for _ in range(2):  # two failures inside one interval (then the breaker opens)
+            _read(http)
+        clock.advance(5.0)
+        _read(http)  # the half-open probe fails too: logged, with the one skipped before
+    lines = [r.getMessage() for r in caplog.records if "redis-us-east" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("(0 more failures not logged)")
+    assert lines[1].endswith("(1 more failures not logged)")
