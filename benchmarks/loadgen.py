@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from chaos.load import Connection, connect, http_request
 
@@ -27,7 +28,15 @@ class Result:
     offsets_s: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    # Which store answered each 200 (the response's top-level "store"): a latency measured on
+    # answers that fell back to defaults would flatter a server that is failing.
+    stores: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+
+    def count(self, status: int, store: str) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200:
+            self.stores[store] = self.stores.get(store, 0) + 1
 
     def pct(self, q: float) -> float:
         if not self.latencies_s:
@@ -49,8 +58,8 @@ class Result:
             }
         )
 
-    def summary(self) -> dict[str, float]:
-        out = {
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "n": len(self.latencies_s),
             "errors": self.errors,
             "rps": round(self.rps, 1),
@@ -58,6 +67,8 @@ class Result:
             "p99_ms": round(self.pct(0.99), 3),
             "max_ms": round(self.pct(1.0), 3),
         }
+        if any(self.stores):
+            out["stores"] = dict(sorted(self.stores.items()))
         if self.offsets_s:
             out["seconds"] = len({int(o) for o in self.offsets_s})
             out["seconds_over_20ms"] = self.slow_seconds()
@@ -84,14 +95,14 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
     async def one(scheduled: float) -> None:
         conn = await idle.get()
         try:
-            status, _, _ = await conn.roundtrip(raw)
+            status, store, _ = await conn.roundtrip(raw)
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
             idle.put_nowait(await connect(host, port))
             return
         result.latencies_s.append(time.perf_counter() - scheduled)
         result.offsets_s.append(scheduled - start)
-        result.statuses[status] = result.statuses.get(status, 0) + 1
+        result.count(status, store)
         if status != 200:
             result.errors += 1
         idle.put_nowait(conn)
@@ -120,13 +131,13 @@ async def closed_loop(
         while time.perf_counter() < stop_at:
             sent = time.perf_counter()
             try:
-                status, _, _ = await conn.roundtrip(raw)
+                status, store, _ = await conn.roundtrip(raw)
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
                 conn = await connect(host, port)
                 continue
             result.latencies_s.append(time.perf_counter() - sent)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
+            result.count(status, store)
             if status != 200:
                 result.errors += 1
         conn.writer.close()

@@ -15,6 +15,10 @@ writer, deploys both regions' Serve applications with ``serve_apps.deploy.deploy
 5. the floor: a Starlette app on uvicorn returning a constant, closed loop, 16 connections ->
    ``floor_rps``; ``ratio_to_floor = single_closed_rps / floor_rps``.
 
+Every step's summary counts which store answered (``stores``); ``single_local_share`` and
+``batch100_local_share`` are the fractions the local Redis served, so a latency measured on
+answers that fell back to another store or to defaults is visible as such.
+
 The last line printed is one JSON object with every figure.
 """
 
@@ -38,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import orjson
-from loadgen import closed_loop, open_loop, request_bytes
+from loadgen import Result, closed_loop, open_loop, request_bytes
 
 from actors.processor import PartitionProcessor, RawRecord
 from cluster.process import free_port
@@ -216,11 +220,19 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
         single_closed_rps=round(closed.rps, 1),
         batch100_p50_ms=b.summary()["p50_ms"],
         batch100_p99_ms=b.summary()["p99_ms"],
+        single_local_share=_local_share(at500),
+        batch100_local_share=_local_share(b),
         batch100_closed_rps=round(bc.rps, 1),
         floor_rps=round(f.rps, 1),
         ratio_to_floor=round(closed.rps / f.rps, 3) if f.rps else None,
     )
     return out
+
+
+def _local_share(result: Result) -> float:
+    """The fraction of answers the region's own Redis served: below 1.0 a latency figure is
+    partly that of the fallback chain or of defaults, not of serving."""
+    return round(result.stores.get("redis-us-east", 0) / max(1, len(result.latencies_s)), 4)
 
 
 def _deploy_const() -> None:

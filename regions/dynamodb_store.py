@@ -400,12 +400,15 @@ class DynamoTileReader(_Store):
         return _state_of(self._with_retry(call, deadline).get("Item"))
 
     def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
-        """Every live field of each key: one Query per key (paginated)."""
+        """Every live field of each key: one Query per key (paginated). Stops with
+        ``StoreTimeout`` once ``deadline`` has passed: a caller that gave up (serving abandons a
+        late call on its pool thread) must not leave a thread querying key after key."""
         out: dict[str, Fields] = {}
         for key in keys:
             items: list[Item] = []
             start: Item | None = None
             while True:
+                self._check_deadline(deadline)
                 page = self._query(key, start, deadline)
                 items += page.get("Items", [])
                 start = page.get("LastEvaluatedKey")
@@ -427,6 +430,10 @@ class DynamoTileReader(_Store):
             out.setdefault(item["pk"]["S"], {}).update(self._live([item]))
         return out
 
+    def _check_deadline(self, deadline: Deadline | None) -> None:
+        if deadline is not None and deadline.expired():
+            raise StoreTimeout(f"{self.name}: deadline passed")
+
     def _query(self, key: str, start: Item | None, deadline: Deadline | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -444,6 +451,7 @@ class DynamoTileReader(_Store):
         attempt = 0
         while pending:
             attempt += 1
+            self._check_deadline(deadline)
             request = {self._table: {"Keys": pending, "ConsistentRead": self._consistent}}
             call = partial(self._call, "batch_get_item", RequestItems=request)
             reply = self._with_retry(call, deadline)

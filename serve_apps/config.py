@@ -108,6 +108,10 @@ class StoreTimeouts(_Frozen):
 
     redis_s: float = Field(default=0.05, gt=0, le=10)
     dynamodb_s: float = Field(default=0.5, gt=0, le=30)
+    # Added to the cap per key read: a reply's size, and the replica's time to parse it, grow
+    # with the number of entities.
+    redis_per_key_s: float = Field(default=0.001, ge=0, le=1)
+    dynamodb_per_key_s: float = Field(default=0.002, ge=0, le=1)
     remote_share: float = Field(default=0.5, gt=0, le=1)
     local_share: float = Field(default=0.34, gt=0, le=1)
 

@@ -7,7 +7,10 @@ Invariants:
 - a store whose circuit breaker refuses is skipped without being touched; every allowed call
   records exactly one outcome on that breaker (a transport error or timeout is a failure);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
-  remainder, so the chain never outlives the request's deadline by more than scheduling noise;
+  remainder, so the chain never outlives the request's deadline by more than scheduling noise; the
+  cap grows with the number of keys (a healthy Redis answering 100 entities' tiles under load is
+  not a dead one: a fixed 50 ms cap opened every breaker and served defaults, see
+  docs/serving.md);
 - a store that answers but is incomplete (``StoreNotReady``: a Redis or a DynamoDB table being
   rehydrated) is skipped like a failed one but is not a breaker failure;
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
@@ -92,12 +95,14 @@ class DynamoStore:
 
 @dataclass(frozen=True)
 class Step:
-    """One link of the chain: a store, its breaker, its timeout cap and its budget share."""
+    """One link of the chain: a store, its breaker, its timeout cap (``cap_s`` plus ``per_key_s``
+    for every key read) and its budget share."""
 
     store: TileStore
     breaker: CircuitBreaker
     cap_s: float
     share: float
+    per_key_s: float = 0.0
 
 
 @dataclass
@@ -158,7 +163,8 @@ class FallbackChain:
                 tried.append((name, "circuit_open"))
                 continue
             share = 1.0 if n == last else step.share
-            timeout = min(step.cap_s, deadline.remaining() * share)
+            cap = step.cap_s + step.per_key_s * len(keys)
+            timeout = min(cap, deadline.remaining() * share)
             try:
                 fields = await step.store.get_all(keys, timeout)
             except StoreNotReady:

@@ -43,7 +43,9 @@ class _ReaderPassword:
 def redis_store(config: ServingConfig, region: RegionConfig, clock: Clock) -> RedisStore:
     timeouts = RedisTimeouts(
         connect_s=config.timeouts.redis_s,
-        socket_s=max(config.timeouts.redis_s, 0.05),
+        # A backstop only: every call runs under the chain's own timeout (which grows with the
+        # keys read), and a big pipelined reply must not be cut at the base cap.
+        socket_s=max(config.timeouts.redis_s, config.limits.max_deadline_ms / 1000.0),
         max_connections=config.redis_max_connections,
     )
     client = async_redis_client(
@@ -122,21 +124,26 @@ def build_chain(
     stores: list[tuple[TileStore, float]] | None = None,
     dynamo: DynamoFactory | None = None,
 ) -> FallbackChain:
-    """The chain of ``config.region``; ``stores`` (store, cap) replaces the real ones in tests."""
+    """The chain of ``config.region``; ``stores`` (store, cap) replaces the real ones in tests
+    (their caps do not grow with the number of keys)."""
+    t = config.timeouts
+    entries: list[tuple[TileStore, float, float]] = []
     if stores is None:
         factory = dynamo or dynamo_factory(config)
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dynamodb")
         home = config.topology.get(config.region)
-        stores = []
         for region in (home, *config.topology.failover_order(config.region)):
-            stores.append((redis_store(config, region, clock), config.timeouts.redis_s))
+            entries.append((redis_store(config, region, clock), t.redis_s, t.redis_per_key_s))
             dynamodb = dynamo_store(region, clock, pool, factory)
-            stores.append((dynamodb, config.timeouts.dynamodb_s))
+            entries.append((dynamodb, t.dynamodb_s, t.dynamodb_per_key_s))
+    else:
+        entries = [(store, cap, 0.0) for store, cap in stores]
     policy = config.breaker.policy()
     steps = []
-    for n, (store, cap) in enumerate(stores):
-        share = config.timeouts.local_share if n < 2 else config.timeouts.remote_share
-        steps.append(Step(store, CircuitBreaker(store.name, clock, policy), cap, share))
+    for n, (store, cap, per_key) in enumerate(entries):
+        share = t.local_share if n < 2 else t.remote_share
+        breaker = CircuitBreaker(store.name, clock, policy)
+        steps.append(Step(store, breaker, cap, share, per_key))
     return FallbackChain(steps, clock)
 
 

@@ -314,3 +314,25 @@ def test_a_missing_table_is_unavailable_not_rejected_so_the_sink_retries(
         sink.begin_rehydration()
     with pytest.raises(StoreUnavailable):
         _moto_reader(moto_client, table).store_state()
+
+
+def test_reader_get_all_stops_querying_once_the_deadline_has_passed() -> None:
+    """Serving abandons a late DynamoDB call on its pool thread: the thread must stop too, not
+    run one Query per remaining key for a request nobody waits for."""
+    fake, clock = FakeDynamo(), FakeClock()
+    _writer(fake, clock).apply(_batch(10))
+    queries = []
+    slow_query = fake.query
+
+    def query(**kwargs: Any) -> dict[str, Any]:
+        queries.append(kwargs)
+        clock.advance(0.05)  # each Query takes 50 ms
+        return slow_query(**kwargs)
+
+    fake.query = query  # type: ignore[method-assign]
+    reader = _reader(fake, clock)
+    keys = [f"fl:card:{i}" for i in range(10)]
+    with pytest.raises(StoreTimeout):
+        reader.get_all(keys, Deadline(0.12, clock))
+    assert len(queries) == 3  # at 0, 50 and 100 ms; at 150 ms the deadline had passed
+    assert reader.get_all(keys[:2], Deadline(1.0, clock)).keys() == set(keys[:2])

@@ -12,9 +12,9 @@ import pytest
 from features.demo import card_transactions_catalog
 from features.errors import StoreTimeout
 from regions.exceptions import StoreNotReady
-from regions.resilience import BreakerState
+from regions.resilience import BreakerState, CircuitBreaker, Deadline
 from serve_apps.config import BreakerSettings
-from serve_apps.fallback import RedisStore
+from serve_apps.fallback import FallbackChain, RedisStore, Step
 from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
 from tests.unit.serve_apps.fakes import READ_KEY, T0, FakeClock, FakeStore, config, event, tiles_for
@@ -172,3 +172,19 @@ def test_a_failing_store_is_logged_once_per_interval_with_the_count_it_skipped(
     assert len(lines) == 2, lines
     assert lines[0].endswith("(0 more failures not logged)")
     assert lines[1].endswith("(1 more failures not logged)")
+
+
+def test_a_step_cap_grows_with_the_keys_read_within_the_budget_share() -> None:
+    """Reading 100 entities is not the same call as reading one: a fixed cap made a healthy but
+    busy Redis look dead to big requests, opened its breaker and served defaults."""
+    store = FakeStore("redis-us-east")
+    clock = FakeClock()
+    policy = BreakerSettings().policy()
+    step = Step(store, CircuitBreaker(store.name, clock, policy), 0.05, 0.34, per_key_s=0.001)
+    chain = FallbackChain([step], clock)
+    asyncio.run(chain.read([f"k{i}" for i in range(100)], Deadline(10.0, clock)))
+    asyncio.run(chain.read(["k0"], Deadline(10.0, clock)))
+    asyncio.run(chain.read([f"k{i}" for i in range(100)], Deadline(0.1, clock)))
+    assert store.timeouts[0] == pytest.approx(0.15)  # 50 ms + 100 x 1 ms
+    assert store.timeouts[1] == pytest.approx(0.051)
+    assert store.timeouts[2] == pytest.approx(0.1)  # the last step: capped by the whole budget
