@@ -64,7 +64,8 @@ class ScopeDenied(AuthError):
 
 
 class Overloaded(BackpressureError):
-    """Shed before queueing: the replica already serves its in-flight limit."""
+    """Shed before queueing: the replica already serves its in-flight limit, or its event loop is
+    so late that a store's timeout fired well after it was due (``serve_apps.fallback``)."""
 
     status = 503
     code = "overloaded"

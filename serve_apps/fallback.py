@@ -14,7 +14,11 @@ Invariants:
 - a store that answers but is incomplete (``StoreNotReady``: a Redis or a DynamoDB table being
   rehydrated) is skipped like a failed one but is not a breaker failure;
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
-  store failures never become client errors.
+  store failures never become client errors;
+- a timeout that fired more than ``late_tolerance_s`` after it was due says the replica's own
+  event loop is overloaded, not that the store is slow: the breaker records nothing, the chain
+  stops, and the request is shed (``Overloaded``, a 503 with Retry-After). Without this, an
+  overloaded replica opened every breaker and answered with defaults (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from regions.dynamodb_store import DynamoTileReader, require_ready
 from regions.exceptions import StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline
+from serve_apps.exceptions import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +148,11 @@ class FailureLog:
 class FallbackChain:
     """Reads keys from the first step that answers in time. Not thread-safe: one event loop."""
 
-    def __init__(self, steps: Sequence[Step], clock: Clock) -> None:
+    def __init__(self, steps: Sequence[Step], clock: Clock, late_tolerance_s: float = 0.05) -> None:
         self.steps = tuple(steps)
         self._clock = clock
         self._failures = FailureLog(clock)
+        self._late_tolerance_s = late_tolerance_s
 
     def breakers(self) -> dict[str, str]:
         return {s.store.name: s.breaker.state.value for s in self.steps}
@@ -165,6 +171,7 @@ class FallbackChain:
             share = 1.0 if n == last else step.share
             cap = step.cap_s + step.per_key_s * len(keys)
             timeout = min(cap, deadline.remaining() * share)
+            started = self._clock()
             try:
                 fields = await step.store.get_all(keys, timeout)
             except StoreNotReady:
@@ -172,6 +179,17 @@ class FallbackChain:
                 # request after the sink marks it ready reads it again.
                 step.breaker.record_success()
                 tried.append((name, "StoreNotReady"))
+                continue
+            except StoreTimeout as exc:
+                late_s = self._clock() - started - timeout
+                if late_s > self._late_tolerance_s:
+                    why = (
+                        f"{name}: timeout fired {late_s * 1e3:.0f} ms late, the loop is overloaded"
+                    )
+                    raise Overloaded(1.0, why) from exc
+                step.breaker.record_failure()
+                tried.append((name, type(exc).__name__))
+                self._failures.failed(name, exc)
                 continue
             except TransportError as exc:
                 step.breaker.record_failure()

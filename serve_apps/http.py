@@ -118,6 +118,9 @@ class ServingHttp:
         except DataError as exc:  # invalid entity ids and other bad values
             log.info("request %s refused: %s", request_id, exc)
             return _error(422, "invalid_input", request_id)
+        except Overloaded:  # shed; not logged: under overload a line per request is more load
+            retry = [("retry-after", str(self.limits.retry_after_s))]
+            return _error(503, Overloaded.code, request_id, retry)
         except FreshlineError:
             log.exception("request %s failed", request_id)
             return _error(503, "unavailable", request_id, [("retry-after", "1")])

@@ -188,3 +188,33 @@ def test_a_step_cap_grows_with_the_keys_read_within_the_budget_share() -> None:
     assert store.timeouts[0] == pytest.approx(0.15)  # 50 ms + 100 x 1 ms
     assert store.timeouts[1] == pytest.approx(0.051)
     assert store.timeouts[2] == pytest.approx(0.1)  # the last step: capped by the whole budget
+
+
+def test_a_timeout_that_fired_late_sheds_the_request_and_spares_the_breaker() -> None:
+    """A store timeout that fires long after it was due means the replica's loop is overloaded:
+    blaming the store opened every breaker and answered with defaults; now it is a 503."""
+    stores, clock, http = _chain()
+    redis = stores[0]
+    redis.fail, redis.error = True, StoreTimeout
+    calls = redis.get_all
+
+    async def late(keys: Any, timeout_s: float) -> Any:
+        clock.advance(timeout_s + 0.2)  # the timeout's callback ran 200 ms late
+        return await calls(keys, timeout_s)
+
+    redis.get_all = late  # type: ignore[method-assign]
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield orjson.dumps({"entities": {"user": ["u_1"]}, "features": REFS[:1]})
+
+    for _ in range(5):
+        status, headers, out = asyncio.run(
+            http.handle("POST", "/v1/features", {"x-api-key": READ_KEY}, chunks)
+        )
+        assert status == 503 and orjson.loads(out)["error"] == "overloaded"
+        assert ("retry-after", "1") in headers
+    assert http.service.chain.steps[0].breaker.state is BreakerState.CLOSED
+    assert not stores[1].calls, "an overloaded replica does not add fallback reads"
+    redis.get_all = calls  # type: ignore[method-assign]
+    stores[0].fail = True  # on time: a real store failure, the chain goes on as before
+    assert _read(http)["store"] == "dynamodb-us-east"
