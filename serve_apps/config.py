@@ -79,6 +79,9 @@ class Limits(_Frozen):
     max_in_flight: int = Field(default=32, ge=1, le=100_000)
     max_queued: int = Field(default=32, ge=1, le=100_000)
     retry_after_s: int = Field(default=1, ge=1, le=60)
+    # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
+    # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
+    max_loop_lag_ms: int = Field(default=100, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -45,6 +45,7 @@ from serve_apps.exceptions import (
 )
 from serve_apps.fallback import DEFAULTS
 from serve_apps.openapi import DOCS_HTML, openapi_document
+from serve_apps.overload import LagTicker
 from serve_apps.responses import feast_plan, feast_response, native_plan, native_response
 from serve_apps.service import ReadService
 
@@ -74,10 +75,13 @@ def _error(
 class ServingHttp:
     """One replica's HTTP logic. Not thread-safe: runs on one event loop."""
 
-    def __init__(self, config: ServingConfig, service: ReadService) -> None:
+    def __init__(
+        self, config: ServingConfig, service: ReadService, lag: LagTicker | None = None
+    ) -> None:
         self.config = config
         self.service = service
         self.limits = config.limits
+        self.lag = lag
         self._keys = {k.sha256: k for k in config.api_keys}
         self._in_flight = 0
         self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
@@ -104,7 +108,11 @@ class ServingHttp:
         route = self._routes.get((method, path))
         if route is None:
             return _error(404, "not_found", request_id)
-        if self._in_flight >= self.limits.max_in_flight:
+        if self.lag is not None:
+            self.lag.ensure_started()
+        if self._in_flight >= self.limits.max_in_flight or (
+            self.lag is not None and self.lag.gauge.overloaded()
+        ):
             return _error(
                 503, Overloaded.code, request_id, [("retry-after", str(self.limits.retry_after_s))]
             )

@@ -20,6 +20,7 @@ from regions.resilience import CircuitBreaker, RetryPolicy
 from serve_apps.config import ServingConfig
 from serve_apps.fallback import DynamoStore, FallbackChain, RedisStore, Step, TileStore
 from serve_apps.http import ServingHttp
+from serve_apps.overload import LagGauge, LagTicker
 from serve_apps.plan import CatalogIndex
 from serve_apps.service import ReadService
 
@@ -159,4 +160,8 @@ def build_http(
     index = CatalogIndex(config.load_catalog(), config.tenant)
     chain = build_chain(config, monotonic, stores, dynamo)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
-    return ServingHttp(config, service)
+    # Real deployments only: unit tests drive the handler on short-lived loops of their own.
+    lag = None
+    if stores is None:
+        lag = LagTicker(LagGauge(config.limits.max_loop_lag_ms / 1000.0), monotonic)
+    return ServingHttp(config, service, lag)
