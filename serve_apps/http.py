@@ -113,9 +113,7 @@ class ServingHttp:
         if self._in_flight >= self.limits.max_in_flight or (
             self.lag is not None and self.lag.gauge.overloaded()
         ):
-            return _error(
-                503, Overloaded.code, request_id, [("retry-after", str(self.limits.retry_after_s))]
-            )
+            return self._shed(request_id)
         self._in_flight += 1
         try:
             self._authorize(headers, route[0])
@@ -126,9 +124,8 @@ class ServingHttp:
         except DataError as exc:  # invalid entity ids and other bad values
             log.info("request %s refused: %s", request_id, exc)
             return _error(422, "invalid_input", request_id)
-        except Overloaded:  # shed; not logged: under overload a line per request is more load
-            retry = [("retry-after", str(self.limits.retry_after_s))]
-            return _error(503, Overloaded.code, request_id, retry)
+        except Overloaded:  # not logged: under overload a line per request is more load
+            return self._shed(request_id)
         except FreshlineError:
             log.exception("request %s failed", request_id)
             return _error(503, "unavailable", request_id, [("retry-after", "1")])
@@ -137,6 +134,10 @@ class ServingHttp:
             return _error(500, "internal", request_id)
         finally:
             self._in_flight -= 1
+
+    def _shed(self, request_id: str) -> Response:
+        retry = [("retry-after", str(self.limits.retry_after_s))]
+        return _error(503, Overloaded.code, request_id, retry)
 
     def _public(self, method: str, path: str, request_id: str) -> Response | None:
         if method != "GET":

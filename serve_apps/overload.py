@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from features.errors import ConfigError
+
 Clock = Callable[[], float]
 
 
@@ -35,9 +37,9 @@ class LagGauge:
 
     def __post_init__(self) -> None:
         if self.limit_s < 0:
-            raise ValueError("limit_s must not be negative")
+            raise ConfigError("must not be negative", field="limit_s")
         if not 0 < self.weight <= 1:
-            raise ValueError("weight must be in (0, 1]")
+            raise ConfigError("must be in (0, 1]", field="weight")
 
     def observe(self, lag_s: float) -> None:
         lag_s = max(0.0, lag_s)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from features.errors import ConfigError
 from serve_apps.overload import LagGauge, LagTicker
 from tests.unit.serve_apps.fakes import FakeClock
 from tests.unit.serve_apps.test_http import _call, _server
@@ -29,9 +30,9 @@ def test_a_zero_limit_measures_but_never_sheds_and_bad_settings_are_refused() ->
     for _ in range(20):
         gauge.observe(5.0)
     assert gauge.lag_s > 4.0 and not gauge.overloaded()
-    with pytest.raises(ValueError, match="limit_s"):
+    with pytest.raises(ConfigError, match="limit_s"):
         LagGauge(limit_s=-1.0)
-    with pytest.raises(ValueError, match="weight"):
+    with pytest.raises(ConfigError, match="weight"):
         LagGauge(limit_s=0.1, weight=0.0)
 
 
