@@ -67,7 +67,7 @@ class Result:
             "p99_ms": round(self.pct(0.99), 3),
             "max_ms": round(self.pct(1.0), 3),
         }
-        if any(self.stores):
+        if self.stores:
             out["stores"] = dict(sorted(self.stores.items()))
         if self.offsets_s:
             out["seconds"] = len({int(o) for o in self.offsets_s})
