@@ -132,17 +132,16 @@ class FailureLog:
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
 
-    def failed(self, store: str, exc: BaseException) -> bool:
-        """Record one failure; returns whether it was logged."""
+    def failed(self, store: str, exc: BaseException) -> None:
+        """Record one failure; log it unless one was logged within ``interval_s``."""
         now = self._clock()
         last = self._last.get(store)
         if last is not None and now - last < self._interval_s:
             self._skipped[store] = self._skipped.get(store, 0) + 1
-            return False
+            return
         skipped = self._skipped.pop(store, 0)
         self._last[store] = now
         log.warning("store %s failed: %s (%d more failures not logged)", store, exc, skipped)
-        return True
 
 
 class FallbackChain:
@@ -180,18 +179,11 @@ class FallbackChain:
                 step.breaker.record_success()
                 tried.append((name, "StoreNotReady"))
                 continue
-            except StoreTimeout as exc:
-                late_s = self._clock() - started - timeout
-                if late_s > self._late_tolerance_s:
-                    why = (
-                        f"{name}: timeout fired {late_s * 1e3:.0f} ms late, the loop is overloaded"
-                    )
-                    raise Overloaded(1.0, why) from exc
-                step.breaker.record_failure()
-                tried.append((name, type(exc).__name__))
-                self._failures.failed(name, exc)
-                continue
             except TransportError as exc:
+                late_s = self._clock() - started - timeout
+                if isinstance(exc, StoreTimeout) and late_s > self._late_tolerance_s:
+                    why = f"{name}: timeout fired {late_s * 1e3:.0f} ms late: loop overloaded"
+                    raise Overloaded(1.0, why) from exc
                 step.breaker.record_failure()
                 tried.append((name, type(exc).__name__))
                 self._failures.failed(name, exc)
