@@ -429,12 +429,29 @@ class AsyncRedisTileReader:
         return out
 
     async def _execute(self, pipe: Any, deadline: Deadline | None) -> list[Any]:
+        """Run ``pipe`` within the deadline. A call past it is abandoned, not cancelled: the
+        round trip finishes in the background (bounded by the socket timeout) and its connection
+        goes back to the pool. Cancelling it mid-reply leaves the connection unusable, so every
+        timeout cost a reconnect (TCP, AUTH, CLIENT SETNAME); under load that churn was more
+        load on the Redis that was already slow (serve-overload drill, docs/reliability.md)."""
         timeout = None if deadline is None else deadline.timeout_for(1.0)
+        call = asyncio.ensure_future(pipe.execute())
         try:
             async with asyncio.timeout(timeout):
-                return list(await pipe.execute())
+                return list(await asyncio.shield(call))
         except (rex.RedisError, OSError, TimeoutError) as exc:
+            call.add_done_callback(_drop_outcome)
             raise _mapped(self._store, exc) from exc
+        except asyncio.CancelledError:  # our caller gave up: the same, without the mapping
+            call.add_done_callback(_drop_outcome)
+            raise
+
+
+def _drop_outcome(call: asyncio.Future[Any]) -> None:
+    # An abandoned call's result or error has nobody to go to; reading it keeps asyncio from
+    # logging "exception was never retrieved" for every late failure.
+    if not call.cancelled():
+        call.exception()
 
 
 def guarded(call: Callable[[], T], store: str) -> T:

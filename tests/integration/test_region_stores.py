@@ -34,6 +34,7 @@ from regions.redis_store import (
     async_redis_client,
     redis_client,
 )
+from regions.resilience import Deadline
 from regions.tiles import TileWrite, decode_field
 
 pytestmark = pytest.mark.integration
@@ -316,6 +317,40 @@ def test_client_pause_surfaces_as_store_timeout(stack: Stack, us_east: Any, key:
     finally:
         reader_client.close()
         admin.execute_command("CLIENT", "UNPAUSE")
+
+
+def test_an_async_read_past_its_deadline_keeps_its_connection_for_the_next_read(
+    stack: Stack, us_east: Any, key: str
+) -> None:
+    """A timed-out serving read is abandoned, not cancelled mid-reply: its connection returns to
+    the pool when the reply lands. Cancelling cost a reconnect per timeout, and under a flood
+    that churn (4 to 60 connections and back, each with AUTH) slowed the Redis further."""
+    _, _, admin = us_east
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        client = async_redis_client(
+            stack.settings.topology.get("us-east"),
+            RedisRole.READER,
+            stack.settings.redis,
+            stack.secrets,
+            RedisTimeouts(connect_s=0.3, socket_s=2.0),
+        )
+        try:
+            reader = AsyncRedisTileReader(client, "redis-us-east")
+            await reader.get_all([key])  # one connection, authenticated
+            admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+            with pytest.raises(StoreTimeout):
+                await reader.get_all([key], Deadline(0.05, time.monotonic))
+            await asyncio.sleep(0.6)  # the pause is over and the abandoned reply has landed
+            after = await reader.get_all([key], Deadline(0.5, time.monotonic))
+            pool = client.connection_pool
+            return len(pool._available_connections) + len(pool._in_use_connections), after
+        finally:
+            await client.aclose()
+
+    connections, after = asyncio.run(scenario())
+    assert after == {key: {}}
+    assert connections == 1, "the timed-out read's connection was reused, not replaced"
 
 
 def test_stopped_redis_surfaces_as_a_transport_error(stack: Stack, key: str) -> None:
