@@ -20,8 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 TRANSPORT_ERROR = 0  # the status recorded when no HTTP answer came (refused, reset, timed out)
 _STORE_MARK = b'"store":"'
+# The answer's store when none answered (serve_apps.fallback.DEFAULTS; not imported: a load
+# process should not load the serving stack).
+DEFAULTS = "defaults"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,8 @@ class Sample:
     status: int
     store: str = ""
     retry_after: float = 0.0  # seconds a 503's Retry-After asked for; 0.0 when it had none
+    # For an answer served with defaults: why each store was passed over, "store=outcome,...".
+    fallback: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
 
-    async def roundtrip(self, raw: bytes) -> tuple[int, str, float]:
+    async def roundtrip(self, raw: bytes) -> tuple[int, str, float, str]:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -88,7 +95,8 @@ class Connection:
             elif lname == b"retry-after":
                 retry_after = _seconds(value)
         body = await self._body(length, chunked)
-        return status, _store_of(body), retry_after
+        store = _store_of(body)
+        return status, store, retry_after, _fallback_of(body) if store == DEFAULTS else ""
 
     async def _body(self, length: int, chunked: bool) -> bytes:
         if not chunked:
@@ -123,6 +131,14 @@ def _store_of(body: bytes) -> str:
         return ""
     start = at + len(_STORE_MARK)
     return body[start : body.find(b'"', start)].decode()
+
+
+def _fallback_of(body: bytes) -> str:
+    try:
+        steps = orjson.loads(body).get("fallback", [])
+        return ",".join(f"{step['store']}={step['outcome']}" for step in steps)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return "unreadable"
 
 
 @dataclass
@@ -180,21 +196,30 @@ class HttpLoad:
         what was recorded."""
         conn = conn or await self._connect()
         if conn is None:
-            sample = self._record(scheduled, TRANSPORT_ERROR, "", 0.0)
+            sample = self._record(scheduled, TRANSPORT_ERROR)
             await asyncio.sleep(0.05)  # refused: do not spin while the server is down
             return None, sample
         try:
-            status, store, retry_after = await asyncio.wait_for(
+            status, store, retry_after, fallback = await asyncio.wait_for(
                 conn.roundtrip(self._request()), self.spec.timeout_s
             )
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
-            return None, self._record(scheduled, TRANSPORT_ERROR, "", 0.0)
-        return conn, self._record(scheduled, status, store, retry_after)
+            return None, self._record(scheduled, TRANSPORT_ERROR)
+        return conn, self._record(scheduled, status, store, retry_after, fallback)
 
-    def _record(self, scheduled: float, status: int, store: str, retry_after: float) -> Sample:
+    def _record(
+        self,
+        scheduled: float,
+        status: int,
+        store: str = "",
+        retry_after: float = 0.0,
+        fallback: str = "",
+    ) -> Sample:
         now = time.monotonic()
-        sample = Sample(scheduled - self.started_at, now - scheduled, status, store, retry_after)
+        sample = Sample(
+            scheduled - self.started_at, now - scheduled, status, store, retry_after, fallback
+        )
         self.samples.append(sample)
         return sample
 

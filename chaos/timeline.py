@@ -6,6 +6,7 @@ report carries the wall-clock start so that a timeline can be matched with servi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ class SecondStats:
     p50_ms: float
     p99_ms: float
     stores: Mapping[str, int]
+    # Answers served with defaults, by why the first store was passed over ("redis-x=outcome").
+    defaults_why: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -57,9 +60,12 @@ def per_second(samples: Iterable[Sample]) -> list[SecondStats]:
     for t in sorted(buckets):
         group = buckets[t]
         stores: dict[str, int] = defaultdict(int)
+        why: dict[str, int] = defaultdict(int)
         for s in group:
             if s.store:
                 stores[s.store] += 1
+            if s.fallback:
+                why[s.fallback.split(",", 1)[0]] += 1
         latencies = [s.latency_s * 1000 for s in group if s.status == OK]
         out.append(
             SecondStats(
@@ -70,6 +76,7 @@ def per_second(samples: Iterable[Sample]) -> list[SecondStats]:
                 p50_ms=percentile(latencies, 0.50),
                 p99_ms=percentile(latencies, 0.99),
                 stores=dict(stores),
+                defaults_why=dict(why),
             )
         )
     return out
@@ -115,10 +122,7 @@ class Timeline:
         """Attach an :class:`HttpLoad`'s samples, shifted onto this timeline's clock."""
         offset = started_at_monotonic - self.t0
         self.load_offset_s = offset
-        self.samples = [
-            Sample(s.sent_s + offset, s.latency_s, s.status, s.store, s.retry_after)
-            for s in samples
-        ]
+        self.samples = [dataclasses.replace(s, sent_s=s.sent_s + offset) for s in samples]
 
 
 class Sampler:

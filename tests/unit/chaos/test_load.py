@@ -10,9 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, ProcessLoad, http_request
+from chaos.timeline import per_second
 from cluster.process import free_port
 
 _OK = b'{"request_id":"r","region":"us-east","as_of_ms":1,"store":"redis-us-east","results":[]}'
+_DEFAULTS = (
+    b'{"request_id":"r","region":"us-east","as_of_ms":1,"store":"defaults","fallback":'
+    b'[{"store":"redis-us-east","outcome":"StoreTimeout"},'
+    b'{"store":"dynamodb-us-east","outcome":"circuit_open"}],"results":[]}'
+)
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -34,7 +40,10 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     b"content-length: 2\r\n\r\n{}"
                 )
             else:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(_OK), _OK))
+                answer = _DEFAULTS if b"defaults" in body else _OK
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -71,6 +80,18 @@ def test_open_loop_keeps_its_rate_and_records_status_store_and_retry_after(serve
     shed = [s for s in samples if s.status == 503]
     assert ok and all(s.store == "redis-us-east" for s in ok)
     assert shed and all(s.retry_after and s.store == "" for s in shed)
+
+
+def test_an_answer_of_defaults_records_why_each_store_was_passed_over(server: int) -> None:
+    requests = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"defaults":1}', {})]
+    with HttpLoad(LoadSpec("127.0.0.1", server, requests, rate=100, connections=2)) as load:
+        time.sleep(0.3)
+    assert load.samples and all(s.store == "defaults" for s in load.samples)
+    assert {s.fallback for s in load.samples} == {
+        "redis-us-east=StoreTimeout,dynamodb-us-east=circuit_open"
+    }
+    (bucket, *_) = per_second(load.samples)
+    assert bucket.defaults_why == {"redis-us-east=StoreTimeout": bucket.requests}
 
 
 def test_a_refused_connection_is_a_transport_error_not_a_crash() -> None:
