@@ -82,6 +82,9 @@ class Limits(_Frozen):
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
     # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
     max_loop_lag_ms: int = Field(default=100, ge=0, le=10_000)
+    # A store timeout while the smoothed lag is over this is the replica's own overload: 503,
+    # the breaker untouched, no fallback reads (serve_apps.fallback; 0: always blame the store).
+    own_overload_lag_ms: int = Field(default=20, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -18,7 +18,10 @@ Invariants:
 - a timeout that fired more than ``late_tolerance_s`` after it was due says the replica's own
   event loop is overloaded, not that the store is slow: the breaker records nothing, the chain
   stops, and the request is shed (``Overloaded``, a 503 with Retry-After). Without this, an
-  overloaded replica opened every breaker and answered with defaults (docs/serving.md).
+  overloaded replica opened every breaker and answered with defaults (docs/serving.md);
+- so is a timeout while ``busy()`` says the loop is lagging: a call takes several turns of the
+  loop (send, read, parse), so a loop 20 ms late on each turn times out a healthy Redis's reply
+  although no single timer fires very late (serve-overload drill, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -147,11 +150,18 @@ class FailureLog:
 class FallbackChain:
     """Reads keys from the first step that answers in time. Not thread-safe: one event loop."""
 
-    def __init__(self, steps: Sequence[Step], clock: Clock, late_tolerance_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        clock: Clock,
+        late_tolerance_s: float = 0.05,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.steps = tuple(steps)
         self._clock = clock
         self._failures = FailureLog(clock)
         self._late_tolerance_s = late_tolerance_s
+        self._busy = busy
 
     def breakers(self) -> dict[str, str]:
         return {s.store.name: s.breaker.state.value for s in self.steps}
@@ -180,10 +190,8 @@ class FallbackChain:
                 tried.append((name, "StoreNotReady"))
                 continue
             except TransportError as exc:
-                late_s = self._clock() - started - timeout
-                if isinstance(exc, StoreTimeout) and late_s > self._late_tolerance_s:
-                    why = f"{name}: timeout fired {late_s * 1e3:.0f} ms late: loop overloaded"
-                    raise Overloaded(1.0, why) from exc
+                if isinstance(exc, StoreTimeout):
+                    self._blame_own_loop(name, self._clock() - started - timeout, exc)
                 step.breaker.record_failure()
                 tried.append((name, type(exc).__name__))
                 self._failures.failed(name, exc)
@@ -195,3 +203,11 @@ class FallbackChain:
             tried.append((name, "ok"))
             return ChainResult(fields, name, tried)
         return ChainResult(None, DEFAULTS, tried)
+
+    def _blame_own_loop(self, store: str, late_s: float, exc: StoreTimeout) -> None:
+        """Raise ``Overloaded`` when the timeout says more about this replica than the store."""
+        if late_s > self._late_tolerance_s:
+            why = f"{store}: timeout fired {late_s * 1e3:.0f} ms late: loop overloaded"
+            raise Overloaded(1.0, why) from exc
+        if self._busy():
+            raise Overloaded(1.0, f"{store}: timed out while the event loop lags") from exc

@@ -12,7 +12,9 @@ Invariants:
   the loop belong to :class:`LagTicker`;
 - a single late tick (one slow request, a GC pause) does not shed: the gauge is an exponentially
   weighted mean, and it sheds only above ``limit_s``;
-- ``limit_s == 0`` turns shedding off (the gauge still measures).
+- ``limit_s == 0`` turns shedding off (the gauge still measures);
+- ``busy()`` (smoothed lag over ``busy_s``, 0: never) is a lower bar than shedding: the lag at
+  which a store's timeout is blamed on this replica, not on the store (``serve_apps.fallback``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class LagGauge:
 
     limit_s: float
     weight: float = 0.3
+    busy_s: float = 0.0
     lag_s: float = 0.0
     worst_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.limit_s < 0:
             raise ConfigError("must not be negative", field="limit_s")
+        if self.busy_s < 0:
+            raise ConfigError("must not be negative", field="busy_s")
         if not 0 < self.weight <= 1:
             raise ConfigError("must be in (0, 1]", field="weight")
 
@@ -48,6 +53,9 @@ class LagGauge:
 
     def overloaded(self) -> bool:
         return self.limit_s > 0 and self.lag_s > self.limit_s
+
+    def busy(self) -> bool:
+        return self.busy_s > 0 and self.lag_s > self.busy_s
 
 
 class LagTicker:

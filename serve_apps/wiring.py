@@ -119,14 +119,20 @@ def dynamo_store(
     return DynamoStore(reader, f"dynamodb-{region.name}", clock, pool)
 
 
+def _never() -> bool:
+    return False
+
+
 def build_chain(
     config: ServingConfig,
     clock: Clock,
     stores: list[tuple[TileStore, float]] | None = None,
     dynamo: DynamoFactory | None = None,
+    busy: Callable[[], bool] = _never,
 ) -> FallbackChain:
     """The chain of ``config.region``; ``stores`` (store, cap) replaces the real ones in tests
-    (their caps do not grow with the number of keys)."""
+    (their caps do not grow with the number of keys). ``busy`` says the replica's loop lags too
+    much to blame a store for a timeout (``FallbackChain``)."""
     t = config.timeouts
     entries: list[tuple[TileStore, float, float]] = []
     if stores is None:
@@ -145,7 +151,7 @@ def build_chain(
         share = t.local_share if n < 2 else t.remote_share
         breaker = CircuitBreaker(store.name, clock, policy)
         steps.append(Step(store, breaker, cap, share, per_key))
-    return FallbackChain(steps, clock)
+    return FallbackChain(steps, clock, busy=busy)
 
 
 def build_http(
@@ -158,10 +164,12 @@ def build_http(
 ) -> ServingHttp:
     """Catalog, chain, read service and HTTP logic of one region, ready to serve."""
     index = CatalogIndex(config.load_catalog(), config.tenant)
-    chain = build_chain(config, monotonic, stores, dynamo)
-    service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
     # Real deployments only: unit tests drive the handler on short-lived loops of their own.
     lag = None
     if stores is None:
-        lag = LagTicker(LagGauge(config.limits.max_loop_lag_ms / 1000.0), monotonic)
+        limits = config.limits
+        gauge = LagGauge(limits.max_loop_lag_ms / 1e3, busy_s=limits.own_overload_lag_ms / 1e3)
+        lag = LagTicker(gauge, monotonic)
+    chain = build_chain(config, monotonic, stores, dynamo, lag.gauge.busy if lag else _never)
+    service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
     return ServingHttp(config, service, lag)

@@ -16,7 +16,7 @@ import math
 from chaos import faults
 from chaos.context import DrillContext, busiest_users
 from chaos.drills.base import pick, serving_load, sleep_until, warm_up
-from chaos.load import LoadSpec, ProcessLoad, Sample
+from chaos.load import DEFAULTS, LoadSpec, ProcessLoad, Sample
 from chaos.report import Verdict
 from chaos.timeline import OK, SHED, Timeline, error_rate, percentile, within
 
@@ -84,6 +84,17 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
         load_p99 <= max(10 * base_p99, 500.0),
         target="p99 <= max(10 x baseline, 500 ms)",
         measured=f"{load_p99:.1f} ms (baseline {base_p99:.1f} ms)",
+    )
+    answered = [s for s in (*during, *after) if s.status == OK]
+    defaults = sum(1 for s in answered if s.store == DEFAULTS)
+    verdict.figure("accepted_defaults_pct", 100 * defaults / max(1, len(answered)))
+    verdict.check(
+        # Every store is healthy: a default is the replica failing its own stores. A fast
+        # default would pass the latency check while serving the model nothing.
+        "accepted answers come from a store",
+        bool(answered) and defaults <= 0.01 * len(answered),
+        target="<= 1% defaults during and after the flood",
+        measured=f"{defaults} defaults of {len(answered)}",
     )
     verdict.check(
         "the killed replica was replaced",

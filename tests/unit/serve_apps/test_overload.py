@@ -36,6 +36,17 @@ def test_a_zero_limit_measures_but_never_sheds_and_bad_settings_are_refused() ->
         LagGauge(limit_s=0.1, weight=0.0)
 
 
+def test_busy_is_a_lower_bar_than_shedding_and_zero_turns_it_off() -> None:
+    gauge, never = LagGauge(limit_s=0.1, busy_s=0.02), LagGauge(limit_s=0.1)
+    for g in (gauge, never):
+        for _ in range(10):
+            g.observe(0.05)  # late enough to blame ourselves for a timeout, not to shed
+    assert gauge.busy() and not gauge.overloaded()
+    assert not never.busy()
+    with pytest.raises(ConfigError, match="busy_s"):
+        LagGauge(limit_s=0.1, busy_s=-0.01)
+
+
 def test_the_ticker_sees_a_blocked_loop() -> None:
     gauge = LagGauge(limit_s=0.1)
     ticker = LagTicker(gauge, time.monotonic, interval_s=0.01)
