@@ -27,6 +27,7 @@ _STORE_MARK = b'"store":"'
 # The answer's store when none answered (serve_apps.fallback.DEFAULTS; not imported: a load
 # process should not load the serving stack).
 DEFAULTS = "defaults"
+_OUTCOME_MARK = b'"outcome":"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,8 @@ class Sample:
     status: int
     store: str = ""
     retry_after: float = 0.0  # seconds a 503's Retry-After asked for; 0.0 when it had none
-    # For an answer served with defaults: why each store was passed over, "store=outcome,...".
+    # For an answer not served by the first store: why each one was passed over,
+    # "store=outcome,..." (empty when the first store answered).
     fallback: str = ""
 
 
@@ -96,7 +98,8 @@ class Connection:
                 retry_after = _seconds(value)
         body = await self._body(length, chunked)
         store = _store_of(body)
-        return status, store, retry_after, _fallback_of(body) if store == DEFAULTS else ""
+        passed_over = store == DEFAULTS or body.count(_OUTCOME_MARK, 0, 1_000) > 1
+        return status, store, retry_after, _fallback_of(body) if passed_over else ""
 
     async def _body(self, length: int, chunked: bool) -> bytes:
         if not chunked:

@@ -36,8 +36,9 @@ class SecondStats:
     p50_ms: float
     p99_ms: float
     stores: Mapping[str, int]
-    # Answers served with defaults, by why the first store was passed over ("redis-x=outcome").
-    defaults_why: Mapping[str, int] = field(default_factory=dict)
+    # Answers not served by the first store (another store or defaults), by why the first one
+    # was passed over ("redis-x=outcome").
+    passed_over: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -76,7 +77,7 @@ def per_second(samples: Iterable[Sample]) -> list[SecondStats]:
                 p50_ms=percentile(latencies, 0.50),
                 p99_ms=percentile(latencies, 0.99),
                 stores=dict(stores),
-                defaults_why=dict(why),
+                passed_over=dict(why),
             )
         )
     return out

@@ -20,6 +20,12 @@ _DEFAULTS = (
     b'{"store":"dynamodb-us-east","outcome":"circuit_open"}],"results":[]}'
 )
 
+_SECOND = (
+    b'{"request_id":"r","region":"us-east","as_of_ms":1,"store":"dynamodb-us-east","fallback":'
+    b'[{"store":"redis-us-east","outcome":"StoreUnavailable"},'
+    b'{"store":"dynamodb-us-east","outcome":"ok"}],"results":[]}'
+)
+
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -41,6 +47,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 )
             else:
                 answer = _DEFAULTS if b"defaults" in body else _OK
+                if b"second" in body:
+                    answer = _SECOND
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer)
                 )
@@ -82,8 +90,22 @@ def test_open_loop_keeps_its_rate_and_records_status_store_and_retry_after(serve
     assert shed and all(s.retry_after and s.store == "" for s in shed)
 
 
-def test_an_answer_of_defaults_records_why_each_store_was_passed_over(server: int) -> None:
+def _ok_request(port: int) -> bytes:
+    return http_request("127.0.0.1", port, "/us-east/v1/features", b'{"ok":1}', {})
+
+
+def test_an_answer_not_from_the_first_store_records_why_each_was_passed_over(server: int) -> None:
     requests = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"defaults":1}', {})]
+    second = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"second":1}', {})]
+    with HttpLoad(LoadSpec("127.0.0.1", server, second, rate=50)) as fell_back:
+        time.sleep(0.2)
+    assert fell_back.samples and all(s.store == "dynamodb-us-east" for s in fell_back.samples)
+    assert {s.fallback for s in fell_back.samples} == {
+        "redis-us-east=StoreUnavailable,dynamodb-us-east=ok"
+    }
+    with HttpLoad(LoadSpec("127.0.0.1", server, [_ok_request(server)], rate=50)) as direct:
+        time.sleep(0.2)
+    assert direct.samples and all(s.fallback == "" for s in direct.samples)
     with HttpLoad(LoadSpec("127.0.0.1", server, requests, rate=100, connections=2)) as load:
         time.sleep(0.3)
     assert load.samples and all(s.store == "defaults" for s in load.samples)
@@ -91,7 +113,7 @@ def test_an_answer_of_defaults_records_why_each_store_was_passed_over(server: in
         "redis-us-east=StoreTimeout,dynamodb-us-east=circuit_open"
     }
     (bucket, *_) = per_second(load.samples)
-    assert bucket.defaults_why == {"redis-us-east=StoreTimeout": bucket.requests}
+    assert bucket.passed_over == {"redis-us-east=StoreTimeout": bucket.requests}
 
 
 def test_a_refused_connection_is_a_transport_error_not_a_crash() -> None:
