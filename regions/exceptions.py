@@ -5,7 +5,8 @@
     │   ├── CircuitOpen        the breaker refused the call without touching the store
     │   └── StoreNotReady      the store lost its data or is being rehydrated: incomplete
     ├── StoreTimeout
-    │   └── DeadlineExceeded   the request's budget ran out before (or between) store calls
+    │   ├── DeadlineExceeded   the request's budget ran out before (or between) store calls
+    │   └── AbandonedCall      given up at its deadline, still running: slow or dead is known later
     └── StoreRejected          the store answered with an error: permission, script, validation
     BackpressureError
     └── WriteThrottled         the store kept refusing part of a batch; carries the unwritten part
@@ -17,13 +18,24 @@ its source and re-submit ``unwritten`` after ``retry_after`` seconds; nothing is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.errors import BackpressureError, StoreTimeout, StoreUnavailable, TransportError
 
 if TYPE_CHECKING:
     from regions.tiles import TileWrite
+
+
+class AbandonedCall(StoreTimeout):
+    """A store call given up at its deadline but not cancelled: ``pending`` resolves when the
+    store answers or fails. Only then is it known whether the store is slow (a box short of CPU)
+    or dead, which is what a circuit breaker needs to know (``serve_apps.fallback``)."""
+
+    def __init__(self, message: str, pending: asyncio.Future[Any]) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 class CircuitOpen(StoreUnavailable):

@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from features.errors import StoreTimeout, StoreUnavailable
 from regions.config import RegionConfig
-from regions.exceptions import StoreNotReady, StoreRejected
+from regions.exceptions import AbandonedCall, StoreNotReady, StoreRejected
 from regions.resilience import Deadline
 from regions.tiles import TileWrite, coalesce, decode_field, encode_field, floor_field
 
@@ -439,8 +439,18 @@ class AsyncRedisTileReader:
         try:
             async with asyncio.timeout(timeout):
                 return list(await asyncio.shield(call))
-        except (rex.RedisError, OSError, TimeoutError) as exc:
-            call.add_done_callback(_drop_outcome)
+        except TimeoutError as exc:  # our deadline
+            if not call.done():  # the call goes on; its fate is known later
+                call.add_done_callback(_drop_outcome)
+                message = f"{self._store}: no answer in {timeout or 0:.3f}s"
+                raise AbandonedCall(message, call) from exc
+            # The reply landed in the same turn of the loop as the timer: a lagging loop runs
+            # both together. It answered; calling that a timeout opened healthy breakers.
+            failure = call.exception()
+            if failure is None:
+                return list(call.result())
+            raise _mapped(self._store, failure) from failure
+        except (rex.RedisError, OSError) as exc:
             raise _mapped(self._store, exc) from exc
         except asyncio.CancelledError:  # our caller gave up: the same, without the mapping
             call.add_done_callback(_drop_outcome)

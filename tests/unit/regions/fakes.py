@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,3 +87,30 @@ def _id(request: dict[str, Any]) -> tuple[str, str]:
     if "PutRequest" in request:
         return _key_id(request["PutRequest"]["Item"])
     return _key_id(request["DeleteRequest"]["Key"])
+
+
+class BlockingPipeline:
+    """Queues nothing; ``execute`` holds the loop for ``block_s`` (a busy replica), then
+    answers, or waits on ``gate`` for an answer that comes later (a slow store)."""
+
+    def __init__(self, block_s: float, gate: asyncio.Event | None) -> None:
+        self._block_s, self._gate = block_s, gate
+
+    def hgetall(self, key: str) -> None:
+        pass
+
+    async def execute(self) -> list[Any]:
+        time.sleep(self._block_s)
+        if self._gate is not None:
+            await self._gate.wait()
+        return [{}]
+
+
+class BlockingRedisClient:
+    """Stands in for ``redis.asyncio.Redis``: every pipeline is a :class:`BlockingPipeline`."""
+
+    def __init__(self, block_s: float = 0.0, gate: asyncio.Event | None = None) -> None:
+        self.block_s, self.gate = block_s, gate
+
+    def pipeline(self, transaction: bool) -> BlockingPipeline:
+        return BlockingPipeline(self.block_s, self.gate)
