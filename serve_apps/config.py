@@ -69,7 +69,8 @@ class Limits(_Frozen):
     answered 503 with ``Retry-After`` at once, before it can queue and drag every latency up with
     it. Little's law sizes them: at ~1,500 requests/s per replica on two cores, 32 in flight and
     32 queued is a worst accepted wait near 45 ms (and twice the benchmark's 32 open-loop
-    connections); 256 was half a second of queue."""
+    connections); 256 was half a second of queue. Our handler's own limit adapts below
+    ``max_in_flight`` while the replica is overloaded (``min_in_flight``)."""
 
     max_body_bytes: int = Field(default=256 * 1024, ge=256, le=16 * 1024 * 1024)
     max_entities: int = Field(default=1_000, ge=1, le=100_000)
@@ -77,11 +78,16 @@ class Limits(_Frozen):
     default_deadline_ms: int = Field(default=200, ge=1, le=60_000)
     max_deadline_ms: int = Field(default=5_000, ge=1, le=600_000)
     max_in_flight: int = Field(default=32, ge=1, le=100_000)
+    # The adaptive in-flight limit's floor: it shrinks towards this while requests meet store
+    # timeouts or a lagging loop (serve_apps.overload.AdaptiveLimit); at most max_in_flight.
+    min_in_flight: int = Field(default=4, ge=1, le=100_000)
+    # A request that spent longer than this in the replica counts as overload for that limit.
+    slow_request_ms: int = Field(default=100, ge=1, le=600_000)
     max_queued: int = Field(default=32, ge=1, le=100_000)
     retry_after_s: int = Field(default=1, ge=1, le=60)
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
     # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
-    max_loop_lag_ms: int = Field(default=100, ge=0, le=10_000)
+    max_loop_lag_ms: int = Field(default=50, ge=0, le=10_000)
     # A store timeout while the smoothed lag is over this is the replica's own overload: 503,
     # the breaker untouched, no fallback reads (serve_apps.fallback; 0: always blame the store).
     own_overload_lag_ms: int = Field(default=20, ge=0, le=10_000)
@@ -120,6 +126,9 @@ class StoreTimeouts(_Frozen):
     dynamodb_per_key_s: float = Field(default=0.002, ge=0, le=1)
     remote_share: float = Field(default=0.5, gt=0, le=1)
     local_share: float = Field(default=0.34, gt=0, le=1)
+    # How long after a timeout an abandoned call may still answer and count as slow, not dead
+    # (serve_apps.fallback); also how long a hung store takes to open its breaker.
+    abandoned_verdict_s: float = Field(default=1.0, gt=0, le=60)
 
 
 class ServingConfig(_Frozen):

@@ -5,7 +5,10 @@ Invariants:
 - one call to :meth:`FallbackChain.read` makes at most one request per store (one pipelined
   HGETALL round trip for Redis, whatever the number of keys);
 - a store whose circuit breaker refuses is skipped without being touched; every allowed call
-  records exactly one outcome on that breaker (a transport error or timeout is a failure);
+  records exactly one outcome on that breaker (a transport error is a failure); a call abandoned
+  at its timeout (``AbandonedCall``) is recorded when its fate is known, at the latest
+  ``verdict_after_s`` later: a failure if it failed or is still silent, a success if the store
+  answered (slow is not dead; the request itself has moved on down the chain);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
   remainder, so the chain never outlives the request's deadline by more than scheduling noise; the
   cap grows with the number of keys (a healthy Redis answering 100 entities' tiles under load is
@@ -31,11 +34,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from features.errors import StoreTimeout, TransportError
 from regions.dynamodb_store import DynamoTileReader, require_ready
-from regions.exceptions import StoreNotReady
+from regions.exceptions import AbandonedCall, StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline
 from serve_apps.exceptions import Overloaded
@@ -93,12 +96,23 @@ class DynamoStore:
         deadline = Deadline(timeout_s, self._clock)
         marker = loop.run_in_executor(self._pool, self._reader.store_state, deadline)
         tiles = loop.run_in_executor(self._pool, self._reader.get_all, list(keys), deadline)
+        both = asyncio.gather(marker, tiles)
         try:
-            state, fields = await asyncio.wait_for(asyncio.gather(marker, tiles), timeout_s)
+            state, fields = await asyncio.wait_for(asyncio.shield(both), timeout_s)
         except TimeoutError:
-            raise StoreTimeout(f"{self.name}: no answer in {timeout_s:.3f}s") from None
+            if not both.done():
+                both.add_done_callback(_drop_outcome)
+                raise AbandonedCall(f"{self.name}: no answer in {timeout_s:.3f}s", both) from None
+            state, fields = both.result()  # answered in the timer's turn of the loop, or raises
         require_ready(self.name, state)
         return fields
+
+
+def _drop_outcome(call: asyncio.Future[Any]) -> None:
+    # An abandoned call's outcome has nobody to go to; reading it keeps asyncio from logging
+    # "exception was never retrieved" for every late failure.
+    if not call.cancelled():
+        call.exception()
 
 
 @dataclass(frozen=True)
@@ -134,10 +148,12 @@ class FailureLog:
         self._interval_s = interval_s
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
+        self._latest: dict[str, tuple[str, float]] = {}  # store -> (error class, when)
 
     def failed(self, store: str, exc: BaseException) -> None:
         """Record one failure; log it unless one was logged within ``interval_s``."""
         now = self._clock()
+        self._latest[store] = (type(exc).__name__, now)
         last = self._last.get(store)
         if last is not None and now - last < self._interval_s:
             self._skipped[store] = self._skipped.get(store, 0) + 1
@@ -145,6 +161,11 @@ class FailureLog:
         skipped = self._skipped.pop(store, 0)
         self._last[store] = now
         log.warning("store %s failed: %s (%d more failures not logged)", store, exc, skipped)
+
+    def latest(self) -> dict[str, dict[str, str | float]]:
+        """The last failure of each store that failed: its error class and age (no message)."""
+        now = self._clock()
+        return {s: {"error": e, "age_s": round(now - t, 3)} for s, (e, t) in self._latest.items()}
 
 
 class FallbackChain:
@@ -156,15 +177,21 @@ class FallbackChain:
         clock: Clock,
         late_tolerance_s: float = 0.05,
         busy: Callable[[], bool] = lambda: False,
+        verdict_after_s: float = 0.25,
     ) -> None:
         self.steps = tuple(steps)
         self._clock = clock
         self._failures = FailureLog(clock)
         self._late_tolerance_s = late_tolerance_s
         self._busy = busy
+        self._verdict_after_s = verdict_after_s
+        self.timeouts = 0  # store timeouts so far, whoever was blamed (admission control reads it)
 
     def breakers(self) -> dict[str, str]:
         return {s.store.name: s.breaker.state.value for s in self.steps}
+
+    def last_failures(self) -> dict[str, dict[str, str | float]]:
+        return self._failures.latest()
 
     async def read(self, keys: Sequence[str], deadline: Deadline) -> ChainResult:
         tried: list[tuple[str, str]] = []
@@ -191,9 +218,13 @@ class FallbackChain:
                 continue
             except TransportError as exc:
                 if isinstance(exc, StoreTimeout):
+                    self.timeouts += 1
                     self._blame_own_loop(name, self._clock() - started - timeout, exc)
-                step.breaker.record_failure()
                 tried.append((name, type(exc).__name__))
+                if isinstance(exc, AbandonedCall):
+                    self._judge_when_answered(step.breaker, name, exc)
+                    continue
+                step.breaker.record_failure()
                 self._failures.failed(name, exc)
                 continue
             except BaseException:
@@ -203,6 +234,41 @@ class FallbackChain:
             tried.append((name, "ok"))
             return ChainResult(fields, name, tried)
         return ChainResult(None, DEFAULTS, tried)
+
+    def _judge_when_answered(self, breaker: CircuitBreaker, store: str, exc: AbandonedCall) -> None:
+        """Record the abandoned call on ``breaker`` once its fate is known: a success when the
+        store answers within ``verdict_after_s`` of the timeout (slow, alive: the request already
+        went on down the chain), a failure when it fails or is still silent by then (dead or
+        hung). Judged at the timeout, a box short of CPU for 100 ms opened every breaker for 2 s
+        and the replica answered defaults (serve-overload drill)."""
+        loop = asyncio.get_running_loop()
+        judged = False
+        give_up_at = self._clock() + 5 * self._verdict_after_s
+        timer: list[asyncio.TimerHandle] = []  # the one pending timer
+
+        def verdict(_: object = None) -> None:
+            nonlocal judged
+            if judged:
+                return
+            judged = True
+            timer[0].cancel()
+            call = exc.pending
+            if call.done() and not call.cancelled() and call.exception() is None:
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+                self._failures.failed(store, exc)
+
+        def silent_until_now() -> None:
+            # A lagging loop runs this timer before the reply that already arrived is parsed:
+            # wait for the loop rather than blame the store (bounded: a hung store is judged).
+            if self._busy() and self._clock() < give_up_at:
+                timer[0] = loop.call_later(0.05, silent_until_now)
+            else:
+                verdict()
+
+        timer.append(loop.call_later(self._verdict_after_s, silent_until_now))
+        exc.pending.add_done_callback(verdict)
 
     def _blame_own_loop(self, store: str, late_s: float, exc: StoreTimeout) -> None:
         """Raise ``Overloaded`` when the timeout says more about this replica than the store."""

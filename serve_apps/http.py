@@ -10,7 +10,7 @@ Routes (paths relative to the application's route prefix, e.g. ``/us-east``):
 ``POST /v1/features``     read    native read (see ``serve_apps.responses``)
 ``POST /get-online-features`` read  Feast-shaped read
 ``GET /v1/catalog``       read    views, features, versions, TTLs, freshness targets
-``GET /v1/stores``        admin   circuit breaker state per store
+``GET /v1/stores``        admin   breakers, last failure per store, in-flight limit, loop lag
 ``GET /v1/health``        none    the replica's event loop answers
 ``GET /v1/ready``         none    catalog loaded and at least one store answered recently
 ``GET /v1/openapi.json``  none    OpenAPI 3.1 document; ``GET /docs`` renders it
@@ -18,8 +18,9 @@ Routes (paths relative to the application's route prefix, e.g. ``/us-east``):
 
 Invariants: a response body never holds exception text (errors carry ``code`` and
 ``request_id``; the message and traceback go to the log under that id); the body is read with a
-hard byte limit (``Content-Length`` is checked first, then the stream is counted); beyond
-``limits.max_in_flight`` concurrent requests the answer is 503 with ``Retry-After`` at once.
+hard byte limit (``Content-Length`` is checked first, then the stream is counted); beyond the
+adaptive in-flight limit (between ``limits.min_in_flight`` and ``limits.max_in_flight``) or while
+the loop lags, the answer is 503 with ``Retry-After`` at once (``serve_apps.overload``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from serve_apps.exceptions import (
 )
 from serve_apps.fallback import DEFAULTS
 from serve_apps.openapi import DOCS_HTML, openapi_document
-from serve_apps.overload import LagTicker
+from serve_apps.overload import AdaptiveLimit, LagTicker
 from serve_apps.responses import feast_plan, feast_response, native_plan, native_response
 from serve_apps.service import ReadService
 
@@ -76,14 +77,23 @@ class ServingHttp:
     """One replica's HTTP logic. Not thread-safe: runs on one event loop."""
 
     def __init__(
-        self, config: ServingConfig, service: ReadService, lag: LagTicker | None = None
+        self,
+        config: ServingConfig,
+        service: ReadService,
+        lag: LagTicker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.service = service
         self.limits = config.limits
         self.lag = lag
         self._keys = {k.sha256: k for k in config.api_keys}
-        self._in_flight = 0
+        self.admission = AdaptiveLimit(
+            self.limits.max_in_flight,
+            clock,
+            min_limit=min(self.limits.min_in_flight, self.limits.max_in_flight),
+            slow_s=self.limits.slow_request_ms / 1000.0,
+        )
         self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
         self._openapi = orjson.dumps(openapi_document(config.route_prefix))
         self._probe_key = f"fl:{config.tenant}:readiness:v1:probe"
@@ -110,11 +120,12 @@ class ServingHttp:
             return _error(404, "not_found", request_id)
         if self.lag is not None:
             self.lag.ensure_started()
-        if self._in_flight >= self.limits.max_in_flight or (
-            self.lag is not None and self.lag.gauge.overloaded()
-        ):
+        if self.lag is not None and self.lag.gauge.overloaded():
             return self._shed(request_id)
-        self._in_flight += 1
+        started = self.admission.acquire()
+        if started is None:
+            return self._shed(request_id)
+        timeouts, overloaded = self.service.chain.timeouts, False
         try:
             self._authorize(headers, route[0])
             return await route[1](request_id, headers, body)
@@ -125,6 +136,7 @@ class ServingHttp:
             log.info("request %s refused: %s", request_id, exc)
             return _error(422, "invalid_input", request_id)
         except Overloaded:  # not logged: under overload a line per request is more load
+            overloaded = True
             return self._shed(request_id)
         except FreshlineError:
             log.exception("request %s failed", request_id)
@@ -133,7 +145,14 @@ class ServingHttp:
             log.exception("request %s failed", request_id)
             return _error(500, "internal", request_id)
         finally:
-            self._in_flight -= 1
+            # A drop is overload seen by this request: refused by the chain, a store timeout
+            # while it ran (any request's: the Redis is shared), or a lagging loop. Bad
+            # requests are not: a client sending garbage must not shrink everyone's limit.
+            timed_out = self.service.chain.timeouts != timeouts
+            self.admission.release(started, dropped=overloaded or timed_out or self._loop_busy())
+
+    def _loop_busy(self) -> bool:
+        return self.lag is not None and self.lag.gauge.busy()
 
     def _shed(self, request_id: str) -> Response:
         retry = [("retry-after", str(self.limits.retry_after_s))]
@@ -199,7 +218,15 @@ class ServingHttp:
         return 200, [_JSON, ("x-request-id", request_id)], self._catalog
 
     async def _stores(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
-        return _json(200, {"breakers": self.service.chain.breakers()}, request_id)
+        chain, admission = self.service.chain, self.admission
+        state = {
+            "breakers": chain.breakers(),
+            "last_failures": chain.last_failures(),
+            "store_timeouts": chain.timeouts,
+            "in_flight": {"limit": int(admission.limit), "now": admission.in_flight},
+            "loop_lag_ms": round(self.lag.gauge.lag_s * 1e3, 1) if self.lag else None,
+        }
+        return _json(200, state, request_id)
 
     async def ready(self) -> bool:
         """Catalog loaded (it is, or the replica would not exist) and a store, not the defaults,

@@ -1,11 +1,14 @@
-"""Load shedding on the event loop's lag: refuse new reads while the replica is already late.
+"""Load shedding: refuse new reads while the replica's loop is late or its stores time out.
 
-Counting in-flight requests does not see cost (a 100-entity read costs ~30 single ones) nor a
-loop slowed by the box; the loop's lag sees both. A ticker asks to wake every ``interval_s``; how
-late it actually wakes is the time any ready callback currently waits for the loop. While the
-smoothed lag is over the limit, a new read is refused with 503 and ``Retry-After`` before it costs
-anything, instead of being accepted, timing out on its own stores and answered with defaults
-(docs/serving.md, "The 2 s stall attributed ...").
+Two gates, both cheap enough to run before a request's body is read:
+- :class:`AdaptiveLimit` caps requests in flight, and the cap shrinks while requests meet store
+  timeouts or a lagging loop and grows back while they do not;
+- :class:`LagGauge`: a fixed in-flight count does not see cost (a 100-entity read costs ~30
+  single ones) nor a loop slowed by the box; the loop's lag sees both. A ticker asks to wake
+  every ``interval_s``; how late it actually wakes is the time any ready callback currently
+  waits for the loop. While the smoothed lag is over the limit, a new read is refused with 503
+  and ``Retry-After`` before it costs anything, instead of being accepted, timing out on its own
+  stores and answered with defaults (docs/serving.md, "The 2 s stall attributed ...").
 
 Invariants:
 - :class:`LagGauge` is pure: it is fed observed lags and answers ``overloaded()``; the clock and
@@ -77,3 +80,57 @@ class LagTicker:
             asked = self._clock()
             await asyncio.sleep(self._interval_s)
             self.gauge.observe(self._clock() - asked - self._interval_s)
+
+
+@dataclass
+class AdaptiveLimit:
+    """How many requests one replica works on at once: additive increase, multiplicative cut.
+
+    A request that ran into a store timeout or a lagging loop (``dropped``), or took longer than
+    ``slow_s`` in this replica, cuts the limit by ``backoff``; any other adds ``1 / limit`` while
+    the replica is using at least half its limit, so a healthy replica climbs back from
+    ``min_limit`` to ``max_limit`` in about ``max_limit ** 2 / 2`` requests. Past the limit a
+    request is refused at once, cheaply, with 503; admitted ones then find their stores
+    answering (serve-overload drill: with a fixed 32 in flight, a flood slowed the box's Redis,
+    timeouts opened the breakers and most accepted answers were defaults).
+
+    Invariants: ``min_limit <= limit <= max_limit``; ``in_flight`` counts admitted, unreleased
+    requests; one overload cuts once (TCP's once per round trip): a drop cuts only if its request
+    started after the last cut, because the requests in flight at a cut saw the same overload.
+    """
+
+    max_limit: int
+    clock: Clock
+    min_limit: int = 4
+    backoff: float = 0.9
+    slow_s: float = 0.1
+    in_flight: int = 0
+    limit: float = 0.0
+    _last_cut_s: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_limit <= self.max_limit:
+            raise ConfigError("needs 1 <= min_limit <= max_limit", field="min_limit")
+        if not 0 < self.backoff < 1:
+            raise ConfigError("must be in (0, 1)", field="backoff")
+        if self.slow_s <= 0:
+            raise ConfigError("must be positive", field="slow_s")
+        self.limit = float(self.max_limit)
+
+    def acquire(self) -> float | None:
+        """The request's start time when it is admitted, ``None`` when it must be refused."""
+        if self.in_flight >= int(self.limit):
+            return None
+        self.in_flight += 1
+        return self.clock()
+
+    def release(self, started_s: float, *, dropped: bool) -> None:
+        busy = self.in_flight * 2 >= self.limit
+        self.in_flight -= 1
+        now = self.clock()
+        if dropped or now - started_s > self.slow_s:
+            if started_s > self._last_cut_s:
+                self.limit = max(float(self.min_limit), self.limit * self.backoff)
+                self._last_cut_s = now
+        elif busy:
+            self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)

@@ -43,7 +43,11 @@ class _ReaderPassword:
 
 def redis_store(config: ServingConfig, region: RegionConfig, clock: Clock) -> RedisStore:
     timeouts = RedisTimeouts(
-        connect_s=config.timeouts.redis_s,
+        # Backstops too: a connect slower than the step's timeout goes on in the background and
+        # its connection lands in the pool (the call is abandoned, not cancelled). Cut at the
+        # 50 ms base cap, a connect on a busy box fails outright and counts against the breaker
+        # at once; a dead host still opens it within the chain's verdict delay.
+        connect_s=max(config.timeouts.redis_s, 0.5),
         # A backstop only: every call runs under the chain's own timeout (which grows with the
         # keys read), and a big pipelined reply must not be cut at the base cap.
         socket_s=max(config.timeouts.redis_s, config.limits.max_deadline_ms / 1000.0),
@@ -151,7 +155,7 @@ def build_chain(
         share = t.local_share if n < 2 else t.remote_share
         breaker = CircuitBreaker(store.name, clock, policy)
         steps.append(Step(store, breaker, cap, share, per_key))
-    return FallbackChain(steps, clock, busy=busy)
+    return FallbackChain(steps, clock, busy=busy, verdict_after_s=t.abandoned_verdict_s)
 
 
 def build_http(
@@ -172,4 +176,4 @@ def build_http(
         lag = LagTicker(gauge, monotonic)
     chain = build_chain(config, monotonic, stores, dynamo, lag.gauge.busy if lag else _never)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
-    return ServingHttp(config, service, lag)
+    return ServingHttp(config, service, lag, monotonic)

@@ -11,14 +11,23 @@ import pytest
 
 from features.demo import card_transactions_catalog
 from features.errors import StoreTimeout
-from regions.exceptions import StoreNotReady
+from regions.exceptions import AbandonedCall, StoreNotReady
 from regions.resilience import BreakerState, CircuitBreaker, Deadline
 from serve_apps.config import BreakerSettings
 from serve_apps.exceptions import Overloaded
 from serve_apps.fallback import FallbackChain, RedisStore, Step
 from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
-from tests.unit.serve_apps.fakes import READ_KEY, T0, FakeClock, FakeStore, config, event, tiles_for
+from tests.unit.serve_apps.fakes import (
+    ADMIN_KEY,
+    READ_KEY,
+    T0,
+    FakeClock,
+    FakeStore,
+    config,
+    event,
+    tiles_for,
+)
 
 CATALOG = card_transactions_catalog()
 REFS = ["user_spend:tx_count_1h", "user_spend:last_amount", "merchant_activity:tx_count_1h"]
@@ -242,3 +251,91 @@ def test_a_timeout_while_the_loop_lags_sheds_the_request_and_spares_the_breaker(
     lagging[0] = False  # the loop is on time again: the same timeout is the store's
     assert asyncio.run(chain.read(["k"], Deadline(1.0, clock))).store == "d"
     assert steps[0].breaker.state is BreakerState.OPEN
+
+
+class _AbandoningStore:
+    """Times out every call, leaving a pending call the test resolves (or never does)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pending: list[asyncio.Future[Any]] = []
+
+    async def get_all(self, keys: Any, timeout_s: float) -> Any:
+        call: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append(call)
+        raise AbandonedCall(f"{self.name}: no answer in {timeout_s}s", call)
+
+
+def test_an_abandoned_call_is_judged_by_its_fate_slow_is_not_dead() -> None:
+    """Judged at the timeout, a box short of CPU for 100 ms opened every breaker for 2 s and the
+    replica answered defaults. A store that answers late is alive; one silent past the verdict
+    delay, or failing, is not."""
+    clock = FakeClock()
+    policy = BreakerSettings(min_calls=2, window_calls=4).policy()
+    slow, backup = _AbandoningStore("redis-us-east"), FakeStore("dynamodb-us-east")
+    steps = [
+        Step(slow, CircuitBreaker(slow.name, clock, policy), 0.05, 0.34),  # type: ignore[arg-type]
+        Step(backup, CircuitBreaker(backup.name, clock, policy), 0.5, 0.34),
+    ]
+    chain = FallbackChain(steps, clock, verdict_after_s=0.05)
+    breaker = steps[0].breaker
+
+    async def scenario() -> None:
+        for _ in range(3):  # each request moves on to the next store at once
+            result = await chain.read(["k"], Deadline(1.0, clock))
+            assert result.store == "dynamodb-us-east"
+            assert result.tried[0] == ("redis-us-east", "AbandonedCall")
+        for call in slow.pending:
+            call.set_result([])  # the late answers land
+        await asyncio.sleep(0.1)
+        assert breaker.state is BreakerState.CLOSED, "slow but answering: not dead"
+        for _ in range(2):
+            await chain.read(["k"], Deadline(1.0, clock))
+        slow.pending[-1].set_exception(ConnectionError("reset"))  # the other stays silent
+        await asyncio.sleep(0.1)
+        assert breaker.state is BreakerState.OPEN
+
+    asyncio.run(scenario())
+    assert chain.timeouts == 5
+
+
+def test_a_silent_call_is_not_judged_while_the_loop_lags_but_a_hung_store_still_is() -> None:
+    """A lagging loop runs the verdict timer before the reply it already holds is parsed: the
+    verdict waits for the loop (bounded), so a busy replica does not open a healthy breaker."""
+    clock = FakeClock()
+    policy = BreakerSettings(min_calls=1, window_calls=2).policy()
+    hung = _AbandoningStore("redis-us-east")
+    steps = [Step(hung, CircuitBreaker(hung.name, clock, policy), 0.05, 0.34)]  # type: ignore[arg-type]
+    lagging = [False]
+    chain = FallbackChain(steps, clock, busy=lambda: lagging[0], verdict_after_s=0.03)
+
+    async def scenario() -> None:
+        await chain.read(["k"], Deadline(1.0, clock))  # abandoned while the loop is on time
+        lagging[0] = True
+        await asyncio.sleep(0.1)
+        assert steps[0].breaker.state is BreakerState.CLOSED, "no verdict while lagging"
+        lagging[0] = False
+        await asyncio.sleep(0.1)
+        assert steps[0].breaker.state is BreakerState.OPEN, "still silent: hung, judged"
+
+    asyncio.run(scenario())
+
+
+def test_the_admin_view_names_each_stores_last_failure_without_its_message() -> None:
+    """What an operator needs when breakers open under load: which error, how long ago."""
+    stores, clock, http = _chain()
+    stores[0].fail = True  # StoreUnavailable("redis-us-east is down")
+    _read(http)
+    clock.advance(1.5)
+    status, _, raw = asyncio.run(
+        http.handle("GET", "/v1/stores", {"x-api-key": ADMIN_KEY}, _no_body)
+    )
+    body = orjson.loads(raw)
+    assert status == 200
+    assert body["last_failures"] == {"redis-us-east": {"error": "StoreUnavailable", "age_s": 1.5}}
+    assert b"is down" not in raw, "no exception text in a response"
+    assert body["in_flight"] == {"limit": http.limits.max_in_flight, "now": 1}
+
+
+async def _no_body():  # type: ignore[no-untyped-def]
+    yield b""

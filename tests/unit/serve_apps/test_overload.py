@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from features.errors import ConfigError
-from serve_apps.overload import LagGauge, LagTicker
+from features.errors import ConfigError, StoreTimeout
+from serve_apps.overload import AdaptiveLimit, LagGauge, LagTicker
 from tests.unit.serve_apps.fakes import FakeClock
 from tests.unit.serve_apps.test_http import _call, _server
 
@@ -73,3 +73,61 @@ def test_the_handler_sheds_reads_with_503_while_the_loop_is_late_but_answers_hea
     assert _call(http, "/v1/health", method="GET", key=None)[0] == 200
     gauge.lag_s = 0.0
     assert _call(http, "/v1/features", body)[0] == 200
+
+
+def test_the_in_flight_limit_cuts_once_per_overload_and_climbs_back_while_healthy() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(max_limit=32, clock=clock, min_limit=4)
+    started = [limit.acquire() for _ in range(32)]
+    assert None not in started and limit.acquire() is None, "the 33rd is refused"
+    clock.advance(0.05)
+    for start in started:  # all 32 met the same overload: one cut, not 32
+        limit.release(start, dropped=True)  # type: ignore[arg-type]
+    assert limit.limit == pytest.approx(28.8) and limit.in_flight == 0
+    for _ in range(40):  # each new overload cuts again, down to the floor
+        clock.advance(0.05)
+        limit.release(limit.acquire(), dropped=True)  # type: ignore[arg-type]
+    assert limit.limit == 4.0
+    for _ in range(4):
+        assert limit.acquire() is not None
+    assert limit.acquire() is None, "at the floor, only 4 in flight"
+    for _ in range(600):  # healthy and using its limit: back up to the ceiling, never past it
+        limit.release(clock(), dropped=False)
+        while limit.acquire() is not None:
+            pass
+    assert limit.limit == 32.0 and limit.in_flight == 32
+
+
+def test_an_idle_replica_does_not_grow_its_limit_and_bad_settings_are_refused() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(max_limit=32, clock=clock, min_limit=4)
+    limit.release(limit.acquire(), dropped=True)  # type: ignore[arg-type]
+    cut = limit.limit
+    for _ in range(100):  # one request at a time: the limit is not what holds it back
+        limit.release(limit.acquire(), dropped=False)  # type: ignore[arg-type]
+    assert limit.limit == cut
+    with pytest.raises(ConfigError, match="min_limit"):
+        AdaptiveLimit(max_limit=4, clock=clock, min_limit=8)
+    with pytest.raises(ConfigError, match="backoff"):
+        AdaptiveLimit(max_limit=4, clock=clock, backoff=1.0)
+
+
+def test_store_timeouts_shrink_the_handlers_limit_but_bad_requests_do_not() -> None:
+    """Requests that met a store timeout cut the limit; past it the handler answers 503 before
+    any store read. A client sending garbage does not shrink everyone else's limit."""
+    http, store = _server()
+    body = {"entities": {"user": ["u_1"]}, "features": ["user_spend:tx_count_1h"]}
+    for _ in range(10):
+        assert _call(http, "/v1/features", {"entities": 3})[0] == 422
+    assert http.admission.limit == http.limits.max_in_flight
+    store.fail, store.error = True, StoreTimeout
+    clock = http.admission.clock
+    for _ in range(10):
+        clock.advance(0.05)  # type: ignore[attr-defined]
+        assert _call(http, "/v1/features", body)[0] == 200  # the DynamoDB step answers
+    assert http.admission.limit == http.limits.min_in_flight == 4
+    http.admission.in_flight = 4  # four requests in flight already
+    calls = len(store.calls)
+    status, headers, out = _call(http, "/v1/features", body)
+    assert status == 503 and out["error"] == "overloaded" and headers["retry-after"] == "1"
+    assert len(store.calls) == calls, "a refused request costs no store read"
