@@ -28,6 +28,7 @@ _STORE_MARK = b'"store":"'
 # process should not load the serving stack).
 DEFAULTS = "defaults"
 _OUTCOME_MARK = b'"outcome":"'
+_ERROR_MARK = b'"error":"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,20 @@ class Sample:
     # For an answer not served by the first store: why each one was passed over,
     # "store=outcome,..." (empty when the first store answered).
     fallback: str = ""
+    # A refusal's JSON error code ("overloaded" from our handler); "" for a body without one,
+    # e.g. Serve's own backpressure answer.
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one round trip brought back (see :class:`Sample` for the fields)."""
+
+    status: int
+    store: str = ""
+    retry_after: float = 0.0
+    fallback: str = ""
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,14 +90,14 @@ def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str
 
 class Connection:
     """One keep-alive HTTP/1.1 connection; ``roundtrip`` sends a raw request and reads the whole
-    answer (content-length or chunked), returning (status, serving store, Retry-After seconds,
-    0.0 when absent; a date form, which we never send, counts as one second)."""
+    answer (content-length or chunked) into an :class:`Answer` (Retry-After in seconds, 0.0
+    when absent; a date form, which we never send, counts as one second)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
-    async def roundtrip(self, raw: bytes) -> tuple[int, str, float, str]:
+    async def roundtrip(self, raw: bytes) -> Answer:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -97,9 +112,11 @@ class Connection:
             elif lname == b"retry-after":
                 retry_after = _seconds(value)
         body = await self._body(length, chunked)
+        if status != 200:
+            return Answer(status, retry_after=retry_after, error=_error_of(body))
         store = _store_of(body)
         passed_over = store == DEFAULTS or body.count(_OUTCOME_MARK, 0, 1_000) > 1
-        return status, store, retry_after, _fallback_of(body) if passed_over else ""
+        return Answer(status, store, retry_after, _fallback_of(body) if passed_over else "")
 
     async def _body(self, length: int, chunked: bool) -> bytes:
         if not chunked:
@@ -136,6 +153,14 @@ def _store_of(body: bytes) -> str:
     return body[start : body.find(b'"', start)].decode()
 
 
+def _error_of(body: bytes) -> str:
+    at = body.find(_ERROR_MARK, 0, 200)
+    if at < 0:
+        return ""
+    start = at + len(_ERROR_MARK)
+    return body[start : body.find(b'"', start)].decode(errors="replace")
+
+
 def _fallback_of(body: bytes) -> str:
     try:
         steps = orjson.loads(body).get("fallback", [])
@@ -151,6 +176,9 @@ class HttpLoad:
     spec: LoadSpec
     samples: list[Sample] = field(default_factory=list)
     started_at: float = 0.0  # time.monotonic() when the first request was scheduled
+    # How late this generator's own loop woke for a 20 ms tick, ms: a generator short of CPU
+    # adds its own delay to every latency it records, so the drills report it beside them.
+    own_lag_ms: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -179,10 +207,20 @@ class HttpLoad:
         return raw
 
     async def _main(self) -> None:
-        if self.spec.rate is not None:
-            await self._open_loop(self.spec.rate)
-        else:
-            await asyncio.gather(*(self._worker() for _ in range(self.spec.concurrency or 1)))
+        ticker = asyncio.create_task(self._tick())
+        try:
+            if self.spec.rate is not None:
+                await self._open_loop(self.spec.rate)
+            else:
+                await asyncio.gather(*(self._worker() for _ in range(self.spec.concurrency or 1)))
+        finally:
+            ticker.cancel()
+
+    async def _tick(self, interval_s: float = 0.02) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(interval_s)
+            self.own_lag_ms.append(max(0.0, (time.monotonic() - asked - interval_s) * 1e3))
 
     async def _connect(self) -> Connection | None:
         try:
@@ -203,25 +241,23 @@ class HttpLoad:
             await asyncio.sleep(0.05)  # refused: do not spin while the server is down
             return None, sample
         try:
-            status, store, retry_after, fallback = await asyncio.wait_for(
-                conn.roundtrip(self._request()), self.spec.timeout_s
-            )
+            answer = await asyncio.wait_for(conn.roundtrip(self._request()), self.spec.timeout_s)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
             return None, self._record(scheduled, TRANSPORT_ERROR)
-        return conn, self._record(scheduled, status, store, retry_after, fallback)
+        return conn, self._record(scheduled, answer.status, answer)
 
-    def _record(
-        self,
-        scheduled: float,
-        status: int,
-        store: str = "",
-        retry_after: float = 0.0,
-        fallback: str = "",
-    ) -> Sample:
+    def _record(self, scheduled: float, status: int, answer: Answer | None = None) -> Sample:
+        a = answer or Answer(status)
         now = time.monotonic()
         sample = Sample(
-            scheduled - self.started_at, now - scheduled, status, store, retry_after, fallback
+            scheduled - self.started_at,
+            now - scheduled,
+            status,
+            a.store,
+            a.retry_after,
+            a.fallback,
+            a.error,
         )
         self.samples.append(sample)
         return sample
@@ -277,6 +313,7 @@ class ProcessLoad:
     def __init__(self, spec: LoadSpec, start_timeout_s: float = 60.0) -> None:
         self.spec = spec
         self.samples: list[Sample] = []
+        self.own_lag_ms: list[float] = []
         self.started_at = 0.0
         self._start_timeout_s = start_timeout_s
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
@@ -302,7 +339,7 @@ class ProcessLoad:
     def stop(self) -> list[Sample]:
         self._stop.set()
         if self._results.poll(self.spec.timeout_s + 30):
-            self.started_at, self.samples = self._results.recv()
+            self.started_at, self.samples, self.own_lag_ms = self._results.recv()
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
@@ -313,4 +350,4 @@ def _load_in_process(spec: LoadSpec, started: Any, stop: Any, results: Any) -> N
     with HttpLoad(spec) as load:
         started.set()
         stop.wait()
-    results.send((load.started_at, load.samples))
+    results.send((load.started_at, load.samples, load.own_lag_ms))

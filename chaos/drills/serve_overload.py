@@ -67,6 +67,9 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     verdict.figure("accepted_p99_under_overload_ms", load_p99)
     verdict.figure("shed_p99_ms", shed_p99)
     verdict.figure("replica_replaced_s", replaced_s)
+    # The flood's own loop delay is part of every latency it records (a 2-core box).
+    verdict.figure("flood_generator_lag_p99_ms", percentile(flood.own_lag_ms, 0.99))
+    verdict.figure("probe_generator_lag_p99_ms", percentile(probe.own_lag_ms, 0.99))
     verdict.check(
         "excess shed with 503 and Retry-After",
         bool(shed) and all(s.retry_after for s in shed),

@@ -43,7 +43,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             if b"shed" in body:
                 writer.write(
                     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
-                    b"content-length: 2\r\n\r\n{}"
+                    b"content-length: 22\r\n\r\n{\"error\":\"overloaded\"}"
                 )
             else:
                 answer = _DEFAULTS if b"defaults" in body else _OK
@@ -88,6 +88,7 @@ def test_open_loop_keeps_its_rate_and_records_status_store_and_retry_after(serve
     shed = [s for s in samples if s.status == 503]
     assert ok and all(s.store == "redis-us-east" for s in ok)
     assert shed and all(s.retry_after and s.store == "" for s in shed)
+    assert {s.error for s in shed} == {"overloaded"} and {s.error for s in ok} == {""}
 
 
 def _ok_request(port: int) -> bytes:
@@ -141,6 +142,22 @@ def test_a_load_in_its_own_process_hands_back_every_sample_on_the_drills_clock(
     assert len(load.samples) > 10 and {s.status for s in load.samples} == {200}
     assert before <= load.started_at <= time.monotonic()  # one clock across processes
     assert all(s.store == "redis-us-east" for s in load.samples)
+    assert len(load.own_lag_ms) >= 10, "its own loop's lag comes back with the samples"
+
+
+def test_a_generator_measures_its_own_loop_lag() -> None:
+    """A load generator short of CPU delays every request it times; it must say so."""
+    load = HttpLoad(LoadSpec("127.0.0.1", 9, [b""], rate=1.0))
+
+    async def scenario() -> None:
+        ticker = asyncio.create_task(load._tick(0.01))
+        await asyncio.sleep(0.03)
+        time.sleep(0.2)  # the generator's loop is held for 200 ms
+        await asyncio.sleep(0.03)
+        ticker.cancel()
+
+    asyncio.run(scenario())
+    assert max(load.own_lag_ms) >= 150
 
 
 def test_a_client_honouring_retry_after_waits_before_asking_again(server: int) -> None:
