@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -142,8 +142,7 @@ class _Status:
     def get(self) -> dict[str, Any] | None:
         try:
             sup = self._ray.get_actor(SUPERVISOR, namespace=NAMESPACE)
-            result: dict[str, Any] = self._ray.get(sup.status.remote(), timeout=30)
-            return result
+            return cast(dict[str, Any], self._ray.get(sup.status.remote(), timeout=30))
         except Exception:  # not up yet, or restarting
             return None
 

@@ -95,7 +95,8 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
     async def one(scheduled: float) -> None:
         conn = await idle.get()
         try:
-            status, store, _ = await conn.roundtrip(raw)
+            answer = await conn.roundtrip(raw)
+            status, store = answer.status, answer.store
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
             idle.put_nowait(await connect(host, port))
@@ -131,7 +132,8 @@ async def closed_loop(
         while time.perf_counter() < stop_at:
             sent = time.perf_counter()
             try:
-                status, store, _ = await conn.roundtrip(raw)
+                answer = await conn.roundtrip(raw)
+                status, store = answer.status, answer.store
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
                 conn = await connect(host, port)

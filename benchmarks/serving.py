@@ -36,7 +36,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,7 +116,7 @@ def _events(now: int, rng: random.Random) -> list[dict[str, Any]]:
                     "event_time_ms": t,
                 }
             )
-    events.sort(key=lambda e: e["event_time_ms"])
+    events.sort(key=lambda e: cast(int, e["event_time_ms"]))
     for seq, e in enumerate(events):
         e.update(event_id=f"b-{seq}", seq=seq, event_type="card_tx", currency="USD")
     return events
@@ -253,7 +253,7 @@ def _deploy_const() -> None:
             await request.body()
             return Response(b'{"ok":true}', media_type="application/json")
 
-    serve.run(Const.bind(), name="const", route_prefix="/const", blocking=False)
+    serve.run(cast(Any, Const).bind(), name="const", route_prefix="/const", blocking=False)
 
 
 def main() -> None:
@@ -336,7 +336,7 @@ def main() -> None:
         try:
             from ray import serve
 
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
             import ray
 
             ray.shutdown()
