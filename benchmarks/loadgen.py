@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.load import Connection, connect, http_request
+from chaos.load import Answer, Connection, connect, http_request
 
 
 @dataclass
@@ -31,12 +31,18 @@ class Result:
     # Which store answered each 200 (the response's top-level "store"): a latency measured on
     # answers that fell back to defaults would flatter a server that is failing.
     stores: dict[str, int] = field(default_factory=dict)
+    # Every answer but a 200, by "status error-code" (e.g. "503 overloaded"): which gate refused.
+    refusals: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
-    def count(self, status: int, store: str) -> None:
+    def count(self, answer: Answer) -> None:
+        status = answer.status
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if status == 200:
-            self.stores[store] = self.stores.get(store, 0) + 1
+            self.stores[answer.store] = self.stores.get(answer.store, 0) + 1
+        else:
+            why = f"{status} {answer.error}".strip()
+            self.refusals[why] = self.refusals.get(why, 0) + 1
 
     def pct(self, q: float) -> float:
         if not self.latencies_s:
@@ -69,6 +75,8 @@ class Result:
         }
         if self.stores:
             out["stores"] = dict(sorted(self.stores.items()))
+        if self.refusals:
+            out["refusals"] = dict(sorted(self.refusals.items()))
         if self.offsets_s:
             out["seconds"] = len({int(o) for o in self.offsets_s})
             out["seconds_over_20ms"] = self.slow_seconds()
@@ -96,15 +104,14 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
         conn = await idle.get()
         try:
             answer = await conn.roundtrip(raw)
-            status, store = answer.status, answer.store
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
             idle.put_nowait(await connect(host, port))
             return
         result.latencies_s.append(time.perf_counter() - scheduled)
         result.offsets_s.append(scheduled - start)
-        result.count(status, store)
-        if status != 200:
+        result.count(answer)
+        if answer.status != 200:
             result.errors += 1
         idle.put_nowait(conn)
 
@@ -133,14 +140,13 @@ async def closed_loop(
             sent = time.perf_counter()
             try:
                 answer = await conn.roundtrip(raw)
-                status, store = answer.status, answer.store
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
                 conn = await connect(host, port)
                 continue
             result.latencies_s.append(time.perf_counter() - sent)
-            result.count(status, store)
-            if status != 200:
+            result.count(answer)
+            if answer.status != 200:
                 result.errors += 1
         conn.writer.close()
 
