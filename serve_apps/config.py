@@ -87,7 +87,7 @@ class Limits(_Frozen):
     retry_after_s: int = Field(default=1, ge=1, le=60)
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
     # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
-    max_loop_lag_ms: int = Field(default=50, ge=0, le=10_000)
+    max_loop_lag_ms: int = Field(default=100, ge=0, le=10_000)
     # A store timeout while the smoothed lag is over this is the replica's own overload: 503,
     # the breaker untouched, no fallback reads (serve_apps.fallback; 0: always blame the store).
     own_overload_lag_ms: int = Field(default=20, ge=0, le=10_000)
