@@ -78,11 +78,9 @@ class Limits(_Frozen):
     default_deadline_ms: int = Field(default=200, ge=1, le=60_000)
     max_deadline_ms: int = Field(default=5_000, ge=1, le=600_000)
     max_in_flight: int = Field(default=32, ge=1, le=100_000)
-    # The adaptive in-flight limit's floor: it shrinks towards this while requests meet store
-    # timeouts or a lagging loop (serve_apps.overload.AdaptiveLimit); at most max_in_flight.
+    # The adaptive in-flight limit's floor: it shrinks towards this while requests meet the
+    # replica's own overload (serve_apps.overload.AdaptiveLimit); at most max_in_flight.
     min_in_flight: int = Field(default=4, ge=1, le=100_000)
-    # A request that spent longer than this in the replica counts as overload for that limit.
-    slow_request_ms: int = Field(default=100, ge=1, le=600_000)
     max_queued: int = Field(default=32, ge=1, le=100_000)
     retry_after_s: int = Field(default=1, ge=1, le=60)
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are

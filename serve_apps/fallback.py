@@ -185,7 +185,7 @@ class FallbackChain:
         self._late_tolerance_s = late_tolerance_s
         self._busy = busy
         self._verdict_after_s = verdict_after_s
-        self.timeouts = 0  # store timeouts so far, whoever was blamed (admission control reads it)
+        self.timeouts = 0  # store timeouts so far, whoever was blamed (GET /v1/stores shows it)
 
     def breakers(self) -> dict[str, str]:
         return {s.store.name: s.breaker.state.value for s in self.steps}

@@ -1,8 +1,8 @@
 """Load shedding: refuse new reads while the replica's loop is late or its stores time out.
 
 Two gates, both cheap enough to run before a request's body is read:
-- :class:`AdaptiveLimit` caps requests in flight, and the cap shrinks while requests meet store
-  timeouts or a lagging loop and grows back while they do not;
+- :class:`AdaptiveLimit` caps requests in flight, and the cap shrinks while requests meet the
+  replica's own overload and grows back while they do not;
 - :class:`LagGauge`: a fixed in-flight count does not see cost (a 100-entity read costs ~30
   single ones) nor a loop slowed by the box; the loop's lag sees both. A ticker asks to wake
   every ``interval_s``; how late it actually wakes is the time any ready callback currently
@@ -86,10 +86,11 @@ class LagTicker:
 class AdaptiveLimit:
     """How many requests one replica works on at once: additive increase, multiplicative cut.
 
-    A request that ran into a store timeout or a lagging loop (``dropped``), or took longer than
-    ``slow_s`` in this replica, cuts the limit by ``backoff``; any other adds ``1 / limit`` while
-    the replica is using at least half its limit, so a healthy replica climbs back from
-    ``min_limit`` to ``max_limit`` in about ``max_limit ** 2 / 2`` requests. Past the limit a
+    A request that met this replica's own overload (``dropped``: refused by the chain as
+    overloaded, or finished while the loop lags) cuts the limit by ``backoff``; any other adds
+    ``1 / limit`` while the replica is using at least half its limit, so a healthy replica
+    climbs back from ``min_limit`` to ``max_limit`` in about ``max_limit ** 2 / 2`` requests.
+    Past the limit a
     request is refused at once, cheaply, with 503; admitted ones then find their stores
     answering (serve-overload drill: with a fixed 32 in flight, a flood slowed the box's Redis,
     timeouts opened the breakers and most accepted answers were defaults).
@@ -103,7 +104,6 @@ class AdaptiveLimit:
     clock: Clock
     min_limit: int = 4
     backoff: float = 0.9
-    slow_s: float = 0.1
     in_flight: int = 0
     limit: float = 0.0
     _last_cut_s: float = float("-inf")
@@ -113,8 +113,6 @@ class AdaptiveLimit:
             raise ConfigError("needs 1 <= min_limit <= max_limit", field="min_limit")
         if not 0 < self.backoff < 1:
             raise ConfigError("must be in (0, 1)", field="backoff")
-        if self.slow_s <= 0:
-            raise ConfigError("must be positive", field="slow_s")
         self.limit = float(self.max_limit)
 
     def acquire(self) -> float | None:
@@ -127,10 +125,9 @@ class AdaptiveLimit:
     def release(self, started_s: float, *, dropped: bool) -> None:
         busy = self.in_flight * 2 >= self.limit
         self.in_flight -= 1
-        now = self.clock()
-        if dropped or now - started_s > self.slow_s:
+        if dropped:
             if started_s > self._last_cut_s:
                 self.limit = max(float(self.min_limit), self.limit * self.backoff)
-                self._last_cut_s = now
+                self._last_cut_s = self.clock()
         elif busy:
             self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)

@@ -43,7 +43,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             if b"shed" in body:
                 writer.write(
                     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
-                    b"content-length: 22\r\n\r\n{\"error\":\"overloaded\"}"
+                    b'content-length: 22\r\n\r\n{"error":"overloaded"}'
                 )
             else:
                 answer = _DEFAULTS if b"defaults" in body else _OK
