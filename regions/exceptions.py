@@ -36,6 +36,14 @@ class AbandonedCall(StoreTimeout):
     def __init__(self, message: str, pending: asyncio.Future[Any]) -> None:
         super().__init__(message)
         self.pending = pending
+        pending.add_done_callback(consume_outcome)
+
+
+def consume_outcome(call: asyncio.Future[Any]) -> None:
+    """Done-callback for a call nobody awaits any more: reading its outcome keeps asyncio from
+    logging "exception was never retrieved" for every late failure."""
+    if not call.cancelled():
+        call.exception()
 
 
 class CircuitOpen(StoreUnavailable):

@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from features.errors import StoreTimeout, StoreUnavailable
 from regions.config import RegionConfig
-from regions.exceptions import AbandonedCall, StoreNotReady, StoreRejected
+from regions.exceptions import AbandonedCall, StoreNotReady, StoreRejected, consume_outcome
 from regions.resilience import Deadline
 from regions.tiles import TileWrite, coalesce, decode_field, encode_field, floor_field
 
@@ -441,7 +441,6 @@ class AsyncRedisTileReader:
                 return list(await asyncio.shield(call))
         except TimeoutError as exc:  # our deadline
             if not call.done():  # the call goes on; its fate is known later
-                call.add_done_callback(_drop_outcome)
                 message = f"{self._store}: no answer in {timeout or 0:.3f}s"
                 raise AbandonedCall(message, call) from exc
             # The reply landed in the same turn of the loop as the timer: a lagging loop runs
@@ -453,15 +452,8 @@ class AsyncRedisTileReader:
         except (rex.RedisError, OSError) as exc:
             raise _mapped(self._store, exc) from exc
         except asyncio.CancelledError:  # our caller gave up: the same, without the mapping
-            call.add_done_callback(_drop_outcome)
+            call.add_done_callback(consume_outcome)
             raise
-
-
-def _drop_outcome(call: asyncio.Future[Any]) -> None:
-    # An abandoned call's result or error has nobody to go to; reading it keeps asyncio from
-    # logging "exception was never retrieved" for every late failure.
-    if not call.cancelled():
-        call.exception()
 
 
 def guarded(call: Callable[[], T], store: str) -> T:
