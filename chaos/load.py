@@ -237,23 +237,22 @@ class HttpLoad:
         what was recorded."""
         conn = conn or await self._connect()
         if conn is None:
-            sample = self._record(scheduled, TRANSPORT_ERROR)
+            sample = self._record(scheduled, Answer(TRANSPORT_ERROR))
             await asyncio.sleep(0.05)  # refused: do not spin while the server is down
             return None, sample
         try:
             answer = await asyncio.wait_for(conn.roundtrip(self._request()), self.spec.timeout_s)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
-            return None, self._record(scheduled, TRANSPORT_ERROR)
-        return conn, self._record(scheduled, answer.status, answer)
+            return None, self._record(scheduled, Answer(TRANSPORT_ERROR))
+        return conn, self._record(scheduled, answer)
 
-    def _record(self, scheduled: float, status: int, answer: Answer | None = None) -> Sample:
-        a = answer or Answer(status)
+    def _record(self, scheduled: float, a: Answer) -> Sample:
         now = time.monotonic()
         sample = Sample(
             scheduled - self.started_at,
             now - scheduled,
-            status,
+            a.status,
             a.store,
             a.retry_after,
             a.fallback,

@@ -436,6 +436,7 @@ class AsyncRedisTileReader:
         load on the Redis that was already slow (serve-overload drill, docs/reliability.md)."""
         timeout = None if deadline is None else deadline.timeout_for(1.0)
         call = asyncio.ensure_future(pipe.execute())
+        call.add_done_callback(consume_outcome)  # nobody may await it: timed out or cancelled
         try:
             async with asyncio.timeout(timeout):
                 return list(await asyncio.shield(call))
@@ -451,9 +452,6 @@ class AsyncRedisTileReader:
             raise _mapped(self._store, failure) from failure
         except (rex.RedisError, OSError) as exc:
             raise _mapped(self._store, exc) from exc
-        except asyncio.CancelledError:  # our caller gave up: the same, without the mapping
-            call.add_done_callback(consume_outcome)
-            raise
 
 
 def guarded(call: Callable[[], T], store: str) -> T:

@@ -119,8 +119,8 @@ class ServingHttp:
             return _error(404, "not_found", request_id)
         if self.lag is not None:
             self.lag.ensure_started()
-        if self.lag is not None and self.lag.gauge.overloaded():
-            return self._shed(request_id)
+            if self.lag.gauge.overloaded():
+                return self._shed(request_id)
         started = self.admission.acquire()
         if started is None:
             return self._shed(request_id)

@@ -1,4 +1,4 @@
-"""Load shedding: refuse new reads while the replica's loop is late or its stores time out.
+"""Load shedding: refuse new reads while the replica itself is overloaded.
 
 Two gates, both cheap enough to run before a request's body is read:
 - :class:`AdaptiveLimit` caps requests in flight, and the cap shrinks while requests meet the
