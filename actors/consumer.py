@@ -52,6 +52,13 @@ class ConsumerStats:
     # consumer's share of end-to-end freshness. Bounded: the latest samples only.
     visible_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=240))  # ~1 min of commits
+    # The same commits split by protocol step (produce = steps 1-3, offsets = 4, end = 5): which
+    # round trip a slow commit waits on.
+    commit_phase_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {
+            phase: deque(maxlen=240) for phase in ("produce", "offsets", "end")
+        }
+    )
 
 
 class StreamConsumer:
@@ -188,8 +195,10 @@ class StreamConsumer:
                     position, metadata, -1
                 )
                 self.stats.watermark_ms[partition] = processor.watermark_ms
+        produced = self._monotonic()
         if offsets:  # 4
             producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+        offsets_added = self._monotonic()
         producer.commit_transaction()  # 5
         visible_at = self._now_ms()
         self.stats.visible_ms.extend(float(visible_at - t) for t in event_times)
@@ -197,6 +206,10 @@ class StreamConsumer:
         self._uncommitted = False
         self._last_commit = self._monotonic()
         self.stats.commit_ms.append((self._last_commit - began) * 1000)
+        phases = self.stats.commit_phase_ms
+        phases["produce"].append((produced - began) * 1000)
+        phases["offsets"].append((offsets_added - produced) * 1000)
+        phases["end"].append((self._last_commit - offsets_added) * 1000)
         self.stats.commits += 1
 
     def refresh_lag(self) -> dict[int, int]:

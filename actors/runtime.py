@@ -88,6 +88,9 @@ class _ConsumerActor:
             "visible_ms": _percentiles(stats.visible_ms),
             "changelog_records": stats.changelog_records,
             "commit_ms": _percentiles(stats.commit_ms),  # one commit protocol run
+            "commit_phase_ms": {
+                phase: _percentiles(samples) for phase, samples in stats.commit_phase_ms.items()
+            },
         }
 
     def stop(self) -> None:

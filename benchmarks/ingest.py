@@ -198,10 +198,20 @@ def _freshness(status: dict[str, Any]) -> dict[str, Any]:
         "changelog_visible_p99_ms": worst(visible, "p99"),
         "commit_p50_ms": worst(commits, "p50"),
         "commit_p99_ms": worst(commits, "p99"),
+        # The commit's steps, worst consumer: which round trip a slow commit waits on.
+        "commit_phase_ms": {
+            phase: {q: worst(_phase(status, phase), q) for q in ("p50", "p99")}
+            for phase in ("produce", "offsets", "end")
+        },
         "freshness_by_sink": {
             k: {"p50": round(f["p50"], 1), "p99": round(f["p99"], 1)} for k, f in by_sink.items()
         },
     }
+
+
+def _phase(status: dict[str, Any], phase: str) -> list[dict[str, float]]:
+    consumers = status["consumers"]
+    return [c["commit_phase_ms"][phase] for c in consumers if c["commit_phase_ms"].get(phase)]
 
 
 def _applied(status: dict[str, Any]) -> dict[str, int]:
