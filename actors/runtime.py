@@ -194,14 +194,14 @@ def sink_group(region: str, store: str) -> str:
 
 
 def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:
-    from kafka import KafkaConsumer
+    from kafka import KafkaConsumer, TopicPartition
 
+    from actors.offline_actor import topic_partitions
     from regions.dynamodb_store import DynamoTileWriter
     from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 
     region = config.topology.get(region_name)
     consumer = KafkaConsumer(
-        config.changelog_topic,
         bootstrap_servers=config.bootstrap,
         group_id=sink_group(region_name, store),
         enable_auto_commit=False,
@@ -212,6 +212,12 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
         # read_committed fetch as soon as a transaction commits (measured: Redis freshness equals
         # changelog-visible freshness at p50); with 50 ms each idle sink used ~6 % of a core.
     )
+    # Assigned, not subscribed: a sink is the only member of its group, so a group protocol
+    # could only ever hand it every partition, and twice on a fresh stack (ingest benchmark runs
+    # 2026-12-02 20:20 and 2026-12-03 11:12) a subscribed sink held none until a 90 s watchdog
+    # restarted it, its region stale all that time. The group still keeps its committed offsets.
+    changelog = topic_partitions(consumer, [config.changelog_topic])[config.changelog_topic]
+    consumer.assign([TopicPartition(config.changelog_topic, p) for p in changelog])
     if store == "redis":
         client = redis_client(region, RedisRole.WRITER, config.redis_users, secrets)
         # Guarded: a Redis that came back empty refuses writes until the sink rehydrated it.

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from actors.changelog import ChangelogDecodeError, decode
-from actors.exceptions import ConsumerWedged
 from features.errors import BackpressureError, TransportError
 from regions.exceptions import StoreNotReady
 from regions.resilience import ExponentialBackoff
@@ -70,7 +69,7 @@ class SinkStats:
     paused: bool = False
     store_state: str = NOT_APPLICABLE
     rehydrations: int = 0
-    assigned_partitions: int = 0  # 0 for long means the group gave this sink nothing to apply
+    assigned_partitions: int = 0  # changelog partitions assigned (every one: see actors.runtime)
     last_error: str = ""
     freshness_ms: list[float] = field(default_factory=list)  # drained by the metrics exporter
 
@@ -92,7 +91,6 @@ class SinkWorker:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
         check_interval_s: float = 1.0,
-        max_unassigned_s: float = 90.0,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
@@ -108,8 +106,6 @@ class SinkWorker:
         self._next_check = 0.0  # check before the first batch
         self._lost = False  # the store lost its data; rehydrate once partitions are assigned
         self._targets: dict[Any, int] | None = None  # end offsets to reach while rehydrating
-        self._max_unassigned_s = max_unassigned_s
-        self._unassigned_since: float | None = None
         if self._store is not None:
             self.stats.store_state = UNKNOWN
 
@@ -118,7 +114,7 @@ class SinkWorker:
         self._maybe_resume()
         self._check_store()
         polled = self._consumer.poll(timeout_ms=poll_timeout_ms, max_records=self._max_records)
-        self._check_assigned(len(self._consumer.assignment()))
+        self.stats.assigned_partitions = len(self._consumer.assignment())
         if self._lost:
             self._start_rehydration()  # the polled records are read again from the beginning
             return 0
@@ -140,21 +136,6 @@ class SinkWorker:
         self._record_success(len(writes), event_times)
         self._maybe_finish_rehydration()
         return len(writes)
-
-    def _check_assigned(self, assigned: int) -> None:
-        """A sink is the only member of its group, so a group that gives it no partition for
-        ``max_unassigned_s`` means its Kafka client is stuck (seen once in CI: a region's sink that
-        applied nothing for 17 minutes, lag 0, no failure). Raising exits the actor's process and
-        Ray rebuilds the client from committed offsets; a broker outage shorter than the limit,
-        or a rebalance, never trips it."""
-        self.stats.assigned_partitions = assigned
-        now = self._monotonic()
-        if assigned:
-            self._unassigned_since = None
-        elif self._unassigned_since is None:
-            self._unassigned_since = now
-        elif now - self._unassigned_since > self._max_unassigned_s:
-            raise ConsumerWedged(f"no partition assigned for {now - self._unassigned_since:.0f} s")
 
     def _check_store(self) -> None:
         """Every ``check_interval_s``: is the store still complete (or still ours to rehydrate)?

@@ -34,7 +34,6 @@ class FakeConsumer:
         self.committed: dict[FakeTopicPartition, int] = {}
         self._paused: set[FakeTopicPartition] = set()
         self.polls = 0
-        self.in_group = True  # False: the group gives this member nothing (poll and assignment)
 
     def append(self, topic: str, partition: int, key: bytes | None, value: bytes) -> FakeRecord:
         tp = FakeTopicPartition(topic, partition)
@@ -45,8 +44,6 @@ class FakeConsumer:
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[Any, list[FakeRecord]]:
         self.polls += 1
         out: dict[Any, list[FakeRecord]] = {}
-        if not self.in_group:
-            return out
         budget = max_records
         for tp, log in self.logs.items():
             if tp in self._paused or budget == 0:
@@ -68,7 +65,7 @@ class FakeConsumer:
         self._paused.difference_update(tps)
 
     def assignment(self) -> set[FakeTopicPartition]:
-        return set(self.logs) if self.in_group else set()
+        return set(self.logs)
 
     def paused(self) -> set[FakeTopicPartition]:
         return set(self._paused)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
-
 from actors.changelog import ChangelogRecord, encode
-from actors.exceptions import ConsumerWedged
 from actors.sink import SinkWorker
 from features.errors import StoreTimeout
 from regions.exceptions import StoreNotReady
@@ -206,26 +203,3 @@ def test_a_store_without_a_marker_is_never_rehydrated() -> None:
     while worker.step():
         pass
     assert worker.stats.store_state == "n/a" and worker.stats.rehydrations == 0
-
-
-def test_a_sink_its_group_leaves_without_partitions_exits_to_be_rebuilt() -> None:
-    """Its actor process exits on ConsumerWedged and Ray rebuilds the Kafka client; a gap
-    shorter than the limit (a rebalance, a broker restart) is waited out."""
-    consumer, store, clock = FakeConsumer(), FlakyStore(), Clock()
-    _fill(consumer, 4)
-    worker = SinkWorker(consumer, store, monotonic=clock, max_unassigned_s=90)
-    consumer.in_group = False
-    for _ in range(3):  # 60 s without partitions, then they come back: the timer restarts
-        worker.step()
-        clock.t += 30
-    consumer.in_group = True
-    assert worker.step() == 4
-    assert worker.stats.assigned_partitions == 2
-    consumer.in_group = False
-    worker.step()
-    clock.t += 90
-    worker.step()  # exactly the limit: still waiting
-    clock.t += 1
-    with pytest.raises(ConsumerWedged, match="no partition assigned for 91 s"):
-        worker.step()
-    assert sum(consumer.committed.values()) == 4  # what was applied stays committed
