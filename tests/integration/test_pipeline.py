@@ -24,7 +24,7 @@ from chaos import verify
 from chaos.context import rss_mib
 from chaos.oracle import LedgerEntry, accepted_events
 from cluster import pipeline as pipeline_job
-from cluster.settings import DEFAULT_EVENTS_TOPIC
+from cluster.settings import CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
 
@@ -153,6 +153,12 @@ def _assert_consumers_report_their_share_of_freshness(stack: Stack) -> None:
         visible = status["visible_ms"]
         assert visible and visible["count"] > 0, status
         assert 0 <= visible["p50"] <= visible["p99"], visible
+        # Every commit is timed whole and by step, so the steps decompose the same commits.
+        phases = status["commit_phase_ms"]
+        assert set(phases) == {"produce", "offsets", "end"}, phases
+        for phase in phases.values():
+            assert phase["count"] == status["commit_ms"]["count"], status
+            assert 0 <= phase["p50"] <= phase["p99"] <= status["commit_ms"]["p99"] + 1, status
 
 
 def test_consumers_and_sinks_run_at_normal_priority(pipeline: Stack) -> None:
@@ -170,6 +176,26 @@ def test_consumers_and_sinks_run_at_normal_priority(pipeline: Stack) -> None:
     for sink in status["sinks"]:
         by_store.setdefault(sink["store"], set()).add(sink["niceness"])
     assert by_store == {"redis": {0}, "dynamodb": {0}}, by_store
+
+
+def test_every_sink_is_assigned_every_changelog_partition(pipeline: Stack) -> None:
+    """A sink is its group's only member and is assigned, not subscribed: it never waits on a
+    group join, and no partition of any region's changelog is left unapplied."""
+    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        supervisor = ray.get_actor("fl-supervisor", namespace="freshline")
+        deadline = time.monotonic() + 60
+        status = ray.get(supervisor.status.remote(), timeout=60)
+        # A sink reports its assignment once its loop finished a first step.
+        while any(s["since_last_step_s"] is None for s in status["sinks"]):
+            assert time.monotonic() < deadline, status["sinks"]
+            time.sleep(0.5)
+            status = ray.get(supervisor.status.remote(), timeout=60)
+    finally:
+        ray.shutdown()
+    changelog = next(t for t in pipeline.settings.kafka.topics if t.name == CHANGELOG_TOPIC)
+    assert len(status["sinks"]) == 4
+    assert {s["assigned_partitions"] for s in status["sinks"]} == {changelog.partitions}
 
 
 def test_a_consumer_killed_mid_stream_changes_nothing(pipeline: Stack) -> None:
