@@ -32,7 +32,9 @@ class PipelineConfig(BaseModel):
     # made the broker and the DynamoDB endpoint (nice 0) win it over the consumers and sinks too.
     # Consumers and sinks run at this niceness; the offline writer (batch work) keeps Ray's 15.
     # Measured on 2 cores (docs/benchmarks.md): end-to-end 9-12k -> 18k events/s. Putting only the
-    # Redis sinks and consumers first starved the DynamoDB sinks instead (drain 5 s -> 91 s).
+    # Redis sinks and consumers first (DynamoDB sinks at nice 10, 2026-12-03) slowed the drain,
+    # which waits for every sink (4.0 -> 8.3 s), and did not move Redis freshness (p99 1.35 s).
+    # (A 91 s drain once blamed on that was a sink left without partitions, actors.runtime.)
     stream_niceness: int = Field(default=0, ge=0, le=19)
 
     def stream_runtime_env(self) -> dict[str, dict[str, str]]:
