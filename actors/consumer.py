@@ -72,8 +72,10 @@ class StreamConsumer:
         *,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
+        clients: Callable[[ConsumerConfig, str], tuple[Any, Any]] | None = None,
     ) -> None:
         self.config = config
+        self._clients = clients or kafka_clients
         self._topic = catalog.source(config.source).topic
         self._partitions = sorted(partitions)
         self._processors = {
@@ -96,25 +98,8 @@ class StreamConsumer:
     def start(self) -> None:
         """Fence any predecessor, rebuild state from the changelog, seek to committed offsets."""
         started = self._monotonic()
-        self._producer = KafkaProducer(
-            bootstrap_servers=self.config.bootstrap,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            compression_type=None,
-        )
+        self._producer, self._consumer = self._clients(self.config, self.transactional_id)
         self._producer.init_transactions()  # aborts and fences a crashed predecessor's transaction
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
-            group_id=self.config.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_poll_records=self.config.max_poll_records,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
         tps = [TopicPartition(self._topic, p) for p in self._partitions]
         self._consumer.assign(tps)
         for tp in tps:
@@ -230,6 +215,29 @@ class StreamConsumer:
 
     def dead_lettered(self, reason: RejectReason) -> int:
         return self.stats.dead_lettered.get(reason.value, 0)
+
+
+def kafka_clients(config: ConsumerConfig, transactional_id: str) -> tuple[Any, Any]:
+    """The transactional producer and the (assigned, never subscribed) consumer of one actor."""
+    producer = KafkaProducer(
+        bootstrap_servers=config.bootstrap,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        compression_type=None,
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        group_id=config.group_id,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_poll_records=config.max_poll_records,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    return producer, consumer
 
 
 def _watermark_from(metadata: str | None) -> WatermarkState:

@@ -1,14 +1,19 @@
-"""An in-memory stand-in for kafka-python's KafkaConsumer, for unit tests of consumer loops.
+"""In-memory stand-ins for kafka-python's KafkaConsumer and transactional KafkaProducer, for unit
+tests of consumer loops.
 
-It honours what the loops rely on: poll returns only un-paused partitions, seek moves the
-position, commit records the positions, and max_records bounds a poll; end offsets, positions and
-seek to beginning are what a sink's rehydration uses.
+The consumer honours what the loops rely on: poll returns only un-paused partitions, seek moves
+the position, commit records the positions, and max_records bounds a poll; end offsets, positions
+and seek to beginning are what a sink's rehydration uses. It has no group offsets, so a stream
+consumer starting on it starts from the beginning.
+
+The producer records each committed transaction (its records, and its offsets with their
+metadata), refuses overlapping transactions, and can be told to fail ``commit_transaction``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -31,7 +36,7 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.logs: dict[FakeTopicPartition, list[FakeRecord]] = defaultdict(list)
         self.positions: dict[FakeTopicPartition, int] = defaultdict(int)
-        self.committed: dict[FakeTopicPartition, int] = {}
+        self.committed_positions: dict[FakeTopicPartition, int] = {}
         self._paused: set[FakeTopicPartition] = set()
         self.polls = 0
 
@@ -71,7 +76,7 @@ class FakeConsumer:
         return set(self._paused)
 
     def commit(self) -> None:
-        self.committed = dict(self.positions)
+        self.committed_positions = dict(self.positions)
 
     def end_offsets(self, tps: list[FakeTopicPartition]) -> dict[FakeTopicPartition, int]:
         return {tp: len(self.logs[tp]) for tp in tps}
@@ -82,3 +87,63 @@ class FakeConsumer:
     def seek_to_beginning(self, *tps: FakeTopicPartition) -> None:
         for tp in tps:
             self.positions[tp] = 0
+
+    def assign(self, tps: list[Any]) -> None:
+        for tp in tps:
+            self.logs.setdefault(FakeTopicPartition(tp.topic, tp.partition), [])
+
+    def committed(self, tp: Any, metadata: bool = False) -> None:
+        return None  # no group offsets: a stream consumer starts from the beginning
+
+    def group_metadata(self) -> str:
+        return "fake-group-metadata"
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Transaction:
+    records: list[tuple[str, int | None, bytes | None, bytes]] = field(default_factory=list)
+    # source partition -> (next offset, metadata)
+    offsets: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.transactions: list[Transaction] = []  # committed, in order
+        self.open: Transaction | None = None
+        self.fail_commit: Exception | None = None
+
+    def init_transactions(self) -> None:
+        pass
+
+    def begin_transaction(self) -> None:
+        if self.open is not None:
+            raise AssertionError("a transaction began while another was open")
+        self.open = Transaction()
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None = None,
+        value: bytes = b"",
+        partition: int | None = None,
+        headers: Any = None,
+    ) -> None:
+        assert self.open is not None, "send outside a transaction"
+        self.open.records.append((topic, partition, key, value))
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: Any) -> None:
+        assert self.open is not None and group is not None
+        self.open.offsets = {tp.partition: (m.offset, m.metadata) for tp, m in offsets.items()}
+
+    def commit_transaction(self) -> None:
+        if self.fail_commit is not None:
+            raise self.fail_commit
+        assert self.open is not None
+        self.transactions.append(self.open)
+        self.open = None
+
+    def close(self) -> None:
+        pass

@@ -53,7 +53,7 @@ def test_applies_and_commits_after_the_store_acknowledges() -> None:
     while worker.step():
         pass
     assert len(store.data) == 100
-    assert sum(consumer.committed.values()) == 100
+    assert sum(consumer.committed_positions.values()) == 100
     assert worker.stats.applied_records == 100
     assert sorted(worker.stats.take_freshness())[0] == 2_000 - 1_099
 
@@ -66,7 +66,7 @@ def test_a_failing_store_pauses_seeks_back_and_nothing_is_lost_or_committed_earl
     store.down = True
     assert worker.step() == 0
     assert worker.stats.paused and consumer.paused()
-    assert consumer.committed == {}, "nothing may be committed while the store has not acknowledged"
+    assert consumer.committed_positions == {}, "nothing committed before the store acknowledged"
     calls = store.calls
     assert worker.step() == 0 and store.calls == calls, "paused partitions are not re-applied early"
     store.down = False
@@ -75,7 +75,7 @@ def test_a_failing_store_pauses_seeks_back_and_nothing_is_lost_or_committed_earl
         pass
     assert len(store.data) == 60
     assert not worker.stats.paused
-    assert consumer.committed == {
+    assert consumer.committed_positions == {
         FakeTopicPartition(TOPIC, 0): 30,
         FakeTopicPartition(TOPIC, 1): 30,
     }
@@ -143,7 +143,7 @@ def test_a_store_back_empty_is_replayed_from_the_start_then_marked_ready() -> No
     _drain(worker, clock)
     expected = dict(store.data)
     assert worker.stats.store_state == "ready" and worker.stats.rehydrations == 0
-    assert sum(consumer.committed.values()) == 100  # offsets say: everything applied
+    assert sum(consumer.committed_positions.values()) == 100  # offsets say: everything applied
 
     store.lose_everything()
     _drain(worker, clock)

@@ -1,0 +1,105 @@
+"""The stream consumer's commit protocol on test doubles: one transaction holds a commit's tiles,
+dead letters and source offsets (with the watermark), nothing is committed before the interval,
+close commits the rest, and a failed commit stops the loop instead of being skipped."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from actors.consumer import ConsumerConfig, StreamConsumer
+from features.demo import SOURCE, TOPIC, card_transactions_catalog
+from features.watermark import WatermarkState
+from tests.doubles.kafka import FakeConsumer, FakeProducer
+
+CATALOG = card_transactions_catalog()
+T0 = 1_764_000_000_000
+CHANGELOG, DLQ = "fl.tiles.changelog", "fl.dlq"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _event(seq: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"c-{seq}",
+            "seq": seq,
+            "event_type": "card_tx",
+            "user_id": f"u_{seq % 3:06d}",
+            "merchant_id": "m_00001",
+            "amount": 10.0 + seq,
+            "currency": "USD",
+            "event_time_ms": T0 + seq * 1_000,
+        }
+    )
+
+
+def _started(kafka: FakeConsumer, producer: FakeProducer, clock: Clock) -> StreamConsumer:
+    config = ConsumerConfig(bootstrap="fake:9092", source=SOURCE, commit_interval_ms=250)
+    consumer = StreamConsumer(
+        config,
+        CATALOG,
+        [0],
+        now_ms=lambda: T0 + 60_000,
+        monotonic=clock,
+        clients=lambda _config, _transactional_id: (producer, kafka),
+    )
+    consumer.start()
+    return consumer
+
+
+def _append(kafka: FakeConsumer, seqs: range, *, malformed: bool = False) -> None:
+    for seq in seqs:
+        kafka.append(TOPIC, 0, b"u", b"{oops" if malformed else _event(seq))
+
+
+def test_one_transaction_holds_the_tiles_the_dead_letters_and_the_offsets() -> None:
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock)
+    _append(kafka, range(10))
+    _append(kafka, range(10, 12), malformed=True)
+    clock.t += 1  # past the commit interval
+    assert consumer.step(poll_timeout_ms=0) == 12
+    (txn,) = producer.transactions
+    topics = [topic for topic, *_ in txn.records]
+    assert topics.count(DLQ) == 2 and topics.count(CHANGELOG) == consumer.stats.changelog_records
+    assert all(partition == 0 for topic, partition, *_ in txn.records if topic == CHANGELOG)
+    offset, metadata = txn.offsets[0]
+    assert offset == 12  # the next source offset to read after a restart
+    # The watermark a restart restores: the newest valid event's time (seq 9), not a bad one's.
+    restored = WatermarkState.from_dict(orjson.loads(metadata))
+    assert restored.max_event_time_ms == T0 + 9_000
+    assert consumer.stats.commits == 1 and len(consumer.stats.commit_ms) == 1
+    assert {len(samples) for samples in consumer.stats.commit_phase_ms.values()} == {1}
+
+
+def test_nothing_is_committed_within_the_interval_and_close_commits_the_rest() -> None:
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock)
+    _append(kafka, range(4))
+    clock.t += 1
+    consumer.step(poll_timeout_ms=0)
+    _append(kafka, range(4, 6))
+    clock.t += 0.1  # within the 250 ms interval: folded, not committed
+    consumer.step(poll_timeout_ms=0)
+    assert [t.offsets[0][0] for t in producer.transactions] == [4]
+    consumer.close()
+    assert [t.offsets[0][0] for t in producer.transactions] == [4, 6]
+
+
+def test_a_failed_commit_raises_from_step() -> None:
+    """The actor's loop dies on it and Ray restarts the actor from the last committed state."""
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock)
+    producer.fail_commit = RuntimeError("ProducerFencedError")
+    _append(kafka, range(3))
+    clock.t += 1
+    with pytest.raises(RuntimeError, match="ProducerFencedError"):
+        consumer.step(poll_timeout_ms=0)
+    assert producer.transactions == [] and consumer.stats.commits == 0
