@@ -36,6 +36,10 @@ class PipelineConfig(BaseModel):
     # which waits for every sink (4.0 -> 8.3 s), and did not move Redis freshness (p99 1.35 s).
     # (A 91 s drain once blamed on that was a sink left without partitions, actors.runtime.)
     stream_niceness: int = Field(default=0, ge=0, le=19)
+    # DynamoDB sinks apply at most one batch per interval (0: as fast as they can). DynamoDB is
+    # the fallback replica and costs per item written; a longer batch lets a hot tile's writes of
+    # several consumer commits coalesce into one item.
+    durable_batch_interval_ms: int = Field(default=1000, ge=0, le=60_000)
 
     def stream_runtime_env(self) -> dict[str, dict[str, str]]:
         """Merged into the job's runtime env by Ray (its env_vars are kept)."""

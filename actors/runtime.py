@@ -227,7 +227,9 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
     # Not seeding: its batches never mark the table ready, since one may land in a table that
     # just lost its data; the worker's marker checks rehydrate such a table instead.
     writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client, seeding=False)
-    return SinkWorker(consumer, writer)
+    return SinkWorker(
+        consumer, writer, min_batch_interval_s=config.durable_batch_interval_ms / 1000
+    )
 
 
 class _Supervisor:

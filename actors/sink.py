@@ -91,6 +91,8 @@ class SinkWorker:
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
         check_interval_s: float = 1.0,
+        min_batch_interval_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._consumer = consumer
         self._writer = writer
@@ -106,6 +108,11 @@ class SinkWorker:
         self._next_check = 0.0  # check before the first batch
         self._lost = False  # the store lost its data; rehydrate once partitions are assigned
         self._targets: dict[Any, int] | None = None  # end offsets to reach while rehydrating
+        # A store that is slow per item (DynamoDB) applies at most one batch per interval: what
+        # arrives meanwhile is polled as one batch, whose repeated writes of a hot tile coalesce.
+        self._min_batch_interval_s = min_batch_interval_s
+        self._next_batch_at = 0.0
+        self._sleep = sleep
         if self._store is not None:
             self.stats.store_state = UNKNOWN
 
@@ -113,6 +120,7 @@ class SinkWorker:
         """One poll-apply-commit cycle; returns how many records were applied."""
         self._maybe_resume()
         self._check_store()
+        self._wait_for_batch_interval()
         polled = self._consumer.poll(timeout_ms=poll_timeout_ms, max_records=self._max_records)
         self.stats.assigned_partitions = len(self._consumer.assignment())
         if self._lost:
@@ -133,9 +141,16 @@ class SinkWorker:
             self._back_off(polled, exc)
             return 0
         self._consumer.commit()
+        self._next_batch_at = self._monotonic() + self._min_batch_interval_s
         self._record_success(len(writes), event_times)
         self._maybe_finish_rehydration()
         return len(writes)
+
+    def _wait_for_batch_interval(self) -> None:
+        """Never while rehydrating: a store that lost its data is replayed as fast as it takes."""
+        wait = self._next_batch_at - self._monotonic()
+        if wait > 0 and self._targets is None and not self._lost:
+            self._sleep(wait)
 
     def _check_store(self) -> None:
         """Every ``check_interval_s``: is the store still complete (or still ours to rehydrate)?

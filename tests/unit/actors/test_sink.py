@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from actors.changelog import ChangelogRecord, encode
 from actors.sink import SinkWorker
 from features.errors import StoreTimeout
@@ -203,3 +205,51 @@ def test_a_store_without_a_marker_is_never_rehydrated() -> None:
     while worker.step():
         pass
     assert worker.stats.store_state == "n/a" and worker.stats.rehydrations == 0
+
+
+def test_a_batch_interval_gathers_what_arrives_meanwhile_into_one_batch() -> None:
+    """A DynamoDB sink applies at most one batch per interval; the records that arrived while
+    it waited are polled together, and nothing is lost or reordered by the wait."""
+    consumer, store, clock = FakeConsumer(), FlakyStore(), Clock()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.t += seconds
+
+    worker = SinkWorker(consumer, store, monotonic=clock, min_batch_interval_s=1.0, sleep=sleep)
+    _fill(consumer, 10)
+    assert worker.step() == 10 and slept == []  # the first batch goes at once
+    for chunk in range(4):  # four consumer commits' worth within the interval
+        clock.t += 0.1
+        write = TileWrite("fl:hot", "f0", f"v{chunk}".encode(), 100 + chunk, 60_000)
+        key, value = encode(ChangelogRecord(write, event_time_ms=2_000 + chunk))
+        consumer.append(TOPIC, 0, key, value)
+    assert worker.step() == 4
+    assert slept == [pytest.approx(0.6)]  # waited out the rest of the interval, once
+    assert store.calls == 2
+    assert store.data[("fl:hot", "f0")].value == b"v3"  # the newest version won
+    assert sum(consumer.committed_positions.values()) == 14
+
+
+def test_no_batch_interval_while_rehydrating() -> None:
+    """A store that came back empty is replayed as fast as it takes, not one batch a second."""
+    consumer, store, clock = FakeConsumer(), MarkedStore(), Clock()
+    _fill(consumer, 40)
+    slept_while: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        slept_while.append(worker.stats.store_state)
+        clock.t += seconds
+
+    worker = SinkWorker(
+        consumer, store, max_records=10, monotonic=clock, min_batch_interval_s=1.0, sleep=sleep
+    )
+    store.marker = None  # emptied: the first step starts a rehydration
+    worker.step()
+    assert worker.stats.store_state == "rehydrating"
+    for _ in range(5):
+        worker.step()
+    assert worker.stats.store_state == "ready" and worker.stats.rehydrations == 1
+    assert len(store.data) == 40
+    assert "rehydrating" not in slept_while
