@@ -67,9 +67,10 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     verdict.figure("accepted_p99_under_overload_ms", load_p99)
     verdict.figure("shed_p99_ms", shed_p99)
     verdict.figure("replica_replaced_s", replaced_s)
+    _report_shed_by_window(verdict, shed, killed_at, replaced_s, flood.started_at - timeline.t0)
     # The flood's own loop delay is part of every latency it records (a 2-core box).
-    verdict.figure("flood_generator_lag_p99_ms", percentile(flood.own_lag_ms, 0.99))
-    verdict.figure("probe_generator_lag_p99_ms", percentile(probe.own_lag_ms, 0.99))
+    for name, load in (("flood", flood.own_lag_ms), ("probe", probe.own_lag_ms)):
+        verdict.figure(f"{name}_generator_lag_p99_ms", percentile(load, 0.99))
     verdict.check(
         "excess shed with 503 and Retry-After",
         bool(shed) and all(s.retry_after for s in shed),
@@ -122,6 +123,22 @@ def _flood_spec(ctx: DrillContext, users: list[str], *, polite: bool) -> LoadSpe
         timeout_s=10.0,
         honor_retry_after=polite,
     )
+
+
+def _report_shed_by_window(
+    verdict: Verdict, shed: list[Sample], killed_at: float, replaced_s: float, shift_s: float
+) -> None:
+    """Figures only: the 503s sent while one replica was down (killed until replaced) and the
+    rest, so that the kill's share of the shed latency and the overload's can be told apart.
+    ``shift_s`` moves the flood's sample times onto the timeline's clock."""
+    replacing = (killed_at, killed_at + (0.0 if math.isnan(replaced_s) else replaced_s))
+    for name, inside in (("during", True), ("outside", False)):
+        latencies = [
+            s.latency_s * 1e3
+            for s in shed
+            if (replacing[0] <= s.sent_s + shift_s <= replacing[1]) == inside
+        ]
+        verdict.figure(f"shed_p99_{name}_replacement_ms", percentile(latencies, 0.99))
 
 
 def _report_rude_flood(verdict: Verdict, flooded: list[Sample], probed: list[Sample]) -> None:

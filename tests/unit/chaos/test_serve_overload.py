@@ -1,0 +1,32 @@
+"""serve-overload's diagnostic split of shed latency: 503s sent while a replica was being
+replaced are told apart from the rest, on the timeline's clock."""
+
+from __future__ import annotations
+
+import math
+
+from chaos.drills.serve_overload import _report_shed_by_window
+from chaos.load import Sample
+from chaos.report import Verdict
+
+
+def _shed(sent_s: float, latency_ms: float) -> Sample:
+    return Sample(sent_s, latency_ms / 1e3, 503, retry_after=1.0, error="overloaded")
+
+
+def test_shed_latency_is_split_at_the_replacement_window() -> None:
+    # The flood's clock starts 2 s after the timeline's; the kill is at 10 s and takes 3 s.
+    shed = [_shed(9.0, 900.0), _shed(8.5, 800.0), _shed(3.0, 40.0), _shed(12.0, 50.0)]
+    verdict = Verdict()
+    _report_shed_by_window(verdict, shed, killed_at=10.0, replaced_s=3.0, shift_s=2.0)
+    assert verdict.figures["shed_p99_during_replacement_ms"] == 900.0
+    assert verdict.figures["shed_p99_outside_replacement_ms"] == 50.0
+
+
+def test_a_replica_never_replaced_leaves_no_window() -> None:
+    verdict = Verdict()
+    _report_shed_by_window(
+        verdict, [_shed(1.0, 30.0)], killed_at=0.5, replaced_s=math.nan, shift_s=0.0
+    )
+    assert verdict.figures["shed_p99_during_replacement_ms"] is None  # no 503 in it
+    assert verdict.figures["shed_p99_outside_replacement_ms"] == 30.0
