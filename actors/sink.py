@@ -108,8 +108,9 @@ class SinkWorker:
         self._next_check = 0.0  # check before the first batch
         self._lost = False  # the store lost its data; rehydrate once partitions are assigned
         self._targets: dict[Any, int] | None = None  # end offsets to reach while rehydrating
-        # A store that is slow per item (DynamoDB) applies at most one batch per interval: what
-        # arrives meanwhile is polled as one batch, whose repeated writes of a hot tile coalesce.
+        # A store that is slow per item (DynamoDB) applies at most one batch per interval while
+        # it keeps up: what arrives meanwhile is polled as one batch, whose repeated writes of a
+        # hot tile coalesce. Behind (a full batch), it reads on without waiting.
         self._min_batch_interval_s = min_batch_interval_s
         self._next_batch_at = 0.0
         self._sleep = sleep
@@ -141,7 +142,10 @@ class SinkWorker:
             self._back_off(polled, exc)
             return 0
         self._consumer.commit()
-        self._next_batch_at = self._monotonic() + self._min_batch_interval_s
+        # A full batch means more is waiting: read on at once, or a sink that may take only
+        # max_records per interval would fall behind for good under a higher rate.
+        full = len(records) >= self._max_records
+        self._next_batch_at = 0.0 if full else self._monotonic() + self._min_batch_interval_s
         self._record_success(len(writes), event_times)
         self._maybe_finish_rehydration()
         return len(writes)

@@ -253,3 +253,24 @@ def test_no_batch_interval_while_rehydrating() -> None:
     assert worker.stats.store_state == "ready" and worker.stats.rehydrations == 1
     assert len(store.data) == 40
     assert "rehydrating" not in slept_while
+
+
+def test_a_sink_behind_reads_on_without_waiting_for_its_batch_interval() -> None:
+    """Full batches mean a backlog: waiting after each would cap the sink at max_records per
+    interval, below the rate it has to keep up with."""
+    consumer, store, clock = FakeConsumer(), FlakyStore(), Clock()
+    slept: list[float] = []
+    worker = SinkWorker(
+        consumer,
+        store,
+        max_records=10,
+        monotonic=clock,
+        min_batch_interval_s=1.0,
+        sleep=slept.append,
+    )
+    _fill(consumer, 35)
+    assert [worker.step() for _ in range(4)] == [10, 10, 10, 5]
+    assert slept == []  # three full batches, then the partial one
+    _fill(consumer, 1)
+    worker.step()
+    assert slept == [pytest.approx(1.0)]  # caught up: the interval applies again
