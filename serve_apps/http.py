@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -82,8 +83,10 @@ class ServingHttp:
         service: ReadService,
         lag: LagTicker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()  # noqa: S311 - spreads retries, guards nothing
         self.service = service
         self.limits = config.limits
         self.lag = lag
@@ -154,7 +157,8 @@ class ServingHttp:
         return self.lag is not None and self.lag.gauge.busy()
 
     def _shed(self, request_id: str) -> Response:
-        retry = [("retry-after", str(self.limits.retry_after_s))]
+        delay = self.limits.retry_after_s + self._rng.randint(0, self.limits.retry_after_jitter_s)
+        retry = [("retry-after", str(delay))]
         return _error(503, Overloaded.code, request_id, retry)
 
     def _public(self, method: str, path: str, request_id: str) -> Response | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
 
 from features.errors import ConfigError, StoreTimeout
+from serve_apps.config import Limits
+from serve_apps.http import ServingHttp
 from serve_apps.overload import AdaptiveLimit, LagGauge, LagTicker
 from tests.unit.serve_apps.fakes import FakeClock
 from tests.unit.serve_apps.test_http import _call, _server
@@ -47,6 +50,25 @@ def test_busy_is_a_lower_bar_than_shedding_and_zero_turns_it_off() -> None:
         LagGauge(limit_s=0.1, busy_s=-0.01)
 
 
+def _refusals(limits: Limits, rng: random.Random, n: int) -> set[int]:
+    http, _ = _server(limits=limits)
+    late = LagTicker(LagGauge(limit_s=0.1, lag_s=0.5), FakeClock(), interval_s=3600.0)
+    spread = ServingHttp(http.config, http.service, late, rng=rng)
+    body = {"entities": {"user": ["u_1"]}, "features": ["user_spend:tx_count_1h"]}
+    return {int(_call(spread, "/v1/features", body)[1]["retry-after"]) for _ in range(n)}
+
+
+def test_retry_after_is_spread_so_refused_clients_do_not_come_back_together() -> None:
+    """Clients that wait exactly what they are told would return as one wave a second."""
+    assert _refusals(Limits(retry_after_s=2, retry_after_jitter_s=3), random.Random(3), 60) == {
+        2,
+        3,
+        4,
+        5,
+    }
+    assert _refusals(Limits(retry_after_s=2, retry_after_jitter_s=0), random.Random(3), 20) == {2}
+
+
 def test_the_ticker_sees_a_blocked_loop() -> None:
     gauge = LagGauge(limit_s=0.1)
     ticker = LagTicker(gauge, time.monotonic, interval_s=0.01)
@@ -68,7 +90,7 @@ def test_the_handler_sheds_reads_with_503_while_the_loop_is_late_but_answers_hea
     body = {"entities": {"user": ["u_1"]}, "features": ["user_spend:tx_count_1h"]}
     status, headers, out = _call(http, "/v1/features", body)
     assert status == 503 and out["error"] == "overloaded"
-    assert headers["retry-after"] == "1"
+    assert headers["retry-after"] in {"1", "2", "3"}  # retry_after_s 1 plus up to 2 s of jitter
     assert not store.calls, "a shed request costs no store read"
     assert _call(http, "/v1/health", method="GET", key=None)[0] == 200
     gauge.lag_s = 0.0
@@ -137,5 +159,5 @@ def test_a_lagging_loop_shrinks_the_limit_but_slow_stores_and_bad_requests_do_no
     http.admission.in_flight = 4  # four requests in flight already
     calls = len(store.calls)
     status, headers, out = _call(http, "/v1/features", body)
-    assert status == 503 and out["error"] == "overloaded" and headers["retry-after"] == "1"
+    assert status == 503 and out["error"] == "overloaded" and "retry-after" in headers
     assert len(store.calls) == calls, "a refused request costs no store read"
