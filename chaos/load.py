@@ -96,10 +96,28 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.answered = 0  # round trips completed on this connection
 
     async def roundtrip(self, raw: bytes) -> Answer:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        """Raises :class:`StaleConnection` when a connection that answered before is closed
+        without a byte of this answer (an idle keep-alive connection its server or proxy let go,
+        e.g. HAProxy's reload for a new Serve replica): the request was never read."""
+        try:
+            self.writer.write(raw)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if self.answered and not exc.partial:
+                raise StaleConnection from exc
+            raise
+        except ConnectionResetError as exc:
+            if self.answered:
+                raise StaleConnection from exc
+            raise
+        answer = await self._answer(head)
+        self.answered += 1
+        return answer
+
+    async def _answer(self, head: bytes) -> Answer:
         status = int(head[9:12])
         length, chunked, retry_after = 0, False, 0.0
         for line in head.split(b"\r\n")[1:]:
@@ -130,6 +148,10 @@ class Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class StaleConnection(ConnectionError):
+    """A reused keep-alive connection closed before any of the answer arrived."""
 
 
 async def connect(host: str, port: int) -> Connection:
@@ -179,6 +201,8 @@ class HttpLoad:
     # How late this generator's own loop woke for a 20 ms tick, ms: a generator short of CPU
     # adds its own delay to every latency it records, so the drills report it beside them.
     own_lag_ms: list[float] = field(default_factory=list)
+    # Requests sent again because their reused connection had been closed while idle.
+    stale_retries: int = 0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -231,17 +255,25 @@ class HttpLoad:
             return None
 
     async def _send(
-        self, conn: Connection | None, scheduled: float
+        self, conn: Connection | None, scheduled: float, raw: bytes | None = None
     ) -> tuple[Connection | None, Sample]:
-        """One request on ``conn`` (or a new connection); returns the connection to reuse and
-        what was recorded."""
+        """One request (``raw``, else the next one) on ``conn`` or a new connection; returns the
+        connection to reuse and what was recorded. A fresh connection is never retried."""
         conn = conn or await self._connect()
         if conn is None:
             sample = self._record(scheduled, Answer(TRANSPORT_ERROR))
             await asyncio.sleep(0.05)  # refused: do not spin while the server is down
             return None, sample
+        raw = raw or self._request()
         try:
-            answer = await asyncio.wait_for(conn.roundtrip(self._request()), self.spec.timeout_s)
+            answer = await asyncio.wait_for(conn.roundtrip(raw), self.spec.timeout_s)
+        except StaleConnection:
+            # RFC 9112 9.3.1: a request that was never answered on a connection the server
+            # closed while idle is sent again on a new one, as any HTTP client's pool does
+            # (counted, so a drill can show it); the latency keeps counting from `scheduled`.
+            conn.close()
+            self.stale_retries += 1
+            return await self._send(None, scheduled, raw)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
             return None, self._record(scheduled, Answer(TRANSPORT_ERROR))
@@ -313,6 +345,7 @@ class ProcessLoad:
         self.spec = spec
         self.samples: list[Sample] = []
         self.own_lag_ms: list[float] = []
+        self.stale_retries = 0
         self.started_at = 0.0
         self._start_timeout_s = start_timeout_s
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
@@ -338,7 +371,8 @@ class ProcessLoad:
     def stop(self) -> list[Sample]:
         self._stop.set()
         if self._results.poll(self.spec.timeout_s + 30):
-            self.started_at, self.samples, self.own_lag_ms = self._results.recv()
+            received = self._results.recv()
+            self.started_at, self.samples, self.own_lag_ms, self.stale_retries = received
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
@@ -349,4 +383,4 @@ def _load_in_process(spec: LoadSpec, started: Any, stop: Any, results: Any) -> N
     with HttpLoad(spec) as load:
         started.set()
         stop.wait()
-    results.send((load.started_at, load.samples, load.own_lag_ms))
+    results.send((load.started_at, load.samples, load.own_lag_ms, load.stale_retries))

@@ -16,7 +16,7 @@ import math
 from chaos import faults
 from chaos.context import DrillContext, busiest_users
 from chaos.drills.base import pick, serving_load, sleep_until, warm_up
-from chaos.load import DEFAULTS, LoadSpec, ProcessLoad, Sample
+from chaos.load import DEFAULTS, HttpLoad, LoadSpec, ProcessLoad, Sample
 from chaos.report import Verdict
 from chaos.timeline import OK, SHED, Timeline, error_rate, percentile, within
 
@@ -68,9 +68,7 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     verdict.figure("shed_p99_ms", shed_p99)
     verdict.figure("replica_replaced_s", replaced_s)
     _report_shed_by_window(verdict, shed, killed_at, replaced_s, flood.started_at - timeline.t0)
-    # The flood's own loop delay is part of every latency it records (a 2-core box).
-    for name, load in (("flood", flood.own_lag_ms), ("probe", probe.own_lag_ms)):
-        verdict.figure(f"{name}_generator_lag_p99_ms", percentile(load, 0.99))
+    _report_generators(verdict, flood=flood, probe=probe)
     verdict.check(
         "excess shed with 503 and Retry-After",
         bool(shed) and all(s.retry_after for s in shed),
@@ -123,6 +121,15 @@ def _flood_spec(ctx: DrillContext, users: list[str], *, polite: bool) -> LoadSpe
         timeout_s=10.0,
         honor_retry_after=polite,
     )
+
+
+def _report_generators(verdict: Verdict, **loads: HttpLoad | ProcessLoad) -> None:
+    """Figures only: each generator's own loop delay, part of every latency it records on a
+    2-core box, and the requests it sent again because a proxy reload closed their idle
+    keep-alive connection (chaos.load.StaleConnection)."""
+    for name, load in loads.items():
+        verdict.figure(f"{name}_generator_lag_p99_ms", percentile(load.own_lag_ms, 0.99))
+        verdict.figure(f"{name}_stale_connection_retries", load.stale_retries)
 
 
 def _report_shed_by_window(

@@ -40,6 +40,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 0,
             )
             body = await reader.readexactly(length)
+            if b"drop" in body:  # closes without answering: the request was lost
+                break
             if b"shed" in body:
                 writer.write(
                     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
@@ -53,8 +55,11 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer)
                 )
             await writer.drain()
+            if b"once" in body:  # answers, then lets the idle connection go (a proxy reload)
+                break
     except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+        pass
+    writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +175,25 @@ def test_a_client_honouring_retry_after_waits_before_asking_again(server: int) -
     with HttpLoad(LoadSpec("127.0.0.1", server, shed, concurrency=3)) as rude:
         time.sleep(0.6)
     assert len(rude.samples) > 3, "a client ignoring Retry-After asks again at once"
+
+
+def test_a_request_on_a_connection_closed_while_idle_is_sent_again_on_a_new_one(
+    server: int,
+) -> None:
+    """What every HTTP client's pool does (RFC 9112 9.3.1), and what a proxy reload needs: the
+    server let the idle keep-alive connection go, so the request was never read."""
+    once = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"once":1}', {})]
+    with HttpLoad(LoadSpec("127.0.0.1", server, once, concurrency=1)) as load:
+        time.sleep(0.3)
+    assert len(load.samples) >= 4
+    assert {s.status for s in load.samples} == {200}
+    assert load.stale_retries >= len(load.samples) - 1  # every reuse found it closed
+
+
+def test_a_connection_lost_before_its_first_answer_is_an_error_not_retried(server: int) -> None:
+    """On a fresh connection a lost answer may mean a lost request: recorded, never hidden."""
+    drop = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"drop":1}', {})]
+    with HttpLoad(LoadSpec("127.0.0.1", server, drop, rate=20, connections=1)) as load:
+        time.sleep(0.3)
+    assert load.samples and {s.status for s in load.samples} == {TRANSPORT_ERROR}
+    assert load.stale_retries == 0
