@@ -84,9 +84,9 @@ class Limits(_Frozen):
     max_queued: int = Field(default=32, ge=1, le=100_000)
     retry_after_s: int = Field(default=1, ge=1, le=60)
     # Our 503s ask for retry_after_s plus 0..retry_after_jitter_s whole seconds, drawn per
-    # refusal: clients that wait exactly what they are told come back together otherwise, one
-    # wave a second (serve-overload 2026-12-03 12:01: the flood honouring Retry-After was shed at
-    # p99 934 ms, the one ignoring it at 430 ms).
+    # refusal, so that clients which wait exactly what they are told do not all come back in the
+    # same second. (serve-overload's shed p99 did not measurably change with it: 2026-12-03,
+    # docs/reliability.md; it is the usual defence against synchronised retries.)
     retry_after_jitter_s: int = Field(default=2, ge=0, le=60)
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
     # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
