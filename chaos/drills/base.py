@@ -114,6 +114,15 @@ def gauge_max(timeline: Timeline, name: str, start_s: float, end_s: float) -> fl
     return max(values) if values else float("nan")
 
 
+def gauge_back_to(timeline: Timeline, name: str, level: float, after_s: float) -> float:
+    """Seconds from ``after_s`` until the gauge first read ``level`` or less; NaN if it never
+    did while it was sampled (e.g. a lag that had not drained when the drill stopped looking)."""
+    for t, v in timeline.gauges.get(name, []):
+        if t >= after_s and v <= level:
+            return t - after_s
+    return float("nan")
+
+
 class ValueProbe:
     """Asks serving for one user at a time, all the drill long, and judges every present value
     against the oracle at the answer's own as-of time (see ``verify.wrong_served_values``)."""

@@ -10,6 +10,7 @@ import time
 from chaos import faults
 from chaos.context import DrillContext, busiest_users
 from chaos.drills.base import (
+    gauge_back_to,
     gauge_max,
     generator,
     in_background,
@@ -51,7 +52,10 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     verdict.figure("down_s", ended - began)
     verdict.figure("events_during_fault", report.acked)
     verdict.figure("peak_lag_records", gauge_max(timeline, f"lag {REGION}/dynamodb", began, ended))
+    # Until every store equals the oracle (including the comparison's own reads, ~2 s polls);
+    # the sink's own catch-up is its committed lag back at 0.
     verdict.figure("catch_up_s", drain_s)
+    verdict.figure("sink_caught_up_s", gauge_back_to(timeline, f"lag {REGION}/dynamodb", 0, ended))
     # A sink blocked in a call to the hung endpoint reports its last figures: no record applied
     # while events were produced is the lag (its lag gauge is refreshed between calls only).
     stalled = sink_during["applied_records"] == applied_before

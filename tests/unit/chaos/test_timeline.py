@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from chaos.drills.base import gauge_back_to
 from chaos.load import TRANSPORT_ERROR, Sample
 from chaos.timeline import Sampler, Timeline, error_rate, per_second, percentile, within
 
@@ -65,3 +66,13 @@ def test_a_failing_probe_is_counted_not_fatal() -> None:
             pass
     assert sampler.probe_errors == 1
     assert [v for _, v in timeline.gauges["lag"][:2]] == [1.0, 2.0]
+
+
+def test_a_gauge_back_to_its_level_is_timed_from_the_given_moment() -> None:
+    """dynamodb-down's ``sink_caught_up_s``: the sink's lag back at 0 after the fault."""
+    timeline = Timeline()
+    timeline.gauges["lag"] = [(1.0, 0.0), (5.0, 900.0), (10.0, 400.0), (12.5, 0.0), (14.0, 0.0)]
+    assert gauge_back_to(timeline, "lag", 0, after_s=8.0) == 4.5  # not the 0 before the fault
+    assert gauge_back_to(timeline, "lag", 500, after_s=8.0) == 2.0
+    assert math.isnan(gauge_back_to(timeline, "lag", 0, after_s=20.0))  # never seen again
+    assert math.isnan(gauge_back_to(timeline, "missing", 0, after_s=0.0))
