@@ -105,12 +105,8 @@ class Connection:
         try:
             self.writer.write(raw)
             head = await self.reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if self.answered and not exc.partial:
-                raise StaleConnection from exc
-            raise
-        except ConnectionResetError as exc:
-            if self.answered:
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            if self.answered and not getattr(exc, "partial", b""):
                 raise StaleConnection from exc
             raise
         answer = await self._answer(head)

@@ -161,16 +161,27 @@ def _assert_consumers_report_their_share_of_freshness(stack: Stack) -> None:
             assert 0 <= phase["p50"] <= phase["p99"] <= status["commit_ms"]["p99"] + 1, status
 
 
+def _supervisor_status(stack: Stack, *, until_sinks_stepped: bool = False) -> dict[str, Any]:
+    """The pipeline supervisor's status; with ``until_sinks_stepped``, once every sink's loop
+    finished a first step (a sink reports its assignment only then), for at most 60 s."""
+    ray.init(address=stack.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
+    try:
+        supervisor = ray.get_actor("fl-supervisor", namespace="freshline")
+        deadline = time.monotonic() + 60
+        status: dict[str, Any] = ray.get(supervisor.status.remote(), timeout=60)
+        while until_sinks_stepped and any(s["since_last_step_s"] is None for s in status["sinks"]):
+            assert time.monotonic() < deadline, status["sinks"]
+            time.sleep(0.5)
+            status = ray.get(supervisor.status.remote(), timeout=60)
+        return status
+    finally:
+        ray.shutdown()
+
+
 def test_consumers_and_sinks_run_at_normal_priority(pipeline: Stack) -> None:
     """Ray starts workers at nice 15; the stream actors must not yield the CPU to the broker and
     the stores they feed (PipelineConfig.stream_niceness)."""
-    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
-    try:
-        status = ray.get(
-            ray.get_actor("fl-supervisor", namespace="freshline").status.remote(), timeout=60
-        )
-    finally:
-        ray.shutdown()
+    status = _supervisor_status(pipeline)
     assert {c["niceness"] for c in status["consumers"]} == {0}
     by_store: dict[str, set[int]] = {}
     for sink in status["sinks"]:
@@ -181,18 +192,7 @@ def test_consumers_and_sinks_run_at_normal_priority(pipeline: Stack) -> None:
 def test_every_sink_is_assigned_every_changelog_partition(pipeline: Stack) -> None:
     """A sink is its group's only member and is assigned, not subscribed: it never waits on a
     group join, and no partition of any region's changelog is left unapplied."""
-    ray.init(address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True)
-    try:
-        supervisor = ray.get_actor("fl-supervisor", namespace="freshline")
-        deadline = time.monotonic() + 60
-        status = ray.get(supervisor.status.remote(), timeout=60)
-        # A sink reports its assignment once its loop finished a first step.
-        while any(s["since_last_step_s"] is None for s in status["sinks"]):
-            assert time.monotonic() < deadline, status["sinks"]
-            time.sleep(0.5)
-            status = ray.get(supervisor.status.remote(), timeout=60)
-    finally:
-        ray.shutdown()
+    status = _supervisor_status(pipeline, until_sinks_stepped=True)
     changelog = next(t for t in pipeline.settings.kafka.topics if t.name == CHANGELOG_TOPIC)
     assert len(status["sinks"]) == 4
     assert {s["assigned_partitions"] for s in status["sinks"]} == {changelog.partitions}
