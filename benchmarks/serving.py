@@ -12,7 +12,9 @@ writer, deploys both regions' Serve applications with ``serve_apps.deploy.deploy
    (the highest rate that held; 0 when even 100 req/s did not);
 3. closed loop, 16 connections -> ``single_closed_rps`` (capacity);
 4. open loop, 100 entities x 50 features at 10 and 25 req/s (``batch100_10rps``,
-   ``batch100_25rps``), then at 50 req/s -> ``batch100_p50_ms``, ``batch100_p99_ms``;
+   ``batch100_25rps``), then at 50 req/s -> ``batch100_p50_ms``, ``batch100_p99_ms``; the same
+   read in the columnar response shape (``"format": "columns"``) at 50 req/s and closed loop ->
+   ``batch100_columns_p99_ms``, ``batch100_columns_closed_rps``;
 5. the floor: a Starlette app on uvicorn returning a constant, closed loop, 16 connections ->
    ``floor_rps``; ``ratio_to_floor = single_closed_rps / floor_rps``.
 
@@ -178,6 +180,19 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
         orjson.dumps({"entities": {"user": [f"u_{i:06d}" for i in range(100)]}, "features": refs}),
         headers,
     )
+    columns = request_bytes(
+        "127.0.0.1",
+        port,
+        "/us-east/v1/features",
+        orjson.dumps(
+            {
+                "entities": {"user": [f"u_{i:06d}" for i in range(100)]},
+                "features": refs,
+                "format": "columns",
+            }
+        ),
+        headers,
+    )
     floor = request_bytes(
         "127.0.0.1", floor_port, "/", b'{"x":1}', {"content-type": "application/json"}
     )
@@ -208,6 +223,11 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     out["batch100_50rps"] = b.summary()
     bc = await closed_loop("127.0.0.1", port, batch, 4, step)
     out["batch100_closed4"] = bc.summary()
+    await closed_loop("127.0.0.1", port, columns, 2, 1.0)
+    bcol = await open_loop("127.0.0.1", port, columns, 50, step)
+    out["batch100_columns_50rps"] = bcol.summary()
+    bcol_closed = await closed_loop("127.0.0.1", port, columns, 4, step)
+    out["batch100_columns_closed4"] = bcol_closed.summary()
     await closed_loop("127.0.0.1", floor_port, floor, 4, 1.0)
     f = await closed_loop("127.0.0.1", floor_port, floor, 16, step)
     out["floor_closed16"] = f.summary()
@@ -229,6 +249,9 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
         single_local_share=_local_share(at500),
         batch100_local_share=_local_share(b),
         batch100_closed_rps=round(bc.rps, 1),
+        batch100_columns_p99_ms=bcol.summary()["p99_ms"],
+        batch100_columns_local_share=_local_share(bcol),
+        batch100_columns_closed_rps=round(bcol_closed.rps, 1),
         floor_rps=round(f.rps, 1),
         ratio_to_floor=round(closed.rps / f.rps, 3) if f.rps else None,
     )

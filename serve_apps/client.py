@@ -86,8 +86,10 @@ class FeatureClient:
         *,
         feature_service: str | None = None,
         deadline_ms: int | None = None,
+        response_format: str | None = None,
     ) -> dict[str, Any]:
-        """The native response (see ``serve_apps.responses``) from the first region that answers."""
+        """The native response (see ``serve_apps.responses``) from the first region that answers;
+        ``response_format="columns"`` asks for the columnar shape (for many entities)."""
         body: dict[str, Any] = {"entities": {k: list(v) for k, v in entities.items()}}
         if features is not None:
             body["features"] = list(features)
@@ -95,10 +97,20 @@ class FeatureClient:
             body["feature_service"] = feature_service
         if deadline_ms is not None:
             body["deadline_ms"] = deadline_ms
+        if response_format is not None:
+            body["format"] = response_format
         return self._post("/v1/features", orjson.dumps(body))
 
-    def values(self, response: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        """``{(entity id, ref): value}`` of a native response, for convenience."""
+    @staticmethod
+    def values(response: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+        """``{(entity id, ref): value}`` of a native response (either format), for convenience."""
+        if response.get("format") == "columns":
+            return {
+                (entity_id, ref): value
+                for view in response["views"]
+                for entity_id, row in zip(view["ids"], view["values"], strict=True)
+                for ref, value in zip(view["features"], row, strict=True)
+            }
         return {
             (row["id"], ref): item["value"]
             for row in response["results"]

@@ -48,7 +48,15 @@ from serve_apps.exceptions import (
 from serve_apps.fallback import DEFAULTS
 from serve_apps.openapi import DOCS_HTML, openapi_document
 from serve_apps.overload import AdaptiveLimit, LagTicker
-from serve_apps.responses import feast_plan, feast_response, native_plan, native_response
+from serve_apps.responses import (
+    COLUMNS,
+    columnar_response,
+    feast_plan,
+    feast_response,
+    native_plan,
+    native_response,
+    response_format,
+)
 from serve_apps.service import ReadService
 
 log = logging.getLogger(__name__)
@@ -207,8 +215,9 @@ class ServingHttp:
     async def _features(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         parsed = await self._json_body(headers, body)
         plan = native_plan(self.service.index, parsed, self.limits)
+        shape = columnar_response if response_format(parsed) == COLUMNS else native_response
         result = await self.service.read(plan)
-        return _json(200, native_response(result, plan, self.config.region, request_id), request_id)
+        return _json(200, shape(result, plan, self.config.region, request_id), request_id)
 
     async def _feast(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         parsed = await self._json_body(headers, body)

@@ -29,6 +29,37 @@ _FEATURES_REQUEST = {
         },
         "feature_service": {"type": "string"},
         "deadline_ms": {"type": "integer", "minimum": 1},
+        "format": {
+            "enum": ["rows", "columns"],
+            "description": "rows (default): one object per value; columns: one block per view",
+        },
+    },
+}
+_GRID = {"type": "array", "items": {"type": "array"}, "description": "one row per id"}
+_COLUMNS_OK = {
+    "type": "object",
+    "properties": {
+        "request_id": {"type": "string"},
+        "region": {"type": "string"},
+        "as_of_ms": {"type": "integer"},
+        "store": {"type": "string", "description": "the store of every value of the response"},
+        "format": {"const": "columns"},
+        "views": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "view": {"type": "string"},
+                    "entity": {"type": "string"},
+                    "features": {"type": "array", "items": {"type": "string"}},
+                    "ids": {"type": "array", "items": {"type": "string"}},
+                    "values": _GRID,
+                    "statuses": _GRID,
+                    "event_time_ms": _GRID,
+                    "age_ms": _GRID,
+                },
+            },
+        },
     },
 }
 _FEAST_REQUEST = {
@@ -104,7 +135,11 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
         },
         "paths": {
-            "/v1/features": _post("Read features of entities", _FEATURES_REQUEST, native_ok),
+            "/v1/features": _post(
+                "Read features of entities",
+                _FEATURES_REQUEST,
+                {"oneOf": [native_ok, _COLUMNS_OK]},
+            ),
             "/get-online-features": _post(
                 "Feast-compatible read", _FEAST_REQUEST, {"type": "object"}
             ),

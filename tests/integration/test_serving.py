@@ -333,10 +333,27 @@ def test_feature_client(world: dict[str, Any]) -> None:
         world["base"], READ_KEY, regions=("us-east", "eu-west"), timeout_s=2.0
     ) as client:
         body = client.get_features({"user": USERS[:1]}, ["user_spend:tx_count_1h"])
+        columns = client.get_features(
+            {"user": USERS, "merchant": MERCHANTS},
+            feature_service="fraud_v1",
+            response_format="columns",
+        )
     assert body["region"] == "us-east"
     assert client.values(body)[(USERS[0], "user_spend:tx_count_1h")] == _oracle(
         world["events"], "user_spend:tx_count_1h", USERS[0], body["as_of_ms"]
     )
+    # The columnar shape over HTTP: every value of every entity equals the oracle.
+    assert columns["format"] == "columns" and columns["store"] == "redis-us-east"
+    values = client.values(columns)
+    assert len(values) == len(set(USERS)) * 9 + len(set(MERCHANTS)) * 2  # fraud_v1's 9 + 2
+    for (entity_id, ref), value in values.items():
+        if ref.endswith("cusum"):
+            continue
+        expected = _oracle(world["events"], ref, entity_id, columns["as_of_ms"])
+        if isinstance(expected, float):
+            assert value == pytest.approx(expected, rel=1e-9), (entity_id, ref)
+        else:
+            assert value == expected, (entity_id, ref)
 
 
 def test_replicas_run_at_normal_priority(world: dict[str, Any], stack: Stack) -> None:

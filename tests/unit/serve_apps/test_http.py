@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from features.demo import card_transactions_catalog
+from serve_apps.client import FeatureClient
 from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
 from tests.unit.serve_apps.fakes import (
@@ -227,6 +228,43 @@ def test_feast_shape() -> None:
     assert len(_call(http, "/get-online-features", service)[2]["results"]) == 2 + 11
     ragged = {**request, "entities": {"user_id": ["u_1"], "merchant_id": ["m_1", "m_2"]}}
     assert _call(http, "/get-online-features", ragged)[0] == 422
+
+
+def test_columnar_format_carries_the_same_values_as_rows() -> None:
+    http, _ = _server()
+    request = {
+        "entities": {"user": ["u_1", "u_9"], "merchant": ["m_1"]},
+        "features": [
+            "user_spend:last_amount",
+            "user_spend:tx_count_1h",
+            "merchant_activity:tx_count_1h",
+        ],
+    }
+    status, _, rows = _call(http, "/v1/features", request)
+    assert status == 200
+    status, _, columns = _call(http, "/v1/features", {**request, "format": "columns"})
+    assert status == 200 and columns["format"] == "columns"
+    assert "results" not in columns and columns["store"] == rows["store"] == "redis-us-east"
+    by_row = {
+        (row["id"], ref): (item["value"], item["status"], item["event_time_ms"], item["age_ms"])
+        for row in rows["results"]
+        for ref, item in row["features"].items()
+    }
+    by_column = {}
+    for view in columns["views"]:
+        columns_of = ("values", "statuses", "event_time_ms", "age_ms")
+        grids = zip(*(view[name] for name in columns_of), strict=True)
+        for entity_id, grid in zip(view["ids"], grids, strict=True):
+            for i, ref in enumerate(view["features"]):
+                by_column[(entity_id, ref)] = tuple(column[i] for column in grid)
+    assert by_column == by_row
+    assert by_column[("u_1", "user_spend:last_amount")][:2] == (5.0, "present")
+    assert by_column[("u_9", "user_spend:last_amount")][:2] == (None, "not_found")
+    assert [v["view"] for v in columns["views"]] == ["user_spend", "merchant_activity"]
+    # FeatureClient.values reads both shapes the same way.
+    assert FeatureClient.values(columns) == FeatureClient.values(rows)
+    status, _, body = _call(http, "/v1/features", {**request, "format": "csv"})
+    assert (status, body["error"]) == (422, "bad_format")
 
 
 def test_public_routes_and_catalog() -> None:
