@@ -42,7 +42,16 @@ from features.errors import StoreTimeout, StoreUnavailable
 from regions.config import RegionConfig
 from regions.exceptions import AbandonedCall, StoreNotReady, StoreRejected, consume_outcome
 from regions.resilience import Deadline
-from regions.tiles import TileWrite, coalesce, decode_field, encode_field, floor_field
+from regions.tiles import (
+    HEADER_BYTES,
+    TAG_OFFSET,
+    TAG_VALUE,
+    TileWrite,
+    coalesce,
+    decode_field,
+    encode_field,
+    floor_field,
+)
 
 T = TypeVar("T")
 
@@ -326,11 +335,14 @@ def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[byte
 
 
 def _live(raw: Mapping[bytes, bytes]) -> Fields:
+    """The live fields of one HGETALL reply, headers stripped (:func:`decode_field` inlined: it
+    runs once per stored field on the serving path, 6,000 times for 100 entities)."""
     out: Fields = {}
     for field, stored in raw.items():
-        _, payload = decode_field(stored)
-        if payload is not None:
-            out[field.decode()] = payload
+        if len(stored) < HEADER_BYTES:
+            decode_field(stored)  # raises the DataError
+        if stored[TAG_OFFSET] == TAG_VALUE:
+            out[field.decode()] = stored[HEADER_BYTES:]
     return out
 
 

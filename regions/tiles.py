@@ -31,6 +31,7 @@ MAX_VERSION = 2**64 - 1
 # Redis field layout: 8-byte big-endian unsigned version, one tag byte, then the payload.
 _HEADER = struct.Struct(">QB")
 HEADER_BYTES = _HEADER.size
+TAG_OFFSET = HEADER_BYTES - 1  # the tag is the header's last byte, after the version
 TAG_VALUE = 1
 TAG_TOMBSTONE = 0  # legacy per-field tombstones: still honoured and dropped by the next delete
 TAG_FLOOR = 2

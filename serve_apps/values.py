@@ -128,7 +128,10 @@ def evaluate(
     # Memo: values and event times depend on ``as_of`` only through each group's head tile
     # (which tiles cover each window, which starts are not in the future), so equal stored
     # fields with equal head tiles give equal results; only status and age are per request.
-    key = (_heads(groups, as_of_ms), frozenset(fields.items()))
+    # The fields as a tuple, in the store's order: a store returns an unchanged hash in the same
+    # order, and a reordered one only misses (never a wrong hit); half the cost of a frozenset
+    # for 100 entities of 60 fields (hashing and comparing fresh reply objects).
+    key = (_heads(groups, as_of_ms), tuple(fields.items()))
     static = None if memo is None else memo.get(key)
     if static is None:
         static = _static(groups, features, fields, as_of_ms)

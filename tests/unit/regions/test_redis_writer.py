@@ -113,6 +113,8 @@ def test_readers_skip_floors_and_legacy_tombstones() -> None:
     }
     assert _live(raw) == {"u_p1": b"x"}
     assert decode_field(floor) == (7, None)
+    with pytest.raises(DataError, match="shorter than its header"):
+        _live({b"u_p1": b"\x01"})  # a corrupt field is an error, never a tombstone
 
 
 class _FailingClient:
