@@ -44,6 +44,9 @@ class Sample:
     # A refusal's JSON error code ("overloaded" from our handler); "" for a body without one,
     # e.g. Serve's own backpressure answer.
     error: str = ""
+    # Which of our gates shed a 503 (its x-freshline-shed header: loop-lag, in-flight,
+    # late-read); "" when none did, e.g. Serve's own backpressure answer.
+    shed_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Answer:
     retry_after: float = 0.0
     fallback: str = ""
     error: str = ""
+    shed_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class Connection:
 
     async def _answer(self, head: bytes) -> Answer:
         status = int(head[9:12])
-        length, chunked, retry_after = 0, False, 0.0
+        length, chunked, retry_after, shed_by = 0, False, 0.0, ""
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             lname = name.strip().lower()
@@ -125,9 +129,11 @@ class Connection:
                 chunked = True
             elif lname == b"retry-after":
                 retry_after = _seconds(value)
+            elif lname == b"x-freshline-shed":
+                shed_by = value.strip().decode(errors="replace")
         body = await self._body(length, chunked)
         if status != 200:
-            return Answer(status, retry_after=retry_after, error=_error_of(body))
+            return Answer(status, retry_after=retry_after, error=_error_of(body), shed_by=shed_by)
         store = _store_of(body)
         passed_over = store == DEFAULTS or body.count(_OUTCOME_MARK, 0, 1_000) > 1
         return Answer(status, store, retry_after, _fallback_of(body) if passed_over else "")
@@ -285,6 +291,7 @@ class HttpLoad:
             a.retry_after,
             a.fallback,
             a.error,
+            a.shed_by,
         )
         self.samples.append(sample)
         return sample

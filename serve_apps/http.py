@@ -61,6 +61,13 @@ from serve_apps.service import ReadService
 
 log = logging.getLogger(__name__)
 
+# Which gate refused a 503 ``overloaded`` (for operators and the serve-overload drill; clients
+# treat them alike). Serve's own backpressure 503, before our code, carries no such header.
+SHED_HEADER = "x-freshline-shed"
+SHED_LOOP_LAG = "loop-lag"  # the event loop's smoothed lag is over Limits.max_loop_lag_ms
+SHED_IN_FLIGHT = "in-flight"  # past the adaptive in-flight limit
+SHED_LATE_READ = "late-read"  # admitted, then its store read timed out because the loop lagged
+
 Headers = Mapping[str, str]
 Response = tuple[int, list[tuple[str, str]], bytes]
 BodyStream = Callable[[], AsyncIterator[bytes]]
@@ -131,10 +138,10 @@ class ServingHttp:
         if self.lag is not None:
             self.lag.ensure_started()
             if self.lag.gauge.overloaded():
-                return self._shed(request_id)
+                return self._shed(request_id, SHED_LOOP_LAG)
         started = self.admission.acquire()
         if started is None:
-            return self._shed(request_id)
+            return self._shed(request_id, SHED_IN_FLIGHT)
         overloaded = False
         try:
             self._authorize(headers, route[0])
@@ -147,7 +154,7 @@ class ServingHttp:
             return _error(422, "invalid_input", request_id)
         except Overloaded:  # not logged: under overload a line per request is more load
             overloaded = True
-            return self._shed(request_id)
+            return self._shed(request_id, SHED_LATE_READ)
         except FreshlineError:
             log.exception("request %s failed", request_id)
             return _error(503, "unavailable", request_id, [("retry-after", "1")])
@@ -164,9 +171,9 @@ class ServingHttp:
     def _loop_busy(self) -> bool:
         return self.lag is not None and self.lag.gauge.busy()
 
-    def _shed(self, request_id: str) -> Response:
+    def _shed(self, request_id: str, reason: str) -> Response:
         delay = self.limits.retry_after_s + self._rng.randint(0, self.limits.retry_after_jitter_s)
-        retry = [("retry-after", str(delay))]
+        retry = [("retry-after", str(delay)), (SHED_HEADER, reason)]
         return _error(503, Overloaded.code, request_id, retry)
 
     def _public(self, method: str, path: str, request_id: str) -> Response | None:

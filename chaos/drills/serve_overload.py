@@ -137,7 +137,8 @@ def _report_shed_by_window(
 ) -> None:
     """Figures only: the 503s sent while one replica was down (killed until replaced) and the
     rest, so that the kill's share of the shed latency and the overload's can be told apart.
-    ``shift_s`` moves the flood's sample times onto the timeline's clock."""
+    ``shift_s`` moves the flood's sample times onto the timeline's clock. Then the split by
+    gate (:func:`_report_shed_by_gate`)."""
     replacing = (killed_at, killed_at + (0.0 if math.isnan(replaced_s) else replaced_s))
     for name, inside in (("during", True), ("outside", False)):
         latencies = [
@@ -146,6 +147,20 @@ def _report_shed_by_window(
             if (replacing[0] <= s.sent_s + shift_s <= replacing[1]) == inside
         ]
         verdict.figure(f"shed_p99_{name}_replacement_ms", percentile(latencies, 0.99))
+    _report_shed_by_gate(verdict, shed)
+
+
+def _report_shed_by_gate(verdict: Verdict, shed: list[Sample]) -> None:
+    """Figures only: count and p99 of the 503s per gate that sent them (``Sample.shed_by``;
+    ``serve`` for Serve's own backpressure answer, which carries no gate): a refusal at admission
+    should be quick, one after a read that timed out on a lagging loop cannot be."""
+    by_gate: dict[str, list[float]] = {}
+    for sample in shed:
+        by_gate.setdefault(sample.shed_by or "serve", []).append(sample.latency_s * 1e3)
+    for gate in ("loop-lag", "in-flight", "late-read", "serve"):
+        latencies = by_gate.get(gate, [])
+        verdict.figure(f"shed_{gate.replace('-', '_')}_count", len(latencies))
+        verdict.figure(f"shed_{gate.replace('-', '_')}_p99_ms", percentile(latencies, 0.99))
 
 
 def _report_rude_flood(verdict: Verdict, flooded: list[Sample], probed: list[Sample]) -> None:

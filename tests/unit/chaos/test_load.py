@@ -45,6 +45,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             if b"shed" in body:
                 writer.write(
                     b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
+                    b"x-freshline-shed: in-flight\r\n"
                     b'content-length: 22\r\n\r\n{"error":"overloaded"}'
                 )
             else:
@@ -94,6 +95,7 @@ def test_open_loop_keeps_its_rate_and_records_status_store_and_retry_after(serve
     assert ok and all(s.store == "redis-us-east" for s in ok)
     assert shed and all(s.retry_after and s.store == "" for s in shed)
     assert {s.error for s in shed} == {"overloaded"} and {s.error for s in ok} == {""}
+    assert {s.shed_by for s in shed} == {"in-flight"} and {s.shed_by for s in ok} == {""}
 
 
 def _ok_request(port: int) -> bytes:

@@ -173,6 +173,7 @@ def test_overload_is_shed_with_503_and_retry_after() -> None:
             "POST", "/v1/features", {"x-api-key": READ_KEY}, _stream(data)
         )
         assert dict(headers)["retry-after"] in {"1", "2", "3"}  # 1 s plus jitter
+        assert dict(headers)["x-freshline-shed"] == "in-flight"  # which gate refused
         assert orjson.loads(body)["error"] == "overloaded"
         gate.set()
         return [status] + [(await t)[0] for t in held]

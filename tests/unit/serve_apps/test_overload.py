@@ -10,6 +10,7 @@ import pytest
 
 from features.errors import ConfigError, StoreTimeout
 from serve_apps.config import Limits
+from serve_apps.exceptions import Overloaded
 from serve_apps.http import ServingHttp
 from serve_apps.overload import AdaptiveLimit, LagGauge, LagTicker
 from tests.unit.serve_apps.fakes import FakeClock
@@ -91,6 +92,7 @@ def test_the_handler_sheds_reads_with_503_while_the_loop_is_late_but_answers_hea
     status, headers, out = _call(http, "/v1/features", body)
     assert status == 503 and out["error"] == "overloaded"
     assert headers["retry-after"] in {"1", "2", "3"}  # retry_after_s 1 plus up to 2 s of jitter
+    assert headers["x-freshline-shed"] == "loop-lag"
     assert not store.calls, "a shed request costs no store read"
     assert _call(http, "/v1/health", method="GET", key=None)[0] == 200
     gauge.lag_s = 0.0
@@ -161,3 +163,18 @@ def test_a_lagging_loop_shrinks_the_limit_but_slow_stores_and_bad_requests_do_no
     status, headers, out = _call(http, "/v1/features", body)
     assert status == 503 and out["error"] == "overloaded" and "retry-after" in headers
     assert len(store.calls) == calls, "a refused request costs no store read"
+
+
+def test_a_read_the_chain_calls_the_replicas_own_overload_is_shed_as_late_read() -> None:
+    """The chain raises Overloaded when a store timeout was the replica's lagging loop; the 503
+    names that gate, so an operator (and serve-overload) can tell it from an admission refusal."""
+    http, store = _server()
+    store.fail, store.error = True, _overloaded
+    body = {"entities": {"user": ["u_1"]}, "features": ["user_spend:tx_count_1h"]}
+    status, headers, out = _call(http, "/v1/features", body)
+    assert (status, out["error"], headers["x-freshline-shed"]) == (503, "overloaded", "late-read")
+    assert store.calls, "admitted: the refusal came after a store read"
+
+
+def _overloaded(message: str) -> Overloaded:
+    return Overloaded(1.0, message)
