@@ -64,13 +64,15 @@ class ApiKey(_Frozen):
 
 
 class Limits(_Frozen):
-    """Request limits. ``max_in_flight`` requests are worked on by one replica at a time (Serve's
-    ``max_ongoing_requests``); up to ``max_queued`` more wait for a slot; beyond that a request is
-    answered 503 with ``Retry-After`` at once, before it can queue and drag every latency up with
-    it. Little's law sizes them: at ~1,500 requests/s per replica on two cores, 32 in flight and
-    32 queued is a worst accepted wait near 45 ms (and twice the benchmark's 32 open-loop
-    connections); 256 was half a second of queue. Our handler's own limit adapts below
-    ``max_in_flight`` while the replica is overloaded (``min_in_flight``)."""
+    """Request limits. At most ``max_in_flight`` requests are worked on by one replica at a time
+    (our handler's adaptive gate, which shrinks towards ``min_in_flight`` while the replica is
+    overloaded, and refuses the rest on arrival with 503 and ``Retry-After``). Serve hands the
+    handler up to ``max_in_flight + max_queued`` at once (its ``max_ongoing_requests``) and
+    queues ``max_queued`` more beyond that before its own 503: a request should meet our gate on
+    arrival, not after a wait in Serve's queue behind slow ones (serve-overload, 2026-12-03: the
+    gate's 503s p99 907 -> 459 ms, flood goodput 865 -> 1,600 req/s). Little's law sizes them:
+    at ~1,500 requests/s per replica on two cores, 32 in flight is a worst accepted wait near
+    20 ms; 256 was half a second of queue."""
 
     max_body_bytes: int = Field(default=256 * 1024, ge=256, le=16 * 1024 * 1024)
     max_entities: int = Field(default=1_000, ge=1, le=100_000)

@@ -120,7 +120,9 @@ def test_serve_yaml_names_the_ingress_environment_it_needs(tmp_path: Path) -> No
 
 def test_serve_sheds_past_the_limits_with_retry_after() -> None:
     """The replica's admission is the config's limits, and Serve's own 503 carries Retry-After
-    (the serve-overload drill's criterion, which a bare Serve 503 failed)."""
+    (the serve-overload drill's criterion, which a bare Serve 503 failed). Serve hands our
+    handler max_in_flight + max_queued at once, so our adaptive gate sees a request on arrival
+    instead of after a wait in Serve's queue."""
     from serve_apps.app import build_app
 
     limits = Limits(max_in_flight=12, max_queued=5, retry_after_s=3)
@@ -132,7 +134,7 @@ def test_serve_sheds_past_the_limits_with_retry_after() -> None:
     )
     # Application has no public accessor for its deployment's options in Ray 2.60.
     deployment = build_app({"config": config.model_dump(mode="json")})._bound_deployment
-    assert deployment.max_ongoing_requests == 12
+    assert deployment.max_ongoing_requests == 12 + 5
     assert deployment.max_queued_requests == 5
     assert deployment.backpressure_config.status_code == 503
     assert deployment.backpressure_config.retry_after_s == 3.0
