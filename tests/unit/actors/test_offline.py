@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
@@ -190,3 +191,33 @@ def test_commits_carry_cumulative_offsets_and_watermarks_and_reopening_is_idempo
     assert props["freshline.offsets.fl.card_tx.0"] == "3"
     assert [f.name for f in table.spec().fields] == ["event_date"]
     assert len(table.snapshots()) == 1
+
+
+def test_old_snapshots_are_expired_but_rows_and_the_position_are_kept(catalog: SqlCatalog) -> None:
+    """A stream commits every few seconds; kept forever, snapshots made each commit slower than
+    the last. The table keeps the newest few, and the current one's position and every row."""
+    table = IcebergTable(
+        catalog, "freshline", "tiles", TILE_SCHEMA, keep_snapshots=3, expire_every=2
+    )
+    row = {
+        "key": "k",
+        "field": "f",
+        "version": 1,
+        "event_time_ms": 1,
+        "ttl_ms": 1,
+        "deleted": False,
+        "payload": b"x",
+        "_partition": 0,
+        "_ingested_at_ms": 1,
+    }
+    for offset in range(9):
+        batch = pa.Table.from_pylist([{**row, "_offset": offset}], schema=TILE_SCHEMA)
+        table.append(batch, {"freshline.offsets.t.0": str(offset + 1)})
+        assert table.snapshot_count() <= 3 + 2 - 1
+    assert table.committed()["freshline.offsets.t.0"] == "9"
+    assert sorted(r["_offset"] for r in table.scan().to_pylist()) == list(range(9))
+    reopened = catalog.load_table(("freshline", "tiles"))
+    assert reopened.properties["commit.manifest-merge.enabled"] == "true"
+    assert len(reopened.snapshots()) == table.snapshot_count()
+    with pytest.raises(ValueError, match="at least 1"):
+        IcebergTable(catalog, "freshline", "tiles", TILE_SCHEMA, keep_snapshots=0)
