@@ -35,31 +35,36 @@ _FEATURES_REQUEST = {
         },
     },
 }
+
+
+def _array_of(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "object", "properties": properties}}
+
+
+_ENVELOPE = {
+    "request_id": {"type": "string"},
+    "region": {"type": "string"},
+    "as_of_ms": {"type": "integer"},
+    "store": {"type": "string", "description": "the store of every value of the response"},
+}
 _GRID = {"type": "array", "items": {"type": "array"}, "description": "one row per id"}
 _COLUMNS_OK = {
     "type": "object",
     "properties": {
-        "request_id": {"type": "string"},
-        "region": {"type": "string"},
-        "as_of_ms": {"type": "integer"},
-        "store": {"type": "string", "description": "the store of every value of the response"},
+        **_ENVELOPE,
         "format": {"const": "columns"},
-        "views": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "view": {"type": "string"},
-                    "entity": {"type": "string"},
-                    "features": {"type": "array", "items": {"type": "string"}},
-                    "ids": {"type": "array", "items": {"type": "string"}},
-                    "values": _GRID,
-                    "statuses": _GRID,
-                    "event_time_ms": _GRID,
-                    "age_ms": _GRID,
-                },
-            },
-        },
+        "views": _array_of(
+            {
+                "view": {"type": "string"},
+                "entity": {"type": "string"},
+                "features": {"type": "array", "items": {"type": "string"}},
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "values": _GRID,
+                "statuses": _GRID,
+                "event_time_ms": _GRID,
+                "age_ms": _GRID,
+            }
+        ),
     },
 }
 _FEAST_REQUEST = {
@@ -110,21 +115,14 @@ def openapi_document(prefix: str) -> dict[str, Any]:
     native_ok = {
         "type": "object",
         "properties": {
-            "request_id": {"type": "string"},
-            "region": {"type": "string"},
-            "as_of_ms": {"type": "integer"},
-            "store": {"type": "string"},
-            "results": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "entity": {"type": "string"},
-                        "id": {"type": "string"},
-                        "features": {"type": "object", "additionalProperties": _VALUE},
-                    },
-                },
-            },
+            **_ENVELOPE,
+            "results": _array_of(
+                {
+                    "entity": {"type": "string"},
+                    "id": {"type": "string"},
+                    "features": {"type": "object", "additionalProperties": _VALUE},
+                }
+            ),
         },
     }
     return {

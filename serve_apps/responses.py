@@ -106,13 +106,18 @@ def native_response(
                     "age_ms": age,
                     "store": store,
                 }
+    return {**_envelope(result, region, request_id), "results": list(rows.values())}
+
+
+def _envelope(result: ReadResult, region: str, request_id: str) -> dict[str, Any]:
+    """What both native shapes say about the read as a whole (``store`` before the values: the
+    drills' load generator reads the first ``"store"`` of a body)."""
     return {
         "request_id": request_id,
         "region": region,
         "as_of_ms": result.as_of_ms,
         "store": result.store,
         "fallback": [{"store": s, "outcome": o} for s, o in result.tried],
-        "results": list(rows.values()),
     }
 
 
@@ -136,15 +141,7 @@ def columnar_response(
                 "age_ms": [row[3] for row in rows],
             }
         )
-    return {
-        "request_id": request_id,
-        "region": region,
-        "as_of_ms": result.as_of_ms,
-        "store": result.store,
-        "fallback": [{"store": s, "outcome": o} for s, o in result.tried],
-        "format": COLUMNS,
-        "views": views,
-    }
+    return {**_envelope(result, region, request_id), "format": COLUMNS, "views": views}
 
 
 def feast_plan(
