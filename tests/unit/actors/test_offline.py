@@ -221,3 +221,31 @@ def test_old_snapshots_are_expired_but_rows_and_the_position_are_kept(catalog: S
     assert len(reopened.snapshots()) == table.snapshot_count()
     with pytest.raises(ValueError, match="at least 1"):
         IcebergTable(catalog, "freshline", "tiles", TILE_SCHEMA, keep_snapshots=0)
+
+
+def test_a_failed_expiry_does_not_fail_the_append_that_succeeded(
+    catalog: SqlCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = IcebergTable(
+        catalog, "freshline", "tiles", TILE_SCHEMA, keep_snapshots=1, expire_every=1
+    )
+
+    def conflict() -> int:
+        raise RuntimeError("commit conflict")
+
+    monkeypatch.setattr(table, "expire_old_snapshots", conflict)
+    row = {
+        "key": "k",
+        "field": "f",
+        "version": 1,
+        "event_time_ms": 1,
+        "ttl_ms": 1,
+        "deleted": False,
+        "payload": b"x",
+        "_partition": 0,
+        "_offset": 0,
+        "_ingested_at_ms": 1,
+    }
+    table.append(pa.Table.from_pylist([row], schema=TILE_SCHEMA), {"freshline.offsets.t.0": "1"})
+    assert table.committed()["freshline.offsets.t.0"] == "1"
+    assert len(table.scan()) == 1
