@@ -193,26 +193,20 @@ def test_commits_carry_cumulative_offsets_and_watermarks_and_reopening_is_idempo
     assert len(table.snapshots()) == 1
 
 
+def _one_tile(offset: int) -> pa.Table:
+    row = {"key": "k", "field": "f", "version": 1, "event_time_ms": 1, "ttl_ms": 1}
+    row |= {"deleted": False, "payload": b"x", "_partition": 0, "_ingested_at_ms": 1}
+    return pa.Table.from_pylist([{**row, "_offset": offset}], schema=TILE_SCHEMA)
+
+
 def test_old_snapshots_are_expired_but_rows_and_the_position_are_kept(catalog: SqlCatalog) -> None:
     """A stream commits every few seconds; kept forever, snapshots made each commit slower than
     the last. The table keeps the newest few, and the current one's position and every row."""
     table = IcebergTable(
         catalog, "freshline", "tiles", TILE_SCHEMA, keep_snapshots=3, expire_every=2
     )
-    row = {
-        "key": "k",
-        "field": "f",
-        "version": 1,
-        "event_time_ms": 1,
-        "ttl_ms": 1,
-        "deleted": False,
-        "payload": b"x",
-        "_partition": 0,
-        "_ingested_at_ms": 1,
-    }
     for offset in range(9):
-        batch = pa.Table.from_pylist([{**row, "_offset": offset}], schema=TILE_SCHEMA)
-        table.append(batch, {"freshline.offsets.t.0": str(offset + 1)})
+        table.append(_one_tile(offset), {"freshline.offsets.t.0": str(offset + 1)})
         assert table.snapshot_count() <= 3 + 2 - 1
     assert table.committed()["freshline.offsets.t.0"] == "9"
     assert sorted(r["_offset"] for r in table.scan().to_pylist()) == list(range(9))
@@ -234,18 +228,6 @@ def test_a_failed_expiry_does_not_fail_the_append_that_succeeded(
         raise RuntimeError("commit conflict")
 
     monkeypatch.setattr(table, "expire_old_snapshots", conflict)
-    row = {
-        "key": "k",
-        "field": "f",
-        "version": 1,
-        "event_time_ms": 1,
-        "ttl_ms": 1,
-        "deleted": False,
-        "payload": b"x",
-        "_partition": 0,
-        "_offset": 0,
-        "_ingested_at_ms": 1,
-    }
-    table.append(pa.Table.from_pylist([row], schema=TILE_SCHEMA), {"freshline.offsets.t.0": "1"})
+    table.append(_one_tile(0), {"freshline.offsets.t.0": "1"})
     assert table.committed()["freshline.offsets.t.0"] == "1"
     assert len(table.scan()) == 1
