@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.changelog import ChangelogDecodeError, ChangelogRecord, decode, encode
+from actors.kafka_io import read_committed_consumer
 from actors.processor import PartitionProcessor
 from features.catalog import Catalog
 from features.errors import RejectReason
@@ -228,11 +229,9 @@ def kafka_clients(config: ConsumerConfig, transactional_id: str) -> tuple[Any, A
         batch_size=256 * 1024,
         compression_type=None,
     )
-    consumer = KafkaConsumer(
-        bootstrap_servers=config.bootstrap,
-        group_id=config.group_id,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+    consumer = read_committed_consumer(
+        config.bootstrap,
+        config.group_id,
         auto_offset_reset="earliest",
         max_poll_records=config.max_poll_records,
         fetch_max_bytes=16 * 1024 * 1024,
@@ -248,9 +247,7 @@ def _watermark_from(metadata: str | None) -> WatermarkState:
 
 def read_changelog_partition(bootstrap: str, topic: str, partition: int) -> list[ChangelogRecord]:
     """Every committed record of one changelog partition, in log order (for restores)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = read_committed_consumer(bootstrap, None)
     tp = TopicPartition(topic, partition)
     try:
         consumer.assign([tp])

@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 import ray
 
+from actors.kafka_io import read_committed_consumer, topic_partitions
 from actors.offline import OfflineWriter, OfflineWriterConfig
 from actors.offline_tables import open_tables
 from features.catalog import Catalog
-from features.errors import ConfigError
 
 log = logging.getLogger("freshline.offline")
 
@@ -29,31 +28,13 @@ def _die(exc: BaseException) -> None:
 
 def build_writer(config: OfflineWriterConfig, catalog: Catalog) -> OfflineWriter:
     """The production writer: read_committed, no group offsets (position lives in Iceberg)."""
-    from kafka import KafkaConsumer
-
     source = catalog.source(config.source)
     keys = [v.key_field(catalog) for v in catalog.views if v.source == config.source]
-    consumer = KafkaConsumer(
-        bootstrap_servers=config.bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_poll_records=5_000,
-    )
+    consumer = read_committed_consumer(config.bootstrap, None, max_poll_records=5_000)
     raw, tiles = open_tables(
         config.iceberg_catalog_uri, config.iceberg_warehouse, config.namespace, source
     )
     return OfflineWriter(config, source, keys, raw_table=raw, tile_table=tiles, consumer=consumer)
-
-
-def topic_partitions(writer_consumer: Any, topics: Iterable[str]) -> dict[str, list[int]]:
-    out = {}
-    for topic in topics:
-        found = writer_consumer.partitions_for_topic(topic)
-        if not found:
-            raise ConfigError(f"topic {topic!r} does not exist or has no partitions")
-        out[topic] = sorted(found)
-    return out
 
 
 class _OfflineWriterActor:

@@ -194,18 +194,16 @@ def sink_group(region: str, store: str) -> str:
 
 
 def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from actors.offline_actor import topic_partitions
+    from actors.kafka_io import read_committed_consumer, topic_partitions
     from regions.dynamodb_store import DynamoTileWriter
     from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 
     region = config.topology.get(region_name)
-    consumer = KafkaConsumer(
-        bootstrap_servers=config.bootstrap,
-        group_id=sink_group(region_name, store),
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+    consumer = read_committed_consumer(
+        config.bootstrap,
+        sink_group(region_name, store),
         auto_offset_reset="earliest",
         max_poll_records=5000,
         # fetch_max_wait_ms stays at kafka-python's 500 ms: the broker answers a waiting

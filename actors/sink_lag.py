@@ -32,14 +32,14 @@ class CommittedLag:
     """Measures one group's lag on one topic; its Kafka clients are its own (one thread)."""
 
     def __init__(self, bootstrap: str, group_id: str, topic: str) -> None:
-        from kafka import KafkaAdminClient, KafkaConsumer
+        from kafka import KafkaAdminClient
+
+        from actors.kafka_io import read_committed_consumer
 
         self._group_id, self._topic = group_id, topic
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group_id}-lag")
         # No group: this consumer only asks for offsets, it never joins or commits.
-        self._offsets = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
-        )
+        self._offsets = read_committed_consumer(bootstrap, None)
 
     def measure(self) -> int:
         from kafka import TopicPartition

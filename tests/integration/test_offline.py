@@ -13,8 +13,9 @@ import pytest
 from kafka import KafkaProducer
 
 from actors import changelog
+from actors.kafka_io import topic_partitions
 from actors.offline import OfflineWriter, OfflineWriterConfig
-from actors.offline_actor import build_writer, topic_partitions
+from actors.offline_actor import build_writer
 from chaos.oracle import LedgerEntry, accepted_events
 from cluster.services.offline import iceberg_catalog
 from cluster.stack import Stack
