@@ -10,8 +10,10 @@ Entry points:
   written by :func:`serve_apps.deploy.write_serve_config`;
 - :func:`serve_apps.deploy.deploy` runs the same applications from Python.
 
-Invariants: the replica builds its Redis client on its own event loop (first request), never in
-``__init__`` (asyncio clients are bound to the loop that first uses them); Serve hands the
+Invariants: the replica builds its Redis client in its ``async __init__``, which Serve runs on
+the loop that then runs the replica's requests (asyncio clients are bound to the loop that first
+uses them), and opens its home Redis connections there before Serve routes it a request (a
+cold replica joining under load opened them one by one while the herd waited); Serve hands the
 handler up to ``limits.max_in_flight + limits.max_queued`` requests at a time, so that a request
 reaches our adaptive in-flight gate on arrival and is refused there at once when the replica is
 overloaded; Serve queues ``limits.max_queued`` more beyond that and answers the rest with 503
@@ -41,18 +43,15 @@ from serve_apps.wiring import build_http, warm_dynamo_clients
 class RegionServer:
     """One region's HTTP entry point."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    # Serve awaits an async constructor on the replica's user-code loop; mypy wants __init__
+    # to return None, not a coroutine.
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
         self._config = ServingConfig.model_validate(config)
-        self._http: ServingHttp | None = None
         adopt_serve_logging(self._config.log_level)
         # Serve routes no request here before the constructor returns: the slow, GIL-holding
         # boto3 builds belong here, not on the event loop of the first request.
-        self._dynamo = warm_dynamo_clients(self._config)
-
-    def _app(self) -> ServingHttp:
-        if self._http is None:
-            self._http = build_http(self._config, dynamo=self._dynamo)
-        return self._http
+        self._http: ServingHttp = build_http(self._config, dynamo=warm_dynamo_clients(self._config))
+        await self._http.warm()
 
     async def __call__(self, request: Request) -> Response:
         path = request.scope["path"]
@@ -61,7 +60,7 @@ class RegionServer:
             path = path[len(root) :]
         elif path.startswith(self._config.route_prefix + "/"):
             path = path[len(self._config.route_prefix) :]
-        status, headers, body = await self._app().handle(
+        status, headers, body = await self._http.handle(
             request.method, path or "/", request.headers, request.stream
         )
         return Response(body, status_code=status, headers=dict(headers))

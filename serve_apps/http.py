@@ -247,6 +247,16 @@ class ServingHttp:
         }
         return _json(200, state, request_id)
 
+    async def warm(self, budget_s: float = 2.0) -> int:
+        """Open the home store's connections for the most requests this replica works on at once
+        (``limits.max_in_flight``) before it takes traffic; at most ``budget_s``, never raises.
+        Returns how many opened (logged: zero means the home store was down at start)."""
+        connections = min(self.limits.max_in_flight, self.config.redis_max_connections)
+        opened = await self.service.chain.warm([self._probe_key], connections, budget_s)
+        level = logging.INFO if opened == connections else logging.WARNING
+        log.log(level, "opened %d of %d home store connections at start", opened, connections)
+        return opened
+
     async def ready(self) -> bool:
         """Catalog loaded (it is, or the replica would not exist) and a store, not the defaults,
         answers a read of one absent key through the fallback chain within 0.5 s."""

@@ -152,7 +152,7 @@ def world(stack: Stack) -> Iterator[dict[str, Any]]:
     try:
         for region in stack.settings.topology.names:
             _wait_ready(http, region)
-        yield {"events": events, "http": http, "base": base, "now": now}
+        yield {"events": events, "http": http, "base": base, "now": now, "configs": configs}
     finally:
         http.close()
         from ray import serve
@@ -199,6 +199,23 @@ def _check_against_oracle(world: dict[str, Any], body: dict[str, Any], store: st
 
 
 FRAUD = {"entities": {"user": USERS, "merchant": MERCHANTS}, "feature_service": "fraud_v1"}
+
+
+def test_each_replica_opens_its_home_redis_pool_before_its_first_request(
+    world: dict[str, Any], stack: Stack
+) -> None:
+    """A replica opens ``max_in_flight`` connections to its home Redis in its constructor
+    (serve_apps.app): joining under load, a cold one opened them one at a time while the herd
+    waited. The first test of the module: so far only sequential readiness probes have reached
+    the replicas, one connection's worth."""
+    config = next(c for c in world["configs"] if c.region == "us-east")
+    region = stack.settings.topology.get("us-east")
+    admin = redis_client(region, RedisRole.ADMIN, stack.settings.redis, stack.secrets)
+    try:
+        readers = [c for c in admin.client_list() if c.get("user") == config.redis_reader_user]
+    finally:
+        admin.close()
+    assert len(readers) >= config.replicas * config.limits.max_in_flight, len(readers)
 
 
 @pytest.mark.parametrize("region", ["us-east", "eu-west"])

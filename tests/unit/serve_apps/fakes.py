@@ -3,6 +3,7 @@ helper that fills stores with real tiles from the partition processor."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +53,20 @@ class FakeStore:
     error: type[Exception] = StoreUnavailable
     calls: list[list[str]] = field(default_factory=list)
     timeouts: list[float] = field(default_factory=list)
+    delay_s: float = 0.0  # real seconds each call takes before it answers (or fails)
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
     async def get_all(self, keys: Sequence[str], timeout_s: float) -> dict[str, dict[str, bytes]]:
         self.calls.append(list(keys))
         self.timeouts.append(timeout_s)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         if self.fail:
             raise self.error(f"{self.name} is down")
         return {key: dict(self.data.get(key, {})) for key in keys}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -142,6 +143,36 @@ def test_an_incomplete_redis_is_skipped_without_tripping_its_breaker_and_read_on
         assert body["fallback"][0] == {"store": "redis-us-east", "outcome": "StoreNotReady"}
     assert http.service.chain.breakers()["redis-us-east"] == BreakerState.CLOSED.value
     stores[0].fail = False  # the sink marked it ready
+    assert _read(http)["store"] == "redis-us-east"
+
+
+def test_warming_opens_the_home_stores_connections_at_once_and_touches_nothing_else() -> None:
+    stores, _, http = _chain()
+    stores[0].delay_s = 0.02  # long enough for every read to be open at the same time
+    assert asyncio.run(http.warm()) == 4  # the config's max_in_flight
+    assert stores[0].peak_in_flight == 4
+    assert stores[0].calls == [["fl:default:readiness:v1:probe"]] * 4
+    assert all(not s.calls for s in stores[1:])
+    assert set(http.service.chain.breakers().values()) == {BreakerState.CLOSED.value}
+
+
+@pytest.mark.parametrize("error", [StoreTimeout, StoreNotReady])
+def test_warming_counts_a_store_that_answered_even_if_incomplete(error: type[Exception]) -> None:
+    stores, _, http = _chain()
+    stores[0].fail, stores[0].error = True, error
+    assert asyncio.run(http.warm()) == (4 if error is StoreNotReady else 0)
+
+
+def test_a_dead_or_hung_home_store_does_not_stop_the_replica_starting() -> None:
+    stores, _, http = _chain()
+    stores[0].fail = True  # refused: the replica starts all the same, its breaker untouched
+    assert asyncio.run(http.warm()) == 0
+    assert http.service.chain.breakers()["redis-us-east"] == BreakerState.CLOSED.value
+    stores[0].fail, stores[0].delay_s = False, 30.0  # hung: given up at the budget, not 30 s
+    started = time.monotonic()
+    assert asyncio.run(http.warm(budget_s=0.05)) == 0
+    assert time.monotonic() - started < 10.0
+    stores[0].delay_s = 0.0
     assert _read(http)["store"] == "redis-us-east"
 
 
