@@ -2,7 +2,8 @@
 builds settings, and hands them to the packages that do the work.
 
 Exit codes: 0 success, 1 a Freshline error (message on stderr, no traceback), 2 bad usage,
-3 ``stack status`` found an unhealthy service.
+3 ``stack status`` found a service down or unhealthy (``pipeline status``: no pipeline),
+4 ``stack status`` found a service's port held by a process this state dir did not start.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from cluster.cli_views import status_table
+from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
 from cluster.stack import Stack
 from features.errors import FreshlineError
 
 EXIT_UNHEALTHY = 3
+EXIT_FOREIGN = 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     down = stack_verbs.add_parser("down", help="stop what the stack started; keeps data")
     down.add_argument("--purge", action="store_true", help="also delete data, logs and topics")
     down.set_defaults(handler=_stack_down)
-    status = stack_verbs.add_parser("status", help="health of every service; exit 3 if any is down")
+    status = stack_verbs.add_parser(
+        "status",
+        help="state of every service, writing nothing; exit 3 if one is down, 4 if a port is "
+        "held by a process this state dir did not start",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_stack_status)
     logs = stack_verbs.add_parser("logs", help="tail the services' logs")
@@ -121,16 +128,25 @@ def _stack_down(args: argparse.Namespace, settings: StackSettings, console: Cons
 
 
 def _stack_status(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    statuses = Stack.build(settings).status()
+    statuses = Stack.build(settings, read_only=True).status()
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
     else:
         console.print(status_table(statuses))
+    return status_exit_code(statuses)
+
+
+def status_exit_code(statuses: Sequence[ServiceStatus]) -> int:
+    """4 when a port is held by someone else (``stack up`` would fail: stop that process or choose
+    other ports), else 3 when a service is not healthy (``stack up`` starts it), else 0."""
+    if any(s.state == "foreign" for s in statuses):
+        return EXIT_FOREIGN
     return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
 
 
 def _stack_logs(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    names = [args.service] if args.service else [s.name for s in Stack.build(settings).services]
+    services = Stack.build(settings, read_only=True).services
+    names = [args.service] if args.service else [s.name for s in services]
     files = [settings.log_dir / f"{name}.log" for name in names]
     files = [f for f in files if f.exists()]
     if not files:

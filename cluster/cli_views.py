@@ -9,14 +9,16 @@ from rich.table import Table
 
 from cluster.services.base import ServiceStatus
 
+_STATE_STYLE = {"healthy": "green", "unhealthy": "yellow", "down": "red", "foreign": "magenta"}
+
 
 def status_table(statuses: Sequence[ServiceStatus]) -> Table:
     table = Table(title="Freshline local stack")
-    for column in ("service", "endpoint", "pid", "health", "detail"):
+    for column in ("service", "endpoint", "pid", "state", "detail"):
         table.add_column(column)
     for s in statuses:
-        health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
-        table.add_row(s.name, s.endpoint, str(s.pid or "-"), health, s.detail[:80])
+        state = f"[{_STATE_STYLE[s.state]}]{s.state}[/]"
+        table.add_row(s.name, s.endpoint, str(s.pid or "-"), state, s.detail[:100])
     return table
 
 

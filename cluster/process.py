@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -145,13 +146,38 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class PortHolder:
+    """The process listening on a port, as far as ``ss`` can see it: the pid and command of a
+    process of the same user (or any, as root); both unknown otherwise."""
+
+    pid: int | None
+    command: str | None
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "an unknown process"
+        return f"pid {self.pid} ({self.command})" if self.command else f"pid {self.pid}"
+
+
+def port_holder(host: str, port: int) -> PortHolder | None:
+    """None when ``host:port`` can be bound; else who listens on it. Reads only."""
+    if port_is_free(host, port):
+        return None
+    return _listener(port)
+
+
 def require_free_port(service: str, host: str, port: int) -> None:
     """Raise PortInUse naming the port, the service that wanted it and who holds it (if known)."""
-    if not port_is_free(host, port):
-        raise PortInUse(service, port, _port_holder(port))
+    holder = port_holder(host, port)
+    if holder is not None:
+        raise PortInUse(service, port, str(holder))
 
 
-def _port_holder(port: int) -> str:
+_SS_USER = re.compile(r'\(\("(?P<command>[^"]*)",pid=(?P<pid>\d+)')
+
+
+def _listener(port: int) -> PortHolder:
     try:
         out = subprocess.run(
             ["ss", "-ltnpH", f"sport = :{port}"],
@@ -159,10 +185,13 @@ def _port_holder(port: int) -> str:
             text=True,
             timeout=5,
             check=False,
-        ).stdout.strip()
+        ).stdout
     except (FileNotFoundError, subprocess.TimeoutExpired):
-        return "unknown process"
-    return out.split("users:")[-1].strip() if "users:" in out else "unknown process"
+        return PortHolder(None, None)
+    found = _SS_USER.search(out)
+    if found is None:
+        return PortHolder(None, None)
+    return PortHolder(int(found["pid"]), found["command"])
 
 
 def free_port() -> int:

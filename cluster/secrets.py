@@ -31,6 +31,14 @@ def load_or_create_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Se
     return Secrets(**{k: SecretStr(v) for k, v in values.items()})
 
 
+def read_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
+    """The same precedence as :func:`load_or_create_secrets`, writing nothing: a password in
+    neither place is empty, so a probe made with it fails authentication instead of guessing."""
+    stored = _read(secrets_file)
+    values = {f: environ.get(f"FRESHLINE_{f.upper()}") or stored.get(f) or "" for f in _FIELDS}
+    return Secrets(**{k: SecretStr(v) for k, v in values.items()})
+
+
 def _read(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())

@@ -12,7 +12,9 @@ import secrets
 import urllib.request
 from pathlib import Path
 
-from cluster.services.base import ServiceStatus, wait_ready
+from cluster.process import ManagedProcess
+from cluster.services.base import Port, ServiceStatus, status_without_process, wait_ready
+from cluster.services.ray_head import head_process
 from cluster.settings import StackSettings
 from regions.aws import LOCAL_CREDENTIALS
 
@@ -80,18 +82,30 @@ class ServingService:
     """The region applications as a stack service. They are Serve actors on the Ray head, so they
     have no process of their own: ``stop`` is a no-op that reports whether they were up, and the
     head's stop (which follows in ``Stack.down``'s reverse order) ends them. ``start`` is
-    idempotent: it deploys only when some region does not answer ``/v1/health``."""
+    idempotent: it deploys only when some region does not answer ``/v1/health``.
+
+    They count as this state dir's only when its own head is alive: apps answering on the Serve
+    port of a head it did not start are another stack's (``foreign``). Healthy also needs the
+    operator key file, without which nobody can call them."""
 
     name = "serving"
 
-    def __init__(self, settings: StackSettings) -> None:
+    def __init__(self, settings: StackSettings, head: ManagedProcess | None = None) -> None:
         self._settings = settings
+        self._head = head if head is not None else head_process(settings)
 
     def status(self) -> ServiceStatus:
-        error = self._probe()
         urls = ", ".join(base_urls(self._settings))
-        detail = f"key in {api_key_file(self._settings)}" if error is None else error
-        return ServiceStatus(self.name, "serve", urls, None, error is None, detail)
+        if self._head.pid() is None:
+            port = Port("ray serve", "127.0.0.1", self._settings.ray.serve_port)
+            return status_without_process(self.name, "serve", urls, [port])
+        error = self._probe()
+        key = api_key_file(self._settings)
+        if error is None and not key.exists():
+            error = f"the apps answer, but the API key file {key} is missing (`freshline serve up`)"
+        if error is not None:
+            return ServiceStatus(self.name, "serve", urls, None, "unhealthy", error)
+        return ServiceStatus(self.name, "serve", urls, None, "healthy", f"key in {key}")
 
     def start(self) -> None:
         if self._probe() is None:

@@ -13,12 +13,12 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cluster.secrets import load_or_create_secrets
+from cluster.secrets import load_or_create_secrets, read_secrets
 from cluster.services.base import Service, ServiceStatus
 from cluster.services.dynamodb import DynamoDBService
 from cluster.services.kafka import KafkaService
 from cluster.services.offline import OfflineStoreService
-from cluster.services.ray_head import RayHeadService
+from cluster.services.ray_head import RayHeadService, head_process
 from cluster.services.redis import RedisService
 from cluster.serving import ServingService
 from cluster.settings import Secrets, StackSettings
@@ -31,10 +31,18 @@ class Stack:
     services: tuple[Service, ...]
 
     @classmethod
-    def build(cls, settings: StackSettings, environ: Mapping[str, str] | None = None) -> Stack:
-        secrets = load_or_create_secrets(
-            settings.secrets_file, os.environ if environ is None else environ
-        )
+    def build(
+        cls,
+        settings: StackSettings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        read_only: bool = False,
+    ) -> Stack:
+        """The stack of ``settings.state_dir``. ``read_only`` (status, logs) writes nothing: the
+        passwords are read, never generated, so looking at a state dir does not claim it."""
+        env = os.environ if environ is None else environ
+        load = read_secrets if read_only else load_or_create_secrets
+        secrets = load(settings.secrets_file, env)
         services: list[Service] = [KafkaService(settings)]
         for region in settings.topology:
             services.append(RedisService(settings, region, secrets))
@@ -43,7 +51,7 @@ class Stack:
         if settings.with_ray:
             services.append(RayHeadService(settings))
         if settings.with_serving:
-            services.append(ServingService(settings))
+            services.append(ServingService(settings, head_process(settings)))
         return cls(settings, secrets, tuple(services))
 
     def service(self, name: str) -> Service:
@@ -74,4 +82,6 @@ class Stack:
         return stopped
 
     def status(self) -> list[ServiceStatus]:
+        """Each service's state as seen from this state dir (see ``cluster.services.base``);
+        writes nothing."""
         return [service.status() for service in self.services]

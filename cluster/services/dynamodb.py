@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, require_free_port
-from cluster.services.base import ServiceStatus, wait_ready
+from cluster.process import ManagedProcess
+from cluster.services.base import Port, ProcessService
 from cluster.settings import StackSettings
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
@@ -32,52 +32,37 @@ def ensure_online_table(region: RegionConfig) -> None:
     create_online_table(client, region.dynamodb_table)
 
 
-class DynamoDBService:
+class DynamoDBService(ProcessService):
+    kind = "dynamodb"
+    ready_timeout_s = 60.0
+    stop_timeout_s = 10.0
+
     def __init__(self, settings: StackSettings, region: RegionConfig) -> None:
-        self.name = f"dynamodb-{region.name}"
+        name = f"dynamodb-{region.name}"
+        super().__init__(name, ManagedProcess(name, settings.run_dir, settings.log_dir))
         self._region = region
-        self._proc = ManagedProcess(self.name, settings.run_dir, settings.log_dir)
 
     @property
-    def process(self) -> ManagedProcess:
-        return self._proc
+    def endpoint(self) -> str:
+        return self._region.dynamodb_endpoint_url
 
-    def status(self) -> ServiceStatus:
-        pid = self._proc.pid()
-        error = self._probe() if pid is not None else "not running"
-        return ServiceStatus(
-            self.name,
-            "dynamodb",
-            self._region.dynamodb_endpoint_url,
-            pid,
-            error is None,
-            error or f"moto, table {self._region.dynamodb_table}",
-        )
+    def ports(self) -> list[Port]:
+        return [Port(self.name, self._region.dynamodb_endpoint_host, self._region.dynamodb_port)]
 
-    def start(self) -> None:
-        if self._proc.pid() is None or self._probe() is not None:
-            self._proc.stop()
-            require_free_port(
-                self.name, self._region.dynamodb_endpoint_host, self._region.dynamodb_port
-            )
-            argv = [_moto_server(), "-H", self._region.dynamodb_endpoint_host]
-            self._proc.spawn([*argv, "-p", str(self._region.dynamodb_port)])
-            wait_ready(
-                self.name,
-                self._probe,
-                60.0,
-                self._proc.log_file,
-                lambda: self._proc.pid() is not None,
-            )
+    def describe(self) -> str:
+        return f"moto, table {self._region.dynamodb_table}"
+
+    def launch(self) -> None:
+        argv = [_moto_server(), "-H", self._region.dynamodb_endpoint_host]
+        self._proc.spawn([*argv, "-p", str(self._region.dynamodb_port)])
+
+    def after_ready(self) -> None:
         ensure_online_table(self._region)
-
-    def stop(self) -> bool:
-        return self._proc.stop(timeout_s=10.0)
 
     def purge(self) -> None:
         """moto keeps tables in memory: stopping the process is the purge."""
 
-    def _probe(self) -> str | None:
+    def probe(self) -> str | None:
         try:
             dynamodb_client(self._region).list_tables()
             return None

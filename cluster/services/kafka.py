@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, require_free_port
-from cluster.services.base import ServiceStatus, wait_ready
+from cluster.process import ManagedProcess
+from cluster.services.base import Port, ProcessService
 from cluster.settings import StackSettings, TopicSpec
 from features.errors import StackError
 
@@ -25,13 +25,17 @@ _INSTALL_JAVA = (
 )
 
 
-class KafkaService:
-    name = "kafka"
+class KafkaService(ProcessService):
+    kind = "kafka"
+    ready_timeout_s = 90.0
+    # A clean shutdown lets the broker write its clean-shutdown marker, so the next start
+    # skips log recovery; 30 s is ample for a single local broker.
+    stop_timeout_s = 30.0
 
     def __init__(self, settings: StackSettings) -> None:
+        super().__init__("kafka", ManagedProcess("kafka", settings.run_dir, settings.log_dir))
         self._settings = settings
         self._kafka = settings.kafka
-        self._proc = ManagedProcess("kafka", settings.run_dir, settings.log_dir)
         self._home = settings.state_dir / "kafka"
 
     @property
@@ -39,36 +43,26 @@ class KafkaService:
         return self._home / "data"
 
     @property
-    def process(self) -> ManagedProcess:
-        return self._proc
+    def endpoint(self) -> str:
+        return self._kafka.bootstrap
 
-    def status(self) -> ServiceStatus:
-        pid = self._proc.pid()
-        error = self._probe() if pid is not None else "not running"
-        return ServiceStatus(
-            self.name, "kafka", self._kafka.bootstrap, pid, error is None, error or "KRaft broker"
-        )
+    def ports(self) -> list[Port]:
+        return [
+            Port("kafka", self._kafka.host, self._kafka.port),
+            Port("kafka controller", self._kafka.host, self._kafka.controller_port),
+        ]
 
-    def start(self) -> None:
-        if self._proc.pid() is not None and self._probe() is None:
-            self.ensure_topics()
-            return
-        self._proc.stop()
-        require_free_port("kafka", self._kafka.host, self._kafka.port)
-        require_free_port("kafka controller", self._kafka.host, self._kafka.controller_port)
+    def describe(self) -> str:
+        return "KRaft broker"
+
+    def launch(self) -> None:
         classpath = f"{ensure_jars(self._settings)}/*"
         config = self._write_config()
         self._format_storage(classpath, config)
         self._proc.spawn(self._java_argv(classpath, "kafka.Kafka", str(config)))
-        wait_ready(
-            self.name, self._probe, 90.0, self._proc.log_file, lambda: self._proc.pid() is not None
-        )
-        self.ensure_topics()
 
-    def stop(self) -> bool:
-        # A clean shutdown lets the broker write its clean-shutdown marker, so the next start
-        # skips log recovery; 30 s is ample for a single local broker.
-        return self._proc.stop(timeout_s=30.0)
+    def after_ready(self) -> None:
+        self.ensure_topics()
 
     def purge(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)
@@ -107,7 +101,7 @@ class KafkaService:
                     "or fix the config"
                 )
 
-    def _probe(self) -> str | None:
+    def probe(self) -> str | None:
         from kafka.admin import KafkaAdminClient
 
         try:

@@ -27,6 +27,18 @@ def iceberg_catalog(settings: StackSettings) -> Any:
     )
 
 
+def _existing_catalog(settings: StackSettings) -> Any:
+    """The catalog as it is, for reading: no folder made, no catalog table created."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(
+        "freshline",
+        uri=settings.iceberg_catalog_uri,
+        warehouse=settings.iceberg_warehouse,
+        init_catalog_tables="false",
+    )
+
+
 class OfflineStoreService:
     name = "iceberg"
 
@@ -36,14 +48,17 @@ class OfflineStoreService:
     def status(self) -> ServiceStatus:
         endpoint = self._settings.iceberg_warehouse
         if not (self._settings.offline_dir / "catalog.db").exists():
-            return ServiceStatus(self.name, "iceberg", endpoint, None, False, "catalog not created")
-        try:
-            tables = iceberg_catalog(self._settings).list_tables(NAMESPACE)
-        except Exception as exc:
             return ServiceStatus(
-                self.name, "iceberg", endpoint, None, False, f"{type(exc).__name__}: {exc}"
+                self.name, "iceberg", endpoint, None, "down", "catalog not created"
             )
-        return ServiceStatus(self.name, "iceberg", endpoint, None, True, f"{len(tables)} tables")
+        try:
+            tables = _existing_catalog(self._settings).list_tables(NAMESPACE)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            return ServiceStatus(self.name, "iceberg", endpoint, None, "unhealthy", detail)
+        return ServiceStatus(
+            self.name, "iceberg", endpoint, None, "healthy", f"{len(tables)} tables"
+        )
 
     def start(self) -> None:
         iceberg_catalog(self._settings).create_namespace_if_not_exists(NAMESPACE)

@@ -14,52 +14,47 @@ import urllib.request
 from pathlib import Path
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, free_port, require_free_port
-from cluster.services.base import ServiceStatus, wait_ready
+from cluster.process import ManagedProcess, free_port
+from cluster.services.base import Port, ProcessService
 from cluster.settings import StackSettings
 
 
-class RayHeadService:
-    name = "ray-head"
+def head_process(settings: StackSettings) -> ManagedProcess:
+    """The head's tracked process in this state dir (serving's status asks it too)."""
+    return ManagedProcess("ray-head", settings.run_dir, settings.log_dir)
+
+
+class RayHeadService(ProcessService):
+    kind = "ray"
+    ready_timeout_s = 120.0
+    # `ray start --block` drains for up to 30 s on SIGTERM, then stops its own processes:
+    # give it that and the shutdown, rather than SIGKILL it in the middle of it.
+    stop_timeout_s = 45.0
 
     def __init__(self, settings: StackSettings) -> None:
+        super().__init__("ray-head", head_process(settings))
         self._settings = settings
         self._ray = settings.ray
-        self._proc = ManagedProcess("ray-head", settings.run_dir, settings.log_dir)
 
     @property
-    def process(self) -> ManagedProcess:
-        return self._proc
+    def endpoint(self) -> str:
+        return self._ray.dashboard_url
 
-    def status(self) -> ServiceStatus:
-        pid = self._proc.pid()
-        error = self._probe() if pid is not None else "not running"
-        detail = f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs, ingress {self._ray.ingress}"
-        return ServiceStatus(
-            self.name, "ray", self._ray.dashboard_url, pid, error is None, error or detail
-        )
+    def ports(self) -> list[Port]:
+        r = self._ray
+        return [
+            Port("ray gcs", "127.0.0.1", r.port),
+            Port("ray dashboard", "127.0.0.1", r.dashboard_port),
+            Port("ray client server", "127.0.0.1", r.client_server_port),
+            Port("ray metrics", "127.0.0.1", r.metrics_export_port),
+            Port("ray dashboard agent", "127.0.0.1", r.dashboard_agent_port),
+        ]
 
-    def start(self) -> None:
-        if self._proc.pid() is not None and self._probe() is None:
-            return
-        self._proc.stop()
-        for label, port in (
-            ("ray gcs", self._ray.port),
-            ("ray dashboard", self._ray.dashboard_port),
-            ("ray client server", self._ray.client_server_port),
-            ("ray metrics", self._ray.metrics_export_port),
-            ("ray dashboard agent", self._ray.dashboard_agent_port),
-        ):
-            require_free_port(label, "127.0.0.1", port)
+    def describe(self) -> str:
+        return f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs, ingress {self._ray.ingress}"
+
+    def launch(self) -> None:
         self._proc.spawn(self._argv(), env=self._env())
-        wait_ready(
-            self.name, self._probe, 120.0, self._proc.log_file, lambda: self._proc.pid() is not None
-        )
-
-    def stop(self) -> bool:
-        # `ray start --block` drains for up to 30 s on SIGTERM, then stops its own processes:
-        # give it that and the shutdown, rather than SIGKILL it in the middle of it.
-        return self._proc.stop(timeout_s=45.0)
 
     def purge(self) -> None:
         shutil.rmtree(self._settings.ray_temp_dir, ignore_errors=True)
@@ -120,7 +115,7 @@ class RayHeadService:
             env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(r.haproxy_metrics_port or free_port())
         return env
 
-    def _probe(self) -> str | None:
+    def probe(self) -> str | None:
         try:
             with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
                 f"{self._ray.dashboard_url}/api/version", timeout=2.0

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, require_free_port
-from cluster.services.base import ServiceStatus, wait_ready
+from cluster.process import ManagedProcess
+from cluster.services.base import Port, ProcessService
 from cluster.settings import Secrets, StackSettings
 from regions.config import RegionConfig
 
@@ -22,43 +22,35 @@ _INSTALL_REDIS = (
 )
 
 
-class RedisService:
+class RedisService(ProcessService):
+    kind = "redis"
+    ready_timeout_s = 30.0
+    stop_timeout_s = 15.0
+
     def __init__(self, settings: StackSettings, region: RegionConfig, secrets: Secrets) -> None:
-        self.name = f"redis-{region.name}"
+        name = f"redis-{region.name}"
+        super().__init__(name, ManagedProcess(name, settings.run_dir, settings.log_dir))
         self._settings = settings
         self._region = region
         self._secrets = secrets
-        self._proc = ManagedProcess(self.name, settings.run_dir, settings.log_dir)
         self._home = settings.state_dir / "redis" / region.name
 
     @property
-    def process(self) -> ManagedProcess:
-        return self._proc
+    def endpoint(self) -> str:
+        return f"{self._region.redis_host}:{self._region.redis_port}"
 
-    def status(self) -> ServiceStatus:
-        pid = self._proc.pid()
-        error = self._probe() if pid is not None else "not running"
-        endpoint = f"{self._region.redis_host}:{self._region.redis_port}"
-        return ServiceStatus(
-            self.name, "redis", endpoint, pid, error is None, error or self._region.name
-        )
+    def ports(self) -> list[Port]:
+        return [Port(self.name, self._region.redis_host, self._region.redis_port)]
 
-    def start(self) -> None:
-        if self._proc.pid() is not None and self._probe() is None:
-            return
-        self._proc.stop()
+    def describe(self) -> str:
+        return self._region.name
+
+    def launch(self) -> None:
         server = shutil.which("redis-server")
         if server is None:
             raise MissingTool("redis-server", _INSTALL_REDIS)
-        require_free_port(self.name, self._region.redis_host, self._region.redis_port)
         config = self._write_config()
         self._proc.spawn([server, str(config)], cwd=self._home)
-        wait_ready(
-            self.name, self._probe, 30.0, self._proc.log_file, lambda: self._proc.pid() is not None
-        )
-
-    def stop(self) -> bool:
-        return self._proc.stop(timeout_s=15.0)
 
     def purge(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)
@@ -81,7 +73,7 @@ class RedisService:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def _probe(self) -> str | None:
+    def probe(self) -> str | None:
         try:
             client = self.admin_client()
             try:
