@@ -48,3 +48,22 @@ def test_a_sink_without_partitions_or_still_connecting_is_visible() -> None:
     assert "connecting" in cells
     us_east = next(line for line in _render(state).splitlines() if "us-east" in line)
     assert "0.2 s ago" in us_east and "rehydrating" not in us_east
+
+
+def test_the_status_table_tells_a_foreign_port_from_a_service_that_is_down() -> None:
+    from cluster.cli_views import status_table
+    from cluster.services.base import ServiceStatus
+
+    foreign = "port 16379 (redis-us-east) is held by pid 4242 (redis-server)"
+    statuses = [
+        ServiceStatus("kafka", "kafka", "127.0.0.1:19092", 101, "healthy", "KRaft broker"),
+        ServiceStatus("redis-us-east", "redis", "127.0.0.1:16379", None, "foreign", foreign, 4242),
+        ServiceStatus("redis-eu-west", "redis", "127.0.0.1:16389", None, "down", "not running"),
+    ]
+    console = Console(width=250, record=True)
+    console.print(status_table(statuses))
+    lines = [line for line in console.export_text().splitlines() if line.startswith("│")]
+    rows = {line.split("│")[1].strip(): line for line in lines}
+    assert "healthy" in rows["kafka"] and "101" in rows["kafka"]
+    assert "foreign" in rows["redis-us-east"] and "pid 4242" in rows["redis-us-east"]
+    assert "down" in rows["redis-eu-west"] and "healthy" not in rows["redis-eu-west"]
