@@ -10,18 +10,16 @@ Invariants:
 * ``merge`` is associative and commutative, and ``initialize()`` is its identity, so folding all
   events equals merging the folds of any partition of them into parts. For ``sum`` and ``mean``
   this holds up to floating-point rounding only; every path therefore merges tiles in ascending
-  tile order starting from ``initialize()`` (:func:`merge_all`), which makes results bitwise equal
-  across paths. ``min``, ``max`` and ``distinct_count`` merges are also idempotent; the others
-  are not (merging a tile twice double counts), so stores keep absolute tile values, never deltas.
+  tile order starting from ``initialize()`` (``features.tile_groups.read_view``), which makes
+  results bitwise equal across paths. ``min``, ``max`` and ``distinct_count`` merges are also
+  idempotent; the others are not (merging a tile twice double counts), so stores keep absolute
+  tile values, never deltas.
 * ``agg`` may mutate and return its ``state`` (sketches would otherwise be copied per event):
   callers must use the returned state. ``merge`` never mutates its inputs.
 * ``order`` is a monotone tiebreaker per entity (the Kafka offset): ``last`` and ``last_n`` pick
   the latest event by ``(event_time_ms, order)``; equal pairs can only be the same event.
-* ``agg_many`` (numpy batches) gives exactly the state of folding ``agg`` over the batch in order:
-  ``count``/``min``/``max``/``last`` trivially; ``sum``/``mean`` because ``np.add.accumulate`` adds
-  sequentially, unlike ``np.sum`` (pairwise), so the float rounding is the same as the fold's.
 * ``agg_seq`` (Python sequences, the stream actors' per-tile batch) gives exactly the state of
-  folding ``agg`` over the sequence in order, too: sums are folded left to right with plain float
+  folding ``agg`` over the sequence in order: sums are folded left to right with plain float
   additions (never ``sum()``, which compensates rounding from Python 3.12 on), extremes take the
   first extreme like the pairwise fold, ``last`` the latest copy on full ties, and
   ``distinct_count`` adds each distinct value once (adding a value twice changes no register).
@@ -39,9 +37,6 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from typing import Any, ClassVar, Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
 from features import codec
 from features.catalog import Aggregation, Feature
 from features.codec import Scalar
@@ -55,15 +50,12 @@ R = TypeVar("R")
 LastState = tuple[int, int, Scalar] | None
 MeanState = tuple[int, float]
 LastNState = tuple[tuple[int, int, Scalar], ...]
-Values = npt.NDArray[Any]
-Ints = npt.NDArray[np.int64]
 
 
 class Aggregator(ABC, Generic[S, R]):
-    """The four pure steps of one aggregation, plus batch folding and byte (de)serialisation."""
+    """The four pure steps of one aggregation, plus sequence folding and byte (de)serialisation."""
 
     aggregation: ClassVar[Aggregation]
-    mergeable: ClassVar[bool] = True
 
     @abstractmethod
     def initialize(self) -> S: ...
@@ -83,11 +75,6 @@ class Aggregator(ABC, Generic[S, R]):
     @abstractmethod
     def load(self, data: bytes) -> S: ...
 
-    def agg_many(self, state: S, values: Values, times: Ints, orders: Ints) -> S:
-        """Fold a batch in array order; equal to calling ``agg`` once per element."""
-        _check_batch(values, times, orders)
-        return self.agg_seq(state, values.tolist(), times.tolist(), orders.tolist())
-
     def agg_seq(
         self, state: S, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
     ) -> S:
@@ -97,27 +84,10 @@ class Aggregator(ABC, Generic[S, R]):
         return state
 
 
-def _check_batch(
-    values: npt.NDArray[Any], times: npt.NDArray[Any], orders: npt.NDArray[Any]
-) -> None:
-    if not values.ndim == times.ndim == orders.ndim == 1 or not (
-        len(values) == len(times) == len(orders)
-    ):
-        raise DataError("agg_many needs three 1-D arrays of equal length")
-
-
 def _num(value: Scalar) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DataError(f"expected a number, got {type(value).__name__}")
     return float(value)
-
-
-def _sequential_sum(start: float, values: npt.NDArray[Any]) -> float:
-    """``start + v0 + v1 + ...`` left to right, bitwise equal to a Python loop."""
-    if len(values) == 0:
-        return start
-    chain = np.concatenate((np.array([start], dtype=np.float64), values.astype(np.float64)))
-    return float(np.add.accumulate(chain)[-1])
 
 
 def _fold_sum(start: float, values: Sequence[Any]) -> float:
@@ -141,10 +111,6 @@ class CountAgg(Aggregator[int, int]):
 
     def agg(self, state: int, value: Scalar, event_time_ms: int, order: int) -> int:
         return state + 1
-
-    def agg_many(self, state: int, values: Values, times: Ints, orders: Ints) -> int:
-        _check_batch(values, times, orders)
-        return state + len(values)
 
     def agg_seq(
         self, state: int, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
@@ -176,10 +142,6 @@ class SumAgg(Aggregator[float, float]):
     def agg(self, state: float, value: Scalar, event_time_ms: int, order: int) -> float:
         return state + _num(value)
 
-    def agg_many(self, state: float, values: Values, times: Ints, orders: Ints) -> float:
-        _check_batch(values, times, orders)
-        return _sequential_sum(state, values)
-
     def agg_seq(
         self, state: float, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
     ) -> float:
@@ -208,10 +170,6 @@ class MeanAgg(Aggregator[MeanState, float | None]):
 
     def agg(self, state: MeanState, value: Scalar, event_time_ms: int, order: int) -> MeanState:
         return (state[0] + 1, state[1] + _num(value))
-
-    def agg_many(self, state: MeanState, values: Values, times: Ints, orders: Ints) -> MeanState:
-        _check_batch(values, times, orders)
-        return (state[0] + len(values), _sequential_sum(state[1], values))
 
     def agg_seq(
         self, state: MeanState, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
@@ -245,7 +203,6 @@ class _ExtremumAgg(Aggregator[float | None, float | None]):
 
     _pick: Callable[[float, float], float]
     _pick_many: Callable[[Iterable[float]], float]
-    _reduce: Callable[[Values], Any]
 
     def agg(
         self, state: float | None, value: Scalar, event_time_ms: int, order: int
@@ -257,12 +214,6 @@ class _ExtremumAgg(Aggregator[float | None, float | None]):
         if a is None or b is None:
             return b if a is None else a
         return self._pick(a, b)
-
-    def agg_many(
-        self, state: float | None, values: Values, times: Ints, orders: Ints
-    ) -> float | None:
-        _check_batch(values, times, orders)
-        return self.merge(state, float(self._reduce(values)) if len(values) else None)
 
     def agg_seq(
         self,
@@ -300,14 +251,12 @@ class MinAgg(_ExtremumAgg):
     aggregation = Aggregation.MIN
     _pick = staticmethod(min)
     _pick_many = staticmethod(_min_of)
-    _reduce = staticmethod(np.min)
 
 
 class MaxAgg(_ExtremumAgg):
     aggregation = Aggregation.MAX
     _pick = staticmethod(max)
     _pick_many = staticmethod(_max_of)
-    _reduce = staticmethod(np.max)
 
 
 def _later(a: tuple[int, int, Scalar], b: tuple[int, int, Scalar]) -> tuple[int, int, Scalar]:
@@ -342,16 +291,6 @@ class LastAgg(Aggregator[LastState, Scalar]):
         if state is None or (event_time_ms, order) >= (state[0], state[1]):
             return (event_time_ms, order, value)
         return state
-
-    def agg_many(self, state: LastState, values: Values, times: Ints, orders: Ints) -> LastState:
-        _check_batch(values, times, orders)
-        if len(values) == 0:
-            return state
-        # lexsort is stable: among equal (time, order) the last element wins, as in the fold.
-        best = int(np.lexsort((orders, times))[-1])
-        value = values[best]
-        scalar = value.item() if isinstance(value, np.generic) else value
-        return self.agg(state, scalar, int(times[best]), int(orders[best]))
 
     def agg_seq(
         self, state: LastState, values: Sequence[Any], times: Sequence[int], orders: Sequence[int]
@@ -464,7 +403,6 @@ class CusumAgg(Aggregator[CusumState, float]):
     """Sequential CUSUM score (see ``features.cusum``). Not mergeable, so never tiled."""
 
     aggregation = Aggregation.CUSUM
-    mergeable = False
 
     def __init__(self, config: CusumConfig) -> None:
         self.config = config
@@ -513,16 +451,3 @@ _SIMPLE: dict[Aggregation, type[Aggregator[Any, Any]]] = {
     Aggregation.MAX: MaxAgg,
     Aggregation.LAST: LastAgg,
 }
-
-
-def merge_all(aggregator: Aggregator[S, Any], states: Iterable[S]) -> S:
-    """``initialize()`` merged with each state in the given (ascending tile) order."""
-    merged = aggregator.initialize()
-    for state in states:
-        merged = aggregator.merge(merged, state)
-    return merged
-
-
-def window_value(aggregator: Aggregator[S, R], states: Iterable[S]) -> R:
-    """The window's value from its covering tile states, in ascending tile order."""
-    return aggregator.result(merge_all(aggregator, states))

@@ -8,8 +8,10 @@ window. Errors raise :class:`~features.errors.CatalogError` whose ``field`` is a
 pydantic's own validation errors into that form.
 
 Durations are written as strings (``"5m"``, ``"24h"``, ``"7d"``; see ``features.durations``).
-A view whose entity's join key is not its source's Kafka key is allowed, but its events must be
-repartitioned by the join key first: :meth:`FeatureView.needs_repartition` says so.
+A view whose entity's join key is not its source's Kafka key is allowed: one entity's events then
+arrive on several partitions, each writes partial tiles, and readers merge them
+(``features.tile_groups``). Such a view may not hold a ``cusum`` feature, whose sequential state
+cannot merge across partitions.
 """
 
 from __future__ import annotations
@@ -182,10 +184,6 @@ class Feature(_Model):
         """The window's tile (``None`` for unwindowed features); raises if it has none."""
         return None if self.window is None else TileSpec.for_window(self.window)
 
-    @property
-    def is_tiled(self) -> bool:
-        return self.window is not None
-
 
 class FeatureView(_Model):
     """A versioned group of features of one entity computed from one source."""
@@ -214,11 +212,6 @@ class FeatureView(_Model):
     def key_field(self, catalog: Catalog) -> str:
         """The event field holding this view's entity id (the entity's join key)."""
         return catalog.entity(self.entity).join_key
-
-    def needs_repartition(self, catalog: Catalog) -> bool:
-        """Whether events must be re-keyed by :meth:`key_field` before this view's actors see
-        them: the source is partitioned by another field, so one entity spans partitions."""
-        return self.key_field(catalog) != catalog.source(self.source).key_field
 
     @property
     def ttl_ms(self) -> int:
@@ -301,14 +294,6 @@ class Catalog(_Model):
         """The feature of a ``"view:feature"`` reference."""
         return self.resolve(ref)[1]
 
-    def service_entities(self, name: str) -> tuple[Entity, ...]:
-        """Entities a request to service ``name`` must identify, in first-reference order."""
-        seen: dict[str, Entity] = {}
-        for ref in self.service(name).features:
-            view = self.resolve(ref)[0]
-            seen.setdefault(view.entity, self.entity(view.entity))
-        return tuple(seen.values())
-
 
 _KINDS = {"entities": "entity", "sources": "source", "views": "view", "services": "service"}
 
@@ -344,6 +329,13 @@ def _check_view(catalog: Catalog, view: FeatureView) -> None:
             raise CatalogError("duplicate feature name", field=f"{fat}.name")
         names.add(feature.name)
         _check_column(source, feature, fat)
+        if feature.aggregation is Aggregation.CUSUM and entity.join_key != source.key_field:
+            raise CatalogError(
+                f"cusum is sequential per entity and cannot merge partial states, but view "
+                f"{view.name!r} is keyed by {entity.join_key!r} while source {source.name!r} is "
+                f"partitioned by {source.key_field!r}",
+                field=f"{fat}.aggregation",
+            )
         if feature.window is not None:
             try:
                 tile_ms_for(to_ms(feature.window))

@@ -12,8 +12,8 @@ per Kafka message on ``fl.card_tx`` (8 partitions), message key = ``user_id``::
     currency       string  "USD" | "EUR" | "GBP"
     event_time_ms  int     epoch milliseconds, UTC
 
-``merchant_activity`` is keyed by ``merchant_id`` while the topic is keyed by ``user_id``, so its
-events need a repartition step (``FeatureView.needs_repartition`` is true for it).
+``merchant_activity`` is keyed by ``merchant_id`` while the topic is keyed by ``user_id``, so one
+merchant's events arrive on every partition: each writes partial tiles that readers merge.
 """
 
 from __future__ import annotations

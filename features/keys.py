@@ -16,8 +16,8 @@ Invariants:
   UTF-8 bytes, containing control characters (category Cc, e.g. newline, NUL) or lone surrogates.
 
 The whole key is hashed for the Redis Cluster slot (it contains no braces), so one entity's views
-land on independent slots; one view of one entity is a single hash whose fields are the tiles
-(:func:`tile_field`).
+land on independent slots; one view of one entity is a single hash whose fields are its tile groups'
+tiles (``features.tile_groups``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _validated_bytes(entity_id: object, max_id_bytes: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OnlineKey:
-    """The parts of one online-store key. ``str(key)`` is the key; ``parse`` inverts it."""
+    """The parts of one online-store key. ``encode()`` is the key; ``parse`` inverts it."""
 
     tenant: str
     view: str
@@ -102,9 +102,6 @@ class OnlineKey:
     def encode(self, *, max_id_bytes: int = DEFAULT_MAX_ID_BYTES) -> str:
         entity = encode_entity_id(self.entity_id, max_id_bytes=max_id_bytes)
         return f"{view_prefix(self.tenant, self.view, self.version)}{entity}"
-
-    def __str__(self) -> str:
-        return self.encode()
 
     @classmethod
     def parse(cls, key: str) -> OnlineKey:
@@ -123,30 +120,3 @@ def view_prefix(tenant: str, view: str, version: int) -> str:
     if not _NAME.fullmatch(tenant) or not _NAME.fullmatch(view) or version < 1:
         raise InvalidEntityId(f"bad key prefix parts {tenant!r}, {view!r}, {version!r}")
     return f"{KEY_PREFIX}:{tenant}:{view}:v{version}:"
-
-
-def online_key(
-    tenant: str,
-    view: str,
-    version: int,
-    entity_id: str,
-    *,
-    max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
-) -> str:
-    """The key of one entity's hash for one view version."""
-    return OnlineKey(tenant, view, version, entity_id).encode(max_id_bytes=max_id_bytes)
-
-
-def tile_field(feature: str, tile_start_ms: int | None) -> str:
-    """Hash field of one tile (``<feature>@<tile start ms>``) or of a non-tiled feature."""
-    if not _NAME.fullmatch(feature):
-        raise InvalidEntityId(f"feature {feature!r} is not a name like 'tx_count_1h'")
-    return feature if tile_start_ms is None else f"{feature}@{tile_start_ms}"
-
-
-def parse_tile_field(field: str) -> tuple[str, int | None]:
-    """Invert :func:`tile_field`."""
-    feature, sep, start = field.partition("@")
-    if not _NAME.fullmatch(feature) or (sep and not re.fullmatch(r"-?[0-9]+", start)):
-        raise CorruptState(f"not a tile field: {field!r}")
-    return feature, int(start) if sep else None

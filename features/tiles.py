@@ -55,8 +55,8 @@ Events with ``event_time > t`` never count. Where that is exact:
   future-stamped event only once their clock reaches its event time. Serving does not answer
   ``as_of`` in the past: point-in-time values are the offline path's job.
 
-A tile with start ``s`` contributes to the value as of every ``t`` in ``[s, s + W)``
-(:func:`tile_contributes_until` gives the exclusive end), which is what expiry and TTLs use.
+A tile with start ``s`` contributes to the value as of every ``t`` in ``[s, s + W)``, so it may
+expire at ``s + W`` (the stream actors' tile expiry and the stores' TTLs rely on this).
 """
 
 from __future__ import annotations
@@ -133,11 +133,6 @@ def in_window(event_time_ms: int, as_of_ms: int, window_ms: int, tile_ms: int) -
     return window_start(as_of_ms, window_ms, tile_ms) <= event_time_ms <= as_of_ms
 
 
-def tile_contributes_until(tile_start_ms: int, window_ms: int) -> int:
-    """Exclusive end of the ``as_of`` range in which the tile at ``tile_start_ms`` is read."""
-    return tile_start_ms + window_ms
-
-
 def _check_spec(window_ms: int, tile_ms: int) -> None:
     if tile_ms <= 0 or window_ms <= 0 or window_ms % tile_ms:
         raise CatalogError(f"window {window_ms} ms is not a positive multiple of tile {tile_ms} ms")
@@ -159,21 +154,8 @@ class TileSpec:
         window_ms = to_ms(window)
         return cls(window_ms=window_ms, tile_ms=tile_ms_for(window_ms))
 
-    @property
-    def tiles_per_window(self) -> int:
-        return self.window_ms // self.tile_ms
-
-    def tile_start(self, ts_ms: int) -> int:
-        return tile_start(ts_ms, self.tile_ms)
-
-    def window_start(self, as_of_ms: int) -> int:
-        return window_start(as_of_ms, self.window_ms, self.tile_ms)
-
     def covering_tiles(self, as_of_ms: int) -> range:
         return covering_tiles(as_of_ms, self.window_ms, self.tile_ms)
 
     def in_window(self, event_time_ms: int, as_of_ms: int) -> bool:
         return in_window(event_time_ms, as_of_ms, self.window_ms, self.tile_ms)
-
-    def contributes_until(self, tile_start_ms: int) -> int:
-        return tile_contributes_until(tile_start_ms, self.window_ms)

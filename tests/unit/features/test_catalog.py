@@ -95,14 +95,29 @@ def test_valid_catalog_and_lookups() -> None:
     assert catalog.service("svc").features == ("user_spend:n_1h", "merchant_stats:n_1h")
     assert catalog.source("tx").fields["amount"] is FieldType.FLOAT
     assert catalog.source("tx").allowed_lateness_ms == 30_000
-    assert [e.name for e in catalog.service_entities("svc")] == ["user", "merchant"]
+    assert [catalog.resolve(ref)[0].entity for ref in catalog.service("svc").features] == [
+        "user",
+        "merchant",
+    ]
 
 
-def test_repartition_is_reported_when_join_key_differs_from_kafka_key() -> None:
+def test_a_view_keyed_unlike_its_source_reads_its_entity_join_key() -> None:
     catalog = Catalog.from_dict(_base())
-    assert not catalog.view("user_spend").needs_repartition(catalog)
-    assert catalog.view("merchant_stats").needs_repartition(catalog)
+    assert catalog.view("user_spend").key_field(catalog) == catalog.source("tx").key_field
     assert catalog.view("merchant_stats").key_field(catalog) == "merchant_id"
+
+
+def test_cusum_is_refused_on_a_view_keyed_unlike_its_source() -> None:
+    """Its state is sequential: partial states from several partitions cannot be merged."""
+    cusum = {"name": "amount_cusum", "aggregation": "cusum", "column": "amount"}
+    data = _base()
+    data["views"][0]["features"].append(cusum)
+    assert Catalog.from_dict(data).feature("user_spend:amount_cusum").window is None
+    data = _base()
+    data["views"][1]["features"].append(cusum)
+    error = _error(data)
+    assert error.field == "views[merchant_stats].features[amount_cusum].aggregation"
+    assert "cannot merge" in str(error)
 
 
 @pytest.mark.parametrize(

@@ -61,12 +61,14 @@ def test_views_and_defaults() -> None:
         "spend_sum_24h",
         "distinct_users_1h",
     ]
-    assert merchant.needs_repartition(catalog)
-    assert not user.needs_repartition(catalog)
+    # Keyed by another field than the topic: one merchant's partial tiles come from every partition.
+    source = catalog.source(merchant.source)
+    assert merchant.key_field(catalog) == "merchant_id" != source.key_field
+    assert user.key_field(catalog) == source.key_field == "user_id"
 
 
 def test_fraud_service_resolves_and_needs_both_entities() -> None:
     catalog = card_transactions_catalog()
     refs = catalog.service("fraud_v1").features
     assert all(catalog.feature(ref) for ref in refs)
-    assert [e.join_key for e in catalog.service_entities("fraud_v1")] == ["user_id", "merchant_id"]
+    assert {catalog.resolve(ref)[0].entity for ref in refs} == {"user", "merchant"}
