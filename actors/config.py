@@ -1,25 +1,58 @@
-"""Pipeline configuration: frozen, validated, built once by the job's entry point."""
+"""Pipeline configuration: frozen, validated, built once by the job's entry point.
+
+This module is the one definition of the pipeline's Kafka topic names and of the settings a
+stream consumer shares with the pipeline (:class:`StreamSettings`); the stack that creates the
+topics (``cluster.settings``) and every actor read them from here.
+"""
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from features import demo
 from regions.config import RedisUsers, RegionTopology
 
+# The source topic is named by the catalog (a source's ``topic``); the demo catalog's is the
+# default. The changelog and the dead-letter topic are the pipeline's own.
+EVENTS_TOPIC: Final = demo.TOPIC
+# Consumers write each tile change to the changelog partition numbered like its source
+# partition, so the changelog has as many partitions as the source topic.
+EVENTS_PARTITIONS: Final = demo.card_transactions_catalog().source(demo.SOURCE).partitions
+CHANGELOG_TOPIC: Final = "fl.tiles.changelog"
+DLQ_TOPIC: Final = "fl.dlq"
 
-class PipelineConfig(BaseModel):
+
+class StreamSettings(BaseModel):
+    """What a stream consumer needs from the pipeline; :class:`PipelineConfig` extends it, so
+    each of these defaults is defined here only."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap: str
-    source: str = "card_tx"
-    partitions: int = Field(default=8, ge=1)
+    source: str = Field(default=demo.SOURCE, description="catalog name of the event source")
+    changelog_topic: str = CHANGELOG_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    # Also the prefix of every consumer's transactional id: a restarted consumer fences its
+    # predecessor only if both derive the same id.
+    group_id: str = "freshline-pipeline"
+    # One Kafka transaction per interval: shorter makes tiles visible sooner but costs a commit
+    # round trip more often.
+    commit_interval_ms: int = Field(default=250, ge=10)
+
+
+class ConsumerConfig(StreamSettings):
+    """One stream consumer's settings (``actors.consumer.StreamConsumer``)."""
+
+    max_poll_records: int = Field(default=5000, ge=1)
+
+
+class PipelineConfig(StreamSettings):
+    partitions: int = Field(default=EVENTS_PARTITIONS, ge=1)
     consumers: int = Field(
         default=2, ge=1, le=64, description="consumer actors sharing the partitions"
     )
-    changelog_topic: str = "fl.tiles.changelog"
-    dlq_topic: str = "fl.dlq"
-    group_id: str = "freshline-pipeline"
-    commit_interval_ms: int = Field(default=250, ge=10)
     topology: RegionTopology
     stores: tuple[str, ...] = ("redis", "dynamodb")
     redis_users: RedisUsers
@@ -29,17 +62,19 @@ class PipelineConfig(BaseModel):
     iceberg_warehouse: str = ""
     offline_batch_records: int = Field(default=5000, ge=1)
     # Ray starts workers at nice 15 so that its raylet and GCS win the CPU; on a shared node that
-    # made the broker and the DynamoDB endpoint (nice 0) win it over the consumers and sinks too.
-    # Consumers and sinks run at this niceness; the offline writer (batch work) keeps Ray's 15.
-    # Measured on 2 cores (docs/benchmarks.md): end-to-end 9-12k -> 18k events/s. Putting only the
-    # Redis sinks and consumers first (DynamoDB sinks at nice 10, 2026-12-03) slowed the drain,
-    # which waits for every sink (4.0 -> 8.3 s), and did not move Redis freshness (p99 1.35 s).
-    # (A 91 s drain once blamed on that was a sink left without partitions, actors.runtime.)
+    # also lets the broker and the DynamoDB endpoint (nice 0) win it over the consumers and sinks,
+    # which then fall behind. Consumers and sinks run at this niceness; the offline writer (batch
+    # work) keeps Ray's 15. All sinks share it: the drain waits for every sink, so favouring only
+    # the Redis ones slows it (docs/benchmarks.md).
     stream_niceness: int = Field(default=0, ge=0, le=19)
     # DynamoDB sinks apply at most one batch per interval (0: as fast as they can). DynamoDB is
     # the fallback replica and costs per item written; a longer batch lets a hot tile's writes of
     # several consumer commits coalesce into one item.
     durable_batch_interval_ms: int = Field(default=1000, ge=0, le=60_000)
+
+    def consumer_config(self) -> ConsumerConfig:
+        """The settings of this pipeline's consumers: the shared fields, copied, never re-typed."""
+        return ConsumerConfig(**self.model_dump(include=set(StreamSettings.model_fields)))
 
     def stream_runtime_env(self) -> dict[str, dict[str, str]]:
         """Merged into the job's runtime env by Ray (its env_vars are kept)."""

@@ -16,26 +16,14 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-from pydantic import BaseModel, ConfigDict, Field
 
 from actors.changelog import ChangelogDecodeError, ChangelogRecord, decode, encode
+from actors.config import ConsumerConfig as ConsumerConfig  # noqa: PLC0414 - re-exported
 from actors.kafka_io import read_committed_consumer
 from actors.processor import PartitionProcessor
 from features.catalog import Catalog
 from features.errors import RejectReason
 from features.watermark import WatermarkState
-
-
-class ConsumerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    bootstrap: str
-    source: str = Field(description="catalog name of the event source")
-    changelog_topic: str = "fl.tiles.changelog"
-    dlq_topic: str = "fl.dlq"
-    group_id: str = "freshline-pipeline"
-    max_poll_records: int = Field(default=5000, ge=1)
-    commit_interval_ms: int = Field(default=250, ge=10)
 
 
 @dataclass

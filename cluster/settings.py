@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from actors.config import CHANGELOG_TOPIC as CHANGELOG_TOPIC  # noqa: PLC0414 - re-exported
+from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
+from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC
 from features.errors import ConfigError
 from regions.config import RedisUsers, RegionTopology, default_topology
 
-DEFAULT_EVENTS_TOPIC = "fl.card_tx"
-DLQ_TOPIC = "fl.dlq"
-CHANGELOG_TOPIC = "fl.tiles.changelog"
+# The topic names are defined in actors.config (the pipeline reads and writes them); the stack
+# creates them, and its callers (drills, benchmarks, tests) take the names from here.
+DEFAULT_EVENTS_TOPIC: Final = EVENTS_TOPIC
 
 IngressMode = Literal["proxy", "haproxy", "haproxy-throughput"]
 """Ray Serve's ingress, set on the Ray head (the environment of each mode is
@@ -38,9 +41,9 @@ class TopicSpec(BaseModel):
 
 def default_topics(events_topic: str = DEFAULT_EVENTS_TOPIC) -> tuple[TopicSpec, ...]:
     return (
-        TopicSpec(name=events_topic, partitions=8),
+        TopicSpec(name=events_topic, partitions=EVENTS_PARTITIONS),
         TopicSpec(name=DLQ_TOPIC, partitions=4),
-        TopicSpec(name=CHANGELOG_TOPIC, partitions=8, compacted=True),
+        TopicSpec(name=CHANGELOG_TOPIC, partitions=EVENTS_PARTITIONS, compacted=True),
     )
 
 

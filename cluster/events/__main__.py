@@ -15,10 +15,11 @@ import orjson
 
 from cluster.events.runner import GeneratorReport, run_generator
 from cluster.events.synth import MALFORMED_KINDS, GeneratorConfig
+from features import demo
 from features.errors import ConfigError, FreshlineError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-DEFAULT_TOPIC = "fl.card_tx"
+DEFAULT_TOPIC = demo.TOPIC
 
 
 def build_parser() -> argparse.ArgumentParser:

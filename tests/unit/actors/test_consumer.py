@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from actors.config import CHANGELOG_TOPIC, DLQ_TOPIC
 from actors.consumer import ConsumerConfig, StreamConsumer
 from features.demo import SOURCE, TOPIC, card_transactions_catalog
 from features.watermark import WatermarkState
@@ -14,7 +15,7 @@ from tests.doubles.kafka import FakeConsumer, FakeProducer
 
 CATALOG = card_transactions_catalog()
 T0 = 1_764_000_000_000
-CHANGELOG, DLQ = "fl.tiles.changelog", "fl.dlq"
+CHANGELOG, DLQ = CHANGELOG_TOPIC, DLQ_TOPIC
 
 
 class Clock:

@@ -1,0 +1,67 @@
+"""The pipeline's configuration: one definition of each default, shared by the pipeline, its
+consumers and the stack that creates the topics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.config import (
+    CHANGELOG_TOPIC,
+    DLQ_TOPIC,
+    ConsumerConfig,
+    PipelineConfig,
+    StreamSettings,
+)
+from cluster.settings import StackSettings, default_topics
+from features.demo import SOURCE, card_transactions_catalog
+from regions.config import RedisUsers, default_topology
+
+SHARED = set(StreamSettings.model_fields)
+
+
+def _pipeline(**overrides: object) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {"bootstrap": "k:9092", "topology": default_topology(), "redis_users": RedisUsers()}
+        | overrides
+    )
+
+
+def test_the_consumers_get_every_shared_setting_of_the_pipeline() -> None:
+    pipeline = _pipeline(
+        source="other_source",
+        changelog_topic="x.changelog",
+        dlq_topic="x.dlq",
+        group_id="x-group",
+        commit_interval_ms=1_000,
+    )
+    consumer = pipeline.consumer_config()
+    assert consumer.model_dump(include=SHARED) == pipeline.model_dump(include=SHARED)
+    assert consumer.max_poll_records == ConsumerConfig(bootstrap="k:9092").max_poll_records
+    # Every shared field was overridden above, so none can be silently left at its default.
+    assert all(
+        getattr(pipeline, name) != field.default
+        for name, field in StreamSettings.model_fields.items()
+        if name != "bootstrap"
+    )
+
+
+def test_a_consumer_and_the_pipeline_have_the_same_defaults() -> None:
+    alone = ConsumerConfig(bootstrap="k:9092")
+    assert alone.model_dump(include=SHARED) == _pipeline().model_dump(include=SHARED)
+    assert alone.source == SOURCE
+
+
+def test_the_stack_creates_the_topics_the_pipeline_reads_and_writes() -> None:
+    pipeline = _pipeline()
+    source = card_transactions_catalog().source(pipeline.source)
+    topics = {t.name: t for t in default_topics(source.topic)}
+    assert (pipeline.changelog_topic, pipeline.dlq_topic) == (CHANGELOG_TOPIC, DLQ_TOPIC)
+    assert {source.topic, CHANGELOG_TOPIC, DLQ_TOPIC} == set(topics)
+    assert StackSettings(state_dir=Path("s")).kafka.topics == tuple(topics.values())
+    # A tile change goes to the changelog partition numbered like its source partition.
+    assert topics[CHANGELOG_TOPIC].partitions == topics[source.topic].partitions
+    assert topics[CHANGELOG_TOPIC].compacted and not topics[DLQ_TOPIC].compacted
+    assert pipeline.partitions == source.partitions == topics[source.topic].partitions
+    assert sorted(p for owned in pipeline.assignments() for p in owned) == list(
+        range(source.partitions)
+    )
