@@ -44,8 +44,3 @@ def dead_letter(
         ("error.detail", detail),
     ]
     return DeadLetter(key, value, headers)
-
-
-def parse_headers(headers: list[tuple[str, bytes]]) -> dict[str, str]:
-    """Headers of a dead letter as text, for operators and tests."""
-    return {name: raw.decode("utf-8", "replace") for name, raw in headers}

@@ -2,7 +2,7 @@
 
 All models are frozen pydantic models that refuse unknown keys. A :class:`Catalog` that exists is
 valid: every cross reference resolves, every column exists with a suitable type, names are unique,
-every window has a tile (``tiles.tile_size_for``) and every view's ``ttl`` covers its longest
+every window has a tile (``tiles.tile_ms_for``) and every view's ``ttl`` covers its longest
 window. Errors raise :class:`~features.errors.CatalogError` whose ``field`` is a dotted path such as
 ``views[user_spend].features[spend_sum_1h].window``; :meth:`Catalog.from_dict` also converts
 pydantic's own validation errors into that form.

@@ -8,8 +8,8 @@ Tiles
 A tile of size ``T`` starting at ``s`` (``s % T == 0``) holds the events with
 ``s <= event_time < s + T``. ``tile_start(ts, T) = ts - ts % T`` (floor, also for negative times).
 
-Tile-size rule (:func:`tile_size_for`)
---------------------------------------
+Tile-size rule (:func:`tile_ms_for`)
+------------------------------------
 The tile of a window ``W`` is the *finest* size in :data:`TILE_LADDER` that divides ``W`` into at
 most :data:`MAX_TILES_PER_WINDOW` (60) tiles. A window with no such tile is refused (a catalog
 error): it is not a whole multiple of any ladder size within 60 tiles (e.g. ``61s``, ``10m5s``).
@@ -101,11 +101,6 @@ def tile_ms_for(window_ms: int) -> int:
     )
 
 
-def tile_size_for(window: timedelta) -> timedelta:
-    """Tile size of ``window`` by the rule in the module docstring; refused windows raise."""
-    return timedelta(milliseconds=tile_ms_for(to_ms(window)))
-
-
 def tile_start(ts_ms: int, tile_ms: int) -> int:
     """Start of the tile containing ``ts_ms``; floor semantics, so also right for negative times."""
     return ts_ms - ts_ms % tile_ms
@@ -150,7 +145,7 @@ class TileSpec:
 
     @classmethod
     def for_window(cls, window: timedelta) -> TileSpec:
-        """The spec chosen by :func:`tile_size_for`."""
+        """The spec chosen by :func:`tile_ms_for`; refused windows raise CatalogError."""
         window_ms = to_ms(window)
         return cls(window_ms=window_ms, tile_ms=tile_ms_for(window_ms))
 

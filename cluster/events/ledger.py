@@ -95,7 +95,6 @@ class LedgerWriter:
     def __init__(self, file: BinaryIO, path: Path) -> None:
         self._file = file
         self.path = path
-        self.written = 0
 
     @classmethod
     def open(cls, path: Path | str) -> LedgerWriter:
@@ -109,7 +108,6 @@ class LedgerWriter:
         if lines:
             self._file.write(b"".join(lines))
             self._file.flush()
-            self.written += len(lines)
 
     def close(self) -> None:
         if not self._file.closed:

@@ -261,11 +261,6 @@ class EventSynthesizer:
     def exhausted(self) -> bool:
         return self._seq >= self.planned
 
-    @property
-    def stream_ms(self) -> int | None:
-        """The largest clock reading so far (None before the first event)."""
-        return self._stream_ms
-
     def user_top_share(self, fraction: float) -> float:
         """Expected share of events from the top ``fraction`` of users (e.g. 0.01)."""
         return self._users.top_share(max(1, round(self.config.n_users * fraction)))

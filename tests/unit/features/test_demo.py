@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from features.catalog import Aggregation, FieldType
 from features.demo import card_transactions_catalog
-from features.tiles import tile_size_for
+from features.tiles import TileSpec
 
 
 def test_source_matches_the_fixed_event_schema() -> None:
@@ -54,7 +54,7 @@ def test_views_and_defaults() -> None:
             assert feature.default is None
     assert user.feature("distinct_merchants_24h").column == "merchant_id"
     assert user.feature("amount_cusum").window is None
-    assert tile_size_for(user.feature("tx_count_7d").window or timedelta(0)) == timedelta(hours=4)
+    assert user.feature("tx_count_7d").tile_spec == TileSpec(7 * 86_400_000, 4 * 3_600_000)
     merchant = catalog.view("merchant_activity")
     assert [f.name for f in merchant.features] == [
         "tx_count_1h",

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from features.aggregators import Aggregator, CountAgg, SumAgg
+from features.durations import to_ms
 from features.errors import CatalogError
 from features.tiles import (
     MAX_TILES_PER_WINDOW,
@@ -15,7 +16,6 @@ from features.tiles import (
     covering_tiles,
     in_window,
     tile_ms_for,
-    tile_size_for,
     tile_start,
     window_start,
 )
@@ -38,7 +38,7 @@ S, M, H, D = 1_000, 60_000, 3_600_000, 86_400_000
     ],
 )
 def test_tile_size_rule(window: timedelta, tile: timedelta) -> None:
-    assert tile_size_for(window) == tile
+    assert TileSpec.for_window(window) == TileSpec(to_ms(window), to_ms(tile))
 
 
 def test_tile_size_rule_is_the_finest_ladder_tile_within_the_limit() -> None:
