@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -15,6 +16,7 @@ from cluster.services.dynamodb import dynamodb_client
 from cluster.services.offline import NAMESPACE, iceberg_catalog
 from cluster.settings import CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC, DLQ_TOPIC
 from cluster.stack import Stack
+from tests.integration.conftest import stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,36 @@ def test_ray_job_submit_runs_a_job_on_the_head(stack: Stack) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"cpus={stack.settings.ray.num_cpus}" in result.stdout
+
+
+def test_status_from_an_empty_state_dir_calls_the_running_stack_foreign_and_writes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A new user with another state dir, on the ports of a running stack: nothing of that stack
+    is theirs, so nothing is healthy, the ports are named as held, and looking writes nothing."""
+    theirs = {s.name: s.pid for s in stack.status()}
+    empty = tmp_path / "fresh-state"
+    empty.mkdir()
+    env = stack_env(stack.settings) | {
+        "FRESHLINE_STATE_DIR": str(empty),
+        "FRESHLINE_WITH_SERVING": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "stack", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert "serving" in rows and not any(row["healthy"] for row in rows.values()), rows
+    for name in ("kafka", "redis-us-east", "redis-eu-west", "dynamodb-us-east", "ray-head"):
+        assert rows[name]["state"] == "foreign", rows[name]
+        assert rows[name]["pid"] is None, "the running stack's process is not this state dir's"
+        assert "did not start" in rows[name]["detail"]
+    for name in ("kafka", "redis-us-east", "dynamodb-eu-west"):
+        assert rows[name]["holder_pid"] == theirs[name], (rows[name], theirs)
+    assert rows["iceberg"]["state"] == "down"
+    assert list(empty.iterdir()) == [], "a read-only command wrote into the state dir"

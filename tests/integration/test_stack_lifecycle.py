@@ -47,6 +47,7 @@ def test_lifecycle_up_twice_kill_status_restart_down(tmp_path: Path) -> None:
         assert result.returncode == 3, result.stderr
         by_name = {row["name"]: row for row in json.loads(result.stdout)}
         assert by_name["redis-eu-west"]["healthy"] is False
+        assert by_name["redis-eu-west"]["state"] == "down", "a dead process frees its port"
         assert by_name["redis-us-east"]["healthy"] is True
 
         result = _cli(stack, "stack", "up", "--json")
