@@ -120,7 +120,7 @@ def _stack_up(args: argparse.Namespace, settings: StackSettings, console: Consol
 
 
 def _stack_down(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    stopped = Stack.build(settings).down(purge=args.purge)
+    stopped = Stack.build(settings, create_secrets=False).down(purge=args.purge)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     if args.purge:
         console.print(f"purged data under {settings.state_dir}")
@@ -128,7 +128,7 @@ def _stack_down(args: argparse.Namespace, settings: StackSettings, console: Cons
 
 
 def _stack_status(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    statuses = Stack.build(settings, read_only=True).status()
+    statuses = Stack.build(settings, create_secrets=False).status()
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
     else:
@@ -145,7 +145,7 @@ def status_exit_code(statuses: Sequence[ServiceStatus]) -> int:
 
 
 def _stack_logs(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    services = Stack.build(settings, read_only=True).services
+    services = Stack.build(settings, create_secrets=False).services
     names = [args.service] if args.service else [s.name for s in services]
     files = [settings.log_dir / f"{name}.log" for name in names]
     files = [f for f in files if f.exists()]

@@ -36,12 +36,13 @@ class Stack:
         settings: StackSettings,
         environ: Mapping[str, str] | None = None,
         *,
-        read_only: bool = False,
+        create_secrets: bool = True,
     ) -> Stack:
-        """The stack of ``settings.state_dir``. ``read_only`` (status, logs) writes nothing: the
-        passwords are read, never generated, so looking at a state dir does not claim it."""
+        """The stack of ``settings.state_dir``. Without ``create_secrets`` (status, logs, down)
+        the passwords are only read, never generated or written: a command that does not start
+        Redis leaves no secrets file behind."""
         env = os.environ if environ is None else environ
-        load = read_secrets if read_only else load_or_create_secrets
+        load = load_or_create_secrets if create_secrets else read_secrets
         secrets = load(settings.secrets_file, env)
         services: list[Service] = [KafkaService(settings)]
         for region in settings.topology:

@@ -141,14 +141,14 @@ def test_serving_is_healthy_only_on_our_head_and_with_the_api_key_file(tmp_path:
 
 def test_status_of_a_fresh_state_dir_writes_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "never-created"
-    stack = Stack.build(_settings(missing), environ={}, read_only=True)
+    stack = Stack.build(_settings(missing), environ={}, create_secrets=False)
     statuses = stack.status()
     assert [s.name for s in statuses][-2:] == ["ray-head", "serving"]
     assert {s.state for s in statuses} == {"down"}
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    Stack.build(_settings(empty), environ={}, read_only=True).status()
+    Stack.build(_settings(empty), environ={}, create_secrets=False).status()
     assert list(empty.iterdir()) == []
 
 
