@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.timeline import Timeline, per_second
+from cluster.results import current_command, record_run
 
 INGEST_COUNTER = "events in"  # a gauge the drills sample: events read by the consumers
 Figure = float | int | str | bool | None
@@ -92,8 +93,11 @@ def finish(
     timeline: Timeline,
     verdict: Verdict,
     out_dir: Path,
+    results_dir: Path | None = None,
+    command: str | None = None,
 ) -> DrillReport:
-    """Write ``report.json`` and ``timeline.png`` into ``out_dir`` and return the report."""
+    """Write ``report.json`` and ``timeline.png`` into ``out_dir``, append the run's line to
+    ``drill-<drill>.jsonl`` in the results folder (``cluster.results``), and return the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out_dir / "report.json"), "png": str(out_dir / "timeline.png")}
     report = DrillReport(
@@ -117,7 +121,29 @@ def finish(
         orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
     plot_timeline(timeline, f"{drill}{' (quick)' if quick else ''}: {report.verdict}", files["png"])
+    record_run(
+        f"drill-{drill}",
+        result_figures(report),
+        command=command if command is not None else current_command(),
+        results_dir=results_dir,
+    )
     return report
+
+
+def result_figures(report: DrillReport) -> dict[str, Any]:
+    """A drill run's figures for its results line: the verdict, every check and every figure
+    (the verdict and checks win over a figure of the same name)."""
+    checks = [
+        {"name": c.name, "passed": c.passed, "target": c.target, "measured": c.measured}
+        for c in report.criteria
+    ]
+    return {
+        **report.figures,
+        "verdict": report.verdict,
+        "quick": report.quick,
+        "duration_s": report.duration_s,
+        "checks": checks,
+    }
 
 
 def plot_timeline(timeline: Timeline, title: str, path: str) -> None:

@@ -40,6 +40,7 @@ def test_a_failed_criterion_fails_the_drill_and_both_files_are_written(tmp_path:
         timeline=_timeline(),
         verdict=verdict,
         out_dir=tmp_path,
+        results_dir=tmp_path / "results",
     )
     assert not report.passed and report.verdict == "FAIL"
     body = json.loads(Path(report.files["json"]).read_text())
@@ -52,7 +53,13 @@ def test_a_failed_criterion_fails_the_drill_and_both_files_are_written(tmp_path:
 
 def test_a_drill_without_criteria_never_passes(tmp_path: Path) -> None:
     report = finish(
-        "x", quick=False, started=STARTED, timeline=Timeline(), verdict=Verdict(), out_dir=tmp_path
+        "x",
+        quick=False,
+        started=STARTED,
+        timeline=Timeline(),
+        verdict=Verdict(),
+        out_dir=tmp_path,
+        results_dir=tmp_path / "results",
     )
     assert not report.passed
 
@@ -61,9 +68,54 @@ def test_every_criterion_passing_passes(tmp_path: Path) -> None:
     verdict = Verdict()
     verdict.check("a", True, target="t", measured=1)
     report = finish(
-        "x", quick=False, started=STARTED, timeline=_timeline(), verdict=verdict, out_dir=tmp_path
+        "x",
+        quick=False,
+        started=STARTED,
+        timeline=_timeline(),
+        verdict=verdict,
+        out_dir=tmp_path,
+        results_dir=tmp_path / "results",
     )
     assert report.passed and report.started_at == "2026-12-02T12:00:00+00:00"
+
+
+def test_each_finished_drill_appends_its_verdict_checks_and_figures(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for passed in (True, False):
+        verdict = Verdict()
+        verdict.check("errors while down", passed, target="<= 1 %", measured=0.25)
+        verdict.check("rehydrated equals oracle", True, target="0 mismatches", measured=0)
+        verdict.figure("switch_s", 0.0091)
+        verdict.figure("fault_p99_ms", float("nan"))
+        finish(
+            "redis-kill",
+            quick=True,
+            started=STARTED,
+            timeline=_timeline(),
+            verdict=verdict,
+            out_dir=tmp_path / str(passed),
+            results_dir=results,
+            command="freshline chaos run redis-kill --quick",
+        )
+    lines = [
+        json.loads(line) for line in (results / "drill-redis-kill.jsonl").read_text().splitlines()
+    ]
+    assert [line["figures"]["verdict"] for line in lines] == ["PASS", "FAIL"], "one line per run"
+    last = lines[-1]
+    assert last["name"] == "drill-redis-kill"
+    assert last["command"] == "freshline chaos run redis-kill --quick"
+    assert last["figures"]["checks"] == [
+        {"name": "errors while down", "passed": False, "target": "<= 1 %", "measured": "0.25"},
+        {
+            "name": "rehydrated equals oracle",
+            "passed": True,
+            "target": "0 mismatches",
+            "measured": "0",
+        },
+    ]
+    assert last["figures"]["switch_s"] == 0.009
+    assert last["figures"]["fault_p99_ms"] is None
+    assert last["figures"]["quick"] is True
 
 
 def test_drill_selection() -> None:
