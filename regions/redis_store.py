@@ -92,8 +92,10 @@ class RedisPasswords(Protocol):
 
 @dataclass(frozen=True)
 class RedisTimeouts:
-    """Per-connection limits. ``socket_s`` bounds every command, so it is the worst-case latency of
-    one call on a hung server; keep it below the serving budget."""
+    """Per-connection limits. ``socket_s`` bounds every command, so it is the worst-case latency
+    of one call on a hung server. The defaults are the writers' and tools'; serving reads run
+    under their own shorter timeouts and set these as backstops
+    (``serve_apps.config.ServingConfig.redis_timeouts``)."""
 
     connect_s: float = DEFAULT_CONNECT_TIMEOUT_S
     socket_s: float = DEFAULT_SOCKET_TIMEOUT_S
@@ -173,9 +175,8 @@ def _store_errors(store: str) -> Iterator[None]:
 
 def _check_budget(deadline: Deadline | None) -> None:
     if deadline is not None:
-        deadline.timeout_for(
-            1.0
-        )  # raises DeadlineExceeded when spent; the socket timeout bounds the rest
+        # Raises DeadlineExceeded when spent; the socket timeout bounds the rest.
+        deadline.timeout_for(1.0)
 
 
 # Where a region's Redis says whether it holds the complete changelog state (see STORE_READY).

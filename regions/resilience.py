@@ -26,11 +26,14 @@ DEFAULT_BACKOFF_CAP_S = 0.512
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RETRY_ON: tuple[type[Exception], ...] = (StoreUnavailable, StoreTimeout)
 
+# The circuit breaker's defaults (serving's BreakerSettings takes them from here). A store that
+# fails half of its recent calls is skipped; open_s is short because a skipped local store means
+# slower cross-region reads, and one probe per open_s costs a healthy store next to nothing.
 DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
 DEFAULT_WINDOW_CALLS = 20
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_MIN_CALLS = 5
-DEFAULT_OPEN_S = 5.0
+DEFAULT_OPEN_S = 2.0
 DEFAULT_HALF_OPEN_PROBES = 1
 
 
@@ -237,6 +240,16 @@ class CircuitBreaker:
             self._calls.clear()
 
 
+def step_timeout(
+    cap_s: float, per_key_s: float, keys: int, share: float, remaining_s: float
+) -> float:
+    """The timeout of one step of a fallback chain reading ``keys`` keys: its cap (``cap_s`` plus
+    ``per_key_s`` per key, since a bigger reply takes longer to send and parse) or its ``share``
+    of the ``remaining_s`` of the request's budget, whichever is smaller, so a slow early step
+    leaves time for the later ones."""
+    return min(cap_s + per_key_s * keys, share * remaining_s)
+
+
 class Deadline:
     """A request's time budget, fixed when created; store timeouts are carved out of what is left.
 
@@ -255,6 +268,10 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.remaining() <= 0.0
+
+    def step_timeout(self, cap_s: float, per_key_s: float, keys: int, share: float) -> float:
+        """:func:`step_timeout` with what is left of this budget (may be 0 when it is spent)."""
+        return step_timeout(cap_s, per_key_s, keys, share, self.remaining())
 
     def timeout_for(self, step_share: float) -> float:
         """The timeout of one step allowed ``step_share`` (0..1] of what is left of the budget.

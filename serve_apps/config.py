@@ -27,7 +27,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from features.catalog import Catalog
 from regions.config import RegionTopology
-from regions.resilience import BreakerPolicy
+from regions.redis_store import DEFAULT_CONNECT_TIMEOUT_S, RedisTimeouts
+from regions.resilience import (
+    DEFAULT_FAILURE_RATE_THRESHOLD,
+    DEFAULT_HALF_OPEN_PROBES,
+    DEFAULT_MIN_CALLS,
+    DEFAULT_OPEN_S,
+    DEFAULT_WINDOW_CALLS,
+    DEFAULT_WINDOW_S,
+    BreakerPolicy,
+    step_timeout,
+)
 
 DEMO_CATALOG = "features.demo:card_transactions_catalog"
 
@@ -69,10 +79,9 @@ class Limits(_Frozen):
     overloaded, and refuses the rest on arrival with 503 and ``Retry-After``). Serve hands the
     handler up to ``max_in_flight + max_queued`` at once (its ``max_ongoing_requests``) and
     queues ``max_queued`` more beyond that before its own 503: a request should meet our gate on
-    arrival, not after a wait in Serve's queue behind slow ones (serve-overload, 2026-12-03: the
-    gate's 503s p99 907 -> 459 ms, flood goodput 865 -> 1,600 req/s). Little's law sizes them:
-    at ~1,500 requests/s per replica on two cores, 32 in flight is a worst accepted wait near
-    20 ms; 256 was half a second of queue."""
+    arrival, not after a wait in Serve's queue behind slow ones. By Little's law the in-flight
+    limit bounds an accepted request's wait: keep ``max_in_flight`` divided by the replica's
+    throughput well under ``default_deadline_ms`` (docs/serving.md)."""
 
     max_body_bytes: int = Field(default=256 * 1024, ge=256, le=16 * 1024 * 1024)
     max_entities: int = Field(default=1_000, ge=1, le=100_000)
@@ -87,8 +96,7 @@ class Limits(_Frozen):
     retry_after_s: int = Field(default=1, ge=1, le=60)
     # Our 503s ask for retry_after_s plus 0..retry_after_jitter_s whole seconds, drawn per
     # refusal, so that clients which wait exactly what they are told do not all come back in the
-    # same second. (serve-overload's shed p99 did not measurably change with it: 2026-12-03,
-    # docs/reliability.md; it is the usual defence against synchronised retries.)
+    # same second (the usual defence against synchronised retries).
     retry_after_jitter_s: int = Field(default=2, ge=0, le=60)
     # Shed new reads while the event loop's smoothed lag is over this (0: off). Requests are
     # not equal in cost, and the box is shared: the loop's lag measures both (serve_apps.overload).
@@ -105,23 +113,29 @@ class Limits(_Frozen):
 
 
 class BreakerSettings(_Frozen):
-    """The per-store circuit breaker (see ``regions.resilience.BreakerPolicy``), serving defaults:
-    a store that fails half of the last 20 calls (at least 5) in 10 s is skipped for 2 s."""
+    """The per-store circuit breaker (see ``regions.resilience.BreakerPolicy``, whose defaults
+    these are): a store that fails half of its last calls is skipped for ``open_s``."""
 
-    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
-    window_calls: int = Field(default=20, ge=1)
-    window_s: float = Field(default=10.0, gt=0)
-    min_calls: int = Field(default=5, ge=1)
-    open_s: float = Field(default=2.0, gt=0)
-    half_open_probes: int = Field(default=1, ge=1)
+    failure_rate_threshold: float = Field(default=DEFAULT_FAILURE_RATE_THRESHOLD, gt=0, le=1)
+    window_calls: int = Field(default=DEFAULT_WINDOW_CALLS, ge=1)
+    window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0)
+    min_calls: int = Field(default=DEFAULT_MIN_CALLS, ge=1)
+    open_s: float = Field(default=DEFAULT_OPEN_S, gt=0)
+    half_open_probes: int = Field(default=DEFAULT_HALF_OPEN_PROBES, ge=1)
 
     def policy(self) -> BreakerPolicy:
         return BreakerPolicy(**self.model_dump())
 
 
 class StoreTimeouts(_Frozen):
-    """Upper bounds per store call; the effective timeout is also capped by the share of the
-    request's remaining budget that the fallback step gets (``serve_apps.fallback``)."""
+    """How long serving waits for a store: the one place that decides a store read's timeout.
+
+    A read of ``keys`` keys in the fallback chain gets ``min(cap, share x what is left of the
+    request's budget)`` (``regions.resilience.step_timeout``), where the cap is ``redis_s``
+    (``dynamodb_s``) plus ``redis_per_key_s`` (``dynamodb_per_key_s``) per key and the share is
+    ``local_share`` for the home region's stores, ``remote_share`` for the others; the chain's
+    last step gets the whole remainder. :meth:`redis_read_s` is that timeout for a Redis read.
+    Redis sockets only get backstops beyond it (:attr:`ServingConfig.redis_timeouts`)."""
 
     redis_s: float = Field(default=0.05, gt=0, le=10)
     dynamodb_s: float = Field(default=0.5, gt=0, le=30)
@@ -129,11 +143,23 @@ class StoreTimeouts(_Frozen):
     # with the number of entities.
     redis_per_key_s: float = Field(default=0.001, ge=0, le=1)
     dynamodb_per_key_s: float = Field(default=0.002, ge=0, le=1)
+    # The home region's two stores share what is left with the rest of the chain; a remote
+    # store is tried when both home stores failed, so it may take more of what remains.
     remote_share: float = Field(default=0.5, gt=0, le=1)
     local_share: float = Field(default=0.34, gt=0, le=1)
     # How long after a timeout an abandoned call may still answer and count as slow, not dead
     # (serve_apps.fallback); also how long a hung store takes to open its breaker.
     abandoned_verdict_s: float = Field(default=1.0, gt=0, le=60)
+
+    def share(self, *, home: bool) -> float:
+        """The share of the remaining budget a chain step of a home (or remote) store gets."""
+        return self.local_share if home else self.remote_share
+
+    def redis_read_s(self, keys: int, remaining_s: float, *, home: bool = True) -> float:
+        """The timeout of one Redis read of ``keys`` keys with ``remaining_s`` of budget left."""
+        return step_timeout(
+            self.redis_s, self.redis_per_key_s, keys, self.share(home=home), remaining_s
+        )
 
 
 class ServingConfig(_Frozen):
@@ -162,8 +188,8 @@ class ServingConfig(_Frozen):
     # the request path, so it runs at the node's normal priority unless told otherwise.
     niceness: int = Field(default=0, ge=0, le=19)
     # The replica's log level (Serve's and ours). Serve's per-request access log stays off: in
-    # throughput mode it buffers 1,000 records and writes them from the event loop in one go,
-    # which at 500 req/s stalled every request for 20-30 ms every 2 s (docs/serving.md).
+    # throughput mode it writes its buffered records from the event loop in one go, stalling
+    # every request in flight (docs/serving.md).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @model_validator(mode="after")
@@ -177,6 +203,23 @@ class ServingConfig(_Frozen):
         if (self.catalog_import is None) == (self.catalog_inline is None):
             raise ValueError("exactly one of catalog_import and catalog_inline is required")
         return self
+
+    @property
+    def redis_timeouts(self) -> RedisTimeouts:
+        """The Redis clients' socket limits. Backstops only: every read runs under the chain's
+        own timeout (:meth:`StoreTimeouts.redis_read_s`), and a read past it is abandoned, not
+        cancelled, so its round trip finishes in the background within these bounds."""
+        base = self.timeouts.redis_s
+        return RedisTimeouts(
+            # Not the base cap: a connect slower than it goes on in the background and lands in
+            # the pool, where cut at the cap it would fail outright on a busy box and count
+            # against the breaker at once; a dead host still opens it within the verdict delay.
+            connect_s=max(base, DEFAULT_CONNECT_TIMEOUT_S),
+            # A big pipelined reply must not be cut at the base cap: the longest budget a
+            # request may ask for bounds it instead.
+            socket_s=max(base, self.limits.max_deadline_ms / 1000.0),
+            max_connections=self.redis_max_connections,
+        )
 
     @property
     def route_prefix(self) -> str:

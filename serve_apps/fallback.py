@@ -224,8 +224,7 @@ class FallbackChain:
                 tried.append((name, "circuit_open"))
                 continue
             share = 1.0 if n == last else step.share
-            cap = step.cap_s + step.per_key_s * len(keys)
-            timeout = min(cap, deadline.remaining() * share)
+            timeout = deadline.step_timeout(step.cap_s, step.per_key_s, len(keys), share)
             started = self._clock()
             try:
                 fields = await step.store.get_all(keys, timeout)

@@ -15,7 +15,7 @@ from typing import Any
 
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader
-from regions.redis_store import AsyncRedisTileReader, RedisRole, RedisTimeouts, async_redis_client
+from regions.redis_store import AsyncRedisTileReader, RedisRole, async_redis_client
 from regions.resilience import CircuitBreaker, RetryPolicy
 from serve_apps.config import ServingConfig
 from serve_apps.fallback import DynamoStore, FallbackChain, RedisStore, Step, TileStore
@@ -42,19 +42,12 @@ class _ReaderPassword:
 
 
 def redis_store(config: ServingConfig, region: RegionConfig, clock: Clock) -> RedisStore:
-    timeouts = RedisTimeouts(
-        # Backstops too: a connect slower than the step's timeout goes on in the background and
-        # its connection lands in the pool (the call is abandoned, not cancelled). Cut at the
-        # 50 ms base cap, a connect on a busy box fails outright and counts against the breaker
-        # at once; a dead host still opens it within the chain's verdict delay.
-        connect_s=max(config.timeouts.redis_s, 0.5),
-        # A backstop only: every call runs under the chain's own timeout (which grows with the
-        # keys read), and a big pipelined reply must not be cut at the base cap.
-        socket_s=max(config.timeouts.redis_s, config.limits.max_deadline_ms / 1000.0),
-        max_connections=config.redis_max_connections,
-    )
     client = async_redis_client(
-        region, RedisRole.READER, _ReaderUser(config), _ReaderPassword(config), timeouts
+        region,
+        RedisRole.READER,
+        _ReaderUser(config),
+        _ReaderPassword(config),
+        config.redis_timeouts,
     )
     name = f"redis-{region.name}"
     return RedisStore(AsyncRedisTileReader(client, name), name, clock)
@@ -152,7 +145,7 @@ def build_chain(
     policy = config.breaker.policy()
     steps = []
     for n, (store, cap, per_key) in enumerate(entries):
-        share = t.local_share if n < 2 else t.remote_share
+        share = t.share(home=n < 2)  # the home region's Redis and DynamoDB come first
         breaker = CircuitBreaker(store.name, clock, policy)
         steps.append(Step(store, breaker, cap, share, per_key))
     return FallbackChain(steps, clock, busy=busy, verdict_after_s=t.abandoned_verdict_s)

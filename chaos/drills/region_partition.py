@@ -47,7 +47,7 @@ _BREAKER_LEVEL = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 DEADLINE_S = Limits().default_deadline_ms / 1000  # the load's requests name no deadline
 SLACK_S = 0.05  # ingress and scheduling on top of the chain's own deadline
 # The local Redis step's timeout: its cap, or its share of a fresh request's budget if smaller.
-LOCAL_STEP_S = min(StoreTimeouts().redis_s, DEADLINE_S * StoreTimeouts().local_share)
+LOCAL_STEP_S = StoreTimeouts().redis_read_s(0, DEADLINE_S)
 DELAY_MS = 3 * LOCAL_STEP_S * 1000
 NOTE = (
     "network fault by a TCP fault proxy (chaos/proxy.py) between serving and redis-eu-west, not "

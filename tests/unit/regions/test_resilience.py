@@ -12,6 +12,7 @@ from regions.resilience import (
     ExponentialBackoff,
     RetryPolicy,
     no_jitter,
+    step_timeout,
 )
 from tests.unit.regions.fakes import FakeClock
 
@@ -268,6 +269,23 @@ def test_deadline_timeout_for_takes_a_share_of_what_is_left() -> None:
     clock.advance(0.2)
     assert deadline.timeout_for(0.5) == pytest.approx(0.1)
     assert deadline.timeout_for(1.0) == pytest.approx(0.2)
+
+
+def test_a_step_timeout_is_its_cap_grown_per_key_or_its_share_if_smaller() -> None:
+    assert step_timeout(0.05, 0.001, 0, 0.34, 1.0) == pytest.approx(0.05)
+    assert step_timeout(0.05, 0.001, 100, 0.34, 1.0) == pytest.approx(0.15)
+    assert step_timeout(0.05, 0.001, 100, 0.34, 0.2) == pytest.approx(0.068)
+
+
+def test_a_deadline_gives_a_step_its_share_of_what_is_left() -> None:
+    clock = FakeClock()
+    deadline = Deadline(0.4, clock)
+    assert deadline.step_timeout(1.0, 0.0, 3, 0.5) == pytest.approx(0.2)
+    clock.advance(0.3)
+    assert deadline.step_timeout(1.0, 0.0, 3, 0.5) == pytest.approx(0.05)
+    assert deadline.step_timeout(0.01, 0.001, 3, 0.5) == pytest.approx(0.013)
+    clock.advance(1.0)
+    assert deadline.step_timeout(1.0, 0.0, 3, 0.5) == 0.0  # spent: the chain stops before this
 
 
 def test_deadline_spent_raises_instead_of_a_zero_timeout() -> None:
