@@ -14,7 +14,7 @@ demo catalog's pipeline as a real Ray job and measures, in one run:
    percentile; beside it the DynamoDB sinks' (``durable_freshness_*``), every sink's, and the
    consumers' share (``changelog_visible_*``: event time -> changelog transaction committed).
 
-Prints its figures last as one JSON line.
+Prints its figures last as one JSON line and appends them to `benchmarks/results/ingest.jsonl`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
+from cluster.results import current_command, record_run
 from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from tests.integration.conftest import isolated_settings
@@ -299,6 +300,7 @@ def main() -> None:
             result = run(stack, n, args.rate, fresh_s, args.consumers)
         finally:
             stack.down(purge=True)
+    record_run("ingest", result, command=current_command())
     print(json.dumps(result))
 
 

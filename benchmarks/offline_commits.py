@@ -9,7 +9,8 @@ table's metadata file, and that file lists every snapshot still kept. This appen
 once with `actors.offline_tables.IcebergTable` as shipped (the newest 20 snapshots kept), and once
 as a baseline with expiry effectively off, i.e. snapshots kept forever. For each fifth of the run
 it reports CPU ms per commit (`first_fifth_ms`, `last_fifth_ms` per variant) and
-`growth = last_fifth_ms / first_fifth_ms`. The last line printed is one JSON object.
+`growth = last_fifth_ms / first_fifth_ms`. The last line printed is one JSON object, also appended
+to `benchmarks/results/offline_commits.jsonl`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 
 from actors.offline_tables import TILE_SCHEMA, IcebergTable
+from cluster.results import current_command, record_run
 
 ROWS = 5_000
 NEVER = 10**9  # expire_every: no expiry within any run
@@ -90,19 +92,17 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # pyiceberg warns about optional extras on every import
     kept_forever = _run(commits, expire_every=NEVER)
     expiring = _run(commits, expire_every=10)
-    print(
-        json.dumps(
-            {
-                "commits": commits,
-                "rows_per_commit": ROWS,
-                "kept_forever": kept_forever,
-                "expiring": expiring,
-                "last_fifth_ratio_expiring_to_kept_forever": round(
-                    expiring["last_fifth_ms"] / kept_forever["last_fifth_ms"], 3
-                ),
-            }
-        )
-    )
+    figures = {
+        "commits": commits,
+        "rows_per_commit": ROWS,
+        "kept_forever": kept_forever,
+        "expiring": expiring,
+        "last_fifth_ratio_expiring_to_kept_forever": round(
+            expiring["last_fifth_ms"] / kept_forever["last_fifth_ms"], 3
+        ),
+    }
+    record_run("offline_commits", figures, command=current_command())
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

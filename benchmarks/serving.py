@@ -22,7 +22,8 @@ Every step's summary counts which store answered (``stores``); ``single_local_sh
 ``batch100_local_share`` are the fractions the local Redis served, so a latency measured on
 answers that fell back to another store or to defaults is visible as such.
 
-The last line printed is one JSON object with every figure.
+The last line printed is one JSON object with every figure, also appended to
+`benchmarks/results/serving.jsonl`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from loadgen import Result, closed_loop, open_loop, request_bytes
 
 from actors.processor import PartitionProcessor, RawRecord
 from cluster.process import free_port
+from cluster.results import current_command, record_run
 from cluster.settings import IngressMode, StackSettings
 from cluster.stack import Stack
 from features.catalog import Catalog
@@ -366,6 +368,7 @@ def main() -> None:
         finally:
             stack.down(purge=True)
             shutil.rmtree(state, ignore_errors=True)
+    record_run("serving", figures, command=current_command())
     print(json.dumps(figures))
 
 

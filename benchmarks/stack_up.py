@@ -1,5 +1,6 @@
 """How long `freshline stack up` takes: cold (nothing cached), warm (data kept, services stopped)
-and already up (the idempotent no-op). Prints one JSON line last.
+and already up (the idempotent no-op). Prints one JSON line last and appends it to
+`benchmarks/results/stack_up.jsonl`.
 
     .venv/bin/python benchmarks/stack_up.py [--skip-cold]
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster.results import current_command, record_run
 from cluster.stack import Stack
 from tests.integration.conftest import isolated_settings
 
@@ -52,6 +54,7 @@ def main() -> None:
         "already_up_s": round(noop, 2),
         "cold_includes_jar_download": not args.skip_cold,
     }
+    record_run("stack_up", result, command=current_command())
     print(json.dumps(result))
 
 
