@@ -7,7 +7,8 @@ Every port has a fixed documented default (see docs/operations.md) and can be ov
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -192,47 +193,13 @@ class StackSettings(BaseModel):
 
     def to_env(self) -> dict[str, str]:
         """``FRESHLINE_*`` variables that rebuild these settings in another process (a Ray job,
-        the CLI): the inverse of :func:`settings_from_env` for every field it reads."""
-        east, west = self.topology.regions[0], self.topology.regions[-1]
-        return (
-            {
-                "FRESHLINE_STATE_DIR": str(self.state_dir),
-                "FRESHLINE_KAFKA_PORT": str(self.kafka.port),
-                "FRESHLINE_KAFKA_CONTROLLER_PORT": str(self.kafka.controller_port),
-                "FRESHLINE_KAFKA_HEAP_MB": str(self.kafka.heap_mb),
-                "FRESHLINE_KAFKA_VERSION": self.kafka.version,
-                "FRESHLINE_REDIS_PORTS": f"{east.redis_port},{west.redis_port}",
-                "FRESHLINE_DYNAMODB_PORTS": f"{east.dynamodb_port},{west.dynamodb_port}",
-                "FRESHLINE_RAY_PORT": str(self.ray.port),
-                "FRESHLINE_RAY_DASHBOARD_PORT": str(self.ray.dashboard_port),
-                "FRESHLINE_RAY_CLIENT_PORT": str(self.ray.client_server_port),
-                "FRESHLINE_SERVE_PORT": str(self.ray.serve_port),
-                "FRESHLINE_METRICS_PORT": str(self.ray.metrics_export_port),
-                "FRESHLINE_RAY_AGENT_PORT": str(self.ray.dashboard_agent_port),
-                "FRESHLINE_RAY_NUM_CPUS": str(self.ray.num_cpus),
-                "FRESHLINE_RAY_OBJECT_STORE_MB": str(self.ray.object_store_mb),
-                "FRESHLINE_RAY_AUTH_MODE": self.ray.auth_mode,
-                "FRESHLINE_REDIS_MAXMEMORY_MB": str(self.redis.maxmemory_mb),
-                "FRESHLINE_JAR_CACHE": str(self.jar_cache_dir),
-                "FRESHLINE_WITH_RAY": "1" if self.with_ray else "0",
-                "FRESHLINE_WITH_SERVING": "1" if self.with_serving else "0",
-                "FRESHLINE_SERVE_INGRESS": self.ray.ingress,
-                "FRESHLINE_SERVE_REPLICAS": str(self.ray.serve_replicas),
-            }
-            | {
-                var: str(port)
-                for var, port in (
-                    ("FRESHLINE_HAPROXY_STATS_PORT", self.ray.haproxy_stats_port),
-                    ("FRESHLINE_HAPROXY_METRICS_PORT", self.ray.haproxy_metrics_port),
-                )
-                if port is not None
-            }
-            | (
-                {"FRESHLINE_ICEBERG_WAREHOUSE": self.iceberg_warehouse_uri}
-                if self.iceberg_warehouse_uri
-                else {}
-            )
-        )
+        the CLI): the inverse of :func:`settings_from_env`, from the same table (``ENV_VARS``)."""
+        env = {}
+        for var in ENV_VARS:
+            value = var.read(self)
+            if value is not None:  # an unset optional field: its variable stays unset too
+                env[var.name] = _DUMP[var.kind](value)
+        return env
 
     @property
     def ray_temp_dir(self) -> Path:
@@ -241,54 +208,88 @@ class StackSettings(BaseModel):
         return self.ray.temp_dir or Path(f"/tmp/freshline-ray-{self.ray.port}")  # noqa: S108
 
 
-_ENV_INT = {
-    "FRESHLINE_KAFKA_PORT": ("kafka", "port"),
-    "FRESHLINE_KAFKA_CONTROLLER_PORT": ("kafka", "controller_port"),
-    "FRESHLINE_KAFKA_HEAP_MB": ("kafka", "heap_mb"),
-    "FRESHLINE_RAY_PORT": ("ray", "port"),
-    "FRESHLINE_RAY_DASHBOARD_PORT": ("ray", "dashboard_port"),
-    "FRESHLINE_RAY_CLIENT_PORT": ("ray", "client_server_port"),
-    "FRESHLINE_SERVE_PORT": ("ray", "serve_port"),
-    "FRESHLINE_METRICS_PORT": ("ray", "metrics_export_port"),
-    "FRESHLINE_RAY_AGENT_PORT": ("ray", "dashboard_agent_port"),
-    "FRESHLINE_RAY_NUM_CPUS": ("ray", "num_cpus"),
-    "FRESHLINE_RAY_OBJECT_STORE_MB": ("ray", "object_store_mb"),
-    "FRESHLINE_SERVE_REPLICAS": ("ray", "serve_replicas"),
-    "FRESHLINE_REDIS_MAXMEMORY_MB": ("redis", "maxmemory_mb"),
-    "FRESHLINE_HAPROXY_STATS_PORT": ("ray", "haproxy_stats_port"),
-    "FRESHLINE_HAPROXY_METRICS_PORT": ("ray", "haproxy_metrics_port"),
+EnvKind = Literal["int", "str", "path", "flag", "ports"]
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One ``FRESHLINE_*`` variable and the settings field it carries, as a dotted path
+    (``topology.redis_ports``: one port per region, home region first)."""
+
+    name: str
+    field: str
+    kind: EnvKind
+
+    def read(self, settings: StackSettings) -> Any:
+        value: Any = settings
+        for part in self.field.split("."):
+            value = getattr(value, part)
+        return value
+
+    def write(self, data: dict[str, Any], raw: str) -> None:
+        *sections, key = self.field.split(".")
+        for section in sections:
+            data = data.setdefault(section, {})
+        data[key] = _parse(self, raw)
+
+
+# The one table of variables: settings_from_env reads these, StackSettings.to_env writes them.
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("FRESHLINE_STATE_DIR", "state_dir", "path"),
+    EnvVar("FRESHLINE_KAFKA_PORT", "kafka.port", "int"),
+    EnvVar("FRESHLINE_KAFKA_CONTROLLER_PORT", "kafka.controller_port", "int"),
+    EnvVar("FRESHLINE_KAFKA_HEAP_MB", "kafka.heap_mb", "int"),
+    EnvVar("FRESHLINE_KAFKA_VERSION", "kafka.version", "str"),
+    EnvVar("FRESHLINE_REDIS_PORTS", "topology.redis_ports", "ports"),
+    EnvVar("FRESHLINE_DYNAMODB_PORTS", "topology.dynamodb_ports", "ports"),
+    EnvVar("FRESHLINE_RAY_PORT", "ray.port", "int"),
+    EnvVar("FRESHLINE_RAY_DASHBOARD_PORT", "ray.dashboard_port", "int"),
+    EnvVar("FRESHLINE_RAY_CLIENT_PORT", "ray.client_server_port", "int"),
+    EnvVar("FRESHLINE_SERVE_PORT", "ray.serve_port", "int"),
+    EnvVar("FRESHLINE_METRICS_PORT", "ray.metrics_export_port", "int"),
+    EnvVar("FRESHLINE_RAY_AGENT_PORT", "ray.dashboard_agent_port", "int"),
+    EnvVar("FRESHLINE_RAY_NUM_CPUS", "ray.num_cpus", "int"),
+    EnvVar("FRESHLINE_RAY_OBJECT_STORE_MB", "ray.object_store_mb", "int"),
+    EnvVar("FRESHLINE_RAY_AUTH_MODE", "ray.auth_mode", "str"),
+    EnvVar("FRESHLINE_SERVE_INGRESS", "ray.ingress", "str"),
+    EnvVar("FRESHLINE_SERVE_REPLICAS", "ray.serve_replicas", "int"),
+    EnvVar("FRESHLINE_HAPROXY_STATS_PORT", "ray.haproxy_stats_port", "int"),
+    EnvVar("FRESHLINE_HAPROXY_METRICS_PORT", "ray.haproxy_metrics_port", "int"),
+    EnvVar("FRESHLINE_REDIS_MAXMEMORY_MB", "redis.maxmemory_mb", "int"),
+    EnvVar("FRESHLINE_JAR_CACHE", "jar_cache_dir", "path"),
+    EnvVar("FRESHLINE_WITH_RAY", "with_ray", "flag"),
+    EnvVar("FRESHLINE_WITH_SERVING", "with_serving", "flag"),
+    EnvVar("FRESHLINE_ICEBERG_WAREHOUSE", "iceberg_warehouse_uri", "str"),
+)
+
+_FALSE = frozenset({"0", "false", "no"})
+_DUMP: dict[EnvKind, Callable[[Any], str]] = {
+    "int": str,
+    "str": str,
+    "path": str,
+    "flag": lambda on: "1" if on else "0",
+    "ports": lambda ports: ",".join(str(p) for p in ports),
 }
+
+
+def _env_defaults() -> dict[str, str]:
+    """What an unset variable means where it differs from the model's default: the CLI's state
+    lives in the home directory, and a stack started from the environment serves by default."""
+    return {"FRESHLINE_STATE_DIR": str(Path.home() / ".freshline"), "FRESHLINE_WITH_SERVING": "1"}
 
 
 def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
     """Build settings from ``FRESHLINE_*`` variables; a bad value raises ConfigError naming it."""
-    data: dict[str, Any] = {"kafka": {}, "ray": {}, "redis": {}}
-    data["state_dir"] = Path(environ.get("FRESHLINE_STATE_DIR", str(Path.home() / ".freshline")))
-    for var, (section, key) in _ENV_INT.items():
-        if var in environ:
-            data[section][key] = _int_var(environ, var)
-    if "FRESHLINE_RAY_AUTH_MODE" in environ:
-        data["ray"]["auth_mode"] = environ["FRESHLINE_RAY_AUTH_MODE"]
-    if "FRESHLINE_KAFKA_VERSION" in environ:
-        data["kafka"]["version"] = environ["FRESHLINE_KAFKA_VERSION"]
-    if "FRESHLINE_ICEBERG_WAREHOUSE" in environ:
-        data["iceberg_warehouse_uri"] = environ["FRESHLINE_ICEBERG_WAREHOUSE"]
-    if "FRESHLINE_JAR_CACHE" in environ:
-        data["jar_cache_dir"] = Path(environ["FRESHLINE_JAR_CACHE"])
-    if environ.get("FRESHLINE_WITH_RAY", "1") in {"0", "false", "no"}:
-        data["with_ray"] = False
-    data["with_serving"] = data.get("with_ray", True) and environ.get(
-        "FRESHLINE_WITH_SERVING", "1"
-    ) not in {"0", "false", "no"}
-    if "FRESHLINE_SERVE_INGRESS" in environ:
-        data["ray"]["ingress"] = environ["FRESHLINE_SERVE_INGRESS"]
-    redis_ports = _port_pair(environ, "FRESHLINE_REDIS_PORTS")
-    dynamo_ports = _port_pair(environ, "FRESHLINE_DYNAMODB_PORTS")
-    if redis_ports or dynamo_ports:
-        data["topology"] = default_topology(
-            redis_ports=redis_ports or (16379, 16389), dynamodb_ports=dynamo_ports or (14566, 14567)
-        )
+    environ = {**_env_defaults(), **environ}
+    data: dict[str, Any] = {}
+    for var in ENV_VARS:
+        if var.name in environ:
+            var.write(data, environ[var.name])
+    # Serving runs on the Ray head: without Ray the environment's default (on) does not apply.
+    data["with_serving"] = data["with_serving"] and data.get("with_ray", True)
     try:
+        if "topology" in data:
+            data["topology"] = default_topology(**data["topology"])
         return StackSettings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -296,17 +297,26 @@ def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
         raise ConfigError(first["msg"], field=field) from exc
 
 
-def _int_var(environ: Mapping[str, str], var: str) -> int:
+def _parse(var: EnvVar, raw: str) -> Any:
+    if var.kind == "int":
+        return _int_var(var.name, raw)
+    if var.kind == "path":
+        return Path(raw)
+    if var.kind == "flag":
+        return raw not in _FALSE
+    if var.kind == "ports":
+        return _port_pair(var.name, raw)
+    return raw
+
+
+def _int_var(var: str, raw: str) -> int:
     try:
-        return int(environ[var])
+        return int(raw)
     except ValueError:
-        raise ConfigError(f"expected an integer, got {environ[var]!r}", field=var) from None
+        raise ConfigError(f"expected an integer, got {raw!r}", field=var) from None
 
 
-def _port_pair(environ: Mapping[str, str], var: str) -> tuple[int, int] | None:
-    raw = environ.get(var)
-    if raw is None:
-        return None
+def _port_pair(var: str, raw: str) -> tuple[int, int]:
     parts = raw.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ConfigError(f"expected two comma-separated ports, got {raw!r}", field=var)

@@ -83,6 +83,16 @@ class RegionTopology(BaseModel):
     def names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.regions)
 
+    @property
+    def redis_ports(self) -> tuple[int, ...]:
+        """Each region's Redis port, in region order (home first)."""
+        return tuple(r.redis_port for r in self.regions)
+
+    @property
+    def dynamodb_ports(self) -> tuple[int, ...]:
+        """Each region's DynamoDB endpoint port, in region order (home first)."""
+        return tuple(r.dynamodb_port for r in self.regions)
+
     def get(self, name: str) -> RegionConfig:
         for region in self.regions:
             if region.name == name:

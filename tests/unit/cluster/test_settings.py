@@ -4,10 +4,19 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from cluster.secrets import load_or_create_secrets
-from cluster.settings import settings_from_env
+from cluster.settings import (
+    ENV_VARS,
+    KafkaSettings,
+    RaySettings,
+    RedisSettings,
+    StackSettings,
+    settings_from_env,
+)
 from features.errors import ConfigError
+from regions.config import RegionTopology, default_topology
 
 
 def test_defaults_are_the_documented_ports(tmp_path: Path) -> None:
@@ -95,3 +104,88 @@ def test_a_warehouse_that_is_not_a_uri_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from_env({"FRESHLINE_ICEBERG_WAREHOUSE": "/data/lake"})
     assert caught.value.field == "iceberg_warehouse_uri"
+
+
+# Fields no FRESHLINE_* variable sets: fixed by the stack, or derived from what the table sets.
+NOT_FROM_ENV = {
+    "kafka.host",
+    "kafka.topics",
+    "ray.temp_dir",
+    "ray.min_worker_port",
+    "ray.max_worker_port",
+    "redis.admin_user",
+    "redis.writer_user",
+    "redis.reader_user",
+    "topology",  # only its ports: topology.redis_ports and topology.dynamodb_ports
+}
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    fields = set()
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not RegionTopology:
+            fields |= _leaf_fields(sub, f"{prefix}{name}.")
+        else:
+            fields.add(f"{prefix}{name}")
+    return fields
+
+
+def test_every_settings_field_is_either_in_the_env_table_or_deliberately_not() -> None:
+    table = {var.field for var in ENV_VARS}
+    table_roots = {f for f in table if not f.startswith("topology.")} | {"topology"}
+    assert table_roots.isdisjoint(NOT_FROM_ENV - {"topology"})
+    assert _leaf_fields(StackSettings) == table_roots | NOT_FROM_ENV
+    assert len({var.name for var in ENV_VARS}) == len(ENV_VARS)
+
+
+def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
+    return StackSettings(
+        state_dir=tmp_path / "state",
+        kafka=KafkaSettings(version="3.9.1", port=29092, controller_port=29093, heap_mb=640),
+        ray=RaySettings(
+            port=26390,
+            dashboard_port=28265,
+            client_server_port=20001,
+            serve_port=28000,
+            metrics_export_port=28080,
+            dashboard_agent_port=52366,
+            auth_mode="token",
+            num_cpus=6,
+            object_store_mb=640,
+            ingress="proxy",
+            serve_replicas=3,
+            haproxy_stats_port=28404,
+            haproxy_metrics_port=29101,
+        ),
+        redis=RedisSettings(maxmemory_mb=256),
+        topology=default_topology(redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567)),
+        jar_cache_dir=tmp_path / "jars",
+        with_ray=with_ray,
+        with_serving=False,
+        iceberg_warehouse_uri="s3://lake/freshline",
+    )
+
+
+def test_every_variable_round_trips_settings_to_env_and_back(tmp_path: Path) -> None:
+    defaults = settings_from_env({})
+    cases = [_everything_changed(tmp_path, with_ray=r) for r in (True, False)]
+    for settings in cases:
+        env = settings.to_env()
+        assert set(env) == {var.name for var in ENV_VARS}
+        assert settings_from_env(env) == settings
+    # Each variable carried a value other than its default in at least one case, so none of
+    # them can be dropped from one direction of the round trip unnoticed.
+    for var in ENV_VARS:
+        assert any(var.read(s) != var.read(defaults) for s in cases), var.name
+
+
+def test_unset_optional_fields_leave_their_variables_unset(tmp_path: Path) -> None:
+    settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path)})
+    env = settings.to_env()
+    assert not {
+        "FRESHLINE_HAPROXY_STATS_PORT",
+        "FRESHLINE_HAPROXY_METRICS_PORT",
+        "FRESHLINE_ICEBERG_WAREHOUSE",
+    } & set(env)
+    assert settings_from_env(env) == settings
