@@ -6,13 +6,13 @@
 ``tile_snapshots``: one row per tile changelog record (a tile field's absolute value at a version).
 
 Table upkeep, because a stream commits every couple of seconds: every Iceberg commit rewrites the
-table's metadata file, which lists every snapshot the table still has. Kept forever, that made
-each commit cost more than the one before (pyiceberg 0.12: 64 ms a commit over the first 100,
-574 ms by the 500th, ``benchmarks/offline_commits.py``), so a writer committing every 2 s would
-fall behind for good within the hour. :class:`IcebergTable` therefore expires all but the newest
-``keep_snapshots`` snapshots every ``expire_every`` commits (exactly-once needs only the current
-one: the position is in its summary), merges small manifests (``commit.manifest-merge.enabled``),
-and lets Iceberg delete metadata files past ``write.metadata.previous-versions-max``.
+table's metadata file, which lists every snapshot the table still has. Kept forever, snapshots
+make each commit cost more than the one before (``benchmarks/offline_commits.py`` measures it),
+so a writer that commits that often would fall behind for good. :class:`IcebergTable`
+therefore expires all but the newest ``keep_snapshots`` snapshots every ``expire_every`` commits
+(exactly-once needs only the current one: the position is in its summary), merges small manifests
+(``commit.manifest-merge.enabled``), and lets Iceberg delete metadata files past
+``write.metadata.previous-versions-max``.
 Expired snapshots' manifest lists stay on disk as orphans (pyiceberg 0.12 has no orphan-file
 removal); they are small, one per commit.
 """

@@ -206,14 +206,14 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
         sink_group(region_name, store),
         auto_offset_reset="earliest",
         max_poll_records=5000,
-        # fetch_max_wait_ms stays at kafka-python's 500 ms: the broker answers a waiting
-        # read_committed fetch as soon as a transaction commits (measured: Redis freshness equals
-        # changelog-visible freshness at p50); with 50 ms each idle sink used ~6 % of a core.
+        # fetch_max_wait_ms stays at kafka-python's default: the broker answers a waiting
+        # read_committed fetch as soon as a transaction commits, so a shorter wait adds no
+        # freshness and only makes every idle sink spend CPU on empty fetches.
     )
     # Assigned, not subscribed: a sink is the only member of its group, so a group protocol
-    # could only ever hand it every partition, and twice on a fresh stack (ingest benchmark runs
-    # 2026-12-02 20:20 and 2026-12-03 11:12) a subscribed sink held none until a 90 s watchdog
-    # restarted it, its region stale all that time. The group still keeps its committed offsets.
+    # could only ever hand it every partition, and on a fresh stack a subscribed sink can be left
+    # with none until a watchdog restarts it, its region stale all that time. The group still
+    # keeps its committed offsets.
     changelog = topic_partitions(consumer, [config.changelog_topic])[config.changelog_topic]
     consumer.assign([TopicPartition(config.changelog_topic, p) for p in changelog])
     if store == "redis":

@@ -252,8 +252,8 @@ FRESHNESS_WINDOW = 20_000
 
 
 def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict[str, Any]:
-    """Backlog first, then freshness: the pipeline is started once (stopping and restarting it
-    between phases raced the supervisor's watch thread, which recreated the stopped actors)."""
+    """Backlog first, then freshness, with the pipeline started once: stopping and restarting
+    it between phases races the supervisor's watch thread, which recreates stopped actors."""
     bootstrap = stack.settings.kafka.bootstrap
     poller = _Status(stack)
     produce_rate = _produce_backlog(bootstrap, n, start_seq=0)

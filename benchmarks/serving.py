@@ -216,8 +216,8 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     out["single_closed16"] = closed.summary()
     closed1 = await closed_loop("127.0.0.1", port, single, 1, step)
     out["single_closed1"] = closed1.summary()
-    # Below and at the 50 req/s headline rate: the capacity for 100-entity reads on this box is
-    # ~30-35 req/s, so the headline is an overload figure; the lower rates show the latency.
+    # Below and at the 50 req/s headline rate: on a small box that rate can exceed the capacity
+    # for 100-entity reads, so the lower rates show the latency short of overload.
     for rate in (10, 25):
         low = await open_loop("127.0.0.1", port, batch, rate, step)
         out[f"batch100_{rate}rps"] = low.summary()

@@ -341,7 +341,7 @@ class HttpLoad:
 class ProcessLoad:
     """An :class:`HttpLoad` in a process of its own, for a flood: in the drill's process its
     thread would hold the GIL that the drill's probes need, and their latencies would include
-    waiting for it (measured: serve-overload's probe). ``samples`` arrive when it stops.
+    waiting for it. ``samples`` arrive when it stops.
     Times are comparable across processes (``time.monotonic`` is the system's CLOCK_MONOTONIC)."""
 
     def __init__(self, spec: LoadSpec, start_timeout_s: float = 60.0) -> None:

@@ -1,6 +1,6 @@
 """A TCP fault proxy: a network fault between a client and one upstream, switchable at run time.
 
-It stands in for ``tc netem`` where the kernel has no netem qdisc (see docs/reliability.md). It
+It stands in for ``tc netem`` where the kernel has no netem qdisc. It
 listens on ``127.0.0.1:<free port>`` and forwards every connection to ``upstream``; the fault
 applies to all connections, existing and new, from the moment the switch returns:
 
@@ -160,8 +160,8 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         # Until none is left: a connection accepted just before the close starts its task only
-        # now, and Server.wait_closed() waits for every connection (it hung the tests once).
-        # Bounded: a close must never hang a drill (it once hung the tests for 30 s).
+        # now, and Server.wait_closed() waits for every connection, so one left open hangs it.
+        # Bounded: a close must never hang a drill.
         for _ in range(3):
             tasks = list(self._conns)
             if not tasks:

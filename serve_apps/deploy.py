@@ -7,7 +7,7 @@ so that ``serve_apps`` does not import ``cluster`` (the composition root passes 
 Ingress: one HTTP port (``http_port``) with one route prefix per region (``/us-east``,
 ``/eu-west``), served by Serve's proxy or by HAProxy. The mode is a process-wide switch
 (environment variables of the Ray head, :data:`INGRESS_MODES`) that the stack sets when it starts
-the head; what each mode bought on this machine is in docs/serving.md.
+the head; docs/serving.md compares the modes.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def deploy(
         http_options={"host": "127.0.0.1", "port": http_port, "keep_alive_timeout_s": 30},
         logging_config={"log_level": "WARNING", "enable_access_log": False},
     )
-    # All regions in one call: Serve brings the apps up side by side (about 30 s for one app on
-    # this box, most of it waiting for new replicas; one after the other doubled that).
+    # All regions in one call: Serve brings the apps up side by side, and most of a deploy is
+    # spent waiting for new replicas, so one app after the other would add up those waits.
     targets = [
         RunTarget(
             build_app({"config": config.model_dump(mode="python")}),

@@ -11,20 +11,19 @@ Invariants:
   answered (slow is not dead; the request itself has moved on down the chain);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
   remainder, so the chain never outlives the request's deadline by more than scheduling noise; the
-  cap grows with the number of keys (a healthy Redis answering 100 entities' tiles under load is
-  not a dead one: a fixed 50 ms cap opened every breaker and served defaults, see
-  docs/serving.md);
+  cap grows with the number of keys (a healthy Redis answering many entities' tiles under load
+  is slow, not dead: a fixed cap would open its breaker and serve defaults);
 - a store that answers but is incomplete (``StoreNotReady``: a Redis or a DynamoDB table being
   rehydrated) is skipped like a failed one but is not a breaker failure;
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
   store failures never become client errors;
 - a timeout that fired more than ``late_tolerance_s`` after it was due says the replica's own
   event loop is overloaded, not that the store is slow: the breaker records nothing, the chain
-  stops, and the request is shed (``Overloaded``, a 503 with Retry-After). Without this, an
-  overloaded replica opened every breaker and answered with defaults (docs/serving.md);
+  stops, and the request is shed (``Overloaded``, a 503 with Retry-After). Otherwise an
+  overloaded replica would open every breaker and answer with defaults;
 - so is a timeout while ``busy()`` says the loop is lagging: a call takes several turns of the
-  loop (send, read, parse), so a loop 20 ms late on each turn times out a healthy Redis's reply
-  although no single timer fires very late (serve-overload drill, docs/reliability.md).
+  loop (send, read, parse), so a loop a little late on each turn times out a healthy Redis's
+  reply although no single timer fires very late.
 """
 
 from __future__ import annotations
@@ -189,9 +188,8 @@ class FallbackChain:
 
         Never raises and records nothing on any breaker: a store that is down when the replica
         starts is the first requests' to judge, and the replica must start regardless. Cold, a
-        new replica's first burst of requests opened its pool connection by connection (connect
-        and AUTH each) while the herd waited: serve-overload's replacement replica answered its
-        first second at p99 0.8-1.2 s (docs/reliability.md)."""
+        new replica's first burst of requests would open its pool connection by connection
+        (connect and AUTH each) while the herd waits."""
         store = self.steps[0].store
 
         async def one() -> bool:
@@ -257,8 +255,8 @@ class FallbackChain:
         """Record the abandoned call on ``breaker`` once its fate is known: a success when the
         store answers within ``verdict_after_s`` of the timeout (slow, alive: the request already
         went on down the chain), a failure when it fails or is still silent by then (dead or
-        hung). Judged at the timeout, a box short of CPU for 100 ms opened every breaker for 2 s
-        and the replica answered defaults (serve-overload drill)."""
+        hung). Judged at the timeout instead, a box short of CPU for a moment would open every
+        breaker and the replica would answer defaults."""
         loop = asyncio.get_running_loop()
         judged = False
         give_up_at = self._clock() + 5 * self._verdict_after_s

@@ -3,12 +3,12 @@
 Two gates, both cheap enough to run before a request's body is read:
 - :class:`AdaptiveLimit` caps requests in flight, and the cap shrinks while requests meet the
   replica's own overload and grows back while they do not;
-- :class:`LagGauge`: a fixed in-flight count does not see cost (a 100-entity read costs ~30
+- :class:`LagGauge`: a fixed in-flight count does not see cost (a 100-entity read costs many
   single ones) nor a loop slowed by the box; the loop's lag sees both. A ticker asks to wake
   every ``interval_s``; how late it actually wakes is the time any ready callback currently
   waits for the loop. While the smoothed lag is over the limit, a new read is refused with 503
   and ``Retry-After`` before it costs anything, instead of being accepted, timing out on its own
-  stores and answered with defaults (docs/serving.md, "The 2 s stall attributed ...").
+  stores and answered with defaults.
 
 Invariants:
 - :class:`LagGauge` is pure: it is fed observed lags and answers ``overloaded()``; the clock and
@@ -90,10 +90,9 @@ class AdaptiveLimit:
     overloaded, or finished while the loop lags) cuts the limit by ``backoff``; any other adds
     ``1 / limit`` while the replica is using at least half its limit, so a healthy replica
     climbs back from ``min_limit`` to ``max_limit`` in about ``max_limit ** 2 / 2`` requests.
-    Past the limit a
-    request is refused at once, cheaply, with 503; admitted ones then find their stores
-    answering (serve-overload drill: with a fixed 32 in flight, a flood slowed the box's Redis,
-    timeouts opened the breakers and most accepted answers were defaults).
+    Past the limit a request is refused at once, cheaply, with 503; admitted ones then find
+    their stores answering (under a fixed cap, a flood slows the box's Redis until timeouts open
+    the breakers and accepted requests are answered with defaults).
 
     Invariants: ``min_limit <= limit <= max_limit``; ``in_flight`` counts admitted, unreleased
     requests; one overload cuts once (TCP's once per round trip): a drop cuts only if its request

@@ -129,8 +129,8 @@ def evaluate(
     # (which tiles cover each window, which starts are not in the future), so equal stored
     # fields with equal head tiles give equal results; only status and age are per request.
     # The fields as a tuple, in the store's order: a store returns an unchanged hash in the same
-    # order, and a reordered one only misses (never a wrong hit); half the cost of a frozenset
-    # for 100 entities of 60 fields (hashing and comparing fresh reply objects).
+    # order, and a reordered one only misses (never a wrong hit); cheaper than a frozenset,
+    # which hashes and compares every fresh reply object.
     key = (_heads(groups, as_of_ms), tuple(fields.items()))
     static = None if memo is None else memo.get(key)
     if static is None:

@@ -1,8 +1,8 @@
 """``region-partition``: the network between serving and one region's Redis (eu-west) degrades,
 then splits, then heals, under steady serving load.
 
-The serving path reaches eu-west's Redis through a TCP fault proxy (``chaos.proxy``; this kernel
-has no netem qdisc, see docs/reliability.md); the sinks keep writing to the real Redis, so only
+The serving path reaches eu-west's Redis through a TCP fault proxy (``chaos.proxy``, which works
+where the kernel has no netem qdisc); the sinks keep writing to the real Redis, so only
 reads see the fault. The region apps are redeployed on a topology in which eu-west's Redis port
 is the proxy's, and the normal deployment is restored at the end, whatever happens.
 

@@ -5,8 +5,8 @@ requests must keep a bounded latency, and Serve must replace the killed replica 
 
 The judged flood is 256 clients that honour ``Retry-After`` (as the header asks; twice what
 the region's replicas admit, each wanting an answer continuously). After recovery, a second flood
-of clients that ignore it and ask again at once is measured and reported, not judged: on two
-shared cores their refusals alone saturate the replicas' event loops (docs/reliability.md).
+of clients that ignore it and ask again at once is measured and reported, not judged: on a
+machine with few shared cores their refusals alone can saturate the replicas' event loops.
 """
 
 from __future__ import annotations
