@@ -10,7 +10,7 @@ Why JSON lines rather than Parquet: the ledger is the oracle of chaos drills, wh
 may be killed mid-run. Every drained batch is flushed with one write, so a killed generator leaves
 all its flushed lines readable and at most one torn last line, which the reader skips; a Parquet
 file without its footer is unreadable as a whole. Lines can also be tailed and grepped during a
-drill. The cost (about 200 bytes an event, ~1 us to encode with orjson) is small at demo rates.
+drill. The cost (a couple of hundred bytes an event, one orjson encode) is small at demo rates.
 
 The amount, ids and event time are the event as drawn, before any corruption (see ``synth``); a
 malformed event's wire bytes are not repeated here, ``kind`` and ``detail`` describe them.
@@ -68,7 +68,7 @@ class LedgerRecord:
         return self.kind in INGESTIBLE_KINDS
 
     def to_line(self) -> bytes:
-        # Explicit rather than dataclasses.asdict, which deep-copies and is ~10x slower.
+        # Explicit rather than dataclasses.asdict, which deep-copies every field, once per event.
         return (
             orjson.dumps(
                 {
