@@ -22,6 +22,8 @@ EVENTS_TOPIC: Final = demo.TOPIC
 EVENTS_PARTITIONS: Final = demo.card_transactions_catalog().source(demo.SOURCE).partitions
 CHANGELOG_TOPIC: Final = "fl.tiles.changelog"
 DLQ_TOPIC: Final = "fl.dlq"
+# Consumer actors sharing the source partitions (every --consumers option defaults to it).
+DEFAULT_CONSUMERS: Final = 2
 
 
 class StreamSettings(BaseModel):
@@ -51,7 +53,7 @@ class ConsumerConfig(StreamSettings):
 class PipelineConfig(StreamSettings):
     partitions: int = Field(default=EVENTS_PARTITIONS, ge=1)
     consumers: int = Field(
-        default=2, ge=1, le=64, description="consumer actors sharing the partitions"
+        default=DEFAULT_CONSUMERS, ge=1, le=64, description="consumer actors sharing the partitions"
     )
     topology: RegionTopology
     stores: tuple[str, ...] = ("redis", "dynamodb")

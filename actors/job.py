@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from actors.config import PipelineConfig
+from actors.config import DEFAULT_CONSUMERS, PipelineConfig
 from actors.runtime import NAMESPACE, SUPERVISOR, Supervisor
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import StackSettings, settings_from_env
@@ -72,7 +72,7 @@ def down() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.job")
     parser.add_argument("verb", choices=["up", "status", "down"])
-    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS)
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or auto)"
     )

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from actors.config import DEFAULT_CONSUMERS
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
 from cluster.results import current_command, record_run
@@ -288,7 +289,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a run under two minutes")
     parser.add_argument("--events", type=int, default=None, help="backlog size")
     parser.add_argument("--rate", type=int, default=5000, help="events/s in the freshness phase")
-    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS)
     args = parser.parse_args()
     n = args.events or (100_000 if args.quick else 1_000_000)
     fresh_s = 30.0 if args.quick else 120.0

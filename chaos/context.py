@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import orjson
 
+from actors.config import DEFAULT_CONSUMERS
 from actors.runtime import NAMESPACE
 from chaos import verify
 from chaos.exceptions import DrillSetupFailed
@@ -49,7 +50,7 @@ class DrillContext:
     stack: Stack
     quick: bool
     out_dir: Path
-    consumers: int = 2
+    consumers: int = DEFAULT_CONSUMERS
     api_key: str = ""
     _ray_up: bool = field(default=False, init=False)
 

@@ -57,9 +57,9 @@ def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
     """boto3 clients with the serving timeouts and no botocore retries (the chain decides).
 
     One client per region, made on first use and shared (boto3 clients are thread-safe); building
-    one costs hundreds of milliseconds of imports and model loading that hold the GIL, so
-    :func:`warm_dynamo_clients` makes them in the replica's constructor, before Serve sends it a
-    request (built on the first request, they stalled its event loop for ~250 ms).
+    one means imports and model loading that hold the GIL, so :func:`warm_dynamo_clients` makes
+    them in the replica's constructor, before Serve sends it a request: built on the first
+    request, they would stall the event loop every request in flight is waiting on.
     """
     made: dict[str, Any] = {}
 
