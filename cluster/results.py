@@ -10,7 +10,8 @@ Files are append-only: a run adds its line and never rewrites another's, so a fi
 history of one benchmark or drill, and the docs show its last line. ``commit`` and ``dirty`` are
 null when git cannot tell (no git, not a checkout); ``dirty`` is true when tracked files differ
 from HEAD, i.e. the figures may not belong to the commit named. Non-finite floats are written as
-null, so every line is valid JSON.
+null, and keys or values JSON cannot hold as text, so every line is valid JSON and a finished run
+is never lost over a figure's type.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def record_run(
         "command": command,
         "figures": dict(figures),
     }
-    line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    line = orjson.dumps(record, default=str, option=options) + b"\n"
     folder = results_dir if results_dir is not None else _default_results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     # One write of the whole line to a file opened for appending: runs never interleave halves.

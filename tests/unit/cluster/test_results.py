@@ -62,6 +62,16 @@ def test_the_folder_is_created_and_non_finite_figures_are_null(tmp_path: Path) -
     assert _lines(folder / "serving.jsonl") == [record]
 
 
+def test_figures_json_cannot_hold_are_written_as_text(tmp_path: Path) -> None:
+    record = record_run(
+        "x",
+        {"statuses": {200: 5, 503: 1}, "state_dir": tmp_path},
+        command="c",
+        results_dir=tmp_path,
+    )
+    assert record["figures"] == {"statuses": {"200": 5, "503": 1}, "state_dir": str(tmp_path)}
+
+
 @pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x..y", "a b", "x" * 101])
 def test_a_name_that_is_not_a_safe_file_stem_is_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ConfigError, match="is not a results name"):
