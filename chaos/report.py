@@ -96,8 +96,10 @@ def finish(
     results_dir: Path | None = None,
     command: str | None = None,
 ) -> DrillReport:
-    """Write ``report.json`` and ``timeline.png`` into ``out_dir``, append the run's line to
-    ``drill-<drill>.jsonl`` in the results folder (``cluster.results``), and return the report."""
+    """Write ``report.json`` into ``out_dir``, append the run's line to ``drill-<drill>.jsonl``
+    in the results folder (``cluster.results``; ``command`` defaults to this process's command
+    line), then draw ``timeline.png``, and return the report. The line comes before the plot, so
+    a plotting failure cannot lose a finished drill's verdict."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out_dir / "report.json"), "png": str(out_dir / "timeline.png")}
     report = DrillReport(
@@ -120,13 +122,13 @@ def finish(
     Path(files["json"]).write_bytes(
         orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
-    plot_timeline(timeline, f"{drill}{' (quick)' if quick else ''}: {report.verdict}", files["png"])
     record_run(
         f"drill-{drill}",
         result_figures(report),
         command=command if command is not None else current_command(),
         results_dir=results_dir,
     )
+    plot_timeline(timeline, f"{drill}{' (quick)' if quick else ''}: {report.verdict}", files["png"])
     return report
 
 
