@@ -15,3 +15,10 @@ from tests.integration.conftest import running_stack
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("chaos")) as stack:
         yield stack
+
+
+@pytest.fixture(autouse=True)
+def _private_results(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drills run by the suite record their lines in a temporary folder: the repository's
+    benchmarks/results/ holds the history of deliberate runs, not of every test session."""
+    monkeypatch.setenv("FRESHLINE_RESULTS_DIR", str(tmp_path))
