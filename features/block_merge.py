@@ -1,14 +1,16 @@
-"""Every feature of N entities from their decoded blocks, in one vectorised pass per tile group.
+"""Every feature of N entities from their decoded blocks, in one vectorised pass.
 
 The reference is :func:`features.tile_groups.read_view`: per feature, the states of the tiles in
 ``covering_tiles(as_of, window, tile)`` merged from ``initialize()`` in ascending start, then
-partition, order; tiles outside that range are ignored. Here, per tiled group:
+partition, order; tiles outside that range are ignored. Here, for all entities at once:
 
-1. the rows of every entity's blocks are concatenated (one block's rows are ascending by start;
-   an entity with blocks from several partitions has its rows sorted by (start, partition));
-2. per window of the group, a boolean mask picks the covering rows, and each picked row gets the
-   output slot ``entity * windows + window``; the picks of all windows are concatenated, so every
-   slot sees its rows in merge order;
+1. the tables of every block are joined and read with one ``np.frombuffer`` (one block's rows are
+   ascending by (group, start); an entity with blocks from several partitions has its rows sorted
+   by (group, start, partition));
+2. each (tile group, window) of the view is a *pair*; a row covers a pair's window when
+   ``0 <= head - start <= window - tile`` (``head`` = the group's tile holding ``as_of``), one
+   rows x windows comparison for the whole view; every covering (row, pair) goes to the output
+   slot ``entity * pairs + pair`` in row order, so every slot sees its rows in merge order;
 3. counts and sums are ``np.bincount`` over the slots (it adds weights left to right from 0.0,
    exactly the reference's fold), minima and maxima ``np.fmin.at``/``np.fmax.at`` (NaN, the empty
    state, never wins), the newest covering start ``np.maximum.at``.
@@ -17,41 +19,139 @@ Bitwise equality with the reference: sums add in the same order from the same 0.
 the same float sum by the same count; an extreme of equal floats is the same float except for the
 sign of zero, where the reference keeps the first zero in merge order (Python's ``min``/``max``
 keep their first argument on ties), which :func:`_first_zero` restores. Variable-width states
-(``distinct_count``, ``last_n``) and the unwindowed group (``last``, ``cusum``) are merged per
-picked tile with the aggregators themselves, in the same order as the reference.
+(``distinct_count``, ``last_n``) and the unwindowed group (``last``, ``cusum``) are merged tile by
+tile with the aggregators themselves, in the reference's order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from features.blocks import COUNT, MIN, SUM, Block, BlockLayout, GroupLayout
+from features.blocks import (
+    COUNT,
+    MIN,
+    SUM,
+    TABLE_AT,
+    Block,
+    BlockLayout,
+    GroupLayout,
+    Table,
+    check_rows,
+)
 from features.catalog import Aggregation
+from features.exceptions import CorruptState
 from features.tile_groups import TileGroup
 
 NO_TILE = int(np.iinfo(np.int64).min)
 """``newest_start`` of a feature with no covering tile (and of every unwindowed feature)."""
 
+_NULL = np.array(None, dtype=object)
 Floats = npt.NDArray[np.float64]
 Indexes = npt.NDArray[np.intp]
+_KINDS = (Aggregation.COUNT, Aggregation.SUM, Aggregation.MIN, Aggregation.MAX)
 
 
 @dataclass(frozen=True)
 class MergedView:
-    """Per feature name: one value per entity (request order) and the start of the newest
-    covering tile that holds data, a lower bound of the feature's newest event time."""
+    """``columns[f]``: feature ``names[f]``'s value for each entity (request order);
+    ``newest[e, f]``: the start of the newest tile in that feature's window holding data for
+    entity ``e``, a lower bound of its newest event time (``NO_TILE``: none, or unwindowed)."""
 
-    values: dict[str, list[Any]]
-    newest_start: dict[str, npt.NDArray[np.int64]]
+    names: tuple[str, ...]
+    columns: list[list[Any]]
+    newest: npt.NDArray[np.int64]
+
+    @property
+    def values(self) -> dict[str, list[Any]]:
+        return dict(zip(self.names, self.columns, strict=True))
 
     def entity(self, index: int) -> dict[str, Any]:
         """One entity's values, shaped like ``read_view``'s result."""
-        return {name: column[index] for name, column in self.values.items()}
+        return {name: column[index] for name, column in zip(self.names, self.columns, strict=True)}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A layout's merge constants, as arrays."""
+
+    pairs: int
+    pair_base: Indexes  # per group: its first pair
+    tiles: npt.NDArray[np.int64]  # per group: its tile ms
+    reach: tuple[npt.NDArray[np.int64], ...]  # per window rank, per group: window - tile + 1
+    variable: Indexes  # per group: variable-width cells per row
+    # per aggregation (count, sum, min, max): names, slots and pairs of its features
+    simple: tuple[tuple[tuple[str, ...], Indexes, Indexes], ...]
+    means: tuple[tuple[str, ...], Indexes, Indexes, Indexes]  # names, count, sum slots, pairs
+    variables: tuple[tuple[str, int, int, int], ...]  # name, group, feature, pair
+    pair_of: dict[str, int]  # per feature: its pair; ``pairs`` (a NO_TILE column) if unwindowed
+    names: tuple[str, ...]  # every feature, as ``read_view`` lists them
+
+    @classmethod
+    def of(cls, layout: BlockLayout) -> _Plan:
+        bases, base, widest = [], 0, max((len(g.windows) for g in layout.tiled), default=0)
+        reach = np.zeros((len(layout.tiled), widest), dtype=np.int64)
+        simple: dict[Aggregation, list[tuple[str, int, int]]] = {a: [] for a in _KINDS}
+        means: list[tuple[str, int, int, int]] = []
+        variables = []
+        for g, group in enumerate(layout.tiled):
+            bases.append(base)
+            reach[g, : len(group.windows)] = [w - group.tile_ms + 1 for w in group.windows]
+            for f, feature in enumerate(group.group.features):
+                pair, slots = base + group.feature_window[f], group.feature_slots[f]
+                if feature.aggregation is Aggregation.MEAN:
+                    means.append((feature.name, slots[0], slots[1], pair))
+                elif slots:
+                    simple[feature.aggregation].append((feature.name, slots[0], pair))
+                else:
+                    variables.append((feature.name, g, f, pair))
+            base += len(group.windows)
+        pair_of = {
+            feature.name: bases[g] + group.feature_window[f]
+            for g, group in enumerate(layout.tiled)
+            for f, feature in enumerate(group.group.features)
+        }
+        unwindowed = layout.unwindowed.features if layout.unwindowed is not None else ()
+        pair_of.update((feature.name, base) for feature in unwindowed)
+        return cls(
+            pairs=base,
+            pair_base=np.asarray(bases, dtype=np.intp),
+            tiles=np.array([g.tile_ms for g in layout.tiled], dtype=np.int64),
+            reach=tuple(np.ascontiguousarray(reach[:, j]) for j in range(widest)),
+            variable=np.asarray([len(g.variable) for g in layout.tiled], dtype=np.intp),
+            simple=tuple(_columns(simple[a]) for a in _KINDS),
+            means=(
+                tuple(m[0] for m in means),
+                np.asarray([m[1] for m in means], dtype=np.intp),
+                np.asarray([m[2] for m in means], dtype=np.intp),
+                np.asarray([m[3] for m in means], dtype=np.intp),
+            ),
+            variables=tuple(variables),
+            pair_of=pair_of,
+            names=tuple(pair_of),
+        )
+
+
+def _columns(rows: list[tuple[str, int, int]]) -> tuple[tuple[str, ...], Indexes, Indexes]:
+    return (
+        tuple(r[0] for r in rows),
+        np.asarray([r[1] for r in rows], dtype=np.intp),
+        np.asarray([r[2] for r in rows], dtype=np.intp),
+    )
+
+
+_PLANS: dict[int, tuple[BlockLayout, _Plan]] = {}  # by id; holding the layout keeps ids unique
+
+
+def _plan(layout: BlockLayout) -> _Plan:
+    found = _PLANS.get(id(layout))
+    if found is None:
+        found = _PLANS[id(layout)] = (layout, _Plan.of(layout))
+    return found[1]
 
 
 def merge_blocks(
@@ -62,109 +162,126 @@ def merge_blocks(
 ) -> MergedView:
     """Values as of ``as_of_ms`` of ``features`` (default: all) of each entity, whose blocks (at
     most one per partition) are ``entities[i]``; an entity without blocks gets every aggregator's
-    empty result, as ``read_view`` does for no fields."""
+    empty result, as ``read_view`` does for no fields. Bad rows raise :class:`CorruptState`."""
+    plan = _plan(layout)
+    names = plan.names if features is None else tuple(features)
     values: dict[str, list[Any]] = {}
-    newest: dict[str, npt.NDArray[np.int64]] = {}
-    for index, group in enumerate(layout.tiled):
-        if features is None or any(f.name in features for f in group.group.features):
-            _merge_group(
-                index, group, entities=entities, as_of_ms=as_of_ms, values=values, newest=newest
-            )
-    if layout.unwindowed is not None and (
-        features is None or any(f.name in features for f in layout.unwindowed.features)
-    ):
-        _merge_unwindowed(layout.unwindowed, entities, values, newest)
-    if features is not None:
-        values = {name: values[name] for name in features}
-        newest = {name: newest[name] for name in features}
-    return MergedView(values, newest)
+    newest = np.full((plan.pairs + 1, len(entities)), NO_TILE, dtype=np.int64)
+    if layout.tiled:
+        _merge_tiled(layout, plan, entities, as_of_ms=as_of_ms, values=values, newest=newest)
+    if layout.unwindowed is not None:
+        _merge_unwindowed(layout.unwindowed, entities, values)
+    at = np.fromiter((plan.pair_of[n] for n in names), dtype=np.intp, count=len(names))
+    return MergedView(names, [values[n] for n in names], newest[at].T)
 
 
 @dataclass(frozen=True, slots=True)
 class _Rows:
-    """One group's rows of every entity, in merge order per entity."""
+    """The rows of every block of every entity, in merge order per entity."""
 
-    table: npt.NDArray[np.void]
+    table: Table
     entity: Indexes
     block: Indexes  # index into ``blocks``
-    local: Indexes  # row index inside its block
+    cell: Indexes  # the row's first variable-width cell inside its block
     blocks: list[Block]
 
 
-def _gather(index: int, entities: Sequence[Sequence[Block]], dtype: np.dtype[np.void]) -> _Rows:
-    tables, owners, partitions, blocks = [], [], [], []
+def _gather(layout: BlockLayout, plan: _Plan, entities: Sequence[Sequence[Block]]) -> _Rows:
+    owners, blocks = [], []
     for entity, entity_blocks in enumerate(entities):
         for block in entity_blocks:
-            table = block.tables[index]
-            if len(table):
-                tables.append(table)
+            if block.layout is not layout:
+                raise CorruptState("a block decoded with another layout")
+            if block.rows:
                 owners.append(entity)
-                partitions.append(block.partition)
                 blocks.append(block)
-    if not tables:
-        empty = np.zeros(0, dtype=np.intp)
-        return _Rows(np.zeros(0, dtype=dtype), empty, empty, empty, blocks)
-    lengths = np.fromiter((len(t) for t in tables), dtype=np.intp, count=len(tables))
-    table = np.concatenate(tables)
+    width = layout.dtype.itemsize
+    if len(blocks) == 1:
+        block = blocks[0]
+        table = np.frombuffer(block.raw, layout.dtype, block.rows, TABLE_AT)
+    else:
+        table = np.frombuffer(
+            b"".join([memoryview(b.raw)[TABLE_AT : TABLE_AT + b.rows * width] for b in blocks]),
+            layout.dtype,
+        )
+    lengths = np.fromiter((b.rows for b in blocks), dtype=np.intp, count=len(blocks))
+    firsts = np.cumsum(lengths) - lengths
+    check_rows(layout, table, firsts)
     entity_of = np.repeat(np.asarray(owners, dtype=np.intp), lengths)
-    block_of = np.repeat(np.arange(len(tables), dtype=np.intp), lengths)
-    local = np.arange(len(table), dtype=np.intp) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    if len(set(owners)) != len(owners):  # some entity has several partitions: interleave them
-        partition_of = np.repeat(np.asarray(partitions, dtype=np.int64), lengths)
-        order = np.lexsort((partition_of, table["start"], entity_of))
-        table, entity_of, block_of, local = (
+    block_of = np.repeat(np.arange(len(blocks), dtype=np.intp), lengths)
+    cell = np.zeros(len(table), dtype=np.intp)
+    if layout.has_variable and len(table):
+        cell = _cells(plan, table, blocks, firsts, block_of)
+    if len(set(owners)) != len(owners):  # an entity with several partitions: interleave them
+        partition_of = np.repeat([b.partition for b in blocks], lengths)
+        order = np.lexsort((partition_of, table["start"], table["group"], entity_of))
+        table, entity_of, block_of, cell = (
             table[order],
             entity_of[order],
             block_of[order],
-            local[order],
+            cell[order],
         )
-    return _Rows(table, entity_of, block_of, local, blocks)
+    return _Rows(table, entity_of, block_of, cell, blocks)
 
 
-def _merge_group(
-    index: int,
-    group: GroupLayout,
-    *,
+def _cells(
+    plan: _Plan, table: Table, blocks: list[Block], firsts: Indexes, block_of: Indexes
+) -> Indexes:
+    """Each row's first variable-width cell in its block; checks every block has its cells."""
+    per_row = plan.variable[table["group"]]
+    running = np.cumsum(per_row) - per_row
+    totals = np.add.reduceat(per_row, firsts)
+    if np.any(totals != [b.cells for b in blocks]):
+        raise CorruptState("block holds another number of variable-width cells than its rows")
+    cells: Indexes = running - running[firsts][block_of]
+    return cells
+
+
+def _merge_tiled(
+    layout: BlockLayout,
+    plan: _Plan,
     entities: Sequence[Sequence[Block]],
+    *,
     as_of_ms: int,
     values: dict[str, list[Any]],
-    newest: dict[str, npt.NDArray[np.int64]],
+    newest: npt.NDArray[np.int64],
 ) -> None:
-    rows = _gather(index, entities, group.dtype)
-    n, k, tile = len(entities), len(group.windows), group.tile_ms
-    size = n * k
-    start = rows.table["start"]
-    head = as_of_ms - as_of_ms % tile
-    not_after = start <= head
-    picks = [np.flatnonzero(not_after & (start >= head + tile - w)) for w in group.windows]
+    """Every tiled feature's values into ``values``, the newest covering start per pair and
+    entity into ``newest``."""
+    rows = _gather(layout, plan, entities)
+    n, pairs = len(entities), plan.pairs
+    size = n * pairs
+    group = np.ascontiguousarray(rows.table["group"])
+    start = np.ascontiguousarray(rows.table["start"])
+    age = (as_of_ms - as_of_ms % plan.tiles)[group] - start  # ms before the group's head tile
+    age[age < 0] = np.iinfo(np.int64).max  # after the head tile: covers nothing
+    base = plan.pair_base[group]
+    # Per window rank: the rows it covers, in row order, so every slot sees merge order.
+    picks = [np.flatnonzero(age < reach[group]) for reach in plan.reach]
     picked = np.concatenate(picks)
-    slot = np.concatenate([rows.entity[p] * k + j for j, p in enumerate(picks)])
+    pair = np.concatenate([base[p] + j for j, p in enumerate(picks)])
+    slot = pair * n + rows.entity[picked]
     starts = np.full(size, NO_TILE, dtype=np.int64)
     np.maximum.at(starts, slot, start[picked])
-    merged = [
-        _slot_values(kind, rows.table[f"v{i}"][picked], slot, size)
-        for i, (kind, _) in enumerate(group.slots)
-    ]
-    for f, feature in enumerate(group.group.features):
-        j = group.feature_window[f]
-        newest[feature.name] = starts[j::k]
-        slots = group.feature_slots[f]
-        if not slots:
-            values[feature.name] = _variable_values(group, f, rows, picks[j], n=n, index=index)
-        elif feature.aggregation is Aggregation.MEAN:
-            values[feature.name] = _means(merged[slots[0]][j::k], merged[slots[1]][j::k])
-        elif feature.aggregation is Aggregation.COUNT:
-            values[feature.name] = merged[slots[0]][j::k].astype(np.int64).tolist()
-        elif feature.aggregation is Aggregation.SUM:
-            values[feature.name] = merged[slots[0]][j::k].tolist()
-        else:
-            values[feature.name] = _extremes(merged[slots[0]][j::k])
+    newest[:pairs] = starts.reshape(pairs, n)
+    merged = np.empty((len(layout.slots), size))
+    for i, (kind, _) in enumerate(layout.slots):
+        merged[i] = _slot_values(kind, rows.table[f"v{i}"][picked], slot, size)
+    by_pair = merged.reshape(len(layout.slots), pairs, n)
+    for kind, (names, slots, at) in zip(_KINDS, plan.simple, strict=True):
+        if names:
+            values.update(zip(names, _as_values(kind, by_pair[slots, at]), strict=True))
+    names, counts, sums, at = plan.means
+    if names:
+        values.update(zip(names, _means(by_pair[counts, at], by_pair[sums, at]), strict=True))
+    for name, g, f, p in plan.variables:
+        values[name] = _variable_values(layout.tiled[g], f, rows, picked[pair == p], n)
 
 
 def _slot_values(kind: str, column: npt.NDArray[Any], slot: Indexes, size: int) -> Floats:
     if kind in (COUNT, SUM):
-        # Counts are summed as floats: exact below 2**53 events.
-        # float64 even when nothing is picked (bincount then answers int64).
+        # Counts are summed as floats: exact below 2**53 events. float64 even when nothing is
+        # picked (bincount then answers int64).
         return np.bincount(slot, weights=column, minlength=size).astype(np.float64, copy=False)
     out = np.full(size, np.nan)
     (np.fmin if kind == MIN else np.fmax).at(out, slot, column)
@@ -182,38 +299,39 @@ def _first_zero(out: Floats, slot: Indexes, column: Floats) -> None:
     out[slots[zero]] = column[zeros[first[zero]]]
 
 
-def _means(counts: Floats, sums: Floats) -> list[Any]:
+def _as_values(kind: Aggregation, matrix: Floats) -> list[list[Any]]:
+    """Rows of Python values: ints for counts, None for the empty state of an extreme."""
+    if kind is Aggregation.COUNT:
+        counts: list[list[Any]] = matrix.astype(np.int64).tolist()
+        return counts
+    if kind is Aggregation.SUM:
+        sums: list[list[Any]] = matrix.tolist()
+        return sums
+    return _none_where(matrix, np.isnan(matrix))  # extremes of finite values are never NaN
+
+
+def _means(counts: Floats, sums: Floats) -> list[list[Any]]:
     empty = counts == 0
-    quotients: list[Any] = np.divide(sums, counts, out=np.zeros_like(sums), where=~empty).tolist()
-    if empty.any():
-        return [None if e else q for q, e in zip(quotients, empty.tolist(), strict=True)]
-    return quotients
+    return _none_where(np.divide(sums, counts, out=np.zeros_like(sums), where=~empty), empty)
 
 
-def _extremes(column: Floats) -> list[Any]:
-    out: list[Any] = column.tolist()
-    empty = np.isnan(column)  # the empty state: no tile of the window holds data
-    if empty.any():
-        return [None if e else v for v, e in zip(out, empty.tolist(), strict=True)]
-    return out
+def _none_where(values: Floats, empty: npt.NDArray[np.bool_]) -> list[list[Any]]:
+    """Rows of ``values`` with None where ``empty`` (an object array: no Python loop)."""
+    rows: list[list[Any]] = np.where(empty, _NULL, values).tolist()
+    return rows
 
 
 def _variable_values(
-    group: GroupLayout, feature: int, rows: _Rows, picked: Indexes, *, n: int, index: int
+    group: GroupLayout, feature: int, rows: _Rows, picked: Indexes, n: int
 ) -> list[Any]:
     """A variable-width feature, merged tile by tile with its aggregator in merge order."""
     aggregator = group.group.aggregators[feature]
-    width = len(group.variable)
     column = group.variable.index(feature)
     merged = [aggregator.initialize() for _ in range(n)]
-    entity, block, local = rows.entity.tolist(), rows.block.tolist(), rows.local.tolist()
     for at in picked.tolist():
-        source = rows.blocks[block[at]]
-        offsets = cast(npt.NDArray[np.uint32], source.offsets[index])  # set: group has some
-        cell = local[at] * width + column
-        payload = source.blobs[index][int(offsets[cell]) : int(offsets[cell + 1])]
-        e = entity[at]
-        merged[e] = aggregator.merge(merged[e], aggregator.load(payload))
+        e = int(rows.entity[at])
+        cell = rows.blocks[int(rows.block[at])].cell(int(rows.cell[at]) + column)
+        merged[e] = aggregator.merge(merged[e], aggregator.load(cell))
     return [aggregator.result(state) for state in merged]
 
 
@@ -221,7 +339,6 @@ def _merge_unwindowed(
     group: TileGroup,
     entities: Sequence[Sequence[Block]],
     values: dict[str, list[Any]],
-    newest: dict[str, npt.NDArray[np.int64]],
 ) -> None:
     features, aggregators = group.features, group.aggregators
     columns: list[list[Any]] = [[] for _ in features]
@@ -240,4 +357,3 @@ def _merge_unwindowed(
             columns[i].append(aggregators[i].result(state))
     for feature, column in zip(features, columns, strict=True):
         values[feature.name] = column
-        newest[feature.name] = np.full(len(entities), NO_TILE, dtype=np.int64)

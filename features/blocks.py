@@ -1,39 +1,45 @@
 """Online layout v2: one packed block per (view version, entity, source partition).
 
-A block holds every live tile of one entity's view written by one source partition. Each tiled
-group is a table of fixed-width little-endian rows that ``np.frombuffer`` reads in place (no Python
-object per tile); states without a fixed width stay compact byte sections beside the tables::
+A block holds every live tile of one entity's view written by one source partition, as one table
+of fixed-width little-endian rows that ``np.frombuffer`` reads in place (no Python object per
+tile); states without a fixed width stay compact byte sections beside the table::
 
-    header     "FLB" | layout version u8 | view version u32 | partition u32 | groups u32
-               | unwindowed bytes u32                                        (20 bytes)
-    directory  per tiled group: tile ms u32 | rows u32 | variable bytes u32   (12 bytes each)
-    padding    zeros up to a multiple of 8 bytes, so the tables are 8-byte aligned
-    tables     per tiled group: ``rows`` records of :attr:`GroupLayout.dtype`, ascending start
-    variable   per tiled group with variable-width features: (rows x features + 1) u32 offsets
-               into the blob that follows, row-major; each slice is ``aggregator.dump(state)``
+    header     "FLB" | layout version u8 | view version u32 | partition u32 | rows u32
+               | variable-width cells u32 | variable bytes u32 | unwindowed bytes u32
+               | 4 zero bytes                                                  (32 bytes)
+    table      ``rows`` records of :attr:`BlockLayout.dtype`, ascending by (group, start)
+    variable   when the view has variable-width tiled features: one u32 offset per cell plus a
+               final one, then the blob they index; a row of group ``g`` has one cell per
+               variable-width feature of ``g`` (row order, then feature order), each the bytes
+               of ``aggregator.dump(state)``
     unwindowed ``TileGroup.encode`` of the unwindowed group's states (``last``, ``cusum``), or
                nothing (0 bytes) when this partition holds none
 
-A table row is ``start`` (int64 ms) then one column per *slot*, the distinct fixed-width states of
-the group's features: ``count`` (int64; also a mean's count), ``sum`` of a column (float64; also a
-mean's sum), ``min`` and ``max`` of a column (float64, NaN for the empty state). Features sharing a
-slot hold equal states, because every feature of a group folds every event of its tile (a source
-field is never missing); :func:`encode_block` checks it bit for bit. ``distinct_count`` (HyperLogLog
-registers) and ``last_n`` are the variable-width features of a tiled group.
+A row is ``start`` (int64 ms), ``group`` (int64, the index of its tile group among the view's
+tiled groups) and one column per *slot*, the distinct fixed-width states of the view's tiled
+features: ``count`` (int64; also a mean's count), ``sum`` of a column (float64; also a mean's sum),
+``min`` and ``max`` of a column (float64, NaN for the empty state). A slot no feature of the row's
+group uses holds 0 (NaN for extremes). Features sharing a slot hold equal states, because every
+feature of a group folds every event of its tile (a source field is never missing);
+:func:`encode_block` checks it bit for bit. ``distinct_count`` (HyperLogLog registers) and
+``last_n`` are the variable-width tiled features. One table for all groups lets a reader load the
+rows of many entities with a single ``np.frombuffer`` over their joined tables.
 
 Invariants: the layout depends only on the view (its version and features), like
-``features.tile_groups``; a block's rows are strictly ascending by start and aligned to the tile,
-which :func:`decode_block` checks, so readers need not sort one partition's rows; bad bytes raise
-:class:`~features.exceptions.CorruptState` naming what is wrong. The merge of blocks into values is
-:mod:`features.block_merge`.
+``features.tile_groups``; rows are strictly ascending by (group, start) with starts aligned to
+their group's tile. :func:`decode_block` checks the structure (magic, versions, section sizes) in
+constant time; :meth:`Block.table` and the merge (:mod:`features.block_merge`, vectorised over all
+the blocks it reads) check the rows. Bad bytes raise :class:`~features.exceptions.CorruptState`
+naming what is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -44,10 +50,9 @@ from features.tile_groups import TileGroup, tile_groups
 
 LAYOUT_VERSION = 1
 _MAGIC = b"FLB"
-_HEADER = struct.Struct("<3sBIIII")
-_DIRECTORY = struct.Struct("<III")
-_ALIGN = 8
+_HEADER = struct.Struct("<3sBIIIIII4x")  # 32 bytes: the table after it is 8-byte aligned
 _OFFSET = np.dtype("<u4")
+_CELL = struct.Struct("<II")
 
 COUNT, SUM, MIN, MAX = "count", "sum", "min", "max"
 Slot = tuple[str, str | None]  # (kind, source column); count has no column
@@ -76,8 +81,6 @@ def _extractor(feature: Feature, kind: str) -> Callable[[Any], Any]:
     """How a feature's state gives the value of its slot of ``kind``."""
     if feature.aggregation is Aggregation.MEAN:
         return _mean_count if kind == COUNT else _mean_sum
-    if kind in (MIN, MAX):
-        return _or_nan
     return _same
 
 
@@ -89,25 +92,19 @@ def _mean_sum(state: Any) -> Any:
     return state[1]
 
 
-def _or_nan(state: Any) -> Any:
-    return np.nan if state is None else state
-
-
 def _same(state: Any) -> Any:
     return state
 
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """How one tiled group's tiles sit in a block.
+    """What the block layout knows of one tiled group.
 
-    ``slots[i]`` is the state in table column ``f"v{i}"``; ``feature_slots[f]`` the slot indexes
-    of feature ``f`` (group order): one, two for a mean (count, sum), none for a variable-width
-    feature, whose place among ``variable`` is its column in the group's offsets."""
+    ``feature_slots[f]`` are the slot indexes of the group's feature ``f``: one, two for a mean
+    (count, sum), none for a variable-width feature, whose position among ``variable`` is its
+    cell in a row of this group."""
 
     group: TileGroup
-    dtype: np.dtype[np.void]
-    slots: tuple[Slot, ...]
     feature_slots: tuple[tuple[int, ...], ...]
     variable: tuple[int, ...]
     windows: tuple[int, ...]  # distinct windows of the group, ascending ms
@@ -117,64 +114,115 @@ class GroupLayout:
     def tile_ms(self) -> int:
         return self.group.tile_ms or 0
 
-    @classmethod
-    def of(cls, group: TileGroup) -> GroupLayout:
-        slots: list[Slot] = []
-        feature_slots = []
-        for feature in group.features:
-            mine = []
-            for slot in _slots_of(feature):
-                if slot not in slots:
-                    slots.append(slot)
-                mine.append(slots.index(slot))
-            feature_slots.append(tuple(mine))
-        fields = [("start", "<i8")] + [
-            (f"v{i}", "<i8" if kind == COUNT else "<f8") for i, (kind, _) in enumerate(slots)
-        ]
-        windows = sorted({f.window_ms or 0 for f in group.features})
-        return cls(
-            group=group,
-            dtype=np.dtype(fields),
-            slots=tuple(slots),
-            feature_slots=tuple(feature_slots),
-            variable=tuple(i for i, f in enumerate(group.features) if f.aggregation in VARIABLE),
-            windows=tuple(windows),
-            feature_window=tuple(windows.index(f.window_ms or 0) for f in group.features),
-        )
-
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """The block layout of one view version: its tiled groups, then the unwindowed one."""
+    """The block layout of one view version (build it once per view: :meth:`for_view`)."""
 
     view_version: int
     groups: tuple[TileGroup, ...]  # every group, as ``tile_groups`` orders them (the reference's)
-    tiled: tuple[GroupLayout, ...]
+    tiled: tuple[GroupLayout, ...]  # the ``group`` column indexes this
     unwindowed: TileGroup | None
+    slots: tuple[Slot, ...]  # column ``f"v{i}"`` holds slot ``i``
+    dtype: np.dtype[np.void]
+    has_variable: bool  # some tiled feature has variable-width states
 
     @classmethod
     def for_view(cls, view: FeatureView) -> BlockLayout:
         groups = tile_groups(view)
+        slots: list[Slot] = []
+        tiled = []
+        for group in groups:
+            if group.tile_ms is None:
+                continue
+            feature_slots = []
+            for feature in group.features:
+                mine = []
+                for slot in _slots_of(feature):
+                    if slot not in slots:
+                        slots.append(slot)
+                    mine.append(slots.index(slot))
+                feature_slots.append(tuple(mine))
+            windows = sorted({f.window_ms or 0 for f in group.features})
+            tiled.append(
+                GroupLayout(
+                    group=group,
+                    feature_slots=tuple(feature_slots),
+                    variable=tuple(
+                        i for i, f in enumerate(group.features) if f.aggregation in VARIABLE
+                    ),
+                    windows=tuple(windows),
+                    feature_window=tuple(windows.index(f.window_ms or 0) for f in group.features),
+                )
+            )
+        fields = [("start", "<i8"), ("group", "<i8")] + [
+            (f"v{i}", "<i8" if kind == COUNT else "<f8") for i, (kind, _) in enumerate(slots)
+        ]
         return cls(
             view_version=view.version,
             groups=groups,
-            tiled=tuple(GroupLayout.of(g) for g in groups if g.tile_ms is not None),
+            tiled=tuple(tiled),
             unwindowed=next((g for g in groups if g.tile_ms is None), None),
+            slots=tuple(slots),
+            dtype=np.dtype(fields),
+            has_variable=any(g.variable for g in tiled),
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    """A decoded block: read-only array views over the raw bytes, nothing decoded per tile.
+TABLE_AT = _HEADER.size
 
-    ``tables[g]`` are the rows of tiled group ``g``; ``offsets[g]`` (rows x variable features +
-    1 values, or None) index ``blobs[g]``; ``unwindowed`` is the unwindowed group's payload."""
 
+class Block(NamedTuple):
+    """A decoded block: where its sections lie in ``raw``; nothing is decoded per tile.
+
+    The table is ``rows`` records at ``raw[TABLE_AT:]``; ``cells + 1`` u32 offsets at
+    ``raw[offsets_at:]`` index the variable-width blob that follows them; ``unwindowed`` is the
+    unwindowed group's payload, if this partition holds one. A named tuple: a 100-entity read
+    builds 100 of them, where a frozen dataclass's constructor cost shows."""
+
+    layout: BlockLayout
+    raw: bytes
     partition: int
-    tables: tuple[Table, ...]
-    offsets: tuple[npt.NDArray[np.uint32] | None, ...]
-    blobs: tuple[bytes, ...]
+    rows: int
+    cells: int
+    offsets_at: int
+    blob: int  # bytes of the variable-width blob
     unwindowed: bytes | None
+
+    def table(self) -> Table:
+        """The rows as a structured array over ``raw`` (checked: see :func:`check_rows`)."""
+        table = np.frombuffer(self.raw, self.layout.dtype, self.rows, TABLE_AT)
+        check_rows(self.layout, table, np.zeros(1, dtype=np.intp))
+        return table
+
+    def cell(self, index: int) -> bytes:
+        """The dumped state in variable-width cell ``index``."""
+        if not 0 <= index < self.cells:
+            raise CorruptState(f"block has {self.cells} variable-width cells, not {index + 1}")
+        low, high = _CELL.unpack_from(self.raw, self.offsets_at + index * _OFFSET.itemsize)
+        if not low <= high <= self.blob:
+            raise CorruptState("block offsets of the variable-width states are invalid")
+        at = self.offsets_at + (self.cells + 1) * _OFFSET.itemsize
+        return self.raw[at + low : at + high]
+
+
+def check_rows(layout: BlockLayout, table: Table, firsts: npt.NDArray[np.intp]) -> None:
+    """Raise :class:`CorruptState` unless ``table`` (the rows of blocks joined end to end, the
+    first row of each at ``firsts``) is ascending by (group, start) inside each block, with known
+    groups and starts aligned to their group's tile."""
+    if not len(table):
+        return
+    group, start = table["group"], table["start"]
+    known = len(layout.tiled)
+    if np.any(group.view(np.uint64) >= known):  # negative groups wrap to huge
+        raise CorruptState(f"block rows name a tile group outside 0..{known - 1}")
+    tiles = np.array([g.tile_ms for g in layout.tiled], dtype=np.int64)
+    if np.any(start % tiles[group]):
+        raise CorruptState("block rows hold tile starts not aligned to their tile")
+    later = (group[1:] > group[:-1]) | ((group[1:] == group[:-1]) & (start[1:] > start[:-1]))
+    later[firsts[1:] - 1] = True  # a block's first row follows another block's last
+    if not later.all():
+        raise CorruptState("block rows are not ascending by (group, start)")
 
 
 def encode_block(
@@ -183,144 +231,114 @@ def encode_block(
     """The block of one partition's live tiles of one entity.
 
     ``tiles`` maps ``(tile_ms, start)`` to the group's states in feature order (the processor's
-    tile states); the unwindowed group's states are under ``(None, None)``. Tiles of a tile size
-    the view has no group for raise ``ValueError``.
+    tile states); the unwindowed group's states are under ``(None, None)``. A tile size the view
+    has no group for raises ``ValueError``; features of one tile that disagree on a shared slot
+    raise :class:`CorruptState`.
     """
-    by_group: dict[int, dict[int, Sequence[Any]]] = {g.tile_ms: {} for g in layout.tiled}
+    index = {g.tile_ms: i for i, g in enumerate(layout.tiled)}
+    keyed = []
     for (tile_ms, start), states in tiles.items():
         if tile_ms is None:
             continue
-        if tile_ms not in by_group or start is None:
+        if tile_ms not in index or start is None:
             raise ValueError(f"view version {layout.view_version} has no tile group {tile_ms} ms")
-        by_group[tile_ms][start] = states
-    tables, variables, directory = [], [], []
-    for group in layout.tiled:
-        rows = by_group[group.tile_ms]
-        table = _table(group, rows)
-        variable = _variable(group, rows)
-        tables.append(table.tobytes())
-        variables.append(variable)
-        directory.append(_DIRECTORY.pack(group.tile_ms, len(table), len(variable)))
-    unwindowed_states = tiles.get((None, None))
+        keyed.append((index[tile_ms], start, states))
+    keyed.sort(key=_group_and_start)
+    rows = [_row(layout, group, start, states) for group, start, states in keyed]
+    table = np.array(rows, dtype=layout.dtype) if rows else np.zeros(0, dtype=layout.dtype)
+    cells, variable = _variable(layout, keyed)
     unwindowed = b""
-    if unwindowed_states is not None:
+    latest = tiles.get((None, None))
+    if latest is not None:
         if layout.unwindowed is None:
             raise ValueError(f"view version {layout.view_version} has no unwindowed features")
-        unwindowed = layout.unwindowed.encode(unwindowed_states)
+        unwindowed = layout.unwindowed.encode(latest)
     head = _HEADER.pack(
-        _MAGIC, LAYOUT_VERSION, layout.view_version, partition, len(layout.tiled), len(unwindowed)
-    ) + b"".join(directory)
-    head += b"\0" * (-len(head) % _ALIGN)
-    return head + b"".join(tables) + b"".join(variables) + unwindowed
+        _MAGIC,
+        LAYOUT_VERSION,
+        layout.view_version,
+        partition,
+        len(table),
+        cells,
+        len(variable),
+        len(unwindowed),
+    )
+    return head + table.tobytes() + variable + unwindowed
 
 
-def _table(group: GroupLayout, rows: Mapping[int, Sequence[Any]]) -> Table:
-    starts = sorted(rows)
-    table = np.zeros(len(starts), dtype=group.dtype)
-    table["start"] = starts
-    states = [rows[s] for s in starts]
-    features = group.group.features
-    for i, (kind, _column) in enumerate(group.slots):
-        column = table[f"v{i}"]
-        first = True
-        for f, slots in enumerate(group.feature_slots):
-            if i not in slots:
-                continue
-            extract = _extractor(features[f], kind)
-            values = np.array([extract(s[f]) for s in states], dtype=column.dtype)
-            if first:
-                column[:] = values
-                first = False
-            elif values.tobytes() != column.tobytes():
+def _group_and_start(item: tuple[int, int, Sequence[Any]]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _row(layout: BlockLayout, index: int, start: int, states: Sequence[Any]) -> tuple[Any, ...]:
+    group = layout.tiled[index]
+    row: list[Any] = [start, index] + [
+        np.nan if kind in (MIN, MAX) else 0 for kind, _ in layout.slots
+    ]
+    filled: set[int] = set()
+    for f, slots in enumerate(group.feature_slots):
+        feature = group.group.features[f]
+        for slot in slots:
+            value = _extractor(feature, layout.slots[slot][0])(states[f])
+            if slot not in filled:
+                filled.add(slot)
+                row[2 + slot] = np.nan if value is None else value
+            elif not _same_bits(value, row[2 + slot]):
                 raise CorruptState(
-                    f"feature {features[f].name!r} disagrees with the other features of its "
-                    f"tile group on the {kind} of a tile"
+                    f"feature {feature.name!r} disagrees with the other features of its tile "
+                    f"group on the {layout.slots[slot][0]} of the tile at {start}"
                 )
-    return table
+    return tuple(row)
 
 
-def _variable(group: GroupLayout, rows: Mapping[int, Sequence[Any]]) -> bytes:
-    if not group.variable:
-        return b""
+def _same_bits(value: Any, stored: Any) -> bool:
+    if value is None:
+        return isinstance(stored, float) and math.isnan(stored)  # NaN: the empty state
+    return bool(value == stored) and (
+        value != 0 or math.copysign(1.0, value) == math.copysign(1.0, stored)
+    )
+
+
+def _variable(
+    layout: BlockLayout, keyed: list[tuple[int, int, Sequence[Any]]]
+) -> tuple[int, bytes]:
+    if not layout.has_variable:
+        return 0, b""
     dumps = []
-    aggregators = group.group.aggregators
-    for start in sorted(rows):
-        states = rows[start]
-        dumps += [aggregators[f].dump(states[f]) for f in group.variable]
+    for index, _start, states in keyed:
+        group = layout.tiled[index]
+        dumps += [group.group.aggregators[f].dump(states[f]) for f in group.variable]
     offsets = np.zeros(len(dumps) + 1, dtype=_OFFSET)
     np.cumsum([len(d) for d in dumps], out=offsets[1:])
-    return offsets.tobytes() + b"".join(dumps)
+    return len(dumps), offsets.tobytes() + b"".join(dumps)
 
 
 def decode_block(layout: BlockLayout, raw: bytes) -> Block:
-    """A block's tables as array views over ``raw``; bad bytes raise :class:`CorruptState`."""
+    """Where ``raw``'s sections lie, checked in constant time; bad structure raises
+    :class:`CorruptState` (the rows are checked where they are read, see :func:`check_rows`)."""
     if len(raw) < _HEADER.size:
         raise CorruptState(f"block of {len(raw)} bytes is shorter than its header")
-    magic, version, view_version, partition, groups, unwindowed = _HEADER.unpack_from(raw)
+    magic, version, view_version, partition, rows, cells, variable, unwindowed = (
+        _HEADER.unpack_from(raw)
+    )
     if magic != _MAGIC:
         raise CorruptState(f"not a block: magic {magic!r}")
     if version != LAYOUT_VERSION:
         raise CorruptState(
             f"block layout version {version}, this reader knows {LAYOUT_VERSION}: rehydrate"
         )
-    if view_version != layout.view_version or groups != len(layout.tiled):
-        raise CorruptState(
-            f"block of view version {view_version} with {groups} tile groups, expected version "
-            f"{layout.view_version} with {len(layout.tiled)}"
-        )
-    at = _HEADER.size + groups * _DIRECTORY.size
-    if len(raw) < at:
-        raise CorruptState("block is truncated in its directory")
-    entries = [
-        _DIRECTORY.unpack_from(raw, _HEADER.size + g * _DIRECTORY.size) for g in range(groups)
-    ]
-    at += -at % _ALIGN
-    tables = []
-    for group, (tile_ms, rows, _) in zip(layout.tiled, entries, strict=True):
-        if tile_ms != group.tile_ms:
-            raise CorruptState(f"block group of {tile_ms} ms where the view has {group.tile_ms}")
-        size = rows * group.dtype.itemsize
-        if at + size > len(raw):
-            raise CorruptState(f"block is truncated in its {tile_ms} ms table")
-        tables.append(_checked_table(group, np.frombuffer(raw, group.dtype, rows, at)))
-        at += size
-    offsets, blobs = [], []
-    for group, (_, rows, size) in zip(layout.tiled, entries, strict=True):
-        found, blob = _variable_section(group, raw, at, rows, size)
-        offsets.append(found)
-        blobs.append(blob)
-        at += size
-    if at + unwindowed != len(raw):
-        raise CorruptState(f"block is {len(raw)} bytes, its sections add up to {at + unwindowed}")
+    if view_version != layout.view_version:
+        raise CorruptState(f"block of view version {view_version}, expected {layout.view_version}")
+    offsets_at = _HEADER.size + rows * layout.dtype.itemsize
+    end = offsets_at + variable + unwindowed
+    if end != len(raw):
+        raise CorruptState(f"block is {len(raw)} bytes, its header adds up to {end}")
+    blob = variable - (cells + 1) * _OFFSET.itemsize
+    if variable and (not layout.has_variable or blob < 0):
+        raise CorruptState("block has a variable-width section its view cannot hold")
+    if layout.has_variable and rows and not variable:
+        raise CorruptState("block lacks the variable-width states of its rows")
     if unwindowed and layout.unwindowed is None:
         raise CorruptState("block holds unwindowed states but the view has no unwindowed features")
-    return Block(
-        partition, tuple(tables), tuple(offsets), tuple(blobs), raw[at:] if unwindowed else None
-    )
-
-
-def _checked_table(group: GroupLayout, table: Table) -> Table:
-    starts = table["start"]
-    if len(starts) and (np.any(starts % group.tile_ms != 0) or np.any(starts[1:] <= starts[:-1])):
-        raise CorruptState(
-            f"block rows of the {group.tile_ms} ms group are not ascending aligned tile starts"
-        )
-    return table
-
-
-def _variable_section(
-    group: GroupLayout, raw: bytes, at: int, rows: int, size: int
-) -> tuple[npt.NDArray[np.uint32] | None, bytes]:
-    if not group.variable:
-        if size:
-            raise CorruptState(f"block has variable states in the {group.tile_ms} ms group")
-        return None, b""
-    count = rows * len(group.variable) + 1
-    head = count * _OFFSET.itemsize
-    if size < head or at + size > len(raw):
-        raise CorruptState(f"block is truncated in the {group.tile_ms} ms variable states")
-    offsets = np.frombuffer(raw, _OFFSET, count, at)
-    blob = raw[at + head : at + size]
-    if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(offsets[1:] < offsets[:-1]):
-        raise CorruptState(f"block offsets of the {group.tile_ms} ms variable states are invalid")
-    return offsets, blob
+    payload = raw[offsets_at + variable :] if unwindowed else None
+    return Block(layout, raw, partition, rows, cells, offsets_at, max(blob, 0), payload)

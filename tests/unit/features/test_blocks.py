@@ -16,7 +16,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from features.block_merge import NO_TILE, merge_blocks
-from features.blocks import LAYOUT_VERSION, Block, BlockLayout, decode_block, encode_block
+from features.blocks import (
+    LAYOUT_VERSION,
+    TABLE_AT,
+    Block,
+    BlockLayout,
+    decode_block,
+    encode_block,
+)
 from features.catalog import Catalog, FeatureView
 from features.demo import SOURCE, card_transactions_catalog
 from features.exceptions import CorruptState
@@ -185,18 +192,20 @@ def test_newest_start_is_the_newest_covering_tile_with_data() -> None:
     tiles = _tiles(LAYOUT, {-2: [(0, 1.0, "m1", 0)], -9: [(0, 2.0, "m1", 0)]}, as_of)
     block = decode_block(LAYOUT, encode_block(LAYOUT, 0, tiles))
     merged = merge_blocks(LAYOUT, [[block], []], as_of, ["count_5s", "count_2m", "last_amount"])
-    assert merged.newest_start["count_5s"].tolist() == [98_000, NO_TILE]
-    assert merged.newest_start["count_2m"].tolist() == [90_000, NO_TILE]
+    assert merged.names == ("count_5s", "count_2m", "last_amount")
+    assert merged.newest.tolist() == [[98_000, 90_000, NO_TILE], [NO_TILE, NO_TILE, NO_TILE]]
     assert merged.values == {"count_5s": [1, 0], "count_2m": [2, 0], "last_amount": [1.0, None]}
 
 
-def test_a_block_holds_its_tiles_as_arrays() -> None:
+def test_a_block_holds_its_tiles_as_one_table() -> None:
     tiles = _tiles(LAYOUT, {0: [(5, 2.5, "m1", 7)], -3: [(0, -1.0, "m2", 1)]}, 10_000)
     block = decode_block(LAYOUT, encode_block(LAYOUT, 6, tiles))
-    one_second = block.tables[0]
+    table = block.table()
     assert block.partition == 6
-    assert one_second["start"].tolist() == [7_000, 10_000]
-    assert one_second.dtype.names == ("start", "v0", "v1", "v2", "v3", "v4")
+    assert table.dtype.names == ("start", "group", "v0", "v1", "v2", "v3", "v4")
+    assert table[["group", "start"]].tolist() == [(0, 7_000), (0, 10_000), (1, 0), (1, 10_000)]
+    assert table["v0"].tolist() == [1, 1, 1, 1]  # the count slot
+    assert block.cells == 4  # distinct_10s in the two 1 s rows, last3_2m in the two 10 s rows
     assert block.unwindowed is not None
 
 
@@ -218,7 +227,7 @@ def test_every_truncation_is_refused() -> None:
         (lambda raw: b"XYZ" + raw[3:], "not a block"),
         (lambda raw: raw[:3] + bytes([LAYOUT_VERSION + 1]) + raw[4:], "rehydrate"),
         (lambda raw: raw[:4] + struct.pack("<I", 4) + raw[8:], "view version 4"),
-        (lambda raw: raw + b"\0", "sections add up"),
+        (lambda raw: raw + b"\0", "header adds up"),
     ],
 )
 def test_bad_bytes_raise_corrupt_state(mutate: Any, message: str) -> None:
@@ -226,14 +235,39 @@ def test_bad_bytes_raise_corrupt_state(mutate: Any, message: str) -> None:
         decode_block(LAYOUT, mutate(_valid()))
 
 
-def test_rows_out_of_order_are_refused() -> None:
+ROW = LAYOUT.dtype.itemsize
+
+
+def _swap_rows(raw: bytes, first: int, second: int) -> bytes:
+    out = bytearray(raw)
+    a, b = TABLE_AT + first * ROW, TABLE_AT + second * ROW
+    out[a : a + ROW], out[b : b + ROW] = raw[b : b + ROW], raw[a : a + ROW]
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda raw: _swap_rows(raw, 0, 1), "ascending"),
+        (lambda raw: _swap_rows(raw, 1, 2), "ascending"),
+        (lambda raw: raw[:TABLE_AT] + struct.pack("<q", 7_001) + raw[TABLE_AT + 8 :], "aligned"),
+        (lambda raw: raw[: TABLE_AT + 8] + struct.pack("<q", 9) + raw[TABLE_AT + 16 :], "group"),
+    ],
+)
+def test_bad_rows_are_refused_where_they_are_read(mutate: Any, message: str) -> None:
+    block = decode_block(LAYOUT, mutate(_valid()))
+    with pytest.raises(CorruptState, match=message):
+        block.table()
+    with pytest.raises(CorruptState, match=message):
+        merge_blocks(LAYOUT, [[block], []], 10_000)
+
+
+def test_bad_variable_offsets_are_refused() -> None:
     raw = bytearray(_valid())
-    at = 20 + 12 * len(LAYOUT.tiled)
-    at += -at % 8
-    first, second = raw[at : at + 8], raw[at + 48 : at + 56]  # starts of the first two rows
-    raw[at : at + 8], raw[at + 48 : at + 56] = second, first
-    with pytest.raises(CorruptState, match="ascending"):
-        decode_block(LAYOUT, bytes(raw))
+    block = decode_block(LAYOUT, bytes(raw))
+    raw[block.offsets_at + 4 : block.offsets_at + 8] = struct.pack("<I", 10**6)
+    with pytest.raises(CorruptState, match="offsets"):
+        merge_blocks(LAYOUT, [[decode_block(LAYOUT, bytes(raw))]], 10_000)
 
 
 def test_states_that_disagree_on_a_shared_slot_are_refused() -> None:
