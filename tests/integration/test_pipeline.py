@@ -253,32 +253,114 @@ def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
     assert not caught_up, f"eu-west must catch up with nothing lost: {caught_up[:3]}"
 
 
-def test_prometheus_metrics_are_exported_by_the_head(pipeline: Stack) -> None:
+Sample = tuple[str, dict[str, str], float]
+
+
+def _scrape(stack: Stack) -> list[Sample]:
     import urllib.request
 
-    url = f"http://127.0.0.1:{pipeline.settings.ray.metrics_export_port}/metrics"
-    wanted = (
-        "freshline_events_in",
-        "freshline_sink_applied",
-        "freshline_freshness_ms",
-        "freshline_source_lag",
-    )
-    deadline = time.monotonic() + 90
-    text = ""
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        if all(name in text for name in wanted):
-            break
-        time.sleep(3)
-    missing = [name for name in wanted if name not in text]
-    assert not missing, f"metrics not exported: {missing}"
-    region_lines = [
-        line
-        for line in text.splitlines()
-        if "freshline_sink_applied" in line and 'region="eu-west"' in line
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{stack.settings.ray.metrics_export_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("ray_freshline_")
     ]
-    assert region_lines, "sink metrics carry the region tag"
+
+
+def _series(samples: list[Sample], name: str, **labels: str) -> dict[frozenset[Any], float]:
+    """Every series of ``name`` with the given labels, by its full label set (Ray adds a label
+    per worker process)."""
+    names = {f"ray_{name}", f"ray_{name}_total"}
+    return {
+        frozenset(tags.items()): value
+        for sample, tags, value in samples
+        if sample in names and all(tags.get(k) == v for k, v in labels.items())
+    }
+
+
+def _total(samples: list[Sample], name: str, **labels: str) -> float:
+    return sum(_series(samples, name, **labels).values())
+
+
+def _growth(before: list[Sample], after: list[Sample], name: str, **labels: str) -> float:
+    """How much the live series grew. A dead worker's series leaves the scrape a while after
+    the worker died (Ray drops stale components), and a dead worker counts nothing new, so
+    only the series present in ``after`` count, from their value in ``before`` (or zero)."""
+    old = _series(before, name, **labels)
+    return sum(v - old.get(k, 0.0) for k, v in _series(after, name, **labels).items())
+
+
+_COUNTERS = ("freshline_events_in", "freshline_events_processed", "freshline_sink_applied")
+
+
+def _settled(stack: Stack, *, quiet_s: float = 15.0, timeout_s: float = 180.0) -> list[Sample]:
+    """A scrape once the counters have not moved for ``quiet_s``: Ray's metrics agent reports
+    every few seconds, so a single scrape may still lack the last increments."""
+    deadline = time.monotonic() + timeout_s
+    samples = _scrape(stack)
+    seen, since = [_total(samples, n) for n in _COUNTERS], time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"the counters kept moving: {seen}"
+        time.sleep(2)
+        samples = _scrape(stack)
+        now = [_total(samples, n) for n in _COUNTERS]
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return samples
+
+
+def _parses(value: bytes) -> bool:
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def test_prometheus_counters_count_exactly_the_events_the_test_produced(pipeline: Stack) -> None:
+    """The exported counters move by what happened: every produced event is counted in once,
+    as processed or as dead-lettered under its reason, and every region's stores applied it."""
+    bootstrap = pipeline.settings.kafka.bootstrap
+    before = _settled(pipeline)
+    ledger = _produce(bootstrap, 1_000, seed=41, start_seq=40_000)
+    ours = {(e.partition, e.offset) for e in ledger}
+    accepted = accepted_events(_earlier_ledger(bootstrap, exclude=ours) + ledger, CATALOG, SOURCE)
+    n_accepted = sum(1 for e in accepted if (e["_partition"], e["_offset"]) in ours)
+    n_bad_json = sum(1 for e in ledger if not _parses(e.value))
+    assert 0 < n_accepted < len(ledger) and n_bad_json > 0, "the sample has both kinds"
+
+    def delta(samples: list[Sample], name: str, **labels: str) -> float:
+        return _growth(before, samples, name, **labels)
+
+    deadline = time.monotonic() + 180
+    after = _scrape(pipeline)
+    while delta(after, "freshline_events_in") < len(ledger) or (
+        delta(after, "freshline_events_processed") < n_accepted
+    ):
+        assert time.monotonic() < deadline, "the counters never reached the produced events"
+        time.sleep(2)
+        after = _scrape(pipeline)
+    after = _settled(pipeline)  # an overshoot (an event counted twice) shows only once settled
+    assert delta(after, "freshline_events_in") == len(ledger)
+    assert delta(after, "freshline_events_processed") == n_accepted
+    assert delta(after, "freshline_events_dead_lettered") == len(ledger) - n_accepted
+    assert delta(after, "freshline_events_dead_lettered", reason="bad_json") == n_bad_json
+    for region in pipeline.settings.topology:
+        for store in ("redis", "dynamodb"):
+            applied = delta(after, "freshline_sink_applied", region=region.name, store=store)
+            assert applied > 0, f"{region.name}/{store} applied none of the new tiles"
+    assert delta(after, "freshline_freshness_ms_count") > 0
+    caught_up = {
+        tags.get("partition")
+        for name, tags, value in after
+        if name == "ray_freshline_source_lag" and value == 0
+    }
+    assert caught_up >= {str(p) for p in range(8)}, "every source partition reports lag 0"
 
 
 def test_every_malformed_kind_is_dead_lettered_with_its_reason_and_no_valid_event_is_lost(
