@@ -18,7 +18,10 @@ handler up to ``limits.max_in_flight + limits.max_queued`` requests at a time, s
 reaches our adaptive in-flight gate on arrival and is refused there at once when the replica is
 overloaded; Serve queues ``limits.max_queued`` more beyond that and answers the rest with 503
 and ``Retry-After`` (``backpressure_config``). When Serve's own slot count was our limit, its
-queue held requests our gate then refused: serve-overload's in-flight 503s took p99 907 ms.
+queue held requests our gate then refused, after a wait behind slow ones. Serve's ingress gives
+every request an ``x-request-id`` (the client's own, or a fresh one) and adds it to every
+response: the handler answers under that id and leaves the header to Serve, so a response
+carries it once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from starlette.responses import Response
 
 from serve_apps.config import ServingConfig
 from serve_apps.http import ServingHttp
+from serve_apps.openapi import REQUEST_ID_HEADER
 from serve_apps.wiring import build_http, warm_dynamo_clients
 
 
@@ -63,10 +67,15 @@ class RegionServer:
         status, headers, body = await self._http.handle(
             request.method, path or "/", request.headers, request.stream
         )
-        return Response(body, status_code=status, headers=dict(headers))
+        return Response(body, status_code=status, headers=serve_headers(headers))
 
     async def check_health(self) -> None:
         """Serve's replica health check: the event loop answers (readiness is ``/v1/ready``)."""
+
+
+def serve_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The handler's headers without ``x-request-id``, which Serve's ingress adds itself."""
+    return {name: value for name, value in headers if name != REQUEST_ID_HEADER}
 
 
 def adopt_serve_logging(level: str, package: str = "serve_apps") -> None:

@@ -13,14 +13,18 @@ Routes (paths relative to the application's route prefix, e.g. ``/us-east``):
 ``GET /v1/stores``        admin   breakers, last failure per store, in-flight limit, loop lag
 ``GET /v1/health``        none    the replica's event loop answers
 ``GET /v1/ready``         none    catalog loaded and at least one store answered recently
-``GET /v1/openapi.json``  none    OpenAPI 3.1 document; ``GET /docs`` renders it
+``GET /v1/openapi.json``  none    OpenAPI 3.1 document (``serve_apps.openapi``)
+``GET /docs``             none    that document as one self-contained HTML page
 ========================  ======  ==========================================================
+
+A known path asked with another method answers 405 with ``Allow``; an unknown path 404.
 
 Invariants: a response body never holds exception text (errors carry ``code`` and
 ``request_id``; the message and traceback go to the log under that id); the body is read with a
 hard byte limit (``Content-Length`` is checked first, then the stream is counted); beyond the
 adaptive in-flight limit (between ``limits.min_in_flight`` and ``limits.max_in_flight``) or while
-the loop lags, the answer is 503 with ``Retry-After`` at once (``serve_apps.overload``).
+the loop lags, the answer is 503 with ``Retry-After`` at once (``serve_apps.overload``); every
+answer carries one ``x-request-id`` (the request's own, when it has a usable one).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from serve_apps.exceptions import (
     ScopeDenied,
 )
 from serve_apps.fallback import DEFAULTS
-from serve_apps.openapi import DOCS_HTML, openapi_document
+from serve_apps.openapi import METHOD_NOT_ALLOWED, REQUEST_ID_HEADER, openapi_document
+from serve_apps.openapi_html import render_html
 from serve_apps.overload import AdaptiveLimit, LagTicker
 from serve_apps.responses import (
     COLUMNS,
@@ -72,21 +77,32 @@ Headers = Mapping[str, str]
 Response = tuple[int, list[tuple[str, str]], bytes]
 BodyStream = Callable[[], AsyncIterator[bytes]]
 Handler = Callable[[str, Headers, BodyStream], Awaitable[Response]]
+Route = tuple[Scope | None, Handler]  # scope None: public, never shed
 
 _JSON = ("content-type", "application/json")
+_HTML = ("content-type", "text/html; charset=utf-8")
+# A request's own id is kept when it looks like one (Serve's ingress sets it on every request
+# and echoes it in the response, so the body and the header then say the same id).
+_MAX_REQUEST_ID = 128
 
 
-def _json(
-    status: int, payload: Any, request_id: str, extra: list[tuple[str, str]] | None = None
-) -> Response:
-    headers = [_JSON, ("x-request-id", request_id), *(extra or [])]
-    return status, headers, orjson.dumps(payload)
+def _json(status: int, payload: Any, extra: list[tuple[str, str]] | None = None) -> Response:
+    return status, [_JSON, *(extra or [])], orjson.dumps(payload)
 
 
 def _error(
     status: int, code: str, request_id: str, extra: list[tuple[str, str]] | None = None
 ) -> Response:
-    return _json(status, {"error": code, "request_id": request_id}, request_id, extra)
+    return _json(status, {"error": code, "request_id": request_id}, extra)
+
+
+def request_id_of(headers: Headers) -> str:
+    """The request's ``x-request-id`` if it is printable ASCII of at most 128 characters, else a
+    fresh random one."""
+    given = headers.get(REQUEST_ID_HEADER, "")
+    if 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return os.urandom(8).hex()
 
 
 class ServingHttp:
@@ -112,29 +128,47 @@ class ServingHttp:
             min_limit=min(self.limits.min_in_flight, self.limits.max_in_flight),
         )
         self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
-        self._openapi = orjson.dumps(openapi_document(config.route_prefix))
+        document = openapi_document(config.route_prefix, service.index, self.limits)
+        self._openapi = orjson.dumps(document)
+        self._docs = render_html(document)
         self._probe_key = f"fl:{config.tenant}:readiness:v1:probe"
-        self._routes: dict[tuple[str, str], tuple[Scope | None, Handler]] = {
-            ("POST", "/v1/features"): (Scope.READ, self._features),
-            ("POST", "/get-online-features"): (Scope.READ, self._feast),
-            ("GET", "/v1/catalog"): (Scope.READ, self._get_catalog),
-            ("GET", "/v1/stores"): (Scope.ADMIN, self._stores),
+        # path -> method -> route; every path and method here is in the OpenAPI document.
+        self._routes: dict[str, dict[str, Route]] = {
+            "/v1/features": {"POST": (Scope.READ, self._features)},
+            "/get-online-features": {"POST": (Scope.READ, self._feast)},
+            "/v1/catalog": {"GET": (Scope.READ, self._get_catalog)},
+            "/v1/stores": {"GET": (Scope.ADMIN, self._stores)},
+            "/v1/health": {"GET": (None, self._health)},
+            "/v1/ready": {"GET": (None, self._ready)},
+            "/v1/openapi.json": {"GET": (None, self._get_openapi)},
+            "/docs": {"GET": (None, self._get_docs)},
         }
 
-    async def handle(  # noqa: PLR0911 - one return per outcome reads best here
-        self, method: str, path: str, headers: Headers, body: BodyStream
+    async def handle(self, method: str, path: str, headers: Headers, body: BodyStream) -> Response:
+        """The answer to one request; it carries exactly one ``x-request-id`` header."""
+        request_id = request_id_of(headers)
+        status, out, payload = await self._answer(method, path, headers, body, request_id)
+        return status, [*out, (REQUEST_ID_HEADER, request_id)], payload
+
+    async def _answer(
+        self, method: str, path: str, headers: Headers, body: BodyStream, request_id: str
     ) -> Response:
-        request_id = os.urandom(8).hex()
-        if method == "GET" and path == "/v1/ready":
-            ready = await self.ready()
-            body_ = {"ready": ready, "region": self.config.region, "request_id": request_id}
-            return _json(200 if ready else 503, body_, request_id)
-        public = self._public(method, path, request_id)
-        if public is not None:
-            return public
-        route = self._routes.get((method, path))
-        if route is None:
+        methods = self._routes.get(path)
+        if methods is None:
             return _error(404, "not_found", request_id)
+        route = methods.get(method)
+        if route is None:
+            allow = [("allow", ", ".join(sorted(methods)))]
+            return _error(405, METHOD_NOT_ALLOWED, request_id, allow)
+        scope, handler = route
+        if scope is None:
+            return await handler(request_id, headers, body)
+        return await self._guarded(route, request_id, headers, body)
+
+    async def _guarded(  # noqa: PLR0911 - one return per outcome reads best here
+        self, route: Route, request_id: str, headers: Headers, body: BodyStream
+    ) -> Response:
+        """A route behind the load gates, the API key check and the error mapping."""
         if self.lag is not None:
             self.lag.ensure_started()
             if self.lag.gauge.overloaded():
@@ -163,9 +197,9 @@ class ServingHttp:
             return _error(500, "internal", request_id)
         finally:
             # A drop is this replica's own overload: refused by the chain, or a lagging loop.
-            # Not a slow or timing-out store (region-partition: cutting the limit for those
-            # refused 8.5 % of requests the chain was answering from the next store), and not a
-            # bad request (a client sending garbage must not shrink everyone's limit).
+            # Not a slow or timing-out store (cutting the limit for those refuses requests the
+            # chain would answer from the next store), and not a bad request (a client sending
+            # garbage must not shrink everyone's limit).
             self.admission.release(started, dropped=overloaded or self._loop_busy())
 
     def _loop_busy(self) -> bool:
@@ -175,17 +209,6 @@ class ServingHttp:
         delay = self.limits.retry_after_s + self._rng.randint(0, self.limits.retry_after_jitter_s)
         retry = [("retry-after", str(delay)), (SHED_HEADER, reason)]
         return _error(503, Overloaded.code, request_id, retry)
-
-    def _public(self, method: str, path: str, request_id: str) -> Response | None:
-        if method != "GET":
-            return None
-        if path == "/v1/health":
-            return _json(200, {"status": "ok"}, request_id)
-        if path == "/v1/openapi.json":
-            return 200, [_JSON], self._openapi
-        if path == "/docs":
-            return 200, [("content-type", "text/html; charset=utf-8")], DOCS_HTML
-        return None
 
     def _authorize(self, headers: Headers, scope: Scope | None) -> None:
         if scope is None:
@@ -224,17 +247,17 @@ class ServingHttp:
         plan = native_plan(self.service.index, parsed, self.limits)
         shape = columnar_response if response_format(parsed) == COLUMNS else native_response
         result = await self.service.read(plan)
-        return _json(200, shape(result, plan, self.config.region, request_id), request_id)
+        return _json(200, shape(result, plan, self.config.region, request_id))
 
     async def _feast(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         parsed = await self._json_body(headers, body)
         plan, rows = feast_plan(self.service.index, parsed, self.limits)
         result = await self.service.read(plan)
         full = parsed.get("full_feature_names") is True
-        return _json(200, feast_response(result, plan, rows, full), request_id)
+        return _json(200, feast_response(result, plan, rows, full))
 
     async def _get_catalog(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
-        return 200, [_JSON, ("x-request-id", request_id)], self._catalog
+        return 200, [_JSON], self._catalog
 
     async def _stores(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         chain, admission = self.service.chain, self.admission
@@ -245,7 +268,21 @@ class ServingHttp:
             "in_flight": {"limit": int(admission.limit), "now": admission.in_flight},
             "loop_lag_ms": round(self.lag.gauge.lag_s * 1e3, 1) if self.lag else None,
         }
-        return _json(200, state, request_id)
+        return _json(200, state)
+
+    async def _health(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def _ready(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        ready = await self.ready()
+        payload = {"ready": ready, "region": self.config.region, "request_id": request_id}
+        return _json(200 if ready else 503, payload)
+
+    async def _get_openapi(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        return 200, [_JSON], self._openapi
+
+    async def _get_docs(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        return 200, [_HTML], self._docs
 
     async def warm(self, budget_s: float = 2.0) -> int:
         """Open the home store's connections for the most requests this replica works on at once

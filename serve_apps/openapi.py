@@ -1,155 +1,455 @@
-"""The OpenAPI 3.1 document of one region's application (static: built once per replica)."""
+"""The OpenAPI 3.1 document of one region's application, built once per replica from its catalog
+and limits.
+
+The document is the contract the server keeps, in both directions where JSON Schema can say it:
+a request valid against it is served (2xx), and every answer is valid against the response
+schema of its status code. So the request schemas carry what the read path enforces: the feature
+references and services of the catalog as enums, the known entity names (join keys for the Feast
+route) as the only properties of ``entities``, the caps of :class:`~serve_apps.config.Limits` as
+``maxItems``, each entity's id rule, "exactly one of ``features`` and ``feature_service``" as a
+``oneOf`` of ``required``, and "a feature's entity must be given" as an ``anyOf`` per entity.
+Two rules JSON Schema cannot state are stated in descriptions and kept sound (never wider than
+the server): ids are limited in UTF-8 bytes (the schema allows printable ASCII up to the limit, or
+any other characters up to a quarter of it), and the Feast route's columns must have equal
+lengths. Response ``oneOf`` branches forbid each other's fields, so an answer matches exactly one.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_VALUE = {
-    "type": "object",
-    "properties": {
-        "value": {},
+from features.catalog import Entity
+from serve_apps.config import Limits
+from serve_apps.plan import CatalogIndex
+
+Schema = dict[str, Any]
+
+METHOD_NOT_ALLOWED = "method_not_allowed"
+REQUEST_ID_HEADER = "x-request-id"
+# Codes of the error body per status, for the reader (the body's ``error`` field).
+ERROR_CODES = {
+    "400": ("malformed_json",),
+    "401": ("unauthorized",),
+    "403": ("forbidden",),
+    "413": ("body_too_large",),
+    "422": (
+        "bad_features",
+        "unknown_feature",
+        "unknown_feature_service",
+        "too_many_features",
+        "bad_entities",
+        "unknown_entity",
+        "missing_entity",
+        "invalid_entity_id",
+        "invalid_input",
+        "too_many_entities",
+        "bad_deadline",
+        "bad_format",
+    ),
+    "503": ("overloaded", "unavailable"),
+}
+_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"  # Unicode category Cc, which ids must not contain
+_PRINTABLE_ASCII = "^[ -~]+$"  # one UTF-8 byte per character
+
+
+def _obj(properties: Schema, *, closed: bool = True, optional: tuple[str, ...] = ()) -> Schema:
+    """An object with these properties, all required but ``optional``; ``closed``: no others."""
+    required = [name for name in properties if name not in optional]
+    schema: Schema = {"type": "object", "required": required, "properties": properties}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _array(items: Schema, **extra: Any) -> Schema:
+    return {"type": "array", "items": items, **extra}
+
+
+_STR: Schema = {"type": "string"}
+_INT: Schema = {"type": "integer"}
+_MAYBE_INT: Schema = {"type": ["integer", "null"]}
+_ERROR = _obj({"error": _STR, "request_id": _STR})
+_VALUE = _obj(
+    {
+        "value": {"description": "the feature's value, or its default"},
         "status": {"enum": ["present", "default", "not_found", "stale"]},
-        "event_time_ms": {"type": ["integer", "null"]},
-        "age_ms": {"type": ["integer", "null"]},
+        "event_time_ms": _MAYBE_INT,
+        "age_ms": _MAYBE_INT,
         "store": {"type": "string", "description": "redis-<region>, dynamodb-<region>, defaults"},
-    },
-}
-_FEATURES_REQUEST = {
-    "type": "object",
-    "required": ["entities"],
-    "properties": {
-        "entities": {
-            "type": "object",
-            "additionalProperties": {"type": "array", "items": {"type": "string"}},
-            "description": "entity name -> ids",
-        },
-        "features": {
-            "type": "array",
-            "items": {"type": "string", "pattern": "^[a-z0-9_]+:[a-z0-9_]+$"},
-        },
-        "feature_service": {"type": "string"},
-        "deadline_ms": {"type": "integer", "minimum": 1},
-        "format": {
-            "enum": ["rows", "columns"],
-            "description": "rows (default): one object per value; columns: one block per view",
-        },
-    },
-}
-
-
-def _array_of(properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "array", "items": {"type": "object", "properties": properties}}
-
-
-_ENVELOPE = {
-    "request_id": {"type": "string"},
-    "region": {"type": "string"},
-    "as_of_ms": {"type": "integer"},
+    }
+)
+_ENVELOPE: Schema = {
+    "request_id": _STR,
+    "region": _STR,
+    "as_of_ms": _INT,
     "store": {"type": "string", "description": "the store of every value of the response"},
+    "fallback": _array(_obj({"store": _STR, "outcome": _STR})),
 }
-_GRID = {"type": "array", "items": {"type": "array"}, "description": "one row per id"}
-_COLUMNS_OK = {
-    "type": "object",
-    "properties": {
+_ROWS = _obj(
+    {
+        **_ENVELOPE,
+        "results": _array(
+            _obj(
+                {
+                    "entity": _STR,
+                    "id": _STR,
+                    "features": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/Value"},
+                    },
+                }
+            )
+        ),
+    }
+)
+_GRID = _array({"type": "array"}, description="one row per id, one column per feature")
+_COLUMNS = _obj(
+    {
         **_ENVELOPE,
         "format": {"const": "columns"},
-        "views": _array_of(
-            {
-                "view": {"type": "string"},
-                "entity": {"type": "string"},
-                "features": {"type": "array", "items": {"type": "string"}},
-                "ids": {"type": "array", "items": {"type": "string"}},
-                "values": _GRID,
-                "statuses": _GRID,
-                "event_time_ms": _GRID,
-                "age_ms": _GRID,
-            }
+        "views": _array(
+            _obj(
+                {
+                    "view": _STR,
+                    "entity": _STR,
+                    "features": _array(_STR),
+                    "ids": _array(_STR),
+                    "values": _GRID,
+                    "statuses": _GRID,
+                    "event_time_ms": _GRID,
+                    "age_ms": _GRID,
+                }
+            )
         ),
-    },
-}
-_FEAST_REQUEST = {
-    "type": "object",
-    "required": ["entities"],
-    "properties": {
-        "entities": {"type": "object", "description": "join key -> one value per row"},
-        "features": {"type": "array", "items": {"type": "string"}},
-        "feature_service": {"type": "string"},
-        "full_feature_names": {"type": "boolean"},
-    },
-}
-_ERROR = {
-    "description": "error",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {"error": {"type": "string"}, "request_id": {"type": "string"}},
-            }
-        }
-    },
-}
+    }
+)
+_FEAST_OK = _obj(
+    {
+        "metadata": _obj({"feature_names": _array(_STR)}),
+        "results": _array(
+            _obj(
+                {
+                    "values": {"type": "array"},
+                    "statuses": _array(
+                        {"enum": ["PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE", "NULL_VALUE"]}
+                    ),
+                    "event_timestamps": _array({"type": "string", "format": "date-time"}),
+                }
+            )
+        ),
+    }
+)
+_CATALOG = _obj(
+    {
+        "region": _STR,
+        "entities": _array(_obj({"name": _STR, "join_key": _STR, "max_id_bytes": _INT})),
+        "views": _array(
+            _obj(
+                {
+                    "name": _STR,
+                    "version": _INT,
+                    "entity": _STR,
+                    "ttl_ms": _INT,
+                    "freshness_target_ms": _INT,
+                    "features": _array(
+                        _obj(
+                            {
+                                "name": _STR,
+                                "ref": _STR,
+                                "aggregation": _STR,
+                                "window_ms": _MAYBE_INT,
+                                "default": {},
+                            }
+                        )
+                    ),
+                }
+            )
+        ),
+        "services": _array(_obj({"name": _STR, "features": _array(_STR)})),
+    }
+)
+_STORES = _obj(
+    {
+        "breakers": {
+            "type": "object",
+            "additionalProperties": {"enum": ["closed", "open", "half_open"]},
+        },
+        "last_failures": {"type": "object", "additionalProperties": {"type": "object"}},
+        "store_timeouts": _INT,
+        "in_flight": _obj({"limit": _INT, "now": _INT}),
+        "loop_lag_ms": {"type": ["number", "null"]},
+    }
+)
+_HEALTH = _obj({"status": {"const": "ok"}})
+_READY = _obj({"ready": {"type": "boolean"}, "region": _STR, "request_id": _STR})
 
 
-def _post(summary: str, schema: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
+def entity_id_schema(entity: Entity) -> Schema:
+    """The ids the key encoder accepts for ``entity`` (``features.keys``), as far as a schema can
+    say it: at most ``max_id_bytes`` UTF-8 bytes is sound for ASCII at that length and for any
+    other text at a quarter of it (four bytes per character at most). Integer ids are described,
+    not typed: JSON Schema counts ``7.0`` as an integer, and the server reads ``7.0`` as no id."""
+    limit = entity.max_id_bytes
+    branches: list[Schema] = [
+        {"type": "string", "pattern": _PRINTABLE_ASCII, "minLength": 1, "maxLength": limit}
+    ]
+    if limit >= 4:
+        branches.append({"type": "string", "pattern": _CONTROL, "maxLength": limit // 4})
     return {
-        "post": {
-            "summary": summary,
-            "security": [{"apiKey": []}],
-            "requestBody": {"content": {"application/json": {"schema": schema}}},
-            "responses": {
-                "200": {"description": "values", "content": {"application/json": {"schema": ok}}},
-                **{code: _ERROR for code in ("400", "401", "403", "413", "422", "503")},
-            },
-        }
+        "anyOf": branches,
+        "description": f"1 to {limit} UTF-8 bytes without control characters (an integer is "
+        "also read, as its decimal string)",
     }
 
 
-def _get(summary: str, secured: bool) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "ok"}}}
-    if secured:
-        op["security"] = [{"apiKey": []}]
-    return {"get": op}
+def _refs_by_entity(index: CatalogIndex) -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {e.name: [] for e in index.catalog.entities}
+    for info in index.views.values():
+        refs[info.entity.name] += [f"{info.view.name}:{f.name}" for f in info.view.features]
+    return refs
 
 
-def openapi_document(prefix: str) -> dict[str, Any]:
-    native_ok = {
-        "type": "object",
-        "properties": {
-            **_ENVELOPE,
-            "results": _array_of(
+def _services(index: CatalogIndex, limits: Limits) -> dict[str, set[str]]:
+    """Servable services and the entities each needs (one past ``max_features`` is refused)."""
+    out: dict[str, set[str]] = {}
+    for service in index.catalog.services:
+        if len(set(service.features)) <= limits.max_features:
+            out[service.name] = {index.ref(ref).info.entity.name for ref in service.features}
+    return out
+
+
+def _enum_or_nothing(values: list[str]) -> Schema | bool:
+    return {"enum": values} if values else False
+
+
+def _read_request(index: CatalogIndex, limits: Limits, *, feast: bool) -> Schema:
+    """``entities`` keyed by entity name (by join key when ``feast``)."""
+    entities = index.catalog.entities
+    by_entity = _refs_by_entity(index)
+    every_ref = [ref for refs in by_entity.values() for ref in refs]
+    services = _services(index, limits)
+    # Ids are capped in total over all entities: each entity gets an equal share.
+    named = max(1, min(len(entities), limits.max_entities))
+    share = limits.max_entities // named
+    key = {e.name: e.join_key if feast else e.name for e in entities}
+    columns = {
+        key[e.name]: _array(entity_id_schema(e), minItems=1, maxItems=share) for e in entities
+    }
+    needs = [
+        {
+            "anyOf": [
+                {"properties": {"entities": {"required": [key[e.name]]}}},
                 {
-                    "entity": {"type": "string"},
-                    "id": {"type": "string"},
-                    "features": {"type": "object", "additionalProperties": _VALUE},
-                }
+                    "properties": {
+                        "features": {
+                            "items": _enum_or_nothing(
+                                [r for r in every_ref if r not in by_entity[e.name]]
+                            )
+                        },
+                        "feature_service": _enum_or_nothing(
+                            [s for s, needed in services.items() if e.name not in needed]
+                        ),
+                    }
+                },
+            ]
+        }
+        for e in entities
+    ]
+    properties: Schema = {
+        "entities": {
+            "type": "object",
+            "properties": columns,
+            "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": named,
+            "description": (
+                (
+                    "join key -> one value per row, all columns of equal length"
+                    if feast
+                    else "entity name -> ids"
+                )
+                + f"; at most {limits.max_entities} distinct ids in all"
             ),
         },
+        "features": _array({"enum": every_ref}, minItems=1, maxItems=limits.max_features),
+        "feature_service": {"enum": sorted(services)},
+        "deadline_ms": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": f"default {limits.default_deadline_ms}, capped at "
+            f"{limits.max_deadline_ms}",
+        },
+    }
+    if feast:
+        properties["full_feature_names"] = {"type": "boolean", "default": False}
+    else:
+        properties["format"] = {
+            "enum": ["rows", "columns"],
+            "default": "rows",
+            "description": "rows: one object per value; columns: one block per view",
+        }
+    return {
+        "type": "object",
+        "required": ["entities"],
+        "properties": properties,
+        "oneOf": [{"required": ["features"]}, {"required": ["feature_service"]}],
+        "allOf": needs,
+        "description": "exactly one of features and feature_service; every feature's entity "
+        "is given; other fields are ignored",
+    }
+
+
+def _example(index: CatalogIndex, *, feast: bool) -> Schema:
+    info = next(iter(index.views.values()))
+    ref = f"{info.view.name}:{info.view.features[0].name}"
+    name = info.entity.join_key if feast else info.entity.name
+    return {"entities": {name: ["id_1", "id_2"]}, "features": [ref]}
+
+
+def _response(description: str, schema: Schema, **headers: Schema) -> Schema:
+    return {
+        "description": description,
+        "headers": {
+            REQUEST_ID_HEADER: {
+                "required": True,
+                "schema": _STR,
+                "description": "the request id, also in the body and in the server's log",
+            },
+            **headers,
+        },
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+_RETRY_AFTER = {
+    "retry-after": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+}
+
+
+def _errors(*codes: str) -> Schema:
+    out = {}
+    for code in codes:
+        reasons = ", ".join(ERROR_CODES[code])
+        extra = _RETRY_AFTER if code == "503" else {}
+        out[code] = _response(
+            f"refused: {reasons}", {"$ref": "#/components/schemas/Error"}, **extra
+        )
+    return out
+
+
+def _operation(summary: str, ok: Schema, *errors: str, secured: bool = True) -> Schema:
+    op: Schema = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+    if secured:
+        op["security"] = [{"apiKey": []}, {"bearer": []}]
+    return op
+
+
+def _post(summary: str, request: Schema, example: Schema, ok: Schema) -> Schema:
+    op = _operation(summary, ok, "400", "401", "403", "413", "422", "503")
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": request, "example": example}},
+    }
+    return {"post": op}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[str, Any]:
+    """The document served at ``GET /v1/openapi.json`` (and rendered at ``GET /docs``)."""
+    ready = _response("ready: a store answered a probe read", _ref("Ready"))
+    paths = {
+        "/v1/features": _post(
+            "Read features of entities",
+            _ref("FeaturesRequest"),
+            _example(index, feast=False),
+            _response(
+                "values, in the requested format", {"oneOf": [_ref("Rows"), _ref("Columns")]}
+            ),
+        ),
+        "/get-online-features": _post(
+            "Feast-compatible read",
+            _ref("FeastRequest"),
+            _example(index, feast=True),
+            _response("one column per join key, then per feature", _ref("FeastResponse")),
+        ),
+        "/v1/catalog": {
+            "get": _operation(
+                "Views, features, versions, TTLs, freshness targets",
+                _response("the catalog", _ref("Catalog")),
+                "401",
+                "403",
+                "503",
+            )
+        },
+        "/v1/stores": {
+            "get": _operation(
+                "Circuit breaker state per store (admin scope)",
+                _response("breakers, last failures, in-flight limit, loop lag", _ref("Stores")),
+                "401",
+                "403",
+                "503",
+            )
+        },
+        "/v1/health": {
+            "get": _operation(
+                "Liveness",
+                _response("the replica's event loop answers", _ref("Health")),
+                secured=False,
+            )
+        },
+        "/v1/ready": {
+            "get": {
+                "summary": "Readiness: catalog loaded and a store answers",
+                "responses": {
+                    "200": ready,
+                    "503": _response("not ready: no store answered", _ref("Ready")),
+                },
+            }
+        },
+        "/v1/openapi.json": {
+            "get": _operation(
+                "This document", _response("OpenAPI 3.1", {"type": "object"}), secured=False
+            )
+        },
+        "/docs": {"get": _operation("This document as HTML", _html_response(), secured=False)},
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Freshline feature serving", "version": "1"},
+        "info": {
+            "title": "Freshline feature serving",
+            "version": "1",
+            "description": "A known path asked with a method it does not list answers 405 with "
+            "an Allow header; an unknown path answers 404. Every response carries one "
+            "x-request-id header (a request's own x-request-id is kept).",
+        },
         "servers": [{"url": prefix}],
         "components": {
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {
+                "FeaturesRequest": _read_request(index, limits, feast=False),
+                "FeastRequest": _read_request(index, limits, feast=True),
+                "Rows": _ROWS,
+                "Columns": _COLUMNS,
+                "Value": _VALUE,
+                "FeastResponse": _FEAST_OK,
+                "Catalog": _CATALOG,
+                "Stores": _STORES,
+                "Health": _HEALTH,
+                "Ready": _READY,
+                "Error": _ERROR,
+            },
         },
-        "paths": {
-            "/v1/features": _post(
-                "Read features of entities",
-                _FEATURES_REQUEST,
-                {"oneOf": [native_ok, _COLUMNS_OK]},
-            ),
-            "/get-online-features": _post(
-                "Feast-compatible read", _FEAST_REQUEST, {"type": "object"}
-            ),
-            "/v1/catalog": _get("Views, features, versions, TTLs, freshness targets", True),
-            "/v1/stores": _get("Circuit breaker state per store (admin scope)", True),
-            "/v1/health": _get("Liveness", False),
-            "/v1/ready": _get("Readiness: catalog loaded and a store answers", False),
-        },
+        "paths": paths,
     }
 
 
-DOCS_HTML = b"""<!doctype html><html><head><meta charset="utf-8"><title>Freshline API</title></head>
-<body><redoc spec-url="v1/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>
-"""
+def _html_response() -> Schema:
+    response = _response("HTML reference of this document", {"type": "string"})
+    response["content"] = {"text/html": {"schema": {"type": "string"}}}
+    return response

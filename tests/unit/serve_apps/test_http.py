@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from features.demo import card_transactions_catalog
+from serve_apps.app import serve_headers
 from serve_apps.client import FeatureClient
 from serve_apps.http import ServingHttp
 from serve_apps.wiring import build_http
@@ -278,7 +279,72 @@ def test_public_routes_and_catalog() -> None:
     view = next(v for v in catalog["views"] if v["name"] == "user_spend")
     assert view["ttl_ms"] == 8 * 86_400_000 and view["freshness_target_ms"] == 5_000
     assert _call(http, "/v1/nope", method="GET")[0] == 404
+    assert _call(http, "/v1/nope", method="DELETE")[0] == 404
     store.fail = True
     for step in http.service.chain.steps:
         step.store.fail = True  # type: ignore[attr-defined]
     assert _call(http, "/v1/ready", method="GET", key=None)[0] == 503
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/features", "POST"),
+        ("PUT", "/get-online-features", "POST"),
+        ("POST", "/v1/catalog", "GET"),
+        ("DELETE", "/v1/stores", "GET"),
+        ("HEAD", "/v1/health", "GET"),
+        ("POST", "/v1/ready", "GET"),
+        ("OPTIONS", "/docs", "GET"),
+    ],
+)
+def test_a_known_path_with_an_undeclared_method_answers_405_with_allow(
+    method: str, path: str, allow: str
+) -> None:
+    http, _ = _server()
+    for key in (READ_KEY, None):  # before any key check: the methods are public knowledge
+        status, headers, body = _call(http, path, method=method, key=key)
+        assert (status, headers["allow"]) == (405, allow)
+        assert body == {"error": "method_not_allowed", "request_id": headers["x-request-id"]}
+
+
+def test_every_answer_carries_one_request_id_which_the_body_repeats() -> None:
+    http, _ = _server()
+    calls: list[tuple[str, str, Any, str | None]] = [
+        ("POST", "/v1/features", READ, READ_KEY),
+        ("POST", "/v1/features", READ, None),  # 401
+        ("POST", "/v1/features", {"entities": {}}, READ_KEY),  # 422
+        ("GET", "/v1/ready", None, None),
+        ("GET", "/v1/health", None, None),
+        ("GET", "/v1/catalog", None, READ_KEY),
+        ("GET", "/v1/openapi.json", None, None),
+        ("GET", "/docs", None, None),
+        ("GET", "/v1/nope", None, None),
+        ("PATCH", "/v1/features", None, None),
+    ]
+    seen = set()
+    for method, path, body, key in calls:
+        data = b"" if body is None else orjson.dumps(body)
+        h = {"x-api-key": key} if key else {}
+        _, headers, out = asyncio.run(http.handle(method, path, h, _stream(data)))
+        ids = [value for name, value in headers if name == "x-request-id"]
+        assert len(ids) == 1, (method, path, headers)
+        payload = orjson.loads(out) if out.startswith(b"{") else {}
+        assert payload.get("request_id", ids[0]) == ids[0], (method, path)
+        seen.add(ids[0])
+    assert len(seen) == len(calls)  # a fresh id per request
+
+
+def test_a_request_keeps_its_own_request_id_when_it_is_usable() -> None:
+    http, _ = _server()
+    given = {"x-request-id": "c0ffee-42"}
+    status, headers, body = _call(http, "/v1/features", READ, headers=given)
+    assert status == 200 and headers["x-request-id"] == body["request_id"] == "c0ffee-42"
+    for unusable in ("", "x" * 129, "caf\u00e9", "a\tb"):
+        headers = _call(http, "/v1/health", method="GET", headers={"x-request-id": unusable})[1]
+        assert headers["x-request-id"] != unusable and len(headers["x-request-id"]) == 16
+
+
+def test_serve_adds_the_request_id_header_so_the_replica_leaves_it_out() -> None:
+    headers = [("content-type", "application/json"), ("x-request-id", "r1"), ("allow", "GET")]
+    assert serve_headers(headers) == {"content-type": "application/json", "allow": "GET"}

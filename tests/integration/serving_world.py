@@ -1,0 +1,140 @@
+"""Both regions' Serve applications on the session stack's Ray head, over tiles written by the
+partition processor through the real Redis and DynamoDB writers: the world the serving tests and
+the contract test read from (each module's ``world`` fixture deploys it and shuts Serve down)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from actors.processor import PartitionProcessor, RawRecord
+from cluster.stack import Stack
+from features.catalog import Catalog
+from features.demo import SOURCE, card_transactions_catalog
+from features.tiles import DAY_MS, MINUTE_MS
+from regions.aws import LOCAL_CREDENTIALS, dynamodb_client
+from regions.dynamodb_store import DynamoTileWriter
+from regions.redis_store import RedisRole, RedisTileWriter, redis_client
+from regions.tiles import TileWrite
+from serve_apps.config import ApiKey, BreakerSettings, Scope, StoreTimeouts, new_api_key
+from serve_apps.deploy import configs_for_stack, deploy
+
+CATALOG = card_transactions_catalog()
+READ_KEY = new_api_key()
+ADMIN_KEY = new_api_key()
+RUN = uuid.uuid4().hex[:8]
+USERS = [f"u_{RUN}_{i}" for i in range(6)]
+MERCHANTS = [f"m_{RUN}_{i}" for i in range(3)]
+QUIET_USER = f"u_{RUN}_quiet"
+PARTITIONS = 4
+OPEN_S = 8.0
+
+
+def _events(now_ms: int) -> list[dict[str, Any]]:
+    """Two hours of card transactions ending a minute before ``now_ms``, ids and seqs unique."""
+    events, t = [], now_ms - 2 * 60 * MINUTE_MS
+    for seq in range(400):
+        t += 17_000 + (seq * 7919) % 5_000
+        events.append(
+            {
+                "event_id": f"{RUN}-{seq}",
+                "seq": seq,
+                "event_type": "card_tx",
+                "user_id": USERS[(seq * 5) % len(USERS)],
+                "merchant_id": MERCHANTS[(seq * 3) % len(MERCHANTS)],
+                "amount": round(1 + (seq * 37 % 1000) / 10, 2),
+                "currency": "USD",
+                "event_time_ms": min(t, now_ms - MINUTE_MS),
+            }
+        )
+    return events
+
+
+def _partition(user: str) -> int:
+    return zlib.crc32(user.encode()) % PARTITIONS
+
+
+def _tile_writes(catalog: Catalog, events: list[dict[str, Any]], now_ms: int) -> list[TileWrite]:
+    writes: list[TileWrite] = []
+    for p in range(PARTITIONS):
+        processor = PartitionProcessor(catalog, SOURCE, p, now_ms=lambda: now_ms)
+        mine = [e for e in events if _partition(e["user_id"]) == p]
+        processor.process(
+            RawRecord(i, e["user_id"].encode(), orjson.dumps(e)) for i, e in enumerate(mine)
+        )
+        writes += [c.write for c in processor.drain_changes()]
+    return writes
+
+
+@contextlib.contextmanager
+def serving_world(stack: Stack) -> Iterator[dict[str, Any]]:
+    """Tiles in both regions' Redis and DynamoDB, serving deployed; Serve shut down at the end."""
+    now = time.time_ns() // 1_000_000
+    events = _events(now)
+    quiet = [
+        dict(
+            events[0],
+            event_id=f"{RUN}-q",
+            seq=10_000,
+            user_id=QUIET_USER,
+            event_time_ms=now - 9 * DAY_MS,
+        )
+    ]
+    writes = _tile_writes(CATALOG, events, now) + _tile_writes(CATALOG, quiet, now)
+    for region in stack.settings.topology:
+        client = redis_client(region, RedisRole.WRITER, stack.settings.redis, stack.secrets)
+        RedisTileWriter(client, f"redis-{region.name}").apply(writes)
+        client.close()
+        DynamoTileWriter(region, region.dynamodb_table, dynamodb_client).apply(writes)
+    configs = configs_for_stack(
+        stack.settings,
+        [
+            ApiKey.from_raw("tests", READ_KEY),
+            ApiKey.from_raw("ops", ADMIN_KEY, frozenset({Scope.ADMIN})),
+        ],
+        dynamodb_credentials=(
+            LOCAL_CREDENTIALS["aws_access_key_id"],
+            LOCAL_CREDENTIALS["aws_secret_access_key"],
+        ),
+        # moto answers a Query in milliseconds when idle but in hundreds of them on a loaded
+        # 2-core machine; the fallback test checks the order of the chain, not moto's speed.
+        timeouts=StoreTimeouts(dynamodb_s=2.0),
+        # Open for 8 s so that every breaker is still open when the test looks, whatever the
+        # machine's speed; 3 failures in a minute open one.
+        breaker=BreakerSettings(min_calls=3, window_s=60.0, open_s=OPEN_S),
+    )
+    port = stack.settings.ray.serve_port
+    deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=base, timeout=10.0)
+    try:
+        for region in stack.settings.topology.names:
+            wait_ready(http, region)
+        yield {"events": events, "http": http, "base": base, "now": now, "configs": configs}
+    finally:
+        http.close()
+        from ray import serve
+
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+
+
+def wait_ready(http: httpx.Client, region: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if http.get(f"/{region}/v1/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{region} never became ready")
