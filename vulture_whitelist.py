@@ -57,9 +57,8 @@ _.user_top_share
 _.no_jitter
 # The Serve config file users deploy with `serve deploy` (docs/serving.md).
 _.write_serve_config
-# chaos/proxy.py: the reset fault, its counter, and whether the proxy thread still runs.
+# chaos/proxy.py: the reset fault (drills choose among the proxy's faults) and its counter.
 _.reset
-_.running
 # regions/tiles.py: the tag byte the Redis script writes for a version floor; readers and tests
 # recognise floors by it.
 _.TAG_FLOOR
