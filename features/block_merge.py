@@ -40,7 +40,6 @@ from features.blocks import (
     Block,
     BlockLayout,
     GroupLayout,
-    Table,
     check_rows,
 )
 from features.catalog import Aggregation
@@ -81,7 +80,6 @@ class _Plan:
 
     pairs: int
     pair_base: Indexes  # per group: its first pair
-    tiles: npt.NDArray[np.int64]  # per group: its tile ms
     reach: tuple[npt.NDArray[np.int64], ...]  # per window rank, per group: window - tile + 1
     variable: Indexes  # per group: variable-width cells per row
     # per aggregation (count, sum, min, max): names, slots and pairs of its features
@@ -120,7 +118,6 @@ class _Plan:
         return cls(
             pairs=base,
             pair_base=np.asarray(bases, dtype=np.intp),
-            tiles=np.array([g.tile_ms for g in layout.tiled], dtype=np.int64),
             reach=tuple(np.ascontiguousarray(reach[:, j]) for j in range(widest)),
             variable=np.asarray([len(g.variable) for g in layout.tiled], dtype=np.intp),
             simple=tuple(_columns(simple[a]) for a in _KINDS),
@@ -179,10 +176,12 @@ def merge_blocks(
 class _Rows:
     """The rows of every block of every entity, in merge order per entity."""
 
-    table: Table
+    columns: Floats  # columns x rows (column 2 + i is slot i), so a column is contiguous
+    group: npt.NDArray[np.int64]
+    start: npt.NDArray[np.int64]
     entity: Indexes
-    block: Indexes  # index into ``blocks``
-    cell: Indexes  # the row's first variable-width cell inside its block
+    block: Indexes  # index into ``blocks`` (only when the layout has variable-width features)
+    cell: Indexes  # the row's first variable-width cell inside its block (idem)
     blocks: list[Block]
 
 
@@ -197,38 +196,47 @@ def _gather(layout: BlockLayout, plan: _Plan, entities: Sequence[Sequence[Block]
                 blocks.append(block)
     width = layout.dtype.itemsize
     if len(blocks) == 1:
-        block = blocks[0]
-        table = np.frombuffer(block.raw, layout.dtype, block.rows, TABLE_AT)
+        joined = memoryview(blocks[0].raw)[TABLE_AT : TABLE_AT + blocks[0].rows * width]
     else:
-        table = np.frombuffer(
-            b"".join([memoryview(b.raw)[TABLE_AT : TABLE_AT + b.rows * width] for b in blocks]),
-            layout.dtype,
+        joined = memoryview(
+            b"".join([memoryview(b.raw)[TABLE_AT : TABLE_AT + b.rows * width] for b in blocks])
         )
+    columns = width // 8
+    table = np.frombuffer(joined, "<f8").reshape(-1, columns)
+    ints = np.frombuffer(joined, "<i8").reshape(-1, columns)
     lengths = np.fromiter((b.rows for b in blocks), dtype=np.intp, count=len(blocks))
     firsts = np.cumsum(lengths) - lengths
-    check_rows(layout, table, firsts)
+    start, group = ints[:, 0].copy(), ints[:, 1].copy()  # contiguous: read many times
+    table = table.T
+    check_rows(layout, group, start, firsts)
     entity_of = np.repeat(np.asarray(owners, dtype=np.intp), lengths)
-    block_of = np.repeat(np.arange(len(blocks), dtype=np.intp), lengths)
-    cell = np.zeros(len(table), dtype=np.intp)
-    if layout.has_variable and len(table):
-        cell = _cells(plan, table, blocks, firsts, block_of)
+    block_of = cell = np.zeros(0, dtype=np.intp)
+    if layout.has_variable and len(group):
+        block_of = np.repeat(np.arange(len(blocks), dtype=np.intp), lengths)
+        cell = _cells(plan, group, blocks, firsts, block_of)
     if len(set(owners)) != len(owners):  # an entity with several partitions: interleave them
         partition_of = np.repeat([b.partition for b in blocks], lengths)
-        order = np.lexsort((partition_of, table["start"], table["group"], entity_of))
-        table, entity_of, block_of, cell = (
-            table[order],
+        order = np.lexsort((partition_of, start, group, entity_of))
+        table, group, start, entity_of = (
+            table[:, order],
+            group[order],
+            start[order],
             entity_of[order],
-            block_of[order],
-            cell[order],
         )
-    return _Rows(table, entity_of, block_of, cell, blocks)
+        if len(cell):
+            block_of, cell = block_of[order], cell[order]
+    return _Rows(np.ascontiguousarray(table), group, start, entity_of, block_of, cell, blocks)
 
 
 def _cells(
-    plan: _Plan, table: Table, blocks: list[Block], firsts: Indexes, block_of: Indexes
+    plan: _Plan,
+    group: npt.NDArray[np.int64],
+    blocks: list[Block],
+    firsts: Indexes,
+    block_of: Indexes,
 ) -> Indexes:
     """Each row's first variable-width cell in its block; checks every block has its cells."""
-    per_row = plan.variable[table["group"]]
+    per_row = plan.variable[group]
     running = np.cumsum(per_row) - per_row
     totals = np.add.reduceat(per_row, firsts)
     if np.any(totals != [b.cells for b in blocks]):
@@ -251,9 +259,8 @@ def _merge_tiled(
     rows = _gather(layout, plan, entities)
     n, pairs = len(entities), plan.pairs
     size = n * pairs
-    group = np.ascontiguousarray(rows.table["group"])
-    start = np.ascontiguousarray(rows.table["start"])
-    age = (as_of_ms - as_of_ms % plan.tiles)[group] - start  # ms before the group's head tile
+    group, start = rows.group, rows.start
+    age = (as_of_ms - as_of_ms % layout.tiles)[group] - start  # ms before the group's head tile
     age[age < 0] = np.iinfo(np.int64).max  # after the head tile: covers nothing
     base = plan.pair_base[group]
     # Per window rank: the rows it covers, in row order, so every slot sees merge order.
@@ -266,7 +273,7 @@ def _merge_tiled(
     newest[:pairs] = starts.reshape(pairs, n)
     merged = np.empty((len(layout.slots), size))
     for i, (kind, _) in enumerate(layout.slots):
-        merged[i] = _slot_values(kind, rows.table[f"v{i}"][picked], slot, size)
+        merged[i] = _slot_values(kind, rows.columns[2 + i].take(picked), slot, size)
     by_pair = merged.reshape(len(layout.slots), pairs, n)
     for kind, (names, slots, at) in zip(_KINDS, plan.simple, strict=True):
         if names:
@@ -278,7 +285,7 @@ def _merge_tiled(
         values[name] = _variable_values(layout.tiled[g], f, rows, picked[pair == p], n)
 
 
-def _slot_values(kind: str, column: npt.NDArray[Any], slot: Indexes, size: int) -> Floats:
+def _slot_values(kind: str, column: Floats, slot: Indexes, size: int) -> Floats:
     if kind in (COUNT, SUM):
         # Counts are summed as floats: exact below 2**53 events. float64 even when nothing is
         # picked (bincount then answers int64).

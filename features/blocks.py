@@ -16,14 +16,16 @@ tile); states without a fixed width stay compact byte sections beside the table:
                nothing (0 bytes) when this partition holds none
 
 A row is ``start`` (int64 ms), ``group`` (int64, the index of its tile group among the view's
-tiled groups) and one column per *slot*, the distinct fixed-width states of the view's tiled
-features: ``count`` (int64; also a mean's count), ``sum`` of a column (float64; also a mean's sum),
-``min`` and ``max`` of a column (float64, NaN for the empty state). A slot no feature of the row's
-group uses holds 0 (NaN for extremes). Features sharing a slot hold equal states, because every
-feature of a group folds every event of its tile (a source field is never missing);
-:func:`encode_block` checks it bit for bit. ``distinct_count`` (HyperLogLog registers) and
-``last_n`` are the variable-width tiled features. One table for all groups lets a reader load the
-rows of many entities with a single ``np.frombuffer`` over their joined tables.
+tiled groups) and one float64 column per *slot*, the distinct fixed-width states of the view's
+tiled features: ``count`` (also a mean's count; exact below 2**53 events), ``sum`` of a column
+(also a mean's sum), ``min`` and ``max`` of a column (NaN for the empty state). Every column is 8
+bytes, so a reader may see the table as one rows x columns float64 array (its first two columns
+as int64). A slot no feature of the row's group uses holds 0 (NaN for extremes). Features
+sharing a slot hold equal states, because every feature of a group folds every event of its tile
+(a source field is never missing); :func:`encode_block` checks it bit for bit.
+``distinct_count`` (HyperLogLog registers) and ``last_n`` are the variable-width tiled features.
+One table for all groups lets a reader load the rows of many entities with a single
+``np.frombuffer`` over their joined tables.
 
 Invariants: the layout depends only on the view (its version and features), like
 ``features.tile_groups``; rows are strictly ascending by (group, start) with starts aligned to
@@ -126,6 +128,7 @@ class BlockLayout:
     slots: tuple[Slot, ...]  # column ``f"v{i}"`` holds slot ``i``
     dtype: np.dtype[np.void]
     has_variable: bool  # some tiled feature has variable-width states
+    tiles: npt.NDArray[np.int64]  # per tiled group: its tile ms
 
     @classmethod
     def for_view(cls, view: FeatureView) -> BlockLayout:
@@ -156,7 +159,7 @@ class BlockLayout:
                 )
             )
         fields = [("start", "<i8"), ("group", "<i8")] + [
-            (f"v{i}", "<i8" if kind == COUNT else "<f8") for i, (kind, _) in enumerate(slots)
+            (f"v{i}", "<f8") for i in range(len(slots))
         ]
         return cls(
             view_version=view.version,
@@ -166,6 +169,7 @@ class BlockLayout:
             slots=tuple(slots),
             dtype=np.dtype(fields),
             has_variable=any(g.variable for g in tiled),
+            tiles=np.array([g.tile_ms for g in tiled], dtype=np.int64),
         )
 
 
@@ -192,7 +196,8 @@ class Block(NamedTuple):
     def table(self) -> Table:
         """The rows as a structured array over ``raw`` (checked: see :func:`check_rows`)."""
         table = np.frombuffer(self.raw, self.layout.dtype, self.rows, TABLE_AT)
-        check_rows(self.layout, table, np.zeros(1, dtype=np.intp))
+        group, start = table["group"].copy(), table["start"].copy()
+        check_rows(self.layout, group, start, np.zeros(1, dtype=np.intp))
         return table
 
     def cell(self, index: int) -> bytes:
@@ -206,20 +211,24 @@ class Block(NamedTuple):
         return self.raw[at + low : at + high]
 
 
-def check_rows(layout: BlockLayout, table: Table, firsts: npt.NDArray[np.intp]) -> None:
-    """Raise :class:`CorruptState` unless ``table`` (the rows of blocks joined end to end, the
-    first row of each at ``firsts``) is ascending by (group, start) inside each block, with known
-    groups and starts aligned to their group's tile."""
-    if not len(table):
+def check_rows(
+    layout: BlockLayout,
+    group: npt.NDArray[np.int64],
+    start: npt.NDArray[np.int64],
+    firsts: npt.NDArray[np.intp],
+) -> None:
+    """Raise :class:`CorruptState` unless the rows of blocks joined end to end (their ``group``
+    and ``start`` columns; the first row of each block at ``firsts``) are ascending by (group,
+    start) inside each block, with known groups and starts aligned to their group's tile."""
+    if not len(group):
         return
-    group, start = table["group"], table["start"]
     known = len(layout.tiled)
     if np.any(group.view(np.uint64) >= known):  # negative groups wrap to huge
         raise CorruptState(f"block rows name a tile group outside 0..{known - 1}")
-    tiles = np.array([g.tile_ms for g in layout.tiled], dtype=np.int64)
-    if np.any(start % tiles[group]):
+    if np.any(start % layout.tiles[group]):
         raise CorruptState("block rows hold tile starts not aligned to their tile")
-    later = (group[1:] > group[:-1]) | ((group[1:] == group[:-1]) & (start[1:] > start[:-1]))
+    step = np.diff(group)
+    later = (step > 0) | ((step == 0) & (np.diff(start) > 0))
     later[firsts[1:] - 1] = True  # a block's first row follows another block's last
     if not later.all():
         raise CorruptState("block rows are not ascending by (group, start)")
