@@ -26,7 +26,7 @@ tile with the aggregators themselves, in the reference's order.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,8 @@ NO_TILE = int(np.iinfo(np.int64).min)
 """``newest_start`` of a feature with no covering tile (and of every unwindowed feature)."""
 
 _NULL = np.array(None, dtype=object)
+_CHOSEN_LIMIT = 4096
+_NEVER = int(np.iinfo(np.int64).max)
 Floats = npt.NDArray[np.float64]
 Indexes = npt.NDArray[np.intp]
 _KINDS = (Aggregation.COUNT, Aggregation.SUM, Aggregation.MIN, Aggregation.MAX)
@@ -88,6 +90,17 @@ class _Plan:
     variables: tuple[tuple[str, int, int, int], ...]  # name, group, feature, pair
     pair_of: dict[str, int]  # per feature: its pair; ``pairs`` (a NO_TILE column) if unwindowed
     names: tuple[str, ...]  # every feature, as ``read_view`` lists them
+    chosen: dict[tuple[str, ...], Indexes] = field(default_factory=dict)  # see pairs_of
+
+    def pairs_of(self, names: tuple[str, ...]) -> Indexes:
+        """The pairs of ``names``, remembered: a service asks for the same features each time
+        (bounded: cleared when it grows past a few thousand feature lists)."""
+        found = self.chosen.get(names)
+        if found is None:
+            if len(self.chosen) >= _CHOSEN_LIMIT:
+                self.chosen.clear()
+            found = self.chosen[names] = np.array([self.pair_of[n] for n in names], np.intp)
+        return found
 
     @classmethod
     def of(cls, layout: BlockLayout) -> _Plan:
@@ -168,7 +181,7 @@ def merge_blocks(
         _merge_tiled(layout, plan, entities, as_of_ms=as_of_ms, values=values, newest=newest)
     if layout.unwindowed is not None:
         _merge_unwindowed(layout.unwindowed, entities, values)
-    at = np.fromiter((plan.pair_of[n] for n in names), dtype=np.intp, count=len(names))
+    at = plan.pairs_of(names)
     return MergedView(names, [values[n] for n in names], newest[at].T)
 
 
@@ -261,16 +274,14 @@ def _merge_tiled(
     size = n * pairs
     group, start = rows.group, rows.start
     age = (as_of_ms - as_of_ms % layout.tiles)[group] - start  # ms before the group's head tile
-    age[age < 0] = np.iinfo(np.int64).max  # after the head tile: covers nothing
+    age[age < 0] = _NEVER  # after the head tile: covers nothing
     base = plan.pair_base[group]
     # Per window rank: the rows it covers, in row order, so every slot sees merge order.
     picks = [np.flatnonzero(age < reach[group]) for reach in plan.reach]
     picked = np.concatenate(picks)
     pair = np.concatenate([base[p] + j for j, p in enumerate(picks)])
     slot = pair * n + rows.entity[picked]
-    starts = np.full(size, NO_TILE, dtype=np.int64)
-    np.maximum.at(starts, slot, start[picked])
-    newest[:pairs] = starts.reshape(pairs, n)
+    np.maximum.at(newest[:pairs].reshape(-1), slot, start[picked])  # a view: newest is C-order
     merged = np.empty((len(layout.slots), size))
     for i, (kind, _) in enumerate(layout.slots):
         merged[i] = _slot_values(kind, rows.columns[2 + i].take(picked), slot, size)
@@ -298,7 +309,7 @@ def _slot_values(kind: str, column: Floats, slot: Indexes, size: int) -> Floats:
 
 def _first_zero(out: Floats, slot: Indexes, column: Floats) -> None:
     """Where an extreme is zero, give it the sign of the first zero in merge order."""
-    if not np.any(out == 0):
+    if not (out == 0).any():
         return
     zeros = np.flatnonzero(column == 0)
     slots, first = np.unique(slot[zeros], return_index=True)

@@ -223,12 +223,12 @@ def check_rows(
     if not len(group):
         return
     known = len(layout.tiled)
-    if np.any(group.view(np.uint64) >= known):  # negative groups wrap to huge
+    if (group.view(np.uint64) >= known).any():  # negative groups wrap to huge
         raise CorruptState(f"block rows name a tile group outside 0..{known - 1}")
-    if np.any(start % layout.tiles[group]):
+    if (start % layout.tiles[group]).any():
         raise CorruptState("block rows hold tile starts not aligned to their tile")
-    step = np.diff(group)
-    later = (step > 0) | ((step == 0) & (np.diff(start) > 0))
+    step = group[1:] - group[:-1]
+    later = (step > 0) | ((step == 0) & (start[1:] > start[:-1]))
     later[firsts[1:] - 1] = True  # a block's first row follows another block's last
     if not later.all():
         raise CorruptState("block rows are not ascending by (group, start)")
