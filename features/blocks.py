@@ -117,9 +117,10 @@ class GroupLayout:
         return self.group.tile_ms or 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BlockLayout:
-    """The block layout of one view version (build it once per view: :meth:`for_view`)."""
+    """The block layout of one view version (build it once per view: :meth:`for_view`; blocks
+    are read with the very layout object they were decoded with, compared by identity)."""
 
     view_version: int
     groups: tuple[TileGroup, ...]  # every group, as ``tile_groups`` orders them (the reference's)
