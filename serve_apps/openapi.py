@@ -306,8 +306,13 @@ def _example(index: CatalogIndex, *, feast: bool) -> Schema:
     return {"entities": {name: ["id_1", "id_2"]}, "features": [ref]}
 
 
-def _response(description: str, schema: Schema, **headers: Schema) -> Schema:
-    return {
+def _response(
+    description: str,
+    schema: Schema | None,
+    media: str = "application/json",
+    headers: Schema | None = None,
+) -> Schema:
+    response: Schema = {
         "description": description,
         "headers": {
             REQUEST_ID_HEADER: {
@@ -315,37 +320,54 @@ def _response(description: str, schema: Schema, **headers: Schema) -> Schema:
                 "schema": _STR,
                 "description": "the request id, also in the body and in the server's log",
             },
-            **headers,
+            **(headers or {}),
         },
-        "content": {"application/json": {"schema": schema}},
+        "content": {},
     }
+    if schema is not None:
+        response["content"][media] = {"schema": schema}
+    return response
 
 
-_RETRY_AFTER = {
-    "retry-after": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
-}
+def _unavailable(description: str, schema: Schema | None) -> Schema:
+    """A 503: this server's own (``schema``, if it sends any), or Serve's before the handler."""
+    response = _response(
+        f"{description}; text/plain: from Ray Serve itself, when the replica's queue is full "
+        "(with Retry-After) or while the application is being deployed",
+        schema,
+        headers={
+            "retry-after": {
+                "required": False,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "description": "seconds; on every 503 of an overloaded replica",
+            }
+        },
+    )
+    response["content"]["text/plain"] = {"schema": _STR}
+    return response
 
 
 def _errors(*codes: str) -> Schema:
     out = {}
     for code in codes:
         reasons = ", ".join(ERROR_CODES[code])
-        extra = _RETRY_AFTER if code == "503" else {}
-        out[code] = _response(
-            f"refused: {reasons}", {"$ref": "#/components/schemas/Error"}, **extra
-        )
+        out[code] = _response(f"refused: {reasons}", _ref("Error"))
+    out["503"] = _unavailable(f"refused: {', '.join(ERROR_CODES['503'])}", _ref("Error"))
     return out
 
 
 def _operation(summary: str, ok: Schema, *errors: str, secured: bool = True) -> Schema:
-    op: Schema = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+    """Secured operations pass our gates (every one may answer 503 ``overloaded``); public ones
+    are never shed by this server, but Serve may shed any request before it reaches us."""
+    busy = _errors(*errors) if secured else {"503": _unavailable("never from this server", None)}
+    op: Schema = {"summary": summary, "responses": {"200": ok, **busy}}
     if secured:
         op["security"] = [{"apiKey": []}, {"bearer": []}]
     return op
 
 
 def _post(summary: str, request: Schema, example: Schema, ok: Schema) -> Schema:
-    op = _operation(summary, ok, "400", "401", "403", "413", "422", "503")
+    op = _operation(summary, ok, "400", "401", "403", "413", "422")
     op["requestBody"] = {
         "required": True,
         "content": {"application/json": {"schema": request, "example": example}},
@@ -381,7 +403,6 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
                 _response("the catalog", _ref("Catalog")),
                 "401",
                 "403",
-                "503",
             )
         },
         "/v1/stores": {
@@ -390,7 +411,6 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
                 _response("breakers, last failures, in-flight limit, loop lag", _ref("Stores")),
                 "401",
                 "403",
-                "503",
             )
         },
         "/v1/health": {
@@ -405,7 +425,7 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
                 "summary": "Readiness: catalog loaded and a store answers",
                 "responses": {
                     "200": ready,
-                    "503": _response("not ready: no store answered", _ref("Ready")),
+                    "503": _unavailable("not ready: no store answered", _ref("Ready")),
                 },
             }
         },
@@ -450,6 +470,4 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
 
 
 def _html_response() -> Schema:
-    response = _response("HTML reference of this document", {"type": "string"})
-    response["content"] = {"text/html": {"schema": {"type": "string"}}}
-    return response
+    return _response("HTML reference of this document", _STR, "text/html")

@@ -59,6 +59,21 @@ def _security(op: Mapping[str, Any], schemes: Mapping[str, Any]) -> str:
     return f"<p>API key: {' or '.join(ways)}.</p>"
 
 
+def _parameters(op: Mapping[str, Any]) -> Iterator[str]:
+    parameters = op.get("parameters", [])
+    if not parameters:
+        return
+    yield "<h4>Parameters</h4><table><tr><th>Name</th><th>In</th><th>Required</th><th>Schema</th>"
+    yield "</tr>"
+    for p in parameters:
+        yield (
+            f"<tr><td><code>{_e(p.get('name'))}</code></td><td>{_e(p.get('in'))}</td>"
+            f"<td>{'yes' if p.get('required') else 'no'}</td>"
+            f"<td>{_schema_link(p.get('schema', {}))}</td></tr>"
+        )
+    yield "</table>"
+
+
 def _request(op: Mapping[str, Any]) -> Iterator[str]:
     body = op.get("requestBody")
     if not body:
@@ -104,6 +119,7 @@ def _operations(document: Mapping[str, Any]) -> Iterator[str]:
                 f"</h3><p>{_e(op.get('summary', ''))}</p>"
             )
             yield _security(op, schemes)
+            yield from _parameters(op)
             yield from _request(op)
             yield from _responses(op)
 

@@ -20,6 +20,7 @@ from schemathesis import Case
 from features.demo import card_transactions_catalog
 from serve_apps.config import Limits
 from serve_apps.http import ServingHttp
+from serve_apps.openapi_html import render_html
 from serve_apps.wiring import build_http
 from tests.unit.serve_apps.fakes import (
     READ_KEY,
@@ -183,3 +184,25 @@ def test_the_docs_page_is_self_contained_and_covers_the_document() -> None:
         assert f'id="schema-{name}"' in html
     assert "user_spend:last_amount" in html  # the request example and the feature enum
     assert "&quot;" in html and '"entities"' not in html  # document text is escaped
+
+
+def test_the_docs_page_shows_parameters_and_escapes_document_text() -> None:
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "<script>alert(1)</script>", "version": "1"},
+        "paths": {
+            "/x/{id}": {
+                "get": {
+                    "summary": "one x",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": {"description": "<b>ok</b>"}},
+                }
+            }
+        },
+    }
+    html = render_html(document).decode()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<td><code>id</code></td><td>path</td><td>yes</td>" in html
+    assert "&lt;b&gt;ok&lt;/b&gt;" in html
