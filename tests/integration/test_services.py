@@ -50,13 +50,25 @@ def test_kafka_round_trips_a_keyed_message_and_has_the_configured_topics(stack: 
 
 
 def test_changelog_topic_is_compacted(stack: Stack) -> None:
+    """Regions rebuild from the start of the changelog, and a consumer restores partition p from
+    changelog partition p: the topic must keep the newest record per key forever (compact, not
+    delete, not both) and have one partition per events partition."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka.bootstrap)
-    response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, CHANGELOG_TOPIC)])
-    admin.close()
-    text = json.dumps(response, default=str)
-    assert "cleanup.policy" in text and "compact" in text
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, CHANGELOG_TOPIC)], config_filter="all"
+        )
+        topics = {
+            t["name"]: t for t in admin.describe_topics([CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC])
+        }
+    finally:
+        admin.close()
+    assert described["topic"][CHANGELOG_TOPIC]["cleanup.policy"]["value"] == "compact"
+    assert len(topics[CHANGELOG_TOPIC]["partitions"]) == len(
+        topics[DEFAULT_EVENTS_TOPIC]["partitions"]
+    )
 
 
 @pytest.mark.parametrize("region", ["us-east", "eu-west"])
