@@ -218,7 +218,7 @@ def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> byte
     timed = present | (codes == 2)
     # Object arrays, not Python loops: the default where a value is not present, null where a
     # time is unknown (a value of this view is None only when its window holds no data).
-    values = np.where(present, np.array(merged.columns, dtype=object), reader.defaults)
+    values = np.where(present, merged.values, reader.defaults)
     times = np.where(timed, event_time, NULL)
     ages = np.where(timed, age, NULL)
     response = {

@@ -57,101 +57,101 @@ Indexes = npt.NDArray[np.intp]
 _KINDS = (Aggregation.COUNT, Aggregation.SUM, Aggregation.MIN, Aggregation.MAX)
 
 
+Objects = npt.NDArray[np.object_]
+
+
 @dataclass(frozen=True)
 class MergedView:
-    """``columns[f]``: feature ``names[f]``'s value for each entity (request order);
+    """``values[f, e]``: feature ``names[f]``'s value for entity ``e`` (request order), a Python
+    object in an object array (so a response takes rows or columns without a Python loop);
     ``newest[e, f]``: the start of the newest tile in that feature's window holding data for
     entity ``e``, a lower bound of its newest event time (``NO_TILE``: none, or unwindowed)."""
 
     names: tuple[str, ...]
-    columns: list[list[Any]]
+    values: Objects
     newest: npt.NDArray[np.int64]
-
-    @property
-    def values(self) -> dict[str, list[Any]]:
-        return dict(zip(self.names, self.columns, strict=True))
 
     def entity(self, index: int) -> dict[str, Any]:
         """One entity's values, shaped like ``read_view``'s result."""
-        return {name: column[index] for name, column in zip(self.names, self.columns, strict=True)}
+        return dict(zip(self.names, self.values[:, index].tolist(), strict=True))
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """A layout's merge constants, as arrays."""
+    """A layout's merge constants, as arrays. A feature's *row* is its index in ``names`` (every
+    feature, in ``read_view``'s order); its *pair* is its (group, window)."""
 
     pairs: int
     pair_base: Indexes  # per group: its first pair
     reach: tuple[npt.NDArray[np.int64], ...]  # per window rank, per group: window - tile + 1
     variable: Indexes  # per group: variable-width cells per row
-    # per aggregation (count, sum, min, max): names, slots and pairs of its features
-    simple: tuple[tuple[tuple[str, ...], Indexes, Indexes], ...]
-    means: tuple[tuple[str, ...], Indexes, Indexes, Indexes]  # names, count, sum slots, pairs
-    variables: tuple[tuple[str, int, int, int], ...]  # name, group, feature, pair
-    pair_of: dict[str, int]  # per feature: its pair; ``pairs`` (a NO_TILE column) if unwindowed
-    names: tuple[str, ...]  # every feature, as ``read_view`` lists them
-    chosen: dict[tuple[str, ...], Indexes] = field(default_factory=dict)  # see pairs_of
+    simple: tuple[tuple[Indexes, Indexes, Indexes], ...]  # per _KINDS: rows, slots, pairs
+    means: tuple[Indexes, Indexes, Indexes, Indexes]  # rows, count slots, sum slots, pairs
+    variables: tuple[tuple[int, int, int, int], ...]  # row, group, feature in group, pair
+    unwindowed: Indexes  # rows of the unwindowed group's features, in group order
+    names: tuple[str, ...]
+    where: dict[str, tuple[int, int]]  # per feature: (row, pair); pair ``pairs`` if unwindowed
+    chosen: dict[tuple[str, ...], tuple[Indexes, Indexes]] = field(default_factory=dict)
 
-    def pairs_of(self, names: tuple[str, ...]) -> Indexes:
-        """The pairs of ``names``, remembered: a service asks for the same features each time
-        (bounded: cleared when it grows past a few thousand feature lists)."""
+    def rows_and_pairs(self, names: tuple[str, ...]) -> tuple[Indexes, Indexes]:
+        """The rows and pairs of ``names``, remembered: a service asks for the same features
+        each time (bounded: cleared when it grows past a few thousand feature lists)."""
         found = self.chosen.get(names)
         if found is None:
             if len(self.chosen) >= _CHOSEN_LIMIT:
                 self.chosen.clear()
-            found = self.chosen[names] = np.array([self.pair_of[n] for n in names], np.intp)
+            at = [self.where[n] for n in names]
+            found = (
+                np.array([r for r, _ in at], dtype=np.intp),
+                np.array([p for _, p in at], dtype=np.intp),
+            )
+            self.chosen[names] = found
         return found
 
     @classmethod
     def of(cls, layout: BlockLayout) -> _Plan:
         bases, base, widest = [], 0, max((len(g.windows) for g in layout.tiled), default=0)
         reach = np.zeros((len(layout.tiled), widest), dtype=np.int64)
-        simple: dict[Aggregation, list[tuple[str, int, int]]] = {a: [] for a in _KINDS}
-        means: list[tuple[str, int, int, int]] = []
+        simple: dict[Aggregation, list[tuple[int, int, int]]] = {a: [] for a in _KINDS}
+        means: list[tuple[int, int, int, int]] = []
         variables = []
+        where: dict[str, tuple[int, int]] = {}
         for g, group in enumerate(layout.tiled):
             bases.append(base)
             reach[g, : len(group.windows)] = [w - group.tile_ms + 1 for w in group.windows]
             for f, feature in enumerate(group.group.features):
-                pair, slots = base + group.feature_window[f], group.feature_slots[f]
+                row, pair = len(where), base + group.feature_window[f]
+                where[feature.name] = (row, pair)
+                slots = group.feature_slots[f]
                 if feature.aggregation is Aggregation.MEAN:
-                    means.append((feature.name, slots[0], slots[1], pair))
+                    means.append((row, slots[0], slots[1], pair))
                 elif slots:
-                    simple[feature.aggregation].append((feature.name, slots[0], pair))
+                    simple[feature.aggregation].append((row, slots[0], pair))
                 else:
-                    variables.append((feature.name, g, f, pair))
+                    variables.append((row, g, f, pair))
             base += len(group.windows)
-        pair_of = {
-            feature.name: bases[g] + group.feature_window[f]
-            for g, group in enumerate(layout.tiled)
-            for f, feature in enumerate(group.group.features)
-        }
         unwindowed = layout.unwindowed.features if layout.unwindowed is not None else ()
-        pair_of.update((feature.name, base) for feature in unwindowed)
+        first = len(where)
+        where.update((f.name, (first + i, base)) for i, f in enumerate(unwindowed))
         return cls(
             pairs=base,
             pair_base=np.asarray(bases, dtype=np.intp),
             reach=tuple(np.ascontiguousarray(reach[:, j]) for j in range(widest)),
             variable=np.asarray([len(g.variable) for g in layout.tiled], dtype=np.intp),
-            simple=tuple(_columns(simple[a]) for a in _KINDS),
-            means=(
-                tuple(m[0] for m in means),
-                np.asarray([m[1] for m in means], dtype=np.intp),
-                np.asarray([m[2] for m in means], dtype=np.intp),
-                np.asarray([m[3] for m in means], dtype=np.intp),
+            simple=tuple(
+                (_column(simple[a], 0), _column(simple[a], 1), _column(simple[a], 2))
+                for a in _KINDS
             ),
+            means=(_column(means, 0), _column(means, 1), _column(means, 2), _column(means, 3)),
             variables=tuple(variables),
-            pair_of=pair_of,
-            names=tuple(pair_of),
+            unwindowed=np.asarray([where[f.name][0] for f in unwindowed], dtype=np.intp),
+            names=tuple(where),
+            where=where,
         )
 
 
-def _columns(rows: list[tuple[str, int, int]]) -> tuple[tuple[str, ...], Indexes, Indexes]:
-    return (
-        tuple(r[0] for r in rows),
-        np.asarray([r[1] for r in rows], dtype=np.intp),
-        np.asarray([r[2] for r in rows], dtype=np.intp),
-    )
+def _column(rows: Sequence[tuple[int, ...]], index: int) -> Indexes:
+    return np.asarray([r[index] for r in rows], dtype=np.intp)
 
 
 _PLANS: dict[int, tuple[BlockLayout, _Plan]] = {}  # by id; holding the layout keeps ids unique
@@ -175,14 +175,14 @@ def merge_blocks(
     empty result, as ``read_view`` does for no fields. Bad rows raise :class:`CorruptState`."""
     plan = _plan(layout)
     names = plan.names if features is None else tuple(features)
-    values: dict[str, list[Any]] = {}
+    values = np.empty((len(plan.names), len(entities)), dtype=object)
     newest = np.full((plan.pairs + 1, len(entities)), NO_TILE, dtype=np.int64)
     if layout.tiled:
         _merge_tiled(layout, plan, entities, as_of_ms=as_of_ms, values=values, newest=newest)
     if layout.unwindowed is not None:
-        _merge_unwindowed(layout.unwindowed, entities, values)
-    at = plan.pairs_of(names)
-    return MergedView(names, [values[n] for n in names], newest[at].T)
+        _merge_unwindowed(layout.unwindowed, entities, values, plan.unwindowed)
+    rows, pairs = plan.rows_and_pairs(names)
+    return MergedView(names, values[rows], newest[pairs].T)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,11 +264,11 @@ def _merge_tiled(
     entities: Sequence[Sequence[Block]],
     *,
     as_of_ms: int,
-    values: dict[str, list[Any]],
+    values: Objects,
     newest: npt.NDArray[np.int64],
 ) -> None:
-    """Every tiled feature's values into ``values``, the newest covering start per pair and
-    entity into ``newest``."""
+    """Every tiled feature's values into its row of ``values``, the newest covering start per
+    pair and entity into ``newest``."""
     rows = _gather(layout, plan, entities)
     n, pairs = len(entities), plan.pairs
     size = n * pairs
@@ -286,14 +286,16 @@ def _merge_tiled(
     for i, (kind, _) in enumerate(layout.slots):
         merged[i] = _slot_values(kind, rows.columns[2 + i].take(picked), slot, size)
     by_pair = merged.reshape(len(layout.slots), pairs, n)
-    for kind, (names, slots, at) in zip(_KINDS, plan.simple, strict=True):
-        if names:
-            values.update(zip(names, _as_values(kind, by_pair[slots, at]), strict=True))
-    names, counts, sums, at = plan.means
-    if names:
-        values.update(zip(names, _means(by_pair[counts, at], by_pair[sums, at]), strict=True))
-    for name, g, f, p in plan.variables:
-        values[name] = _variable_values(layout.tiled[g], f, rows, picked[pair == p], n)
+    for kind, (rows_of, slots, at) in zip(_KINDS, plan.simple, strict=True):
+        if len(rows_of):
+            values[rows_of] = _as_values(kind, by_pair[slots, at])
+    rows_of, counts, sums, at = plan.means
+    if len(rows_of):
+        values[rows_of] = _means(by_pair[counts, at], by_pair[sums, at])
+    for row, g, f, p in plan.variables:
+        merged_states = _variable_values(layout.tiled[g], f, rows, picked[pair == p], n)
+        for e, value in enumerate(merged_states):
+            values[row, e] = value  # one by one: a last_n value is a list, not a row to spread
 
 
 def _slot_values(kind: str, column: Floats, slot: Indexes, size: int) -> Floats:
@@ -317,26 +319,21 @@ def _first_zero(out: Floats, slot: Indexes, column: Floats) -> None:
     out[slots[zero]] = column[zeros[first[zero]]]
 
 
-def _as_values(kind: Aggregation, matrix: Floats) -> list[list[Any]]:
-    """Rows of Python values: ints for counts, None for the empty state of an extreme."""
+def _as_values(kind: Aggregation, matrix: Floats) -> npt.NDArray[Any]:
+    """What an object array takes as Python values: ints for counts, None for the empty state
+    of an extreme (extremes of finite values are never NaN otherwise)."""
     if kind is Aggregation.COUNT:
-        counts: list[list[Any]] = matrix.astype(np.int64).tolist()
-        return counts
+        return matrix.astype(np.int64)
     if kind is Aggregation.SUM:
-        sums: list[list[Any]] = matrix.tolist()
-        return sums
-    return _none_where(matrix, np.isnan(matrix))  # extremes of finite values are never NaN
+        return matrix
+    return np.where(np.isnan(matrix), _NULL, matrix)
 
 
-def _means(counts: Floats, sums: Floats) -> list[list[Any]]:
+def _means(counts: Floats, sums: Floats) -> Objects:
     empty = counts == 0
-    return _none_where(np.divide(sums, counts, out=np.zeros_like(sums), where=~empty), empty)
-
-
-def _none_where(values: Floats, empty: npt.NDArray[np.bool_]) -> list[list[Any]]:
-    """Rows of ``values`` with None where ``empty`` (an object array: no Python loop)."""
-    rows: list[list[Any]] = np.where(empty, _NULL, values).tolist()
-    return rows
+    quotients = np.divide(sums, counts, out=np.zeros_like(sums), where=~empty)
+    means: Objects = np.where(empty, _NULL, quotients)
+    return means
 
 
 def _variable_values(
@@ -354,13 +351,10 @@ def _variable_values(
 
 
 def _merge_unwindowed(
-    group: TileGroup,
-    entities: Sequence[Sequence[Block]],
-    values: dict[str, list[Any]],
+    group: TileGroup, entities: Sequence[Sequence[Block]], values: Objects, rows: Indexes
 ) -> None:
     features, aggregators = group.features, group.aggregators
-    columns: list[list[Any]] = [[] for _ in features]
-    for entity_blocks in entities:
+    for e, entity_blocks in enumerate(entities):
         merged = group.initial_states()
         held = sorted(
             (b.partition, b.unwindowed) for b in entity_blocks if b.unwindowed is not None
@@ -372,6 +366,4 @@ def _merge_unwindowed(
                 else:
                     merged[i] = aggregators[i].merge(merged[i], state)
         for i, state in enumerate(merged):
-            columns[i].append(aggregators[i].result(state))
-    for feature, column in zip(features, columns, strict=True):
-        values[feature.name] = column
+            values[rows[i], e] = aggregators[i].result(state)

@@ -194,7 +194,7 @@ def test_newest_start_is_the_newest_covering_tile_with_data() -> None:
     merged = merge_blocks(LAYOUT, [[block], []], as_of, ["count_5s", "count_2m", "last_amount"])
     assert merged.names == ("count_5s", "count_2m", "last_amount")
     assert merged.newest.tolist() == [[98_000, 90_000, NO_TILE], [NO_TILE, NO_TILE, NO_TILE]]
-    assert merged.values == {"count_5s": [1, 0], "count_2m": [2, 0], "last_amount": [1.0, None]}
+    assert merged.values.tolist() == [[1, 0], [2, 0], [1.0, None]]
 
 
 def test_a_block_holds_its_tiles_as_one_table() -> None:
