@@ -187,6 +187,47 @@ def test_fixed_width_only_view_equals_read_view(entities: list[dict], as_of: int
     assert got == expected
 
 
+WINDOWS = ("1s", "3s", "10s", "30s", "1m", "2m", "5m", "10m")  # tiles of 1 s and 10 s
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "distinct_count", "last_n")
+
+
+@st.composite
+def views(draw: st.DrawFn) -> BlockLayout:
+    """A view of 1 to 6 random (aggregation, window) features, some sharing slots."""
+    chosen = draw(
+        st.lists(
+            st.tuples(st.sampled_from(AGGREGATIONS), st.sampled_from(WINDOWS)),
+            min_size=1,
+            max_size=6,
+            unique=True,
+        )
+    )
+    features = []
+    for agg, window in chosen:
+        column = {"count": None, "distinct_count": "merchant_id"}.get(agg, "amount")
+        extra: dict[str, Any] = {"n": 2} if agg == "last_n" else {}
+        features.append(_feature(f"{agg}_{window}", agg, column, window, **extra))
+    return BlockLayout.for_view(_view(features))
+
+
+WIDE_TILES = st.dictionaries(
+    st.integers(-650, 8), st.lists(EVENT, min_size=1, max_size=2), max_size=12
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    views(),
+    st.lists(st.dictionaries(st.integers(0, 3), WIDE_TILES, max_size=3), max_size=4),
+    st.integers(-(10**9), 10**9),
+)
+def test_random_views_equal_read_view(
+    layout: BlockLayout, entities: list[dict], as_of: int
+) -> None:
+    expected, got = _both(layout, entities, as_of)
+    assert got == expected
+
+
 def test_newest_start_is_the_newest_covering_tile_with_data() -> None:
     as_of = 100_500
     tiles = _tiles(LAYOUT, {-2: [(0, 1.0, "m1", 0)], -9: [(0, 2.0, "m1", 0)]}, as_of)
