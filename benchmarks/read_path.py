@@ -219,8 +219,6 @@ def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> byte
     # Object arrays, not Python loops: the default where a value is not present, null where a
     # time is unknown (a value of this view is None only when its window holds no data).
     values = np.where(present, merged.values, reader.defaults)
-    times = np.where(timed, event_time, NULL)
-    ages = np.where(timed, age, NULL)
     response = {
         "request_id": "bench",
         "region": REGION,
@@ -236,12 +234,24 @@ def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> byte
                 "ids": list(ids),
                 "values": values.T.tolist(),
                 "statuses": STATUS_NAMES[codes].T.tolist(),
-                "event_time_ms": times.T.tolist(),
-                "age_ms": ages.T.tolist(),
+                "event_time_ms": _times(event_time, timed),
+                "age_ms": _times(age, timed),
             }
         ],
     }
-    return orjson.dumps(response)
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _times(times: npt.NDArray[np.int64], known: npt.NDArray[np.bool_]) -> Any:
+    """Per entity, its row of ``times`` (features x entities) with null where not ``known``:
+    a numpy row (orjson writes it without a Python int per value) when every time is known."""
+    rows = np.ascontiguousarray(times.T)
+    whole = known.all(axis=0)
+    if whole.all():
+        return rows
+    partial = np.where(known, times, NULL).T
+    flags: list[bool] = whole.tolist()
+    return [rows[e] if ok else partial[e].tolist() for e, ok in enumerate(flags)]
 
 
 def _measure(
