@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -250,7 +250,7 @@ def _times(times: npt.NDArray[np.int64], known: npt.NDArray[np.bool_]) -> Any:
     if whole.all():
         return rows
     partial = np.where(known, times, NULL).T
-    flags: list[bool] = whole.tolist()
+    flags = cast(list[bool], whole.tolist())
     return [rows[e] if ok else partial[e].tolist() for e, ok in enumerate(flags)]
 
 
