@@ -8,12 +8,14 @@ partition, order; tiles outside that range are ignored. Here, for all entities a
    ascending by (group, start); an entity with blocks from several partitions has its rows sorted
    by (group, start, partition));
 2. each (tile group, window) of the view is a *pair*; a row covers a pair's window when
-   ``0 <= head - start <= window - tile`` (``head`` = the group's tile holding ``as_of``), one
-   rows x windows comparison for the whole view; every covering (row, pair) goes to the output
-   slot ``entity * pairs + pair`` in row order, so every slot sees its rows in merge order;
+   ``0 <= head - start <= window - tile`` (``head`` = the group's tile holding ``as_of``). One
+   comparison over all rows per window rank (the j-th shortest window of every group) picks the
+   covering rows in row order; the picks of all ranks are concatenated and each goes to the
+   output slot ``pair * entities + entity``, so every slot sees its rows in merge order;
 3. counts and sums are ``np.bincount`` over the slots (it adds weights left to right from 0.0,
    exactly the reference's fold), minima and maxima ``np.fmin.at``/``np.fmax.at`` (NaN, the empty
-   state, never wins), the newest covering start ``np.maximum.at``.
+   state, never wins), the newest covering start ``np.maximum.at``; values land in an object
+   array (features x entities) of Python ints, floats and None.
 
 Bitwise equality with the reference: sums add in the same order from the same 0.0; a mean divides
 the same float sum by the same count; an extreme of equal floats is the same float except for the
