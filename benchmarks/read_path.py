@@ -13,7 +13,9 @@ current from the same processor state:
   read by stripping headers as the Redis reader does, then ``serve_apps.values.evaluate`` with
   the replica's decode cache (``cached_groups``) and a fresh memo, then the columnar response;
 * new: per entity its blocks (one per source partition, ``features.blocks``), ``decode_block``,
-  one ``merge_blocks`` for all entities, statuses and ages as arrays, the same columnar response.
+  one ``merge_blocks`` for all entities, statuses and ages as arrays, the same columnar response
+  (event time = the newest covering tile start, as ``evaluate`` has it for a view without
+  ``last`` features, which this one is).
 
 Both responses are encoded with orjson; the run first checks that they carry the same values,
 statuses, event times and ages. CPU time is ``time.process_time`` around each read; a figure is
@@ -35,7 +37,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -54,7 +56,7 @@ from features.blocks import Block, BlockLayout, decode_block, encode_block
 from features.catalog import Catalog, Feature
 from features.demo import SOURCE
 from features.keys import OnlineKey
-from features.tile_groups import parse_field
+from features.tile_groups import TileGroup, parse_field
 from regions.tiles import HEADER_BYTES, TAG_OFFSET, TAG_VALUE, TileWrite, encode_field
 from serve_apps.config import Limits
 from serve_apps.plan import CatalogIndex, ReadPlan, build_plan, encoded_id
@@ -178,7 +180,9 @@ class Reader:
         return cls(index, BlockLayout.for_view(view), view.features, names, defaults)
 
 
-def old_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int, groups: Any) -> bytes:
+def old_read(
+    reader: Reader, plan: ReadPlan, stores: Stores, as_of: int, groups: Sequence[TileGroup]
+) -> bytes:
     """Today's path: per-tile fields, ``evaluate`` per entity (a fresh memo), columns shape."""
     info = plan.refs[0].info
     features = [r.feature for r in plan.refs]
@@ -281,7 +285,7 @@ def _measure(
     return total / reads * 1000.0, warm / reads * 1000.0
 
 
-def _check_same(reader: Reader, stores: Stores, groups: Any) -> None:
+def _check_same(reader: Reader, stores: Stores, groups: Sequence[TileGroup]) -> None:
     """Both paths answer the same, for every user (not timed)."""
     ids = tuple(_user(u) for u in range(USERS))
     plan = Plan(reader, len(ids)).plan_for(ids)
