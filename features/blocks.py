@@ -51,6 +51,7 @@ from features.exceptions import CorruptState
 from features.tile_groups import TileGroup, tile_groups
 
 LAYOUT_VERSION = 1
+FIELD_PREFIX = "b_p"  # a block's store field: ``b_p<partition>`` (:func:`block_field`)
 _MAGIC = b"FLB"
 _HEADER = struct.Struct("<3sBIIIIII4x")  # 32 bytes: the table after it is 8-byte aligned
 _OFFSET = np.dtype("<u4")
@@ -352,3 +353,58 @@ def decode_block(layout: BlockLayout, raw: bytes) -> Block:
         raise CorruptState("block holds unwindowed states but the view has no unwindowed features")
     payload = raw[offsets_at + variable :] if unwindowed else None
     return Block(layout, raw, partition, rows, cells, offsets_at, max(blob, 0), payload)
+
+
+def block_field(partition: int) -> str:
+    """The store field (of the entity's store key) holding the block of ``partition``."""
+    return f"{FIELD_PREFIX}{partition}"
+
+
+def block_partition(field: str) -> int | None:
+    """The partition of a :func:`block_field` name; ``None`` for any other field (an older
+    layout's per-tile fields, which readers of this layout ignore)."""
+    if not field.startswith(FIELD_PREFIX):
+        return None
+    digits = field[len(FIELD_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
+
+
+def decode_tiles(layout: BlockLayout, raw: bytes) -> tuple[int, dict[TileKey, list[Any]]]:
+    """The inverse of :func:`encode_block`: ``(partition, tiles)`` with ``tiles`` keyed and
+    ordered as ``encode_block`` takes them, so ``encode_block(layout, *decode_tiles(layout, b))``
+    is ``b`` again. The processor rebuilds its state from its changelog with it."""
+    block = decode_block(layout, raw)
+    table = block.table()
+    tiles: dict[TileKey, list[Any]] = {}
+    cell = 0
+    for row in table.tolist():
+        start, index = int(row[0]), int(row[1])
+        group = layout.tiled[index]
+        states: list[Any] = []
+        for f, slots in enumerate(group.feature_slots):
+            if f in group.variable:
+                states.append(group.group.aggregators[f].load(block.cell(cell)))
+                cell += 1
+            else:
+                states.append(_state(group.group.features[f], layout, slots, row))
+        tiles[(group.tile_ms, start)] = states
+    if cell != block.cells:
+        raise CorruptState("block holds another number of variable-width cells than its rows")
+    if block.unwindowed is not None and layout.unwindowed is not None:
+        tiles[(None, None)] = layout.unwindowed.decode(block.unwindowed)
+    return block.partition, tiles
+
+
+def _state(
+    feature: Feature, layout: BlockLayout, slots: tuple[int, ...], row: Sequence[Any]
+) -> Any:
+    """A fixed-width feature's state from its slots of one row (``_row``'s inverse)."""
+    values = [row[2 + slot] for slot in slots]
+    agg = feature.aggregation
+    if agg is Aggregation.COUNT:
+        return int(values[0])
+    if agg is Aggregation.MEAN:
+        return (int(values[0]), float(values[1]))
+    if agg is Aggregation.SUM:
+        return float(values[0])
+    return None if math.isnan(values[0]) else float(values[0])

@@ -21,7 +21,10 @@ from features.blocks import (
     TABLE_AT,
     Block,
     BlockLayout,
+    block_field,
+    block_partition,
     decode_block,
+    decode_tiles,
     encode_block,
 )
 from features.catalog import Catalog, FeatureView
@@ -324,3 +327,30 @@ def test_states_that_disagree_on_a_shared_slot_are_refused() -> None:
 def test_a_tile_size_the_view_does_not_have_is_refused() -> None:
     with pytest.raises(ValueError, match="no tile group 7"):
         encode_block(LAYOUT, 0, {(7, 0): []})
+
+
+def _comparable(tiles: dict) -> dict:
+    """Tiles with every state made comparable bit for bit (HyperLogLogs by their dump)."""
+    out = {}
+    for key, states in tiles.items():
+        group = next(g for g in LAYOUT.groups if g.tile_ms == key[0])
+        out[key] = [_bits(list(a.dump(s))) for a, s in zip(group.aggregators, states, strict=True)]
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(TILES, st.integers(0, 63), st.integers(-(10**9), 10**9))
+def test_decode_tiles_inverts_encode_block(spec: dict, partition: int, as_of: int) -> None:
+    tiles = _tiles(LAYOUT, spec, as_of)
+    raw = encode_block(LAYOUT, partition, tiles)
+    got_partition, decoded = decode_tiles(LAYOUT, raw)
+    assert got_partition == partition
+    assert encode_block(LAYOUT, partition, decoded) == raw
+    assert _comparable(decoded) == _comparable(tiles)
+
+
+def test_block_fields_name_their_partition_and_nothing_else() -> None:
+    assert block_partition(block_field(7)) == 7
+    assert block_partition("t10000_p7@1764000000000") is None  # an older layout's tile
+    assert block_partition("u_p7") is None
+    assert block_partition("b_px") is None
