@@ -13,12 +13,14 @@ For each micro-batch:
    and fold each group into its tile with the aggregators' ``agg_seq``, which equals folding the
    group's events one by one; tiles are independent of each other, so the states equal those of
    a per-event fold in partition order (the unit tests compare both on random batches);
-3. remember which (view, entity, tile) changed, with the newest offset folded into it as the
-   change's version.
-``drain_changes`` turns the changed tiles into changelog records holding *absolute* tile states,
-so replaying them anywhere (a region catching up, a restart) never counts an event twice, and
-deletes the tiles no window can read any more (found through a min-heap of expiry times, so a
-commit does not scan every live tile).
+3. remember which (view, entity) changed, with the newest offset folded into it as the change's
+   version.
+``drain_changes`` turns each changed (view, entity) into one changelog record holding its block
+(``features.blocks``: every live tile this partition holds for it, *absolute* states), so replaying
+records anywhere (a region catching up, a restart) never counts an event twice. Tiles no window
+can read any more (found through a min-heap of expiry times, so a commit does not scan every live
+tile) drop out of their entity's block, which is re-encoded; an entity left without tiles gets its
+block field deleted.
 """
 
 from __future__ import annotations
@@ -30,10 +32,18 @@ from typing import Any, NamedTuple, Protocol
 
 from actors.changelog import ChangelogRecord
 from actors.dlq import DeadLetter, dead_letter
+from features.blocks import (
+    BlockLayout,
+    TileKey,
+    block_field,
+    block_partition,
+    decode_tiles,
+    encode_block,
+)
 from features.catalog import Catalog, FeatureView
 from features.errors import EventRejected, RejectReason
 from features.keys import OnlineKey
-from features.tile_groups import TileGroup, parse_field, tile_groups
+from features.tile_groups import TileGroup, tile_groups
 from features.tiles import tile_start
 from features.validation import EventValidator
 from features.watermark import WatermarkPolicy, WatermarkState
@@ -70,8 +80,10 @@ class _View:
     key_field: str
     groups: tuple[TileGroup, ...]
     max_id_bytes: int
+    layout: BlockLayout
 
 
+EntityId = tuple[str, str]  # view, entity id
 TileId = tuple[str, str, int | None, int | None]  # view, entity id, tile_ms, tile start
 _Change = tuple[int, int]  # (version: newest offset folded in, newest event time folded in)
 _Accepted = tuple[dict[str, Any], int, int]  # (event, event time, offset)
@@ -82,7 +94,8 @@ _KEY_CACHE_MAX = 100_000
 @dataclass
 class ProcessorState:
     watermark: WatermarkState = field(default_factory=WatermarkState)
-    tiles: dict[TileId, list[Any]] = field(default_factory=dict)
+    # Per (view, entity): its live tiles, keyed like ``features.blocks.encode_block`` takes them.
+    tiles: dict[EntityId, dict[TileKey, list[Any]]] = field(default_factory=dict)
     last_offset: int = -1
     # (expires at, tile) for every tiled tile ever created since the last restore; an entry whose
     # tile is gone (evicted or restored as deleted) is skipped when it comes up.
@@ -105,7 +118,13 @@ class PartitionProcessor:
         self.source = catalog.source(source_name)
         self.partition = partition
         self._views = [
-            _View(v, v.key_field(catalog), tile_groups(v), catalog.entity(v.entity).max_id_bytes)
+            _View(
+                v,
+                v.key_field(catalog),
+                tile_groups(v),
+                catalog.entity(v.entity).max_id_bytes,
+                BlockLayout.for_view(v),
+            )
             for v in catalog.views
             if v.source == source_name
         ]
@@ -119,7 +138,7 @@ class PartitionProcessor:
         self._group_index = {(v.view.name, g.tile_ms): g for v in self._views for g in v.groups}
         self._spans = {k: g.span_ms or 0 for k, g in self._group_index.items()}
         self.state = ProcessorState()
-        self._changed: dict[TileId, _Change] = {}
+        self._changed: dict[EntityId, _Change] = {}
         self._keys: dict[tuple[str, str], str] = {}
 
     @property
@@ -173,10 +192,14 @@ class PartitionProcessor:
                 bucket.append(item)
         name = view.view.name
         for entity, items in by_entity.items():
+            entity_id = (name, entity)
+            tiles = self.state.tiles.get(entity_id)
+            if tiles is None:
+                tiles = self.state.tiles[entity_id] = {}
             for group in view.groups:
                 tile_ms = group.tile_ms
                 if tile_ms is None:
-                    self._fold_tile((name, entity, None, None), group, items)
+                    self._fold_tile(entity_id, tiles, (None, None), group, items)
                     continue
                 by_tile: dict[int, list[_Accepted]] = {}
                 for item in items:
@@ -187,72 +210,76 @@ class PartitionProcessor:
                     else:
                         tile.append(item)
                 for start, tile_items in by_tile.items():
-                    self._fold_tile((name, entity, tile_ms, start), group, tile_items)
+                    self._fold_tile(entity_id, tiles, (tile_ms, start), group, tile_items)
 
-    def _fold_tile(self, tile_id: TileId, group: TileGroup, items: list[_Accepted]) -> None:
-        states = self.state.tiles.get(tile_id)
+    def _fold_tile(
+        self,
+        entity_id: EntityId,
+        tiles: dict[TileKey, list[Any]],
+        tile: TileKey,
+        group: TileGroup,
+        items: list[_Accepted],
+    ) -> None:
+        states = tiles.get(tile)
         if states is None:
-            states = self.state.tiles[tile_id] = group.initial_states()
-            self._track_expiry(tile_id)
+            states = tiles[tile] = group.initial_states()
+            self._track_expiry(entity_id, tile)
         events = [item[0] for item in items]
         times = [item[1] for item in items]
         offsets = [item[2] for item in items]
         group.fold(states, events, times, offsets)
         newest = max(times)
-        change = self._changed.get(tile_id)
+        change = self._changed.get(entity_id)
         if change is not None and change[1] > newest:
             newest = change[1]
-        self._changed[tile_id] = (offsets[-1], newest)
+        version = offsets[-1] if change is None else max(offsets[-1], change[0])
+        self._changed[entity_id] = (version, newest)
 
-    def _track_expiry(self, tile_id: TileId) -> None:
-        if tile_id[3] is not None:
+    def _track_expiry(self, entity_id: EntityId, tile: TileKey) -> None:
+        if tile[1] is not None:
+            tile_id = (entity_id[0], entity_id[1], tile[0], tile[1])
             heapq.heappush(self.state.expiry, (self._expires_at(tile_id), tile_id))
 
     def drain_changes(self) -> list[ChangelogRecord]:
-        """Changed tiles since the last drain, as absolute states; expired tiles as deletes."""
-        records = [self._record(tile_id, change) for tile_id, change in self._changed.items()]
-        self._changed.clear()
-        records.extend(self._evict())
-        return records
+        """One record per (view, entity) changed or evicted from since the last drain: its block
+        (absolute states), or a delete of its block field once it holds no tile."""
+        changed, self._changed = self._changed, {}
+        watermark = self.watermark_ms
+        for entity_id in self._evict():
+            if entity_id not in changed:  # evictions only: newer than anything written before
+                changed[entity_id] = (max(self.state.last_offset, 0), watermark)
+        return [self._record(entity_id, change) for entity_id, change in changed.items()]
 
-    def _record(self, tile_id: TileId, change: _Change) -> ChangelogRecord:
-        view_name, entity, tile_ms, start = tile_id
-        group = self._group_index[(view_name, tile_ms)]
+    def _record(self, entity_id: EntityId, change: _Change) -> ChangelogRecord:
+        view_name, entity = entity_id
         view = self._view(view_name)
+        tiles = self.state.tiles.get(entity_id)
+        value = None
+        if tiles:
+            value = encode_block(view.layout, self.partition, tiles)
+        else:
+            self.state.tiles.pop(entity_id, None)
         write = TileWrite(
             key=self._key(view, entity),
-            field=group.field(self.partition, start),
-            value=group.encode(self.state.tiles[tile_id]),
+            field=block_field(self.partition),
+            value=value,
             version=change[0],
             ttl_ms=view.view.ttl_ms,
         )
         return ChangelogRecord(write, change[1])
 
-    def _evict(self) -> list[ChangelogRecord]:
-        """Drop tiles no window can read any more (relative to the watermark) and emit deletes."""
-        watermark = self.watermark_ms
-        horizon = watermark - self.source.allowed_lateness_ms - _EVICTION_SLACK_MS
+    def _evict(self) -> set[EntityId]:
+        """Drop tiles no window can read any more (relative to the watermark); the entities
+        they belonged to."""
+        horizon = self.watermark_ms - self.source.allowed_lateness_ms - _EVICTION_SLACK_MS
         heap, tiles = self.state.expiry, self.state.tiles
-        expired = []
+        touched = set()
         while heap and heap[0][0] < horizon:
-            tile_id = heapq.heappop(heap)[1]
-            if tile_id in tiles:
-                expired.append(tile_id)
-        records = []
-        for tile_id in expired:
-            view_name, entity, tile_ms, start = tile_id
-            group = self._group_index[(view_name, tile_ms)]
-            view = self._view(view_name)
-            write = TileWrite(
-                self._key(view, entity),
-                group.field(self.partition, start),
-                None,
-                max(self.state.last_offset, 0),
-                view.view.ttl_ms,
-            )
-            records.append(ChangelogRecord(write, watermark))
-            del self.state.tiles[tile_id]
-        return records
+            view_name, entity, tile_ms, start = heapq.heappop(heap)[1]
+            entity_tiles = tiles.get((view_name, entity))
+            if entity_tiles is not None and entity_tiles.pop((tile_ms, start), None) is not None:
+                touched.add((view_name, entity))
+        return touched
 
     def _expires_at(self, tile_id: TileId) -> int:
         return (tile_id[3] or 0) + self._spans[(tile_id[0], tile_id[2])]
@@ -285,13 +312,15 @@ class PartitionProcessor:
         view = views.get(key.view)
         if view is None or view.view.version != key.version:
             return  # another view version's tiles: not ours to rebuild
-        tile_ms, partition, start = parse_field(write.field)
-        if partition != self.partition:
-            return
-        tile_id = (key.view, key.entity_id, tile_ms, start)
+        if block_partition(write.field) != self.partition:
+            return  # an older layout's per-tile field, or another partition's block
+        entity_id = (key.view, key.entity_id)
         if write.value is None:
-            self.state.tiles.pop(tile_id, None)
-        else:
-            if tile_id not in self.state.tiles:
-                self._track_expiry(tile_id)
-            self.state.tiles[tile_id] = self._group_index[(key.view, tile_ms)].decode(write.value)
+            self.state.tiles.pop(entity_id, None)
+            return
+        _partition, tiles = decode_tiles(view.layout, write.value)
+        known = self.state.tiles.get(entity_id, {})
+        self.state.tiles[entity_id] = tiles
+        for tile in tiles:
+            if tile not in known:  # already in the expiry heap
+                self._track_expiry(entity_id, tile)

@@ -10,11 +10,11 @@ Invariants shared by every store adapter:
 The Redis adapter enforces the first invariant on the server; DynamoDB's BatchWriteItem cannot be
 conditional, so there it holds only if one writer at a time owns a key (see ``dynamodb_store``).
 
-Deletes and the version floor: a field's versions come from one source partition's offsets, and the
-changelog carries one partition's records in offset order, so a single *floor* per (key, partition),
-the highest version of any delete applied there, is enough to refuse a replayed older write of a
-deleted field (:func:`floor_field` names it). Stores may therefore really delete a field instead of
-keeping a per-field tombstone: "absent" compares as "at the floor".
+Deletes and the version floor: a block field's versions come from one source partition's offsets,
+and the changelog carries one partition's records in offset order, so a single *floor* per (key,
+partition), the highest version of any delete applied there, is enough to refuse a replayed older
+write of a deleted block (:func:`floor_field` names it). Stores may therefore really delete a field
+instead of keeping a per-field tombstone: "absent" compares as "at the floor".
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from features.blocks import block_partition
 from features.errors import DataError
-from features.exceptions import CorruptState
-from features.tile_groups import parse_field
 
 MAX_VERSION = 2**64 - 1
 # Redis field layout: 8-byte big-endian unsigned version, one tag byte, then the payload.
@@ -35,7 +34,7 @@ TAG_OFFSET = HEADER_BYTES - 1  # the tag is the header's last byte, after the ve
 TAG_VALUE = 1
 TAG_TOMBSTONE = 0  # legacy per-field tombstones: still honoured and dropped by the next delete
 TAG_FLOOR = 2
-FLOOR_PREFIX = "~"  # tile-group fields start with "t" or "u": a floor never collides with a tile
+FLOOR_PREFIX = "~"  # block fields start with "b": a floor never collides with a block
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +96,11 @@ def decode_field(raw: bytes) -> tuple[int, bytes | None]:
 def floor_field(field: str) -> str:
     """The hash field holding the version floor that guards ``field`` once it is deleted.
 
-    Tile-group fields (``features.tile_groups``) share one floor per source partition (``~p3``);
-    any other field name is its own group (``~f:<field>``), which is exactly a tombstone's guard.
+    A block field (``features.blocks.block_field``) has the floor of its source partition
+    (``~p3``); any other field name is its own group (``~f:<field>``), which is exactly a
+    tombstone's guard.
     """
-    try:
-        _, partition, _ = parse_field(field)
-    except CorruptState:
+    partition = block_partition(field)
+    if partition is None:
         return f"{FLOOR_PREFIX}f:{field}"
     return f"{FLOOR_PREFIX}p{partition}"

@@ -12,11 +12,12 @@ import pytest
 from actors.changelog import ChangelogRecord, decode, encode
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
+from features.block_merge import merge_blocks
+from features.blocks import BlockLayout, block_field, decode_block, decode_tiles
 from features.demo import SOURCE, card_transactions_catalog
 from features.errors import RejectReason
 from features.hll import HyperLogLog
 from features.keys import OnlineKey
-from features.tile_groups import read_view, tile_groups
 from features.watermark import WatermarkState
 
 CATALOG = card_transactions_catalog()
@@ -60,8 +61,13 @@ def _served(
 ) -> dict[str, Any]:
     view = CATALOG.view(view_name)
     key = OnlineKey("default", view.name, view.version, entity).encode()
-    fields = {f: w.value for (k, f), w in store.items() if k == key and w.value is not None}
-    return read_view(tile_groups(view), fields, as_of)
+    layout = BlockLayout.for_view(view)
+    blocks = [
+        decode_block(layout, w.value)
+        for (k, _f), w in sorted(store.items())
+        if k == key and w.value is not None
+    ]
+    return merge_blocks(layout, [blocks], as_of).entity(0)
 
 
 NOW = T0 + 10**9  # the processor's clock: far enough ahead that no generated event is "future"
@@ -138,10 +144,17 @@ def _tiles_by_batch_size(records: list[RawRecord], size: int) -> tuple[Any, Any,
     for i in range(0, len(records), size):
         dead += len(processor.process(records[i : i + size]).dead_letters)
         _store(processor.drain_changes(), store)
-    tiles = {t: [_plain(s) for s in states] for t, states in processor.state.tiles.items()}
-    # A delete's version is the offset at the drain that found the tile expired, which depends on
-    # how often one drains, not on the fold; a set's version is the newest offset folded in.
-    stored = {k: (w.value, None if w.value is None else w.version) for k, w in store.items()}
+    tiles = {
+        (entity, tile): [_plain(s) for s in states]
+        for entity, entity_tiles in processor.state.tiles.items()
+        for tile, states in entity_tiles.items()
+    }
+    # A version is the newest offset folded into the block, or, for a block that only lost
+    # expired tiles, the offset at the drain that found them expired, which depends on how often
+    # one drains, not on the fold: the stored blocks and dead letters are compared, and the
+    # versions must stay below the next offset.
+    assert all(w.version <= processor.state.last_offset for w in store.values())
+    stored = {k: w.value for k, w in store.items()}
     return tiles, stored, dead
 
 
@@ -173,15 +186,27 @@ def test_expired_tiles_are_deleted_once_and_live_ones_kept() -> None:
     }
     processor.process([RawRecord(0, b"u", orjson.dumps(event))])
     processor.drain_changes()
-    later = dict(event, event_id="e-1", seq=1, event_time_ms=T0 + 2 * 3_600_000)
-    processor.process([RawRecord(1, b"u", orjson.dumps(later))])
-    deletes = [r.write.field for r in processor.drain_changes() if r.write.value is None]
-    # Two hours on: the 10 s tile (5m window) and the 1 m tiles (1h windows) of T0 are dead;
-    # the 1 h (24h) and 4 h (7d) tiles are still read.
-    assert sorted(deletes) == sorted(
-        [f"t10000_p0@{T0 - T0 % 10_000}", *[f"t60000_p0@{T0 - T0 % 60_000}"] * 2]
+    later = dict(
+        event, event_id="e-1", seq=1, merchant_id="m_00002", event_time_ms=T0 + 2 * 3_600_000
     )
-    assert not [r for r in processor.drain_changes() if r.write.value is None]
+    processor.process([RawRecord(1, b"u", orjson.dumps(later))])
+    changes = {r.write.key.split(":")[2]: r.write for r in processor.drain_changes()}
+    view = CATALOG.view("user_spend")
+    layout = BlockLayout.for_view(view)
+    _partition, tiles = decode_tiles(layout, changes["user_spend"].value or b"")
+    # Two hours on: the 10 s tile (5m window) and the 1 m tile (1h windows) of T0 dropped out of
+    # the user's block; the 1 h (24h) and 4 h (7d) tiles of T0 are still read.
+    old = {k for k in tiles if k[1] is not None and k[1] <= T0}
+    assert old == {(3_600_000, T0 - T0 % 3_600_000), (14_400_000, T0 - T0 % 14_400_000)}
+    assert changes["user_spend"].field == block_field(0)
+    assert processor.drain_changes() == []
+    # A day on, every window of merchant m_00001's only event has ended: its block is deleted.
+    last = dict(later, event_id="e-2", seq=2, event_time_ms=T0 + 26 * 3_600_000)
+    processor.process([RawRecord(2, b"u", orjson.dumps(last))])
+    gone = [r.write for r in processor.drain_changes() if r.write.value is None]
+    assert [(w.key.rsplit(":", 1)[1], w.field, w.version) for w in gone] == [
+        ("m_00001", block_field(0), 2)
+    ]
 
 
 def test_a_record_without_value_is_dead_lettered_and_the_batch_goes_on() -> None:

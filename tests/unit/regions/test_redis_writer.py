@@ -6,9 +6,8 @@ import pytest
 import redis.exceptions as rex
 from pydantic import SecretStr
 
+from features.blocks import block_field, block_partition
 from features.errors import DataError, StoreTimeout, StoreUnavailable
-from features.exceptions import CorruptState
-from features.tile_groups import parse_field
 from regions.config import default_topology
 from regions.exceptions import DeadlineExceeded, StoreRejected
 from regions.redis_store import (
@@ -93,15 +92,12 @@ def test_script_arguments_group_by_key_with_the_longest_ttl() -> None:
     ]
 
 
-def test_tile_fields_of_one_partition_share_one_floor_and_floors_never_look_like_tiles() -> None:
+def test_a_block_field_has_its_partitions_floor_and_floors_never_look_like_blocks() -> None:
     # The floor is per (key, source partition): that partition's changelog is in offset order.
-    assert floor_field("t10000_p3@1764000000000") == "~p3"
-    assert floor_field("t3600000_p3@1764000000000") == "~p3"
-    assert floor_field("u_p3") == "~p3"
-    assert floor_field("t10000_p4@1764000000000") == "~p4"
-    assert floor_field("f") == "~f:f"  # not a tile-group field: its own guard, like a tombstone
-    with pytest.raises(CorruptState):
-        parse_field(floor_field("u_p3"))  # read_view could never mistake a floor for a tile
+    assert floor_field(block_field(3)) == "~p3"
+    assert floor_field(block_field(4)) == "~p4"
+    assert floor_field("f") == "~f:f"  # not a block field: its own guard, like a tombstone
+    assert block_partition(floor_field(block_field(3))) is None  # never read as a block
 
 
 def test_readers_skip_floors_and_legacy_tombstones() -> None:
