@@ -67,11 +67,22 @@ class MergedView:
     """``values[f, e]``: feature ``names[f]``'s value for entity ``e`` (request order), a Python
     object in an object array (so a response takes rows or columns without a Python loop);
     ``newest[e, f]``: the start of the newest tile in that feature's window holding data for
-    entity ``e``, a lower bound of its newest event time (``NO_TILE``: none, or unwindowed)."""
+    entity ``e``, a lower bound of its newest event time (``NO_TILE``: none, or unwindowed).
+
+    Event-time evidence per entity ``e`` (what serving dates values with): ``last_time[e, f]``
+    the exact event time of a ``last`` feature's merged state (``NO_TILE`` for other features
+    or no event); ``newest_last[e]`` the newest of those over every ``last`` feature of the view,
+    requested or not; ``latest_start[e]`` the newest start of any tile stored for the entity that
+    is not after ``as_of`` (``NO_TILE``: none); ``unwindowed[e]`` whether some block of the
+    entity holds unwindowed states."""
 
     names: tuple[str, ...]
     values: Objects
     newest: npt.NDArray[np.int64]
+    last_time: npt.NDArray[np.int64]
+    newest_last: npt.NDArray[np.int64]
+    latest_start: npt.NDArray[np.int64]
+    unwindowed: npt.NDArray[np.bool_]
 
     def entity(self, index: int) -> dict[str, Any]:
         """One entity's values, shaped like ``read_view``'s result."""
@@ -177,14 +188,24 @@ def merge_blocks(
     empty result, as ``read_view`` does for no fields. Bad rows raise :class:`CorruptState`."""
     plan = _plan(layout)
     names = plan.names if features is None else tuple(features)
-    values = np.empty((len(plan.names), len(entities)), dtype=object)
-    newest = np.full((plan.pairs + 1, len(entities)), NO_TILE, dtype=np.int64)
+    n = len(entities)
+    values = np.empty((len(plan.names), n), dtype=object)
+    newest = np.full((plan.pairs + 1, n), NO_TILE, dtype=np.int64)
+    latest = np.full(n, NO_TILE, dtype=np.int64)
+    last_time = np.full((len(plan.names), n), NO_TILE, dtype=np.int64)
+    unwindowed = np.zeros(n, dtype=bool)
     if layout.tiled:
-        _merge_tiled(layout, plan, entities, as_of_ms=as_of_ms, values=values, newest=newest)
+        _merge_tiled(
+            layout, plan, entities, as_of_ms=as_of_ms, values=values, newest=newest, latest=latest
+        )
     if layout.unwindowed is not None:
-        _merge_unwindowed(layout.unwindowed, entities, values, plan.unwindowed)
+        unwindowed[:] = [any(b.unwindowed is not None for b in bs) for bs in entities]
+        _merge_unwindowed(layout.unwindowed, entities, values, plan.unwindowed, last_time)
     rows, pairs = plan.rows_and_pairs(names)
-    return MergedView(names, values[rows], newest[pairs].T)
+    newest_last = last_time.max(axis=0) if len(plan.names) else latest.copy()
+    return MergedView(
+        names, values[rows], newest[pairs].T, last_time[rows].T, newest_last, latest, unwindowed
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +289,16 @@ def _merge_tiled(
     as_of_ms: int,
     values: Objects,
     newest: npt.NDArray[np.int64],
+    latest: npt.NDArray[np.int64],
 ) -> None:
     """Every tiled feature's values into its row of ``values``, the newest covering start per
-    pair and entity into ``newest``."""
+    pair and entity into ``newest``, the newest start not after ``as_of`` into ``latest``."""
     rows = _gather(layout, plan, entities)
     n, pairs = len(entities), plan.pairs
     size = n * pairs
     group, start = rows.group, rows.start
+    past = start <= as_of_ms
+    np.maximum.at(latest, rows.entity[past], start[past])
     age = (as_of_ms - as_of_ms % layout.tiles)[group] - start  # ms before the group's head tile
     age[age < 0] = _NEVER  # after the head tile: covers nothing
     base = plan.pair_base[group]
@@ -353,9 +377,14 @@ def _variable_values(
 
 
 def _merge_unwindowed(
-    group: TileGroup, entities: Sequence[Sequence[Block]], values: Objects, rows: Indexes
+    group: TileGroup,
+    entities: Sequence[Sequence[Block]],
+    values: Objects,
+    rows: Indexes,
+    last_time: npt.NDArray[np.int64],
 ) -> None:
     features, aggregators = group.features, group.aggregators
+    lasts = [i for i, f in enumerate(features) if f.aggregation is Aggregation.LAST]
     for e, entity_blocks in enumerate(entities):
         merged = group.initial_states()
         held = sorted(
@@ -369,3 +398,6 @@ def _merge_unwindowed(
                     merged[i] = aggregators[i].merge(merged[i], state)
         for i, state in enumerate(merged):
             values[rows[i], e] = aggregators[i].result(state)
+        for i in lasts:
+            if merged[i] is not None:  # (event time, order, value): the time is exact
+                last_time[rows[i], e] = merged[i][0]

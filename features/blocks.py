@@ -408,3 +408,20 @@ def _state(
     if agg is Aggregation.SUM:
         return float(values[0])
     return None if math.isnan(values[0]) else float(values[0])
+
+
+def blocks_of(layout: BlockLayout, fields: Mapping[str, bytes]) -> list[Block]:
+    """The decoded blocks among one entity's stored fields, by ascending partition; other
+    fields (an older layout's per-tile fields, stores' own bookkeeping) are not blocks and are
+    skipped. A block on another layout version raises :class:`CorruptState` ("rehydrate")."""
+    found = []
+    for name, raw in fields.items():
+        partition = block_partition(name)
+        if partition is not None:
+            found.append((partition, raw))
+    found.sort(key=_first)
+    return [decode_block(layout, raw) for _, raw in found]
+
+
+def _first(item: tuple[int, bytes]) -> int:
+    return item[0]

@@ -16,21 +16,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from features.blocks import BlockLayout
 from features.catalog import Catalog, Entity, Feature, FeatureView
 from features.errors import CatalogError
 from features.keys import encode_entity_id, view_prefix
-from features.tile_groups import TileGroup, tile_groups
 from serve_apps.config import Limits
 from serve_apps.exceptions import BadRequest, TooManyEntities
 
 
 @dataclass(frozen=True, slots=True)
 class ViewInfo:
-    """A view with what serving needs precomputed: tile groups, key prefix, entity limits."""
+    """A view with what serving needs precomputed: block layout, key prefix, entity limits."""
 
     view: FeatureView
     entity: Entity
-    groups: tuple[TileGroup, ...]
+    layout: BlockLayout
     prefix: str
 
 
@@ -66,7 +66,7 @@ class CatalogIndex:
             self.views[view.name] = ViewInfo(
                 view,
                 catalog.entity(view.entity),
-                tile_groups(view),
+                BlockLayout.for_view(view),
                 view_prefix(tenant, view.name, view.version),
             )
         self.by_join_key = {e.join_key: e for e in catalog.entities}

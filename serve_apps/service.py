@@ -2,11 +2,13 @@
 
 Per request: one deadline (monotonic clock), one :meth:`FallbackChain.read` for all keys, one
 ``as_of`` (wall clock, ms, taken after the read so no stored event can be newer than a value's
-``as_of`` because of the read itself), then :func:`serve_apps.values.evaluate` per (view, entity).
+``as_of`` because of the read itself), then one :func:`serve_apps.values.evaluate_view` per view,
+which merges the blocks of all the view's requested entities in one vectorised pass.
 
 Invariants: never raises for store trouble (the chain turns it into defaults, status ``default``
-and store ``defaults``); a corrupt stored field costs only its own (view, entity): logged, defaults
-served; the result holds exactly one value per requested (ref, entity id).
+and store ``defaults``); a corrupt stored block costs only its own (view, entity): logged, defaults
+served; the result holds exactly one value per requested (ref, entity id). Nothing read from a
+store is cached: every request merges what its store answered.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from features.catalog import Feature
-from features.errors import DataError
 from regions.resilience import Deadline
 from serve_apps.fallback import ChainResult, FallbackChain
 from serve_apps.plan import CatalogIndex, FeatureRef, ReadPlan, ViewInfo, encoded_id
-from serve_apps.values import DEFAULT, CachedGroup, MergeMemo, Served, cached_groups, evaluate
+from serve_apps.values import Served, defaults, evaluate_view
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ReadResult:
 
 
 class ReadService:
-    """Owns the chain and the decoded-tile caches of one replica; one event loop."""
+    """Owns the chain of one replica; one event loop."""
 
     def __init__(
         self,
@@ -57,12 +57,6 @@ class ReadService:
         self.chain = chain
         self._monotonic = monotonic
         self._wall_ms = wall_ms
-        self._groups: dict[str, tuple[CachedGroup, ...]] = {
-            name: cached_groups(info.groups) for name, info in index.views.items()
-        }
-        # One memo per (view, requested feature set): a memo key holds only fields and head
-        # tiles, and which groups are merged depends on the feature set.
-        self._memos: dict[tuple[str, tuple[str, ...]], MergeMemo] = {}
 
     async def read(self, plan: ReadPlan) -> ReadResult:
         deadline = Deadline(plan.deadline_ms / 1000.0, self._monotonic)
@@ -81,24 +75,21 @@ class ReadService:
     ) -> ViewValues:
         info = refs[0].info
         features = [r.feature for r in refs]
-        groups = self._groups[info.view.name]
-        memo = self._memos.setdefault((info.view.name, tuple(r.ref for r in refs)), {})
-        by_id: dict[str, list[Served]] = {}
-        for entity_id in plan.ids[info.entity.name]:
-            if result.fields is None:
-                by_id[entity_id] = _defaults(features, result.store)
-                continue
-            key = info.prefix + encoded_id(entity_id, info.entity.max_id_bytes)
-            try:
-                fields = result.fields.get(key, {})
-                by_id[entity_id] = evaluate(
-                    info, groups, features, fields, as_of_ms=as_of, store=result.store, memo=memo
-                )
-            except DataError as exc:
-                log.error("corrupt tiles at %s in %s: %s", key, result.store, exc)
-                by_id[entity_id] = _defaults(features, result.store)
-        return ViewValues(info, tuple(refs), by_id)
-
-
-def _defaults(features: list[Feature], store: str) -> list[Served]:
-    return [(f.default, DEFAULT, None, None, store) for f in features]
+        ids = plan.ids[info.entity.name]
+        if result.fields is None:
+            served = [defaults(features, result.store) for _ in ids]
+        else:
+            stored = result.fields
+            replies = [
+                stored.get(info.prefix + encoded_id(i, info.entity.max_id_bytes), {}) for i in ids
+            ]
+            served = evaluate_view(
+                info.layout,
+                info.view.ttl_ms,
+                features,
+                replies,
+                as_of_ms=as_of,
+                store=result.store,
+                where=info.prefix,
+            )
+        return ViewValues(info, tuple(refs), dict(zip(ids, served, strict=True)))

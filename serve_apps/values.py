@@ -1,12 +1,14 @@
-"""From one entity's stored tile fields to served values with a status, event time and age.
+"""From the stored blocks of a view's entities to served values with a status, event time and age.
 
-The values themselves come from :func:`features.tile_groups.read_view`, the merge code the stream
-actors and offline backfills run, so serving cannot drift from training. This module only decides
-*which* fields to hand it and what to say about each value.
+The values come from :func:`features.block_merge.merge_blocks`, one vectorised pass over every
+requested entity of a view, proven bitwise equal to :func:`features.tile_groups.read_view`, the
+merge the offline backfills and tests use, so serving cannot drift from training. This module only
+hands it the blocks and says what each value is worth; statuses, event times and ages are computed
+as arrays over (feature, entity), never per value.
 
 Status of one value (``as_of`` = the request time, wall clock, ms):
 
-``not_found``  the store that answered holds nothing for the entity in this view; default served.
+``not_found``  the store that answered holds no block for the entity in this view; default served.
 ``default``    the entity exists but the feature has no data in its window (or an empty result,
                such as the mean of nothing); the feature's default is served.
 ``stale``      the feature's newest data is older than the view's ``ttl``; default served.
@@ -28,235 +30,161 @@ through the head-tile lower bound; ``stale`` matters for ``last`` and ``cusum`` 
 that went quiet.
 
 Invariants: a value whose (lower-bound) event time is older than ``ttl`` is never ``present``;
-tiles outside a feature's covering range never reach ``read_view``; a decoded tile is cached by its
-payload bytes, which is safe because ``merge`` never mutates its inputs.
+tiles outside a feature's covering range never count (the merge's rule); a corrupt block costs only
+its own entity (its values are defaults, see :func:`evaluate_view`); there is no cache of stored
+bytes or merged values: every read merges what the store answered.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from features.block_merge import NO_TILE, MergedView, merge_blocks
+from features.blocks import Block, BlockLayout, blocks_of
 from features.catalog import Aggregation, Feature
-from features.tile_groups import TileGroup, parse_field, read_view
-from features.tiles import TileSpec, tile_start
-from serve_apps.plan import ViewInfo
+from features.errors import DataError
 
 PRESENT = "present"
 DEFAULT = "default"
 NOT_FOUND = "not_found"
 STALE = "stale"
 
-_CACHE_LIMIT = 65_536
-
+log = logging.getLogger(__name__)
 
 Served = tuple[Any, str, int | None, int | None, str]
 """``(value, status, event_time_ms, age_ms, store)``: a plain tuple, built 5,000 times for a
 100-entity x 50-feature read, where a NamedTuple's constructor cost shows."""
 
-
-@dataclass(frozen=True)
-class CachedGroup(TileGroup):
-    """A tile group whose ``decode`` remembers payloads: closed tiles never change, so most of a
-    read's tiles were decoded by an earlier request. Returns a fresh list over shared states."""
-
-    cache: dict[bytes, list[Any]] = field(default_factory=dict, compare=False, repr=False)
-    span: int | None = None
-
-    @property
-    def span_ms(self) -> int | None:
-        return self.span
-
-    def decode(self, payload: bytes) -> list[Any]:
-        states = self.cache.get(payload)
-        if states is None:
-            states = super().decode(payload)
-            if len(self.cache) >= _CACHE_LIMIT:
-                self.cache.clear()
-            self.cache[payload] = states
-        return list(states)
+_STATUS = np.array([PRESENT, DEFAULT, STALE, NOT_FOUND], dtype=object)
+_PRESENT, _DEFAULT, _STALE, _NOT_FOUND = range(4)
+_NULL = np.array(None, dtype=object)
+Ints = npt.NDArray[np.int64]
 
 
-def cached_groups(groups: Sequence[TileGroup]) -> tuple[CachedGroup, ...]:
-    return tuple(CachedGroup(g.tile_ms, g.features, g.aggregators, span=g.span_ms) for g in groups)
+def defaults(features: Sequence[Feature], store: str) -> list[Served]:
+    return [(f.default, DEFAULT, None, None, store) for f in features]
 
 
-_PARSED: dict[str, tuple[int | None, int, int | None]] = {}
-
-
-def _parse(name: str) -> tuple[int | None, int, int | None]:
-    parsed = _PARSED.get(name)
-    if parsed is None:
-        parsed = parse_field(name)
-        if len(_PARSED) >= _CACHE_LIMIT:
-            _PARSED.clear()
-        _PARSED[name] = parsed
-    return parsed
-
-
-MergeMemo = dict[tuple[Any, ...], list[tuple[Any, Any]]]
-"""Per (view, feature set): ``(head tiles, stored fields) -> [(value, event time), ...]``."""
-
-
-def _heads(groups: Sequence[TileGroup], as_of_ms: int) -> tuple[int | None, ...]:
-    return tuple(None if g.tile_ms is None else tile_start(as_of_ms, g.tile_ms) for g in groups)
-
-
-def not_found(features: Sequence[Feature], store: str) -> list[Served]:
-    return [(f.default, NOT_FOUND, None, None, store) for f in features]
-
-
-def evaluate(
-    info: ViewInfo,
-    groups: Sequence[TileGroup],
+def evaluate_view(
+    layout: BlockLayout,
+    ttl_ms: int,
     features: Sequence[Feature],
-    fields: Mapping[str, bytes],
+    replies: Sequence[Mapping[str, bytes]],
     *,
     as_of_ms: int,
     store: str,
-    memo: MergeMemo | None = None,
-) -> list[Served]:
-    """Values of ``features`` (all of ``info.view``) for one entity's ``fields`` as of ``as_of_ms``.
-
-    ``groups`` are the view's tile groups (possibly :class:`CachedGroup`), in catalog order;
-    ``memo`` (one per view and feature set, per replica) remembers merges, see :func:`_merged`.
-    """
-    if not fields:
-        return not_found(features, store)
-    # Memo: values and event times depend on ``as_of`` only through each group's head tile
-    # (which tiles cover each window, which starts are not in the future), so equal stored
-    # fields with equal head tiles give equal results; only status and age are per request.
-    # The fields as a tuple, in the store's order: a store returns an unchanged hash in the same
-    # order, and a reordered one only misses (never a wrong hit); cheaper than a frozenset,
-    # which hashes and compares every fresh reply object.
-    key = (_heads(groups, as_of_ms), tuple(fields.items()))
-    static = None if memo is None else memo.get(key)
-    if static is None:
-        static = _static(groups, features, fields, as_of_ms)
-        if memo is not None:
-            if len(memo) >= _CACHE_LIMIT // 8:
-                memo.clear()
-            memo[key] = static
-    ttl = info.view.ttl_ms
-    out: list[Served] = []
-    for feature, (value, newest) in zip(features, static, strict=True):
-        if newest is _NO_DATA or value is None:
-            out.append((feature.default, DEFAULT, None, None, store))
-            continue
-        if newest is None:
-            out.append((value, PRESENT, None, None, store))
-            continue
-        event_time = min(newest, as_of_ms)
-        age = as_of_ms - event_time
-        if age > ttl:
-            out.append((feature.default, STALE, event_time, age, store))
-        else:
-            out.append((value, PRESENT, event_time, age, store))
-    return out
-
-
-def _static(
-    groups: Sequence[TileGroup],
-    features: Sequence[Feature],
-    fields: Mapping[str, bytes],
-    as_of_ms: int,
-) -> list[tuple[Any, Any]]:
-    """``(value, event time or _NO_DATA)`` per feature: the merge through ``read_view`` of the
-    fields in range, and the event-time evidence of the module docstring."""
-    wanted = {f.name for f in features}
-    needed = [g for g in groups if any(f.name in wanted for f in g.features)]
-    by_tile = {g.tile_ms: g for g in needed}
-    kept: dict[str, bytes] = {}
-    starts: dict[int | None, set[int]] = {}
-    newest_start: int | None = None
-    for name, payload in fields.items():
-        tile_ms, _partition, start = _parse(name)
-        if start is not None and start <= as_of_ms:
-            newest_start = start if newest_start is None else max(newest_start, start)
-        group = by_tile.get(tile_ms)
-        if group is None:
-            continue
-        if start is None:
-            kept[name] = payload
-            continue
-        span = group.span_ms or 0
-        head = tile_start(as_of_ms, tile_ms or 1)
-        if head + (tile_ms or 0) - span <= start <= head:
-            kept[name] = payload
-            starts.setdefault(tile_ms, set()).add(start)
-    values = read_view(needed, kept, as_of_ms)
-    last_times = _last_times(by_tile.get(None), kept)
-    newest_last = max(last_times.values()) if last_times else None
-    candidates = [t for t in (newest_last, newest_start) if t is not None]
-    evidence = _Evidence(
-        starts,
-        last_times,
-        newest_last,
-        max(candidates) if candidates else None,
-        any(_parse(n)[0] is None for n in kept),
+    where: str = "",
+) -> list[list[Served]]:
+    """Per entity (``replies[e]``: its stored fields), the values of ``features`` (all of the
+    layout's view) as of ``as_of_ms``. A corrupt block is logged with ``where`` and the key's
+    index and serves defaults for its entity only."""
+    blocks: list[list[Block]] = []
+    bad: set[int] = set()
+    for e, fields in enumerate(replies):
+        try:
+            blocks.append(blocks_of(layout, fields))
+        except DataError as exc:
+            log.error("corrupt block of entity %d of %s in %s: %s", e, where, store, exc)
+            blocks.append([])
+            bad.add(e)
+    names = tuple(f.name for f in features)
+    merged = _merge(layout, blocks, as_of_ms, names, bad=bad, where=where, store=store)
+    codes, times, ages = _statuses(features, merged, ttl_ms, as_of_ms)
+    found = np.array([bool(b) for b in blocks], dtype=bool)
+    codes[:, ~found] = _NOT_FOUND
+    if bad:
+        codes[:, sorted(bad)] = _DEFAULT
+    timed = (codes == _PRESENT) | (codes == _STALE)
+    fallback = np.array([f.default for f in features] + [None], dtype=object)[:-1, None]
+    values = np.where(codes == _PRESENT, merged.values, fallback)
+    event_times = np.where(timed & (times != NO_TILE), times, _NULL)
+    age_values = np.where(timed & (times != NO_TILE), ages, _NULL)
+    statuses = _STATUS[codes]
+    columns = zip(
+        values.T.tolist(),
+        statuses.T.tolist(),
+        event_times.T.tolist(),
+        age_values.T.tolist(),
+        strict=True,
     )
-    return [(values.get(f.name), _event_time(f, evidence, as_of_ms)) for f in features]
-
-
-_NO_DATA: Any = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Evidence:
-    """What the stored fields of one (view, entity) say about event times."""
-
-    starts: Mapping[int | None, set[int]]  # tile starts in range, per tile size
-    last_times: Mapping[str, int]  # exact event time per ``last`` feature
-    newest_last: int | None
-    entity_newest: int | None  # lower bound of the entity's newest event in this view
-    has_unwindowed: bool
-
-
-_SPECS: dict[timedelta | None, TileSpec | None] = {}
-
-
-def _spec(feature: Feature) -> TileSpec | None:
-    """``feature.tile_spec`` (built anew on every access), kept per window: it depends on nothing
-    else."""
-    if feature.window not in _SPECS:
-        _SPECS[feature.window] = feature.tile_spec
-    return _SPECS[feature.window]
-
-
-def _event_time(feature: Feature, ev: _Evidence, as_of_ms: int) -> Any:
-    spec = _spec(feature)
-    if spec is None:
-        if feature.aggregation is Aggregation.LAST:
-            return ev.last_times.get(feature.name, _NO_DATA)
-        return ev.entity_newest if ev.has_unwindowed else _NO_DATA
-    covering = spec.covering_tiles(as_of_ms)
-    present = [s for s in ev.starts.get(spec.tile_ms, ()) if covering.start <= s < covering.stop]
-    if not present:
-        return _NO_DATA
-    newest = max(present)
-    if ev.newest_last is not None and newest <= ev.newest_last < newest + spec.tile_ms:
-        return ev.newest_last  # clamped to as_of by the caller
-    return newest
-
-
-def _last_times(group: TileGroup | None, kept: Mapping[str, bytes]) -> dict[str, int]:
-    """Newest event time of each ``last`` feature of the unwindowed group, over its partitions."""
-    if group is None:
-        return {}
-    indexes = [
-        (i, f.name) for i, f in enumerate(group.features) if f.aggregation is Aggregation.LAST
+    return [
+        list(zip(v, s, t, a, [store] * len(names), strict=True)) for v, s, t, a in columns
     ]
-    times: dict[str, int] = {}
-    if not indexes:
-        return times
-    for name, payload in kept.items():
-        if _parse(name)[0] is not None:
-            continue
-        states = group.decode(payload)
-        for i, feature_name in indexes:
-            state = states[i]
-            if state is not None:
-                times[feature_name] = max(times.get(feature_name, state[0]), state[0])
-    return times
+
+
+def _merge(
+    layout: BlockLayout,
+    blocks: list[list[Block]],
+    as_of_ms: int,
+    names: tuple[str, ...],
+    *,
+    bad: set[int],
+    where: str,
+    store: str,
+) -> MergedView:
+    """One merge for all entities; when some block's rows are corrupt (checked only there), the
+    entities are merged one by one to find them, and theirs count as empty."""
+    try:
+        return merge_blocks(layout, blocks, as_of_ms, names)
+    except DataError:
+        pass
+    for e, mine in enumerate(blocks):
+        try:
+            merge_blocks(layout, [mine], as_of_ms, names)
+        except DataError as exc:
+            log.error("corrupt block of entity %d of %s in %s: %s", e, where, store, exc)
+            blocks[e] = []
+            bad.add(e)
+    return merge_blocks(layout, blocks, as_of_ms, names)
+
+
+def _statuses(
+    features: Sequence[Feature], merged: MergedView, ttl_ms: int, as_of_ms: int
+) -> tuple[npt.NDArray[np.intp], Ints, Ints]:
+    """Status codes, event times (``NO_TILE``: unknown) and ages, features x entities, by the
+    module docstring's rules."""
+    newest = merged.newest.T  # features x entities
+    last = merged.last_time.T
+    newest_last = merged.newest_last
+    tile, windowed, is_last = _kinds(tuple(features))
+    # Windowed: the newest covering tile, or the entity's newest `last` event inside it.
+    inside = (newest_last != NO_TILE) & (newest <= newest_last) & (newest_last - newest < tile)
+    tiled_time = np.where(inside, newest_last, newest)
+    # Other unwindowed (cusum): the entity's newest evidence, when it holds unwindowed states.
+    entity_newest = np.maximum(newest_last, merged.latest_start)
+    time = np.where(windowed, tiled_time, np.where(is_last, last, entity_newest))
+    has = np.where(windowed, newest != NO_TILE, np.where(is_last, last != NO_TILE, True))
+    has &= windowed | is_last | merged.unwindowed
+    has &= np.not_equal(merged.values, _NULL)
+    known = time != NO_TILE
+    event_time = np.where(known, np.minimum(time, as_of_ms), NO_TILE)
+    age = np.where(known, as_of_ms - event_time, 0)
+    codes = np.where(has, np.where(known & (age > ttl_ms), _STALE, _PRESENT), _DEFAULT)
+    return codes.astype(np.intp), event_time, age
+
+
+Kinds = tuple[Ints, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
+_KINDS: dict[tuple[Feature, ...], Kinds] = {}
+_KINDS_LIMIT = 4096
+
+
+def _kinds(features: tuple[Feature, ...]) -> Kinds:
+    """Per feature (a column): its tile ms (1 if unwindowed), windowed, ``last``. Constants of
+    the requested feature list, remembered (bounded) because ``Feature.tile_spec`` is rebuilt on
+    every access; this holds no stored data, so it cannot go stale."""
+    found = _KINDS.get(features)
+    if found is None:
+        if len(_KINDS) >= _KINDS_LIMIT:
+            _KINDS.clear()
+        specs = [f.tile_spec for f in features]
+        found = _KINDS[features] = (
+            np.array([1 if s is None else s.tile_ms for s in specs], dtype=np.int64)[:, None],
+            np.array([s is not None for s in specs], dtype=bool)[:, None],
+            np.array([f.aggregation is Aggregation.LAST for f in features], dtype=bool)[:, None],
+        )
+    return found
