@@ -10,12 +10,13 @@ rolling head tile (the clock advances between reads): no memo can hit. Both layo
 current from the same processor state:
 
 * old: per entity the HGETALL reply of the per-tile fields (``regions.tiles`` header + payload),
-  read by stripping headers as the Redis reader does, then ``serve_apps.values.evaluate`` with
-  the replica's decode cache (``cached_groups``) and a fresh memo, then the columnar response;
-* new: per entity its blocks (one per source partition, ``features.blocks``), ``decode_block``,
-  one ``merge_blocks`` for all entities, statuses and ages as arrays, the same columnar response
-  (event time = the newest covering tile start, as ``evaluate`` has it for a view without
-  ``last`` features, which this one is).
+  read by stripping headers as the Redis reader does, then ``old_values.evaluate`` (the path
+  before layout v2) with its decode cache (``cached_groups``) and a fresh memo, then the columnar
+  response;
+* new: per entity the HGETALL reply of its blocks (one per source partition, ``features.blocks``)
+  as the processor wrote them, headers stripped alike, then the serving code itself:
+  ``serve_apps.values.evaluate_view`` (one ``merge_blocks`` for all entities, statuses and ages
+  as arrays) and the same columnar response.
 
 Both responses are encoded with orjson; the run first checks that they carry the same values,
 statuses, event times and ages. CPU time is ``time.process_time`` around each read; a figure is
@@ -40,37 +41,32 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
-import numpy.typing as npt
 import orjson
+from old_values import cached_groups, evaluate
 from serving import PARTITIONS, USERS, benchmark_catalog
 
 from actors.processor import TENANT, PartitionProcessor, RawRecord
-from features.block_merge import NO_TILE, merge_blocks
-from features.blocks import Block, BlockLayout, decode_block, encode_block
-from features.catalog import Catalog, Feature
+from features.catalog import Catalog
 from features.demo import SOURCE
 from features.keys import OnlineKey
-from features.tile_groups import TileGroup, parse_field
+from features.tile_groups import TileGroup, tile_groups
 from regions.tiles import HEADER_BYTES, TAG_OFFSET, TAG_VALUE, TileWrite, encode_field
 from serve_apps.config import Limits
 from serve_apps.plan import CatalogIndex, ReadPlan, build_plan, encoded_id
 from serve_apps.responses import columnar_response
 from serve_apps.service import ReadResult, ViewValues
-from serve_apps.values import DEFAULT, NOT_FOUND, PRESENT, STALE, cached_groups, evaluate
+from serve_apps.values import evaluate_view
 
 VIEW = "bench_user"
 STORE = "redis-us-east"
 REGION = "us-east"
 STEP_MS = 137  # clock advance between reads: the 10 s head tiles roll every ~73 reads
 BATCH = 100
-STATUS_NAMES = np.array([PRESENT, DEFAULT, STALE, NOT_FOUND], dtype=object)
-NULL = np.array(None, dtype=object)
 
 
 def _user(u: int) -> str:
@@ -86,16 +82,16 @@ class Stores:
     """Both layouts of the view, kept current from the processors' drained changes."""
 
     catalog: Catalog
-    layout: BlockLayout
     clock: list[int]
     processors: list[PartitionProcessor] = field(default_factory=list)
     fields: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # key -> HGETALL reply
     blocks: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # key -> {p: block}
-    tiles: dict[str, set[tuple[int | None, int | None]]] = field(default_factory=dict)
     seq: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    groups: tuple[TileGroup, ...] = ()
 
     def __post_init__(self) -> None:
+        self.groups = tile_groups(self.catalog.view(VIEW))
         self.processors = [
             PartitionProcessor(self.catalog, SOURCE, p, now_ms=lambda: self.clock[0])
             for p in range(PARTITIONS)
@@ -126,29 +122,29 @@ class Stores:
                 RawRecord(first + i, e["user_id"].encode(), orjson.dumps(e))
                 for i, e in enumerate(mine)
             )
-            changed = {self._apply(c.write) for c in proc.drain_changes()}
-            for key in changed:
-                self._rebuild_block(key, p)
+            for change in proc.drain_changes():
+                self._apply(change.write, p)
 
-    def _apply(self, write: TileWrite) -> str:
-        name = write.field.encode()
-        reply = self.fields.setdefault(write.key, {})
-        tile_ms, _, start = parse_field(write.field)
-        kept = self.tiles.setdefault(write.key, set())
+    def _apply(self, write: TileWrite, partition: int) -> None:
+        """The block as the processor wrote it; the old layout's per-tile fields of the same
+        partition rebuilt from the processor's tiles (what the old processor would have written)."""
+        blocks = self.blocks.setdefault(write.key, {})
+        old = self.fields.setdefault(write.key, {})
+        suffix = f"_p{partition}"
+        for name in [n for n in old if n.decode().split("@")[0].endswith(suffix)]:
+            del old[name]
         if write.value is None:
-            reply.pop(name, None)
-            kept.discard((tile_ms, start))
-        else:
-            reply[name] = encode_field(write)
-            kept.add((tile_ms, start))
-        return write.key
-
-    def _rebuild_block(self, key: str, partition: int) -> None:
-        entity = OnlineKey.parse(key).entity_id
-        states = self.processors[partition].state.tiles
-        mine = {tile: states[(VIEW, entity, tile[0], tile[1])] for tile in self.tiles[key]}
-        reply = self.blocks.setdefault(key, {})
-        reply[f"p{partition}".encode()] = encode_block(self.layout, partition, mine)
+            blocks.pop(write.field.encode(), None)
+            return
+        blocks[write.field.encode()] = encode_field(write)
+        entity = OnlineKey.parse(write.key).entity_id
+        by_tile = {g.tile_ms: g for g in self.groups}
+        for (tile_ms, start), states in self.processors[partition].state.tiles[
+            (VIEW, entity)
+        ].items():
+            group = by_tile[tile_ms]
+            stored = TileWrite(write.key, group.field(partition, start), group.encode(states), 1, 1)
+            old[stored.field.encode()] = encode_field(stored)
 
 
 def _history(stores: Stores, now: int) -> None:
@@ -166,18 +162,12 @@ def _history(stores: Stores, now: int) -> None:
 @dataclass(frozen=True)
 class Reader:
     index: CatalogIndex
-    layout: BlockLayout
-    features: tuple[Feature, ...]
     names: tuple[str, ...]
-    defaults: npt.NDArray[np.object_]  # features x 1
 
     @classmethod
     def of(cls, catalog: Catalog) -> Reader:
-        index = CatalogIndex(catalog, TENANT)
         view = catalog.view(VIEW)
-        defaults = np.array([[f.default] for f in view.features], dtype=object)
-        names = tuple(f.name for f in view.features)
-        return cls(index, BlockLayout.for_view(view), view.features, names, defaults)
+        return cls(CatalogIndex(catalog, TENANT), tuple(f.name for f in view.features))
 
 
 def old_read(
@@ -196,66 +186,33 @@ def old_read(
             if stored[TAG_OFFSET] == TAG_VALUE
         }
         by_id[entity_id] = evaluate(
-            info, groups, features, fields, as_of_ms=as_of, store=STORE, memo={}
+            info.view.ttl_ms, groups, features, fields, as_of_ms=as_of, store=STORE, memo={}
         )
     result = ReadResult(as_of, STORE, [(STORE, "ok")], {VIEW: ViewValues(info, plan.refs, by_id)})
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
 
 def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> bytes:
-    """The block path: decode every entity's blocks, one vectorised merge, statuses as arrays."""
+    """The serving path: blocks per entity, one ``evaluate_view`` (one merge) per view, columns."""
     info = plan.refs[0].info
     ids = plan.ids["user"]
-    blocks: list[list[Block]] = []
+    replies = []
     for entity_id in ids:
         raw = stores.blocks.get(info.prefix + encoded_id(entity_id, info.entity.max_id_bytes), {})
-        blocks.append([decode_block(reader.layout, b) for b in raw.values()])
-    merged = merge_blocks(reader.layout, blocks, as_of, reader.names)
-    newest = merged.newest.T  # features x entities
-    has = newest != NO_TILE
-    event_time = np.minimum(newest, as_of)
-    age = as_of - event_time
-    stale = has & (age > info.view.ttl_ms)
-    codes = np.where(has, np.where(stale, 2, 0), 1)
-    codes[:, np.array([not bs for bs in blocks])] = 3
-    present = codes == 0
-    timed = present | (codes == 2)
-    # Object arrays, not Python loops: the default where a value is not present, null where a
-    # time is unknown (a value of this view is None only when its window holds no data).
-    values = np.where(present, merged.values, reader.defaults)
-    response = {
-        "request_id": "bench",
-        "region": REGION,
-        "as_of_ms": as_of,
-        "store": STORE,
-        "fallback": [{"store": STORE, "outcome": "ok"}],
-        "format": "columns",
-        "views": [
+        replies.append(
             {
-                "view": VIEW,
-                "entity": info.entity.name,
-                "features": [r.ref for r in plan.refs],
-                "ids": list(ids),
-                "values": values.T.tolist(),
-                "statuses": STATUS_NAMES[codes].T.tolist(),
-                "event_time_ms": _times(event_time, timed),
-                "age_ms": _times(age, timed),
+                name.decode(): stored[HEADER_BYTES:]
+                for name, stored in raw.items()
+                if stored[TAG_OFFSET] == TAG_VALUE
             }
-        ],
-    }
-    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _times(times: npt.NDArray[np.int64], known: npt.NDArray[np.bool_]) -> Any:
-    """Per entity, its row of ``times`` (features x entities) with null where not ``known``:
-    a numpy row (orjson writes it without a Python int per value) when every time is known."""
-    rows = np.ascontiguousarray(times.T)
-    whole = known.all(axis=0)
-    if whole.all():
-        return rows
-    partial = np.where(known, times, NULL).T
-    flags = cast(list[bool], whole.tolist())
-    return [rows[e] if ok else partial[e].tolist() for e, ok in enumerate(flags)]
+        )
+    features = [r.feature for r in plan.refs]
+    served = evaluate_view(
+        info.layout, info.view.ttl_ms, features, replies, as_of_ms=as_of, store=STORE
+    )
+    by_id = dict(zip(ids, served, strict=True))
+    result = ReadResult(as_of, STORE, [(STORE, "ok")], {VIEW: ViewValues(info, plan.refs, by_id)})
+    return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
 
 def _measure(
@@ -323,9 +280,9 @@ def main() -> None:
     catalog = benchmark_catalog()
     reader = Reader.of(catalog)
     now = time.time_ns() // 1_000_000
-    stores = Stores(catalog, reader.layout, [now])
+    stores = Stores(catalog, [now])
     _history(stores, now)
-    groups = cached_groups(reader.index.views[VIEW].groups)  # the replica's decode cache
+    groups = cached_groups(stores.groups)  # the old replica's decode cache
     _check_same(reader, stores, groups)
     scale = 1 if args.quick else 4
     single = Plan(reader, 1)

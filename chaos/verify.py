@@ -15,10 +15,11 @@ from typing import Any
 
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
 from cluster.settings import DEFAULT_EVENTS_TOPIC, DLQ_TOPIC, Secrets, StackSettings
+from features.block_merge import merge_blocks
+from features.blocks import BlockLayout, blocks_of
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 from features.keys import OnlineKey
-from features.tile_groups import read_view, tile_groups
 
 CATALOG = card_transactions_catalog()
 STORES = ("redis", "dynamodb")
@@ -98,8 +99,10 @@ def served_views(
             client.close()
     else:
         fields = DynamoTileReader(cfg, cfg.dynamodb_table, dynamodb_client).get_all(list(keys))
-    groups = tile_groups(view)
-    return {keys[k]: read_view(groups, f, as_of_ms) for k, f in fields.items()}
+    layout = BlockLayout.for_view(view)
+    stored = list(fields.items())
+    merged = merge_blocks(layout, [blocks_of(layout, f) for _, f in stored], as_of_ms)
+    return {keys[k]: merged.entity(i) for i, (k, _) in enumerate(stored)}
 
 
 def close_enough(name: str, got: Any, want: Any) -> bool:

@@ -73,12 +73,12 @@ class ServedFeatures:
     """Reads ``user_spend`` for a few users from every region's Redis (read-only user)."""
 
     def __init__(self, stack: Stack) -> None:
+        from features.blocks import BlockLayout
         from features.demo import card_transactions_catalog
-        from features.tile_groups import tile_groups
         from regions.redis_store import RedisRole, RedisTileReader, redis_client
 
         self._view = card_transactions_catalog().view("user_spend")
-        self._groups = tile_groups(self._view)
+        self._layout = BlockLayout.for_view(self._view)
         self._readers = {
             region.name: RedisTileReader(
                 redis_client(region, RedisRole.READER, stack.settings.redis, stack.secrets),
@@ -89,9 +89,10 @@ class ServedFeatures:
 
     def read(self, users: list[str], now_ms: int) -> dict[str, dict[str, dict[str, Any]]]:
         """region -> user -> feature -> value; a region that does not answer is left out."""
+        from features.block_merge import merge_blocks
+        from features.blocks import blocks_of
         from features.errors import TransportError
         from features.keys import OnlineKey
-        from features.tile_groups import read_view
 
         keys = {
             OnlineKey("default", self._view.name, self._view.version, u).encode(): u for u in users
@@ -102,7 +103,10 @@ class ServedFeatures:
                 fields = reader.get_all(list(keys))
             except TransportError:
                 continue
-            out[region] = {keys[k]: read_view(self._groups, f, now_ms) for k, f in fields.items()}
+            stored = list(fields.items())
+            blocks = [blocks_of(self._layout, f) for _, f in stored]
+            merged = merge_blocks(self._layout, blocks, now_ms)
+            out[region] = {keys[k]: merged.entity(i) for i, (k, _) in enumerate(stored)}
         return out
 
 

@@ -127,3 +127,33 @@ def test_windowed_values_follow_the_tile_rule_as_time_passes() -> None:
         got = v[("u_1", "user_spend:tx_count_1h")]
         assert got["value"] == expected
         assert got["status"] == ("present" if expected else "default")
+
+
+def test_a_corrupt_or_older_layout_block_costs_only_its_own_entity() -> None:
+    events = [
+        event(i, user, "m_1", 10.0, T0 - MINUTE_MS + i * 1000)
+        for i, user in enumerate(["u_1", "u_2", "u_3"])
+    ]
+    store = FakeStore("redis-us-east")
+    store.apply(tiles_for(CATALOG, events, T0))
+    keys = {k.rsplit(":", 1)[1]: k for k in store.data if ":user_spend:" in k}
+    (field,) = store.data[keys["u_2"]]
+    raw = store.data[keys["u_2"]][field]
+    store.data[keys["u_2"]][field] = raw[:3] + bytes([raw[3] + 1]) + raw[4:]  # newer layout
+    (field,) = store.data[keys["u_3"]]
+    raw = store.data[keys["u_3"]][field]
+    store.data[keys["u_3"]][field] = raw[:32] + (7).to_bytes(8, "little") + raw[40:]  # bad start
+    _, body = _read(
+        _server(store, FakeClock(wall=T0)),
+        {"entities": {"user": ["u_1", "u_2", "u_3"]}, "features": ["user_spend:tx_count_1h"]},
+    )
+    v = _values(body)
+    assert v[("u_1", "user_spend:tx_count_1h")]["value"] == 1
+    for user in ("u_2", "u_3"):
+        assert v[(user, "user_spend:tx_count_1h")] == {
+            "value": 0,
+            "status": "default",
+            "event_time_ms": None,
+            "age_ms": None,
+            "store": "redis-us-east",
+        }
