@@ -19,6 +19,7 @@ import redis
 from cluster.services.dynamodb import dynamodb_client
 from cluster.services.redis import RedisService
 from cluster.stack import Stack
+from features.blocks import block_field
 from features.errors import StoreTimeout, StoreUnavailable, TransportError
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
@@ -118,21 +119,20 @@ def test_delete_applies_at_equal_version_and_blocks_older_writes(us_east: Any, k
 
 # --- Redis: deletes drop the field, a per-(key, partition) floor blocks resurrection -----------
 
-P3_OLD, P3_NEW, P3_CUSUM, P4_OLD = "t10000_p3@0", "t10000_p3@10000", "u_p3", "t10000_p4@0"
+P3_OLD, P3_NEW, P4_OLD = "t10000_p3@0", "t10000_p3@10000", "t10000_p4@0"  # any field names
+P3, P4 = block_field(3), block_field(4)  # the blocks of source partitions 3 and 4
 
 
 def _changelog(key: str) -> list[TileWrite]:
-    """One partition's changelog in offset order, as the processor emits it: the writes of a commit
-    precede its deletes, and a delete carries the commit's last offset (here 5, a tie with the
-    CUSUM write of the same commit); partition 4 has its own, unrelated offsets."""
+    """The changelog of one key as the processors emit it: one block per source partition,
+    rewritten at the newest offset folded in; partition 3's block is deleted at offset 5 when its
+    entity lost every tile, then written again; partition 4 has its own, unrelated offsets."""
     return [
-        _w(key, P3_OLD, 1, b"old-1"),
-        _w(key, P4_OLD, 2, b"p4-2"),
-        _w(key, P3_OLD, 3, b"old-3"),
-        _w(key, P3_NEW, 4, b"new-4"),
-        _w(key, P3_CUSUM, 5, b"cusum-5"),
-        _w(key, P3_OLD, 5, None),
-        _w(key, P3_NEW, 7, b"new-7"),
+        _w(key, P3, 1, b"p3-1"),
+        _w(key, P4, 2, b"p4-2"),
+        _w(key, P3, 3, b"p3-3"),
+        _w(key, P3, 5, None),
+        _w(key, P3, 7, b"p3-7"),
     ]
 
 
@@ -143,10 +143,10 @@ def test_delete_drops_the_field_and_no_replayed_prefix_changes_anything(
     log = _changelog(key)
     for write in log:  # one batch per record: every record meets the state its predecessors left
         writer.apply([write])
-    live = {P4_OLD: b"p4-2", P3_NEW: b"new-7", P3_CUSUM: b"cusum-5"}
+    live = {P4: b"p4-2", P3: b"p3-7"}
     assert reader.get_all([key])[key] == live
     stored = admin.hgetall(key)
-    # Only live tiles plus one floor for partition 3, at the delete's version: no tombstone.
+    # Only live blocks plus one floor for partition 3, at the delete's version: no tombstone.
     assert sorted(stored) == sorted([f.encode() for f in live] + [b"~p3"])
     assert decode_field(stored[b"~p3"]) == (5, None)
     for end in range(1, len(log) + 1):
@@ -156,18 +156,18 @@ def test_delete_drops_the_field_and_no_replayed_prefix_changes_anything(
         assert admin.hgetall(key) == stored
 
 
-def test_a_replayed_older_write_never_resurrects_a_deleted_tile(us_east: Any, key: str) -> None:
+def test_a_replayed_older_write_never_resurrects_a_deleted_block(us_east: Any, key: str) -> None:
     writer, reader, admin = us_east
-    writer.apply([_w(key, P3_OLD, 3, b"old-3"), _w(key, P4_OLD, 2, b"p4")])
-    assert writer.apply([_w(key, P3_OLD, 5, None)]) == ApplyResult(1, 0)
-    assert writer.apply([_w(key, P3_OLD, 3, b"old-3")]) == ApplyResult(0, 1)
-    assert writer.apply([_w(key, P3_OLD, 5, b"tie")]) == ApplyResult(0, 1)  # a delete wins a tie
-    assert writer.apply([_w(key, P3_OLD, 4, None)]) == ApplyResult(0, 1)  # older delete: no-op
-    assert reader.get_all([key])[key] == {P4_OLD: b"p4"}
+    writer.apply([_w(key, P3, 3, b"p3-3"), _w(key, P4, 2, b"p4")])
+    assert writer.apply([_w(key, P3, 5, None)]) == ApplyResult(1, 0)
+    assert writer.apply([_w(key, P3, 3, b"p3-3")]) == ApplyResult(0, 1)
+    assert writer.apply([_w(key, P3, 5, b"tie")]) == ApplyResult(0, 1)  # a delete wins a tie
+    assert writer.apply([_w(key, P3, 4, None)]) == ApplyResult(0, 1)  # older delete: no-op
+    assert reader.get_all([key])[key] == {P4: b"p4"}
     # The floor is per partition: partition 4's offsets are not comparable with partition 3's.
-    assert writer.apply([_w(key, "t10000_p4@10000", 1, b"p4-low")]) == ApplyResult(1, 0)
-    # A newer write of partition 3 (a later commit) is accepted, for any of its fields.
-    assert writer.apply([_w(key, P3_OLD, 6, b"later")]) == ApplyResult(1, 0)
+    assert writer.apply([_w(key, P4, 3, b"p4-3")]) == ApplyResult(1, 0)
+    # A newer write of partition 3 (a later commit) is accepted.
+    assert writer.apply([_w(key, P3, 6, b"later")]) == ApplyResult(1, 0)
     assert decode_field(admin.hget(key, "~p3")) == (5, None)
 
 
@@ -181,10 +181,9 @@ def test_writes_that_precede_a_delete_in_the_same_batch_are_applied(us_east: Any
 
 def test_a_legacy_tombstone_is_dropped_by_the_next_delete(us_east: Any, key: str) -> None:
     writer, reader, admin = us_east
-    admin.hset(key, P3_OLD, (4).to_bytes(8, "big") + b"\x00")  # the old layout's tombstone
-    assert writer.apply([_w(key, P3_OLD, 3, b"older")]) == ApplyResult(0, 1)
-    assert writer.apply([_w(key, P3_NEW, 8, None)]) == ApplyResult(1, 0)
-    assert writer.apply([_w(key, P3_OLD, 8, None)]) == ApplyResult(1, 0)
+    admin.hset(key, P3, (4).to_bytes(8, "big") + b"\x00")  # a legacy tombstone
+    assert writer.apply([_w(key, P3, 3, b"older")]) == ApplyResult(0, 1)
+    assert writer.apply([_w(key, P3, 8, None)]) == ApplyResult(1, 0)
     assert sorted(admin.hgetall(key)) == [b"~p3"]
     assert reader.get_all([key])[key] == {}
 
