@@ -125,6 +125,8 @@ class StreamConsumer:
             self._pending_dead.extend((tp.partition, d) for d in outcome.dead_letters)
             self._uncommitted = True
         self.stats.events_in += count
+        if not self._uncommitted and any(p.has_due() for p in self._processors.values()):
+            self._uncommitted = True  # held future events fall due: publish them, even idle
         if (
             self._uncommitted
             and (self._monotonic() - self._last_commit) * 1000 >= self.config.commit_interval_ms

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from actors.changelog import ChangelogRecord
 from actors.dlq import DeadLetter, dead_letter
 from features.blocks import (
@@ -50,6 +52,7 @@ from features.watermark import WatermarkPolicy, WatermarkState
 from regions.tiles import TileWrite
 
 TENANT = "default"
+PENDING_PREFIX = "f_p"
 # Tiles are kept a little past their last useful moment so that a late-but-accepted event still
 # finds its tile: allowed lateness plus the watermark delay, plus one minute of slack.
 _EVICTION_SLACK_MS = 60_000
@@ -96,10 +99,17 @@ class ProcessorState:
     watermark: WatermarkState = field(default_factory=WatermarkState)
     # Per (view, entity): its live tiles, keyed like ``features.blocks.encode_block`` takes them.
     tiles: dict[EntityId, dict[TileKey, list[Any]]] = field(default_factory=dict)
+    # The newest version written per (view, entity, field) where the next one could not simply
+    # be a newer offset (see ``_version``).
+    versions: dict[tuple[str, str, str], int] = field(default_factory=dict)
     last_offset: int = -1
     # (expires at, tile) for every tiled tile ever created since the last restore; an entry whose
     # tile is gone (evicted or restored as deleted) is skipped when it comes up.
     expiry: list[tuple[int, TileId]] = field(default_factory=list)
+    # Per (view, entity): accepted events stamped after the processor's clock, not folded yet.
+    pending: dict[EntityId, list[_Accepted]] = field(default_factory=dict)
+    # (event time, entity) for every pending event: when it falls due.
+    due: list[tuple[int, EntityId]] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +141,7 @@ class PartitionProcessor:
         keys = [v.key_field for v in self._views]
         max_id = max((v.max_id_bytes for v in self._views), default=128)
         self._validator = EventValidator(self.source, keys, now_ms, max_id)
+        self._now_ms = now_ms
         self._policy = WatermarkPolicy(
             self.source.out_of_orderness_ms, self.source.allowed_lateness_ms
         )
@@ -139,6 +150,7 @@ class PartitionProcessor:
         self._spans = {k: g.span_ms or 0 for k, g in self._group_index.items()}
         self.state = ProcessorState()
         self._changed: dict[EntityId, _Change] = {}
+        self._pending_changed: set[EntityId] = set()
         self._keys: dict[tuple[str, str], str] = {}
 
     @property
@@ -165,9 +177,49 @@ class PartitionProcessor:
                 continue
             accepted.append((event, event_time, offset))
         self.state.last_offset = offset
+        self.release_due()
+        now = self._now_ms()
+        ready = accepted
+        if any(item[1] > now for item in accepted):
+            ready = [item for item in accepted if item[1] <= now]
+            future = [item for item in accepted if item[1] > now]
+            for view in self._views:
+                self._defer(view, future)
         for view in self._views:
-            self._fold_view(view, accepted)
+            self._fold_view(view, ready)
         return BatchOutcome(dead, len(accepted), reasons)
+
+    def _defer(self, view: _View, future: list[_Accepted]) -> None:
+        """Hold events stamped after the clock out of the tiles until it reaches them: a block
+        read as of ``t`` may then count every event of a tile up to ``t`` without counting one
+        stamped after ``t`` (the head tile would otherwise hold events from up to the allowed
+        future skew ahead). They travel in the changelog (:func:`pending_field`), so a restart
+        keeps them."""
+        name, key_field = view.view.name, view.key_field
+        for item in future:
+            entity_id = (name, item[0][key_field])
+            self.state.pending.setdefault(entity_id, []).append(item)
+            heapq.heappush(self.state.due, (item[1], entity_id))
+            self._pending_changed.add(entity_id)
+
+    def has_due(self) -> bool:
+        """Whether some held event's time has come (the consumer then commits, even idle)."""
+        return bool(self.state.due) and self.state.due[0][0] <= self._now_ms()
+
+    def release_due(self) -> None:
+        """Fold the held events whose time has come, in their partition order."""
+        now, due = self._now_ms(), self.state.due
+        entities = set()
+        while due and due[0][0] <= now:
+            entities.add(heapq.heappop(due)[1])
+        for entity_id in sorted(entities):
+            held = self.state.pending.pop(entity_id, [])
+            ready = [item for item in held if item[1] <= now]
+            later = [item for item in held if item[1] > now]
+            if later:
+                self.state.pending[entity_id] = later
+            self._pending_changed.add(entity_id)
+            self._fold_view(self._view(entity_id[0]), sorted(ready, key=_offset))
 
     def _dead_letter(self, record: SourceRecord, rejected: EventRejected) -> DeadLetter:
         return dead_letter(
@@ -243,12 +295,44 @@ class PartitionProcessor:
     def drain_changes(self) -> list[ChangelogRecord]:
         """One record per (view, entity) changed or evicted from since the last drain: its block
         (absolute states), or a delete of its block field once it holds no tile."""
+        self.release_due()
         changed, self._changed = self._changed, {}
         watermark = self.watermark_ms
         for entity_id in self._evict():
             if entity_id not in changed:  # evictions only: newer than anything written before
                 changed[entity_id] = (max(self.state.last_offset, 0), watermark)
-        return [self._record(entity_id, change) for entity_id, change in changed.items()]
+        records = [self._record(entity_id, change) for entity_id, change in changed.items()]
+        records += [self._pending_record(entity_id) for entity_id in sorted(self._pending_changed)]
+        self._pending_changed.clear()
+        return records
+
+    def _pending_record(self, entity_id: EntityId) -> ChangelogRecord:
+        view = self._view(entity_id[0])
+        held = self.state.pending.get(entity_id)
+        value = None if not held else orjson.dumps([list(item) for item in held])
+        write = TileWrite(
+            key=self._key(view, entity_id[1]),
+            field=pending_field(self.partition),
+            value=value,
+            version=self._version(entity_id, pending_field(self.partition), self.state.last_offset),
+            ttl_ms=view.view.ttl_ms,
+        )
+        return ChangelogRecord(write, self.watermark_ms)
+
+    def _version(self, entity_id: EntityId, field_name: str, candidate: int) -> int:
+        """The version of the next write of one field: ``candidate`` (the newest offset folded
+        in, or the last offset read for a write made at a drain), raised above the field's
+        previous write. Releases and evictions at drains of an idle partition share one last
+        offset, so without the raise a second such write would tie and be refused by the
+        stores. A write above the last offset is remembered (a later offset might not exceed
+        it); any other is exceeded by every later offset, so it need not be."""
+        slot = (entity_id[0], entity_id[1], field_name)
+        version = max(candidate, self.state.versions.get(slot, -1) + 1, 0)
+        if version > self.state.last_offset:
+            self.state.versions[slot] = version
+        else:
+            self.state.versions.pop(slot, None)
+        return version
 
     def _record(self, entity_id: EntityId, change: _Change) -> ChangelogRecord:
         view_name, entity = entity_id
@@ -263,7 +347,7 @@ class PartitionProcessor:
             key=self._key(view, entity),
             field=block_field(self.partition),
             value=value,
-            version=change[0],
+            version=self._version(entity_id, block_field(self.partition), change[0]),
             ttl_ms=view.view.ttl_ms,
         )
         return ChangelogRecord(write, change[1])
@@ -304,6 +388,7 @@ class PartitionProcessor:
         """Rebuild state from this partition's changelog (in log order) and committed metadata."""
         self.state = ProcessorState(watermark=watermark, last_offset=last_offset)
         self._changed.clear()
+        self._pending_changed.clear()
         for record in records:
             self._restore_one(record.write, self._views_by_name)
 
@@ -312,9 +397,14 @@ class PartitionProcessor:
         view = views.get(key.view)
         if view is None or view.view.version != key.version:
             return  # another view version's tiles: not ours to rebuild
+        entity_id = (key.view, key.entity_id)
+        if write.version > self.state.last_offset:
+            self.state.versions[(key.view, key.entity_id, write.field)] = write.version
+        if write.field == pending_field(self.partition):
+            self._restore_pending(entity_id, write.value)
+            return
         if block_partition(write.field) != self.partition:
             return  # an older layout's per-tile field, or another partition's block
-        entity_id = (key.view, key.entity_id)
         if write.value is None:
             self.state.tiles.pop(entity_id, None)
             return
@@ -324,3 +414,22 @@ class PartitionProcessor:
         for tile in tiles:
             if tile not in known:  # already in the expiry heap
                 self._track_expiry(entity_id, tile)
+
+    def _restore_pending(self, entity_id: EntityId, value: bytes | None) -> None:
+        self.state.pending.pop(entity_id, None)
+        if value is None:
+            return
+        held = [(event, int(time), int(offset)) for event, time, offset in orjson.loads(value)]
+        self.state.pending[entity_id] = held
+        for item in held:  # an entry already in the heap only makes a release find nothing
+            heapq.heappush(self.state.due, (item[1], entity_id))
+
+
+def pending_field(partition: int) -> str:
+    """The changelog field of the events ``partition`` holds for one (view, entity) until the
+    clock reaches them; stores receive it too, and readers skip it (it is not a block)."""
+    return f"{PENDING_PREFIX}{partition}"
+
+
+def _offset(item: _Accepted) -> int:
+    return item[2]

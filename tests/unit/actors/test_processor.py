@@ -13,7 +13,7 @@ from actors.changelog import ChangelogRecord, decode, encode
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
 from features.block_merge import merge_blocks
-from features.blocks import BlockLayout, block_field, decode_block, decode_tiles
+from features.blocks import BlockLayout, block_field, blocks_of, decode_tiles
 from features.demo import SOURCE, card_transactions_catalog
 from features.errors import RejectReason
 from features.hll import HyperLogLog
@@ -62,12 +62,8 @@ def _served(
     view = CATALOG.view(view_name)
     key = OnlineKey("default", view.name, view.version, entity).encode()
     layout = BlockLayout.for_view(view)
-    blocks = [
-        decode_block(layout, w.value)
-        for (k, _f), w in sorted(store.items())
-        if k == key and w.value is not None
-    ]
-    return merge_blocks(layout, [blocks], as_of).entity(0)
+    fields = {f: w.value for (k, f), w in store.items() if k == key and w.value is not None}
+    return merge_blocks(layout, [blocks_of(layout, fields)], as_of).entity(0)
 
 
 NOW = T0 + 10**9  # the processor's clock: far enough ahead that no generated event is "future"
@@ -217,3 +213,35 @@ def test_a_record_without_value_is_dead_lettered_and_the_batch_goes_on() -> None
     assert [d.reason for d in outcome.dead_letters][-1] is RejectReason.BAD_JSON
     assert outcome.accepted + len(outcome.dead_letters) == 4
     assert processor.state.last_offset == 3
+
+
+def _count_1h(changes: list[ChangelogRecord], as_of: int) -> int:
+    store: dict[tuple[str, str], Any] = {}
+    _store(changes, store)
+    return int(_served(store, "user_spend", "u_000001", as_of)["tx_count_1h"])
+
+
+def test_an_event_stamped_after_the_clock_is_counted_only_from_its_time_on() -> None:
+    clock = [T0]
+    processor = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: clock[0])
+    now = {"event_id": "e-0", "seq": 0, "event_type": "card_tx", "user_id": "u_000001"}
+    now |= {"merchant_id": "m_00001", "amount": 1.0, "currency": "USD", "event_time_ms": T0}
+    ahead = dict(now, event_id="e-1", seq=1, event_time_ms=T0 + 30_000)  # within the skew
+    outcome = processor.process(
+        [RawRecord(i, b"u", orjson.dumps(e)) for i, e in enumerate([now, ahead])]
+    )
+    assert outcome.accepted == 2
+    log = processor.drain_changes()
+    # A read as of any time before the event's never counts it, in its head tile or not.
+    assert _count_1h(log, T0) == 1
+    assert _count_1h(log, T0 + 29_999) == 1
+    assert not processor.has_due()
+    # A restart in between keeps the held event (it is in the changelog).
+    restarted = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: clock[0])
+    restarted.restore(log, WatermarkState.from_dict(processor.state.watermark.to_dict()), 1)
+    clock[0] = T0 + 30_000
+    assert restarted.has_due()
+    log += restarted.drain_changes()  # an idle partition: released at the drain
+    assert _count_1h(log, T0 + 30_000) == 2
+    assert restarted.state.pending == {}
+    assert not restarted.has_due()
