@@ -139,9 +139,9 @@ class Stores:
         blocks[write.field.encode()] = encode_field(write)
         entity = OnlineKey.parse(write.key).entity_id
         by_tile = {g.tile_ms: g for g in self.groups}
-        for (tile_ms, start), states in self.processors[partition].state.tiles[
-            (VIEW, entity)
-        ].items():
+        for (tile_ms, start), states in (
+            self.processors[partition].state.tiles[(VIEW, entity)].items()
+        ):
             group = by_tile[tile_ms]
             stored = TileWrite(write.key, group.field(partition, start), group.encode(states), 1, 1)
             old[stored.field.encode()] = encode_field(stored)

@@ -112,9 +112,7 @@ def evaluate_view(
         age_values.T.tolist(),
         strict=True,
     )
-    return [
-        list(zip(v, s, t, a, [store] * len(names), strict=True)) for v, s, t, a in columns
-    ]
+    return [list(zip(v, s, t, a, [store] * len(names), strict=True)) for v, s, t, a in columns]
 
 
 def _merge(
