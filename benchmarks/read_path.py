@@ -60,7 +60,7 @@ from serve_apps.config import Limits
 from serve_apps.plan import CatalogIndex, ReadPlan, build_plan, encoded_id
 from serve_apps.responses import columnar_response
 from serve_apps.service import ReadResult, ViewValues
-from serve_apps.values import evaluate_view
+from serve_apps.values import Columns, evaluate_view
 
 VIEW = "bench_user"
 STORE = "redis-us-east"
@@ -173,7 +173,8 @@ class Reader:
 def old_read(
     reader: Reader, plan: ReadPlan, stores: Stores, as_of: int, groups: Sequence[TileGroup]
 ) -> bytes:
-    """Today's path: per-tile fields, ``evaluate`` per entity (a fresh memo), columns shape."""
+    """The path before layout v2: per-tile fields, ``evaluate`` per entity (a fresh memo),
+    columns shape."""
     info = plan.refs[0].info
     features = [r.feature for r in plan.refs]
     by_id = {}
@@ -188,7 +189,17 @@ def old_read(
         by_id[entity_id] = evaluate(
             info.view.ttl_ms, groups, features, fields, as_of_ms=as_of, store=STORE, memo={}
         )
-    result = ReadResult(as_of, STORE, [(STORE, "ok")], {VIEW: ViewValues(info, plan.refs, by_id)})
+    # The columnar response as the old path built it: one transpose per id.
+    rows = [tuple(zip(*served, strict=True)) for served in by_id.values()]
+    columns = Columns(
+        [list(r[0]) for r in rows],
+        [list(r[1]) for r in rows],
+        [list(r[2]) for r in rows],
+        [list(r[3]) for r in rows],
+        STORE,
+    )
+    views = {VIEW: ViewValues(info, plan.refs, tuple(by_id), columns)}
+    result = ReadResult(as_of, STORE, [(STORE, "ok")], views)
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
 
@@ -210,8 +221,8 @@ def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> byte
     served = evaluate_view(
         info.layout, info.view.ttl_ms, features, replies, as_of_ms=as_of, store=STORE
     )
-    by_id = dict(zip(ids, served, strict=True))
-    result = ReadResult(as_of, STORE, [(STORE, "ok")], {VIEW: ViewValues(info, plan.refs, by_id)})
+    views = {VIEW: ViewValues(info, plan.refs, ids, served)}
+    result = ReadResult(as_of, STORE, [(STORE, "ok")], views)
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
 

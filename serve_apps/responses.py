@@ -89,7 +89,7 @@ def native_response(
     for view in result.views.values():
         entity = view.info.entity.name
         names = [ref.ref for ref in view.refs]
-        for entity_id, served in view.by_id.items():
+        for entity_id, served in view.by_id().items():
             row = rows.get((entity, entity_id))
             if row is None:
                 row = rows[(entity, entity_id)] = {
@@ -127,18 +127,17 @@ def columnar_response(
     """The ``format: columns`` shape: per view, one row of each field per id (module docstring)."""
     views = []
     for view in result.views.values():
-        # One transpose per id, in C: (value, status, time, age, store) tuples -> five rows.
-        rows = [tuple(zip(*served, strict=True)) for served in view.by_id.values()]
+        columns = view.columns  # already one list per id and field
         views.append(
             {
                 "view": view.info.view.name,
                 "entity": view.info.entity.name,
                 "features": [ref.ref for ref in view.refs],
-                "ids": list(view.by_id),
-                "values": [row[0] for row in rows],
-                "statuses": [row[1] for row in rows],
-                "event_time_ms": [row[2] for row in rows],
-                "age_ms": [row[3] for row in rows],
+                "ids": list(view.ids),
+                "values": columns.values,
+                "statuses": columns.statuses,
+                "event_time_ms": columns.event_times,
+                "age_ms": columns.ages,
             }
         )
     return {**_envelope(result, region, request_id), "format": COLUMNS, "views": views}
@@ -178,7 +177,8 @@ def feast_response(
     ]
     for view in result.views.values():
         join_rows = rows[view.info.entity.join_key]
-        per_row = [view.by_id[entity_id] for entity_id in join_rows]
+        by_id = view.by_id()
+        per_row = [by_id[entity_id] for entity_id in join_rows]
         for i, ref in enumerate(view.refs):
             name = ref.ref.replace(":", "__") if full_names else ref.feature.name
             names.append(name)

@@ -20,18 +20,24 @@ from dataclasses import dataclass
 from regions.resilience import Deadline
 from serve_apps.fallback import ChainResult, FallbackChain
 from serve_apps.plan import CatalogIndex, FeatureRef, ReadPlan, ViewInfo, encoded_id
-from serve_apps.values import Served, defaults, evaluate_view
+from serve_apps.values import Columns, Served, defaults, evaluate_view
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ViewValues:
-    """The requested features of one view and, per entity id, one :class:`Served` per feature."""
+    """The requested features of one view and their served values per entity id (``ids``,
+    request order; ``columns`` in the same order)."""
 
     info: ViewInfo
     refs: tuple[FeatureRef, ...]
-    by_id: Mapping[str, list[Served]]
+    ids: tuple[str, ...]
+    columns: Columns
+
+    def by_id(self) -> dict[str, list[Served]]:
+        """Per entity id, one :class:`Served` per requested feature (the row shapes)."""
+        return {i: self.columns.served(e) for e, i in enumerate(self.ids)}
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class ReadService:
         features = [r.feature for r in refs]
         ids = plan.ids[info.entity.name]
         if result.fields is None:
-            served = [defaults(features, result.store) for _ in ids]
+            served = defaults(features, len(ids), result.store)
         else:
             stored = result.fields
             replies = [
@@ -92,4 +98,4 @@ class ReadService:
                 store=result.store,
                 where=info.prefix,
             )
-        return ViewValues(info, tuple(refs), dict(zip(ids, served, strict=True)))
+        return ViewValues(info, tuple(refs), ids, served)
