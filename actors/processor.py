@@ -220,6 +220,9 @@ class PartitionProcessor:
                 self.state.pending[entity_id] = later
             self._pending_changed.add(entity_id)
             self._fold_view(self._view(entity_id[0]), sorted(ready, key=_offset))
+            change = self._changed.get(entity_id)
+            if change is not None:  # held events have older offsets than what was written since
+                self._changed[entity_id] = (max(change[0], self.state.last_offset), change[1])
 
     def _dead_letter(self, record: SourceRecord, rejected: EventRejected) -> DeadLetter:
         return dead_letter(
