@@ -9,12 +9,15 @@ For each micro-batch:
    dead letter with its reason), then apply the watermark rule (``features.watermark``; a late
    event becomes a dead letter ``late``). Both decisions depend only on the records before it, so
    they are taken for the whole batch before any tile changes;
-2. group the accepted events by (view, entity, tile) keeping partition order inside each group,
+2. hold back the accepted events stamped after the clock (``now_ms``) until it reaches them
+   (:meth:`PartitionProcessor.release_due`, at every batch and drain), so a block never holds an
+   event newer than any read of it; held events travel in the changelog (``pending_field``);
+3. group the accepted events by (view, entity, tile) keeping partition order inside each group,
    and fold each group into its tile with the aggregators' ``agg_seq``, which equals folding the
    group's events one by one; tiles are independent of each other, so the states equal those of
    a per-event fold in partition order (the unit tests compare both on random batches);
-3. remember which (view, entity) changed, with the newest offset folded into it as the change's
-   version.
+4. remember which (view, entity) changed, with the newest offset folded into it as the change's
+   version (raised when needed so versions of a field only grow, see ``_version``).
 ``drain_changes`` turns each changed (view, entity) into one changelog record holding its block
 (``features.blocks``: every live tile this partition holds for it, *absolute* states), so replaying
 records anywhere (a region catching up, a restart) never counts an event twice. Tiles no window
