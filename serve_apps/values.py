@@ -121,7 +121,8 @@ def evaluate_view(
             bad.add(e)
     names = tuple(f.name for f in features)
     merged = _merge(layout, blocks, as_of_ms, names, bad=bad, where=where, store=store)
-    codes, times, ages = _statuses(features, merged, ttl_ms, as_of_ms)
+    kinds = _kinds(layout, names, features)
+    codes, times, ages = _statuses(kinds, merged, ttl_ms, as_of_ms)
     found = np.array([bool(b) for b in blocks], dtype=bool)
     codes[:, ~found] = _NOT_FOUND
     if bad:
@@ -167,14 +168,14 @@ def _merge(
 
 
 def _statuses(
-    features: Sequence[Feature], merged: MergedView, ttl_ms: int, as_of_ms: int
+    kinds: Kinds, merged: MergedView, ttl_ms: int, as_of_ms: int
 ) -> tuple[npt.NDArray[np.intp], Ints, Ints]:
     """Status codes, event times (``NO_TILE``: unknown) and ages, features x entities, by the
     module docstring's rules."""
     newest = merged.newest.T  # features x entities
     last = merged.last_time.T
     newest_last = merged.newest_last
-    tile, windowed, is_last = _kinds(tuple(features))
+    tile, windowed, is_last = kinds
     # Windowed: the newest covering tile, or the entity's newest `last` event inside it.
     inside = (newest_last != NO_TILE) & (newest <= newest_last) & (newest_last - newest < tile)
     tiled_time = np.where(inside, newest_last, newest)
@@ -192,22 +193,25 @@ def _statuses(
 
 
 Kinds = tuple[Ints, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
-_KINDS: dict[tuple[Feature, ...], Kinds] = {}
+# By (id of the view's layout, requested names); the layout is kept so its id stays unique.
+_KINDS: dict[tuple[int, tuple[str, ...]], tuple[BlockLayout, Kinds]] = {}
 _KINDS_LIMIT = 4096
 
 
-def _kinds(features: tuple[Feature, ...]) -> Kinds:
-    """Per feature (a column): its tile ms (1 if unwindowed), windowed, ``last``. Constants of
-    the requested feature list, remembered (bounded) because ``Feature.tile_spec`` is rebuilt on
-    every access; this holds no stored data, so it cannot go stale."""
-    found = _KINDS.get(features)
+def _kinds(layout: BlockLayout, names: tuple[str, ...], features: Sequence[Feature]) -> Kinds:
+    """Per requested feature (a column): its tile ms (1 if unwindowed), windowed, ``last``.
+    Constants of the view and the requested names, remembered (bounded) because
+    ``Feature.tile_spec`` is rebuilt on every access; they hold no stored data, so they cannot
+    go stale."""
+    found = _KINDS.get((id(layout), names))
     if found is None:
         if len(_KINDS) >= _KINDS_LIMIT:
             _KINDS.clear()
         specs = [f.tile_spec for f in features]
-        found = _KINDS[features] = (
+        kinds = (
             np.array([1 if s is None else s.tile_ms for s in specs], dtype=np.int64)[:, None],
             np.array([s is not None for s in specs], dtype=bool)[:, None],
             np.array([f.aggregation is Aggregation.LAST for f in features], dtype=bool)[:, None],
         )
-    return found
+        found = _KINDS[(id(layout), names)] = (layout, kinds)
+    return found[1]
