@@ -128,7 +128,9 @@ def evaluate_view(
     if bad:
         codes[:, sorted(bad)] = _DEFAULT
     timed = (codes == _PRESENT) | (codes == _STALE)
-    fallback = np.array([f.default for f in features] + [None], dtype=object)[:-1, None]
+    fallback = np.empty((len(features), 1), dtype=object)
+    for i, feature in enumerate(features):  # one by one: a list default stays one value
+        fallback[i, 0] = feature.default
     values = np.where(codes == _PRESENT, merged.values, fallback)
     event_times = np.where(timed & (times != NO_TILE), times, _NULL)
     age_values = np.where(timed & (times != NO_TILE), ages, _NULL)
