@@ -1,7 +1,8 @@
 """``freshline pipeline up|status|down``: the stream pipeline as a Ray job on the stack's head.
 
-``up`` submits ``python -m actors.job up`` with ``ray job submit --working-dir`` exactly as one
-would on a remote cluster, passing the ``FRESHLINE_*`` settings through the job's runtime env.
+``up`` submits ``python -m cluster.pipeline_job up`` with ``ray job submit --working-dir`` exactly
+as one would on a remote cluster, passing the ``FRESHLINE_*`` settings through the job's runtime
+env.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: float = 180.0) -> str:
-    """Run ``python -m actors.job <verb>`` as a Ray job and return its output.
+    """Run ``python -m cluster.pipeline_job <verb>`` as a Ray job and return its output.
 
     Ray answers "No available agent to submit job, please try again later" while the head's job
     agent is still starting (seconds after the dashboard answers, longer under load); that one
@@ -41,7 +42,7 @@ def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: fl
         "--",
         "python",
         "-m",
-        "actors.job",
+        "cluster.pipeline_job",
         verb,
         "--consumers",
         str(consumers),
