@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from regions.aws import dynamodb_client
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader
 from regions.redis_store import AsyncRedisTileReader, RedisRole, async_redis_client
@@ -71,27 +72,25 @@ def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
     return make
 
 
-def _client(config: ServingConfig, region: RegionConfig) -> Any:
-    import boto3
-    from botocore.config import Config
+# Above the 4 threads of ``build_chain``'s DynamoDB pool: a read never waits for a connection.
+_DYNAMODB_POOL_SIZE = 8
 
-    timeout = config.timeouts.dynamodb_s
-    kwargs: dict[str, Any] = {}
-    if config.dynamodb_access_key_id is not None:
-        kwargs["aws_access_key_id"] = config.dynamodb_access_key_id.get_secret_value()
-    if config.dynamodb_secret_access_key is not None:
-        kwargs["aws_secret_access_key"] = config.dynamodb_secret_access_key.get_secret_value()
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=region.dynamodb_endpoint_url,
-        region_name=region.aws_region,
-        config=Config(
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": 1},
-            max_pool_connections=8,
-        ),
-        **kwargs,
+
+def _client(config: ServingConfig, region: RegionConfig) -> Any:
+    credentials = {
+        name: secret.get_secret_value()
+        for name, secret in (
+            ("aws_access_key_id", config.dynamodb_access_key_id),
+            ("aws_secret_access_key", config.dynamodb_secret_access_key),
+        )
+        if secret is not None
+    }
+    return dynamodb_client(
+        region,
+        config.timeouts.dynamodb_s,
+        pool_size=_DYNAMODB_POOL_SIZE,
+        max_attempts=1,
+        credentials=credentials or None,
     )
 
 
