@@ -39,10 +39,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from actors.config import DEFAULT_CONSUMERS
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
+from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
 from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
-from tests.integration.conftest import isolated_settings
 
 USERS = 50_000
 MERCHANTS = 2_000
