@@ -65,9 +65,6 @@ _.TAG_FLOOR
 
 # --- Dead, in files this change does not own: delete the code and its line here together ------
 _._end_offsets  # benchmarks/ingest.py: never called
-_.transport_errors  # chaos/timeline.py: never called
-_.load_offset_s  # chaos/timeline.py: written by add_load, read by nothing
-_.probe_errors  # chaos/timeline.py: counted, but no report shows it (its docstring says one does)
 _.amount_sum  # cluster/flow.py: accumulated per entity, read by nothing
 _.last_amount  # cluster/flow.py: as amount_sum
 _.redis_url  # regions/config.py: no caller
