@@ -64,10 +64,5 @@ _.reset
 _.TAG_FLOOR
 
 # --- Dead, in files this change does not own: delete the code and its line here together ------
-_._end_offsets  # benchmarks/ingest.py: never called
-_.amount_sum  # cluster/flow.py: accumulated per entity, read by nothing
-_.last_amount  # cluster/flow.py: as amount_sum
-_.redis_url  # regions/config.py: no caller
 _.ignored  # regions/redis_store.py ApplyResult: returned, read by nothing
 _.get_fields  # regions/*_store.py readers: only integration tests call it; serving uses get_all
-_.INGRESS_ENV  # serve_apps/deploy.py: no reader

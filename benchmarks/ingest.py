@@ -123,14 +123,6 @@ def _raw_consume_rate(bootstrap: str, expected_from: dict[int, int], n: int) -> 
     return (seen - first) / elapsed
 
 
-def _end_offsets(bootstrap: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    parts = [TopicPartition(DEFAULT_EVENTS_TOPIC, p) for p in range(8)]
-    ends = consumer.end_offsets(parts)
-    consumer.close()
-    return {tp.partition: off for tp, off in ends.items()}
-
-
 class _Status:
     """Polls the supervisor from this process (a Ray client of the stack's head)."""
 

@@ -40,7 +40,6 @@ are process-wide switches read when Serve's controller, proxies and replicas imp
 up`` passes them to the head, and the Serve YAML names the mode it expects in a header."""
 
 DEFAULT_INGRESS = "haproxy-throughput"
-INGRESS_ENV: dict[str, str] = INGRESS_MODES[DEFAULT_INGRESS]
 
 
 class _RedisNames(Protocol):
