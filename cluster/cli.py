@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from actors.config import DEFAULT_CONSUMERS
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     pipeline = verbs.add_parser("pipeline", help="the stream-to-feature pipeline (a Ray job)")
     pipeline_verbs = pipeline.add_subparsers(dest="pipeline_verb", required=True)
     p_up = pipeline_verbs.add_parser("up", help="submit the pipeline job (idempotent)")
-    p_up.add_argument("--consumers", type=int, default=2, help="consumer actors")
+    p_up.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS, help="consumer actors")
     p_up.set_defaults(handler=_pipeline_up)
     p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
     p_status.add_argument("--json", action="store_true")

@@ -15,13 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.config import DEFAULT_CONSUMERS
 from cluster.settings import StackSettings
 from features.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: float = 180.0) -> str:
+def submit(
+    settings: StackSettings,
+    verb: str,
+    consumers: int = DEFAULT_CONSUMERS,
+    timeout_s: float = 180.0,
+) -> str:
     """Run ``python -m cluster.pipeline_job <verb>`` as a Ray job and return its output.
 
     Ray answers "No available agent to submit job, please try again later" while the head's job
