@@ -64,6 +64,22 @@ class AttributeColumns:
         for token in self.row_tokens.pop(row, ()):
             self.postings[token].discard(row)
 
+    def compacted(self, keep: NDArray[np.intp]) -> AttributeColumns:
+        """The columns of rows ``keep`` only: new row ``i`` holds what row ``keep[i]`` held."""
+        out = AttributeColumns(self.codes, self.numbers)
+        out.dictionaries = {name: dict(d) for name, d in self.dictionaries.items()}
+        out.codes = {name: _column(self.codes, name, _end(keep), -1)[keep] for name in self.codes}
+        out.numbers = {
+            name: _column(self.numbers, name, _end(keep), np.nan)[keep] for name in self.numbers
+        }
+        new_row = {int(old): new for new, old in enumerate(keep)}
+        for old, tokens in self.row_tokens.items():
+            if old in new_row:
+                out.row_tokens[new_row[old]] = tokens
+                for token in tokens:
+                    out.postings.setdefault(token, set()).add(new_row[old])
+        return out
+
     @staticmethod
     def _grown(columns: dict[str, Any], name: str, row: int, fill: float) -> Any:
         column = columns[name]
@@ -76,6 +92,10 @@ class AttributeColumns:
 
 def _empty(dtype: type[Any], fill: float) -> Any:
     return np.full(0, fill, dtype=dtype)
+
+
+def _end(keep: NDArray[np.intp]) -> int:
+    return int(keep.max()) + 1 if len(keep) else 0
 
 
 def normalise_tokens(tokens: Iterable[str]) -> list[str]:
