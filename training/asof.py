@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from features.catalog import Aggregation, Feature, FeatureView
 from features.tile_groups import TileGroup, read_view, tile_groups
-from training.errors import TrainingError
+from training.exceptions import TrainingError
 
 PRESENT, DEFAULT, STALE, NOT_FOUND = "present", "default", "stale", "not_found"
 PARTITION, OFFSET = "_partition", "_offset"
@@ -314,7 +314,7 @@ def _finish(
     raw: dict[str, Objects],
 ) -> Values:
     found = newest >= 0
-    newest_time = np.where(found, ev.time[np.maximum(newest, 0)], 0)
+    newest_time = ev.time[newest] if len(ev.time) else np.zeros(len(ts), dtype=np.int64)
     row_status = np.where(
         ~found, NOT_FOUND, np.where(ts - newest_time > view.ttl_ms, STALE, PRESENT)
     ).astype(object)

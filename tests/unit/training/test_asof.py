@@ -202,3 +202,9 @@ def test_rows_keep_spine_order_and_duplicates() -> None:
     rows = [("b", T0), ("a", T0), ("b", T0), ("a", T0 - 1)]
     got = _values(events, rows)
     assert got.values["last_amount"].tolist() == [2.0, 1.0, 2.0, None]
+
+
+def test_no_events_at_all_gives_every_row_its_defaults() -> None:
+    got = _values([], [("u", T0), ("v", T0 + 1)])
+    assert got.status["tx_count_1h"].tolist() == [NOT_FOUND, NOT_FOUND]
+    assert got.values["spend_sum_1h"].tolist() == [0.0, 0.0]
