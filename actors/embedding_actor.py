@@ -29,11 +29,19 @@ from kafka import KafkaProducer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.config import DLQ_TOPIC
-from actors.embedding_index import EmbeddingIndex, Neighbours, Query
+from actors.embedding_index import EmbeddingIndex
 from actors.embedding_snapshot import read_snapshot, write_snapshot
 from actors.kafka_io import read_committed_consumer, topic_partitions
-from features.embeddings import EmbeddingEvent, EmbeddingRejected, EmbeddingValidator, EmbeddingView
-from features.errors import DataError
+from actors.runtime import NAMESPACE
+from features.embedding_search import Query, SearchAnswer
+from features.embeddings import (
+    EmbeddingEvent,
+    EmbeddingRejected,
+    EmbeddingValidator,
+    EmbeddingView,
+    UnknownModelVersion,
+    index_actor_name,
+)
 
 log = logging.getLogger("freshline.actors.embeddings")
 _MAX_DETAIL_BYTES = 512
@@ -49,10 +57,6 @@ class EmbeddingIngestConfig(BaseModel):
     # a crash, shorter ones more disk writes.
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     max_poll_records: int = Field(default=2000, ge=1)
-
-
-class UnknownVersion(DataError):
-    """A search named a model version with no index here."""
 
 
 class EmbeddingIngest:
@@ -145,15 +149,22 @@ class EmbeddingIngest:
         self._producer.flush()
         self._last_snapshot = self._monotonic()
 
-    def search(
-        self, version: str | None, queries: Sequence[Query]
-    ) -> tuple[str, int, list[Neighbours]]:
-        """Answers with the version searched and its index version (its ``mutations``)."""
+    def _index(self, version: str | None) -> EmbeddingIndex:
         version = version or self.view.serving_version
         index = self.indexes.get(version)
         if index is None:
-            raise UnknownVersion(f"view {self.view.name!r} has no index for version {version!r}")
-        return version, index.mutations, index.search_batch(queries)
+            raise UnknownModelVersion(f"view {self.view.name!r} has no index for {version!r}")
+        return index
+
+    def search(self, version: str | None, queries: Sequence[Query]) -> SearchAnswer:
+        """``version`` ``None`` is the view's serving version."""
+        index = self._index(version)
+        return SearchAnswer(index.version, index.mutations, index.search_batch(queries))
+
+    def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
+        """The entity's current vector, ``None`` when it has none (never set, or deleted)."""
+        vector = self._index(version).vector_of(entity_id)
+        return None if vector is None else [float(x) for x in vector]
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -199,11 +210,13 @@ class _EmbeddingIndexActor:
             log.exception("embedding index loop failed; exiting so that Ray restarts it")
             os._exit(1)
 
-    def search(
-        self, version: str | None, queries: list[Query]
-    ) -> tuple[str, int, list[Neighbours]]:
+    def search(self, version: str | None, queries: list[Query]) -> SearchAnswer:
         with self._lock:
             return self._ingest.search(version, queries)
+
+    def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
+        with self._lock:
+            return self._ingest.vector_of(version, entity_id)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -225,3 +238,13 @@ _remote: Any = ray.remote
 EmbeddingIndexActor: Any = _remote(
     max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25
 )(_EmbeddingIndexActor)
+
+
+def start_index_actor(config: EmbeddingIngestConfig, view: EmbeddingView) -> Any:
+    """Starts (or finds) the view's named, detached index actor; Serve finds it by that name."""
+    return EmbeddingIndexActor.options(
+        name=index_actor_name(view.name),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(config, view)

@@ -21,7 +21,6 @@ changes and is the index version answers carry. Not thread-safe: the owning acto
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -31,6 +30,8 @@ from numpy.typing import NDArray
 from features.embedding_search import (
     AttributeColumns,
     MetadataFilter,
+    Neighbours,
+    Query,
     Strategy,
     StrategyPolicy,
     choose_strategy,
@@ -50,26 +51,6 @@ HYBRID_DEPTH = 100
 # The bundled type stubs lag the SWIG bindings (selector parameters, HNSW search parameters).
 _faiss: Any = faiss
 _METRICS = {Metric.L2: faiss.METRIC_L2, Metric.INNER_PRODUCT: faiss.METRIC_INNER_PRODUCT}
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One search: ``vector`` of the view's dimension, an optional filter and keyword text."""
-
-    vector: NDArray[np.float32]
-    k: int
-    filter: MetadataFilter | None = None
-    text: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Neighbours:
-    """Entity ids, best first, with their distance (L2), dot product (IP) or fused RRF score."""
-
-    ids: tuple[str, ...]
-    scores: tuple[float, ...]
-    strategy: Strategy
-    hybrid: bool = False
 
 
 class EmbeddingIndex:

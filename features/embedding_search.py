@@ -5,7 +5,8 @@ Filters (:func:`compile_filter`) are parsed from JSON against an
 (:class:`AttributeColumns`) in one vectorised pass per clause; :meth:`MetadataFilter.matches` is
 the scalar reference. :func:`choose_strategy` turns the share of rows that pass into the way the
 index searches; :func:`reciprocal_rank_fusion` fuses a vector ranking with a keyword ranking
-(:func:`keyword_ranking`) for hybrid search.
+(:func:`keyword_ranking`) for hybrid search. :class:`Query`, :class:`Neighbours` and
+:class:`SearchAnswer` are what the serving app and the index actors exchange.
 """
 
 from __future__ import annotations
@@ -226,6 +227,36 @@ class Strategy(StrEnum):
     EXACT = "exact"  # brute force over the rows that pass: exact, cheap when few pass
     ID_SELECTOR = "id_selector"  # the approximate index told which ids may be returned
     OVER_FETCH = "over_fetch"  # the approximate index asked for more, then filtered
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One search: ``vector`` of the view's dimension, an optional filter and keyword text."""
+
+    vector: NDArray[np.float32]
+    k: int
+    filter: MetadataFilter | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Entity ids, best first, with their distance (L2), dot product (IP) or fused RRF score."""
+
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
+    strategy: Strategy
+    hybrid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnswer:
+    """What an index actor answers: the version searched, its index version (the count of
+    changes applied) and one :class:`Neighbours` per query, in query order."""
+
+    model_version: str
+    index_version: int
+    results: list[Neighbours]
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,11 @@ class EmbeddingView(BaseModel):
         return to_ms(self.max_future_skew)
 
 
+def index_actor_name(view: str) -> str:
+    """The Ray actor name of a view's index actor: the actor registers it, Serve looks it up."""
+    return f"fl-embeddings-{view}"
+
+
 # --- Events --------------------------------------------------------------------------------------
 
 
@@ -139,6 +144,10 @@ class EmbeddingRejected(DataError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class UnknownModelVersion(DataError):
+    """A search named a model version that has no index (not declared, or not built yet)."""
 
 
 class Op(StrEnum):

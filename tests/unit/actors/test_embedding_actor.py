@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from actors.embedding_actor import EmbeddingIngest, EmbeddingIngestConfig, UnknownVersion
-from actors.embedding_index import Query
+from actors.embedding_actor import EmbeddingIngest, EmbeddingIngestConfig
 from actors.embedding_snapshot import write_snapshot
-from features.embeddings import EmbeddingView
+from features.embedding_search import Query
+from features.embeddings import EmbeddingView, UnknownModelVersion
 from tests.doubles.kafka import FakeConsumer
 
 NOW = 1_764_000_000_000
@@ -122,9 +122,11 @@ def test_search_defaults_to_the_serving_version_and_refuses_an_unknown_one(tmp_p
     ingest = _ingest(tmp_path, consumer, producer, Clock())
     _drain(ingest)
     query = Query(np.zeros(4, dtype=np.float32), 3)
-    version, index_version, [found] = ingest.search(None, [query])
-    assert (version, index_version, len(found.ids)) == ("v1", 5, 3)
-    with pytest.raises(UnknownVersion, match="v7"):
+    answer = ingest.search(None, [query])
+    assert (answer.model_version, answer.index_version, len(answer.results[0].ids)) == ("v1", 5, 3)
+    assert ingest.vector_of("v1", "e2") == pytest.approx(orjson.loads(_raw(2))["vector"])
+    assert ingest.vector_of(None, "e9") is None and ingest.vector_of("v2", "e2") is None
+    with pytest.raises(UnknownModelVersion, match="v7"):
         ingest.search("v7", [query])
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.embedding_index import EmbeddingIndex, Query
+from actors.embedding_index import EmbeddingIndex
 from actors.embedding_snapshot import read_snapshot, write_snapshot
-from features.embedding_search import Strategy, StrategyPolicy, compile_filter
+from features.embedding_search import Query, Strategy, StrategyPolicy, compile_filter
 from features.embeddings import EmbeddingEvent, EmbeddingView, IndexKind, Metric, Op
 from features.exceptions import CorruptState
 
