@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from actors.config import DEFAULT_CONSUMERS
+from cluster import training_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -106,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="print a summary instead of a live view"
     )
     demo.set_defaults(handler=_demo)
+
+    training = verbs.add_parser(
+        "training-set", help="a point-in-time training set from the offline tables (Ray Data)"
+    )
+    training_job.add_arguments(training)
+    training.set_defaults(handler=training_job.run)
     return parser
 
 
