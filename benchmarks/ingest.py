@@ -130,7 +130,7 @@ class _Status:
         import ray
 
         os.environ.update(stack.settings.ray.client_env())
-        ray.init(address=stack.settings.ray.address, namespace="freshline", log_to_driver=False)
+        ray.init(address=stack.settings.ray.address, namespace=NAMESPACE, log_to_driver=False)
         self._ray = ray
 
     def get(self) -> dict[str, Any] | None:

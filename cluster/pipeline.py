@@ -75,9 +75,10 @@ def status(settings: StackSettings) -> dict[str, Any] | None:
     import ray
 
     from actors import job
+    from actors.runtime import NAMESPACE
 
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
-    ray.init(address=settings.ray.address, namespace="freshline", log_to_driver=False)
+    ray.init(address=settings.ray.address, namespace=NAMESPACE, log_to_driver=False)
     try:
         return job.status()
     finally:
