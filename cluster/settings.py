@@ -19,6 +19,7 @@ from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC
 from features.errors import ConfigError
 from regions.config import RedisUsers, RegionTopology, default_topology
+from serve_apps.defaults import DEFAULT_REPLICAS
 
 # The topic names are defined in actors.config (the pipeline reads and writes them); the stack
 # creates them, and its callers (drills, benchmarks, tests) take the names from here.
@@ -91,9 +92,7 @@ class RaySettings(BaseModel):
     # hop) and the throughput-optimised mode keeps Serve's router on the replica's own loop
     # (docs/serving.md compares the modes). Process-wide, so it is the head's environment.
     ingress: IngressMode = "haproxy-throughput"
-    # Serve replicas per region app: two, so that losing one (a crash, a node) leaves the region
-    # a warm replica instead of a cold start under full load; the serve-overload drill kills one.
-    serve_replicas: int = Field(default=2, ge=1, le=64)
+    serve_replicas: int = Field(default=DEFAULT_REPLICAS, ge=1, le=64)
     # HAProxy's stats and Prometheus listeners (Ray's fixed defaults, 8404 and 9101 on all
     # interfaces, collide between two heads on one machine). None: a free port at head start.
     haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)

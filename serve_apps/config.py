@@ -38,6 +38,7 @@ from regions.resilience import (
     BreakerPolicy,
     step_timeout,
 )
+from serve_apps.defaults import DEFAULT_REPLICAS
 
 DEMO_CATALOG = "features.demo:card_transactions_catalog"
 
@@ -183,7 +184,7 @@ class ServingConfig(_Frozen):
     # At least limits.max_in_flight: redis-py's asyncio pool raises instead of waiting when it is
     # exhausted, which would send a busy replica down the fallback chain for no store fault.
     redis_max_connections: int = Field(default=256, ge=1, le=10_000)
-    replicas: int = Field(default=1, ge=1, le=64)
+    replicas: int = Field(default=DEFAULT_REPLICAS, ge=1, le=64)
     # Ray starts worker processes at nice 15 so that its raylet and GCS win the CPU; a replica is
     # the request path, so it runs at the node's normal priority unless told otherwise.
     niceness: int = Field(default=0, ge=0, le=19)

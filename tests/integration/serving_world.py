@@ -109,6 +109,8 @@ def serving_world(stack: Stack) -> Iterator[dict[str, Any]]:
         # Open for 8 s so that every breaker is still open when the test looks, whatever the
         # machine's speed; 3 failures in a minute open one.
         breaker=BreakerSettings(min_calls=3, window_s=60.0, open_s=OPEN_S),
+        # Breaker state is per replica, and the breaker tests read one replica's /v1/stores.
+        replicas=1,
     )
     port = stack.settings.ray.serve_port
     deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
