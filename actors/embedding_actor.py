@@ -16,6 +16,8 @@ they carry the headers of ``actors.dlq``.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import threading
@@ -32,9 +34,9 @@ from actors.config import DLQ_TOPIC
 from actors.embedding_index import EmbeddingIndex
 from actors.embedding_snapshot import read_snapshot, write_snapshot
 from actors.kafka_io import read_committed_consumer, topic_partitions
-from actors.runtime import NAMESPACE
 from features.embedding_search import Query, SearchAnswer
 from features.embeddings import (
+    INDEX_ACTOR_NAMESPACE,
     EmbeddingEvent,
     EmbeddingRejected,
     EmbeddingValidator,
@@ -244,7 +246,31 @@ def start_index_actor(config: EmbeddingIngestConfig, view: EmbeddingView) -> Any
     """Starts (or finds) the view's named, detached index actor; Serve finds it by that name."""
     return EmbeddingIndexActor.options(
         name=index_actor_name(view.name),
-        namespace=NAMESPACE,
+        namespace=INDEX_ACTOR_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
     ).remote(config, view)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Starts (or finds) a view's index actor on a running Ray cluster and prints its status::
+
+    python -m actors.embedding_actor --view items.json --bootstrap localhost:9092 \
+        --state-dir .state/embeddings
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--view", type=Path, required=True, help="an EmbeddingView as JSON")
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--state-dir", type=Path, required=True, help="where snapshots go")
+    parser.add_argument("--address", default="auto", help="the Ray cluster to join")
+    args = parser.parse_args(argv)
+    view = EmbeddingView.model_validate_json(args.view.read_text(encoding="utf-8"))
+    config = EmbeddingIngestConfig(bootstrap=args.bootstrap, state_dir=args.state_dir)
+    ray.init(address=args.address, namespace=INDEX_ACTOR_NAMESPACE)
+    actor = start_index_actor(config, view)
+    print(json.dumps(ray.get(actor.status.remote())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

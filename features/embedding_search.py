@@ -2,17 +2,17 @@
 
 Filters (:func:`compile_filter`) are parsed from JSON against an
 :class:`~features.embeddings.EmbeddingView`'s attributes and evaluate over columnar metadata
-(:class:`AttributeColumns`) in one vectorised pass per clause; :meth:`MetadataFilter.matches` is
-the scalar reference. :func:`choose_strategy` turns the share of rows that pass into the way the
-index searches; :func:`reciprocal_rank_fusion` fuses a vector ranking with a keyword ranking
-(:func:`keyword_ranking`) for hybrid search. :class:`Query`, :class:`Neighbours` and
-:class:`SearchAnswer` are what the serving app and the index actors exchange.
+(:class:`AttributeColumns`) in one vectorised pass per clause. :func:`choose_strategy` turns the
+share of rows that pass into the way the index searches; :func:`reciprocal_rank_fusion` fuses a
+vector ranking with a keyword ranking (:func:`keyword_ranking`) for hybrid search.
+:class:`Query`, :class:`Neighbours` and :class:`SearchAnswer` are what the serving app and the
+index actors exchange.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -109,12 +109,6 @@ def normalise_tokens(tokens: Iterable[str]) -> list[str]:
 
 
 _RANGE_OPS = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
-_SCALAR_OPS: dict[str, Callable[[float, float], bool]] = {
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
-}
 
 
 class FilterError(DataError):
@@ -148,10 +142,6 @@ class MetadataFilter:
             out &= _clause_mask(clause, columns, rows)
         return out
 
-    def matches(self, categories: Mapping[str, str], numbers: Mapping[str, float]) -> bool:
-        """The scalar reference of :meth:`mask` for one row's attributes."""
-        return all(_clause_matches(c, categories, numbers) for c in self.clauses)
-
 
 def _column(columns: dict[str, Any], name: str, rows: int, fill: float) -> Any:
     column = columns[name][:rows]
@@ -172,17 +162,6 @@ def _clause_mask(clause: Clause, columns: AttributeColumns, rows: int) -> NDArra
         return np.asarray(_RANGE_OPS[clause.op](numbers, clause.values[0]), dtype=bool)
 
 
-def _clause_matches(
-    clause: Clause, categories: Mapping[str, str], numbers: Mapping[str, float]
-) -> bool:
-    value: str | float | None = categories.get(clause.field, numbers.get(clause.field))
-    if value is None:
-        return False
-    if clause.op == "in":
-        return value in clause.values
-    return _SCALAR_OPS[clause.op](float(value), float(clause.values[0]))
-
-
 def compile_filter(spec: Mapping[str, Any], view: EmbeddingView) -> MetadataFilter:
     """``{"colour": "red", "size": {"in": ["s", "m"]}, "price": {"gte": 5, "lt": 20}}``:
     a scalar is equality, ``in`` a set, ``gt``/``gte``/``lt``/``lte`` ranges (numbers only)."""
@@ -192,6 +171,8 @@ def compile_filter(spec: Mapping[str, Any], view: EmbeddingView) -> MetadataFilt
             raise FilterError(f"filter on {name!r}: the view declares no such attribute")
         kind: type = str if name in view.categories else float
         tests = spec[name] if isinstance(spec[name], dict) else {"eq": spec[name]}
+        if not tests:  # a test that tests nothing is a client's mistake, not "everything"
+            raise FilterError(f"filter on {name!r}: give at least one operator")
         for op in sorted(tests):
             clauses.append(_clause(name, kind, op, tests[op]))
     return MetadataFilter(tuple(clauses))

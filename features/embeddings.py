@@ -22,7 +22,8 @@ in a fixed order, so every bad event gets exactly one, predictable reason (the d
 7. ``unknown_attribute``      a category or number the view does not declare (filters could never
                               see it, so it is refused rather than silently dropped)
 8. ``wrong_dimension``        a vector whose length is not the view's dimension
-9. ``non_finite``             a vector component that is NaN or infinite, also after float32 cast
+9. ``non_finite``             a vector component that is NaN or infinite, also after float32 cast,
+                              or beyond ``MAX_COMPONENT`` (its distances would overflow)
 10. ``future``                an event time beyond ``now + max_future_skew`` (``now`` is injected)
 
 Filters, search strategy and rank fusion over these events live in ``features.embedding_search``.
@@ -49,6 +50,9 @@ from features.errors import DataError
 
 Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
 
+MAX_COMPONENT = 1e15
+"""The largest vector component accepted, on ingest and in queries: squared distances and dot
+products of 4096 such components still fit in float32, so no score overflows to inf or NaN."""
 # Faiss's k-means warns below 39 training points per centroid: fewer gives poor centroids.
 MIN_POINTS_PER_LIST = 39
 
@@ -114,8 +118,12 @@ class EmbeddingView(BaseModel):
         return to_ms(self.max_future_skew)
 
 
+INDEX_ACTOR_NAMESPACE = "freshline-embeddings"
+"""The Ray namespace of the index actors: they register in it, Serve looks them up in it."""
+
+
 def index_actor_name(view: str) -> str:
-    """The Ray actor name of a view's index actor: the actor registers it, Serve looks it up."""
+    """The Ray actor name of a view's index actor."""
     return f"fl-embeddings-{view}"
 
 
@@ -253,6 +261,8 @@ class EmbeddingValidator:
             vector = np.asarray(values, dtype=np.float32)
         if not np.isfinite(vector).all():
             raise EmbeddingRejected(R.NON_FINITE, "a vector component is NaN or infinite")
+        if np.abs(vector).max() > MAX_COMPONENT:  # its distances would overflow to inf
+            raise EmbeddingRejected(R.NON_FINITE, f"a vector component exceeds {MAX_COMPONENT:g}")
         return vector
 
 

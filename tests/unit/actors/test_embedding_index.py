@@ -13,6 +13,7 @@ from actors.embedding_snapshot import read_snapshot, write_snapshot
 from features.embedding_search import Query, Strategy, StrategyPolicy, compile_filter
 from features.embeddings import EmbeddingEvent, EmbeddingView, IndexKind, Metric, Op
 from features.exceptions import CorruptState
+from tests.unit.features.embedding_oracle import spec_matches
 
 DIM = 8
 COLOURS = ("red", "blue", "green", "black")
@@ -70,8 +71,9 @@ class Oracle:
                 self.latest[e.entity_id] = e
 
     def top(self, query: np.ndarray, k: int, spec: dict[str, Any] | None = None) -> list[str]:
-        flt = compile_filter(spec or {}, _view())
-        passing = [e for e in self.latest.values() if flt.matches(e.categories, e.numbers)]
+        passing = [
+            e for e in self.latest.values() if spec_matches(spec or {}, e.categories, e.numbers)
+        ]
         passing.sort(key=lambda e: float(((e.vector - query) ** 2).sum()))  # type: ignore[operator]
         return [e.entity_id for e in passing[:k]]
 

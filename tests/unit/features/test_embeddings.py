@@ -30,6 +30,7 @@ from features.embeddings import (
     EmbeddingView,
     Op,
 )
+from tests.unit.features.embedding_oracle import spec_matches
 
 NOW = 1_764_000_000_000
 VIEW = EmbeddingView(
@@ -105,6 +106,7 @@ def test_a_delete_needs_no_vector() -> None:
         (orjson.dumps(_event(categories={"brand": "x"})), R.UNKNOWN_ATTRIBUTE),
         (orjson.dumps(_event(vector=[1.0, 2.0, 3.0])), R.WRONG_DIMENSION),
         (orjson.dumps(_event(vector=[1.0, 2.0, 3.0, 1e39])), R.NON_FINITE),
+        (orjson.dumps(_event(vector=[1.0, 2.0, 3.0, -2e15])), R.NON_FINITE),
         (orjson.dumps(_event(time=NOW + VIEW.max_future_skew_ms + 1)), R.FUTURE),
     ],
 )
@@ -154,7 +156,9 @@ SPEC = st.fixed_dictionaries(
         "colour": COLOURS | st.fixed_dictionaries({"in": st.lists(COLOURS, min_size=1)}),
         "size": st.sampled_from(["s", "m", "xl"]),
         "price": st.integers(0, 20)
-        | st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte"]), st.integers(0, 20)),
+        | st.dictionaries(
+            st.sampled_from(["gt", "gte", "lt", "lte"]), st.integers(0, 20), min_size=1
+        ),
     },
 )
 
@@ -165,15 +169,15 @@ def _row_event(categories: dict[str, str], numbers: dict[str, float]) -> Embeddi
 
 @settings(max_examples=200)
 @given(st.lists(ROW, max_size=40), SPEC, st.integers(0, 5))
-def test_the_vectorised_filter_agrees_with_the_scalar_reference(
+def test_the_vectorised_filter_agrees_with_the_rules_read_from_the_spec(
     rows: list[tuple[dict[str, str], dict[str, float]]], spec: dict[str, Any], extra: int
 ) -> None:
     columns = AttributeColumns(VIEW.categories, VIEW.numbers)
     for row, (categories, numbers) in enumerate(rows):
         columns.set_row(row, _row_event(categories, numbers))
-    flt = compile_filter(spec, VIEW)
-    mask = flt.mask(columns, len(rows) + extra)  # rows past the columns' end hold nothing
-    expected = [flt.matches(c, n) for c, n in rows] + [not flt.clauses] * extra
+    mask = compile_filter(spec, VIEW).mask(columns, len(rows) + extra)
+    # Rows past the columns' end hold no attribute: only an empty filter passes them.
+    expected = [spec_matches(spec, c, n) for c, n in rows] + [not spec] * extra
     assert mask.tolist() == expected
 
 
@@ -194,6 +198,7 @@ def test_a_cleared_row_matches_no_clause_and_loses_its_tokens() -> None:
         {"price": {"between": [1, 2]}},
         {"colour": {"in": []}},
         {"price": float("nan")},
+        {"price": {}},
     ],
 )
 def test_a_bad_filter_is_refused_with_a_clear_error(spec: dict[str, Any]) -> None:
