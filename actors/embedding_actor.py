@@ -106,9 +106,17 @@ class EmbeddingIngest:
 
     def step(self, poll_timeout_ms: int = 100) -> int:
         """Polls once, applies what it got, snapshots when the interval has passed."""
-        polled = self._consumer.poll(
+        return self.apply(self.poll(poll_timeout_ms))
+
+    def poll(self, poll_timeout_ms: int) -> dict[Any, list[Any]]:
+        """Records from the topic; touches no index, so searches may run meanwhile."""
+        polled: dict[Any, list[Any]] = self._consumer.poll(
             timeout_ms=poll_timeout_ms, max_records=self.config.max_poll_records
         )
+        return polled
+
+    def apply(self, polled: dict[Any, list[Any]]) -> int:
+        """Validates and applies polled records, then snapshots if the interval has passed."""
         by_version: dict[str, list[EmbeddingEvent]] = {}
         count = 0
         for tp, records in polled.items():
@@ -204,8 +212,9 @@ class _EmbeddingIndexActor:
                 self._ingest.start()
             self._ready.set()
             while not self._stop.is_set():
+                polled = self._ingest.poll(poll_timeout_ms=50)  # searches are not held up
                 with self._lock:
-                    self._ingest.step(poll_timeout_ms=50)
+                    self._ingest.apply(polled)
             with self._lock:
                 self._ingest.close()
         except BaseException:
