@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestamp-column", default=DEFAULT_TIMESTAMP_COLUMN)
     parser.add_argument("--snapshot-id", type=int, default=None, help="rebuild from this snapshot")
     parser.add_argument("--buckets", type=int, default=DEFAULT_BUCKETS, help="entity hash buckets")
+    parser.add_argument(
+        "--namespace", default=None, help="Iceberg namespace of raw_events (default: the stack's)"
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="a running Ray to use (default: RAY_ADDRESS under ray job submit, else a private one)",
+    )
 
 
 def parse_instant_ms(text: str) -> int:
@@ -51,11 +59,13 @@ def parse_instant_ms(text: str) -> int:
 
 def run(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
     import ray
+    from pyiceberg.exceptions import NoSuchTableError
 
     from actors.offline_tables import RAW_TABLE
     from cluster.services.offline import NAMESPACE, iceberg_catalog
     from features.demo import card_transactions_catalog
     from training.build import TrainingSetOptions, write_training_set
+    from training.exceptions import TrainingError
 
     options = TrainingSetOptions(
         timestamp_column=args.timestamp_column,
@@ -65,10 +75,14 @@ def run(args: argparse.Namespace, settings: StackSettings, console: Console) -> 
         snapshot_id=args.snapshot_id,
         buckets=args.buckets,
     )
-    table = iceberg_catalog(settings).load_table((NAMESPACE, RAW_TABLE))
+    name = (args.namespace or NAMESPACE, RAW_TABLE)
+    try:
+        table = iceberg_catalog(settings).load_table(name)
+    except NoSuchTableError:
+        raise TrainingError(f"no table {'.'.join(name)}: has the offline writer run?") from None
     started = not ray.is_initialized()
     if started:
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        ray.init(address=args.ray_address, logging_level=logging.WARNING)
     try:
         metadata = write_training_set(
             args.spine,
