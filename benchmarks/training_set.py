@@ -110,7 +110,7 @@ def _spine(rows: int, users: int, days: int, seed: int) -> pa.Table:
 def _oracle_mismatches(events: pa.Table, got: pa.Table, rows: int, seed: int) -> int:
     """Values of ``rows`` sampled spine rows that differ from the oracle's."""
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    wanted = ("user_id", "amount", "event_time_ms", "_partition", "_offset")
+    wanted = ("user_id", "merchant_id", "amount", "event_time_ms", "_partition", "_offset")
     for event in events.select(wanted).to_pylist():
         by_user[event["user_id"]].append(event)
     sample = random.Random(seed).sample(range(got.num_rows), min(rows, got.num_rows))
