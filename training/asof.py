@@ -98,12 +98,13 @@ def _prepare(events: pa.Table, columns: Columns, keys: Sequence[Any]) -> _Events
     codes, _ = pd.factorize(both, use_na_sentinel=False)
     codes = codes.astype(np.int64)
     code, row_code = codes[: len(event_keys)], codes[len(event_keys) :]
-    time, offset = _int(events, columns.time), _int(events, OFFSET)
-    order = np.lexsort((offset, time, code))
+    time, offset, partition = (_int(events, c) for c in (columns.time, OFFSET, PARTITION))
+    # Partition last: a deterministic order for the one tie (time, offset) LastAgg cannot see.
+    order = np.lexsort((partition, offset, time, code))
     return _Events(
         code=code[order],
         time=time[order],
-        partition=_int(events, PARTITION)[order],
+        partition=partition[order],
         offset=offset[order],
         table=events.take(order),
         row_code=row_code,
