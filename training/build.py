@@ -1,11 +1,13 @@
 """A point-in-time training set on Ray Data: spine rows joined as of their time with features.
 
 Ray Data has no as-of join, so both sides are co-partitioned by a hash of the entity id: the
-spine rows of one view are grouped by bucket (``groupby(bucket).map_groups``) and each group
-reads only its bucket's events (one object per bucket in the object store) and computes all its
-rows at once with :func:`training.asof.as_of_values`. Every view is one such pass; the results
-are put back in spine order by the row number each spine row carries, so cardinality and order
-are the spine's, duplicates included.
+driver splits the spine rows and the events of one view into buckets, each bucket's events one
+object in the object store and each bucket's spine rows one block of a Dataset; ``map_batches``
+over those blocks reads, per bucket, only that bucket's events and computes all its rows at once
+with :func:`training.asof.as_of_values`. The driver splits rather than a ``groupby``: a hash
+shuffle would move the rows to where they already are, at the price of its shuffle actors. Every
+view is one such pass; the results are put back in spine order by the row number each spine row
+carries, so cardinality and order are the spine's, duplicates included.
 
 The output holds the spine's columns, then per feature ``<view>__<feature>`` (the value, the
 catalog default when there is none) and ``<view>__<feature>__status`` (``present``, ``default``,
@@ -218,15 +220,18 @@ def _view_columns(
     refs = {b: ray.put(part) for b, part in _split(events, request.key_column, options.buckets)}
     source = catalog.source(request.view.source)
     compute = functools.partial(
-        _bucket_values,
+        _batch_values,
         request=request,
         columns=Columns(key=request.key_column, time=source.event_time_field),
         types=_types(request, source.fields),
         refs=refs,
         empty=events.schema.empty_table(),
     )
-    grouped = ray.data.from_arrow(spine).groupby(BUCKET, num_partitions=options.buckets)
-    ds = grouped.map_groups(compute, batch_format="pyarrow")
+    blocks: list[Any] = [ray.put(part) for _, part in _split(spine, KEY, options.buckets)]
+    # batch_size=None: a batch is a whole block, so a bucket's rows are merged in one call.
+    ds = ray.data.from_arrow_refs(blocks).map_batches(
+        compute, batch_format="pyarrow", batch_size=None
+    )
     parts = ray.get(ds.to_arrow_refs())
     computed = pa.concat_tables(parts).sort_by(ROW) if parts else pa.table({})
     if computed.num_rows != rows.num_rows:
@@ -234,18 +239,15 @@ def _view_columns(
     return [(name, computed[name]) for name in computed.column_names if name != ROW]
 
 
-def _split(events: pa.Table, key: str, buckets: int) -> list[tuple[int, pa.Table]]:
-    if not events.num_rows:
+def _split(table: pa.Table, key: str, buckets: int) -> list[tuple[int, pa.Table]]:
+    """The non-empty buckets of ``table`` by the hash of its ``key`` column."""
+    if not table.num_rows:
         return []
-    bucket = _buckets(events[key], buckets)
+    bucket = _buckets(table[key], buckets)
     order = np.argsort(bucket, kind="stable")
-    sorted_events, counts = events.take(pa.array(order)), np.bincount(bucket, minlength=buckets)
+    ordered, counts = table.take(pa.array(order)), np.bincount(bucket, minlength=buckets)
     starts = np.cumsum(counts) - counts
-    return [
-        (b, sorted_events.slice(int(starts[b]), int(counts[b])))
-        for b in range(buckets)
-        if counts[b]
-    ]
+    return [(b, ordered.slice(int(starts[b]), int(counts[b]))) for b in range(buckets) if counts[b]]
 
 
 def _types(request: ViewRequest, fields: dict[str, FieldType]) -> dict[str, pa.DataType]:
@@ -264,6 +266,28 @@ def _arrow_type(feature: Feature, fields: dict[str, FieldType]) -> pa.DataType:
     return pa.float64()
 
 
+def _batch_values(
+    batch: pa.Table,
+    *,
+    request: ViewRequest,
+    columns: Columns,
+    types: dict[str, pa.DataType],
+    refs: dict[int, Any],
+    empty: pa.Table,
+) -> pa.Table:
+    """A batch's rows, bucket by bucket (a batch is normally one bucket's block)."""
+    buckets = np.asarray(batch[BUCKET].to_numpy(), dtype=np.int64)
+    parts = []
+    for bucket in np.unique(buckets).tolist():
+        rows = batch.filter(pa.array(buckets == bucket))
+        parts.append(
+            _bucket_values(
+                rows, request=request, columns=columns, types=types, refs=refs, empty=empty
+            )
+        )
+    return pa.concat_tables(parts) if parts else batch.select([ROW])
+
+
 def _bucket_values(
     batch: pa.Table,
     *,
@@ -273,7 +297,7 @@ def _bucket_values(
     refs: dict[int, Any],
     empty: pa.Table,
 ) -> pa.Table:
-    """One bucket's rows (a ``map_groups`` group): their values and statuses, with ``ROW``."""
+    """One bucket's rows: their values and statuses, with ``ROW``."""
     import ray
 
     bucket = int(batch[BUCKET][0].as_py())
