@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from actors.embedding_index import EmbeddingIndex
 from actors.embedding_snapshot import read_snapshot, write_snapshot
@@ -272,3 +276,65 @@ def test_no_snapshot_reads_as_none_and_a_foreign_one_is_refused(tmp_path: Path) 
     (next(tmp_path.glob("snap-*")) / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(CorruptState, match="does not load"):
         read_snapshot(_view(), "v1", tmp_path)
+
+
+# --- Any sequence of events ----------------------------------------------------------------------
+
+# (upsert?, entity, event time): mostly upserts, so that IVF reaches its training size.
+OPS = st.lists(
+    st.tuples(st.sampled_from([True, True, True, False]), st.integers(0, 39), st.integers(0, 15)),
+    min_size=50,
+    max_size=150,
+)
+
+
+def _op_events(ops: list[tuple[bool, int, int]]) -> list[EmbeddingEvent]:
+    out = []
+    for n, (upsert, entity, time) in enumerate(ops):
+        vector = np.full(DIM, n, dtype=np.float32) if upsert else None
+        op = Op.UPSERT if upsert else Op.DELETE
+        out.append(EmbeddingEvent(f"e{entity}", "v1", op, time, vector, {}, {}, ()))
+    return out
+
+
+def _newest(events: list[EmbeddingEvent]) -> dict[str, np.ndarray]:
+    """Per entity the newest event, the first of equal times; live if it is an upsert."""
+    newest: dict[str, EmbeddingEvent] = {}
+    for e in events:
+        if e.entity_id not in newest or e.event_time_ms > newest[e.entity_id].event_time_ms:
+            newest[e.entity_id] = e
+    return {k: e.vector for k, e in newest.items() if e.vector is not None}
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([IndexKind.IVF_FLAT, IndexKind.HNSW]), OPS, st.integers(0, 150))
+def test_any_event_sequence_and_any_snapshot_point_hold_the_newest_event_per_entity(
+    kind: IndexKind, ops: list[tuple[bool, int, int]], cut: int
+) -> None:
+    # Low floors, so that IVF trains and HNSW rebuilds within short sequences.
+    view = _view(index=kind, nlist=2, nprobe=2)
+    events = _op_events(ops)
+    cut = min(cut, len(events))
+    rebuild = mock.patch.object(
+        EmbeddingIndex, "_rebuild", autospec=True, side_effect=EmbeddingIndex._rebuild
+    )
+    dead_floor = mock.patch("actors.embedding_index.REBUILD_MIN_DEAD", 4)
+    train_floor = mock.patch("features.embeddings.MIN_POINTS_PER_LIST", 5)
+    with dead_floor, train_floor, rebuild as rebuilds, TemporaryDirectory() as tmp:
+        index = EmbeddingIndex(view, "v1")
+        index.apply(events[:cut])
+        write_snapshot(index, Path(tmp), {0: cut})
+        restored, offsets = read_snapshot(view, "v1", Path(tmp)) or pytest.fail("no snapshot")
+        for candidate in (index, restored):
+            for start in range(offsets[0], len(events), 7):  # in uneven batches
+                candidate.apply(events[start : start + 7])
+    expected = _newest(events)
+    event(f"{kind.value}: {index.kind}, {'rebuilt' if rebuilds.called else 'never rebuilt'}")
+    for candidate in (index, restored):
+        assert {e: candidate.vector_of(e).tolist() for e in candidate.row_of} == {  # type: ignore[union-attr]
+            e: v.tolist() for e, v in expected.items()
+        }
+        stored = candidate.faiss_index.ntotal
+        assert stored == (candidate.rows if candidate.kind == "hnsw" else candidate.size)
+        everything = candidate.search(np.zeros((1, DIM), dtype=np.float32), 200)[0].ids
+        assert sorted(everything) == sorted(expected)
