@@ -5,6 +5,7 @@ builds the set; every row equals the independent oracle (``chaos/oracle.py``).""
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import subprocess
 import sys
@@ -17,18 +18,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+import ray.data
 from kafka import KafkaConsumer, TopicPartition
 
 from actors.kafka_io import topic_partitions
 from actors.offline import OfflineWriterConfig
 from actors.offline_actor import build_writer
+from actors.offline_tables import RAW_TABLE
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
 from cluster.events.runner import Clock, run_generator
 from cluster.events.synth import GeneratorConfig
+from cluster.services.offline import iceberg_catalog
 from cluster.stack import Stack
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 from tests.integration.conftest import stack_env
+from training.build import TrainingSetOptions, training_dataset
 
 pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
@@ -229,3 +235,16 @@ def test_training_sets_equal_the_oracle_and_late_ingestion_does_not_leak(
         stack, tmp_path, spine, "rebuilt", *namespace, "--snapshot-id", snapshot
     )
     assert rebuilt.equals(built)
+
+    # The Python API: a Dataset spine in, a Dataset out, the same rows as the CLI's file.
+    table = iceberg_catalog(stack.settings).load_table((config.namespace, RAW_TABLE))
+    options = TrainingSetOptions(snapshot_id=int(snapshot))
+    ray.init(address=stack.settings.ray.address, logging_level=logging.WARNING)
+    try:
+        dataset = training_dataset(
+            ray.data.from_arrow(spine), FEATURES, catalog=CATALOG, events_table=table,
+            options=options,
+        )  # fmt: skip
+        assert pa.concat_tables(ray.get(dataset.to_arrow_refs())).equals(built)
+    finally:
+        ray.shutdown()
