@@ -31,6 +31,7 @@ from kafka import KafkaProducer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.config import DLQ_TOPIC
+from actors.dlq import dead_letter
 from actors.embedding_index import EmbeddingIndex
 from actors.embedding_snapshot import read_snapshot, write_snapshot
 from actors.kafka_io import read_committed_consumer, topic_partitions
@@ -46,7 +47,6 @@ from features.embeddings import (
 )
 
 log = logging.getLogger("freshline.actors.embeddings")
-_MAX_DETAIL_BYTES = 512
 
 
 class EmbeddingIngestConfig(BaseModel):
@@ -141,16 +141,17 @@ class EmbeddingIngest:
     def _dead_letter(self, record: Any, partition: int, error: EmbeddingRejected) -> None:
         reason = error.reason.value
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
-        headers = [
-            ("reason", reason.encode()),
-            ("source.topic", self.view.topic.encode()),
-            ("source.partition", str(partition).encode()),
-            ("source.offset", str(record.offset).encode()),
-            ("error.class", type(error).__name__.encode()),
-            ("error.detail", error.detail.encode("utf-8", "replace")[:_MAX_DETAIL_BYTES]),
-        ]
-        value = record.value if record.value is not None else b""
-        self._producer.send(self.config.dlq_topic, key=record.key, value=value, headers=headers)
+        letter = dead_letter(
+            record.key,
+            record.value if record.value is not None else b"",
+            topic=self.view.topic,
+            partition=partition,
+            offset=record.offset,
+            error=error,
+        )
+        self._producer.send(
+            self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
+        )
 
     def snapshot(self) -> None:
         """Every version's index with the offsets it reflects (see the module docstring)."""

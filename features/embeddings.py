@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.catalog import FieldName, FieldProblem, Name, Topic
 from features.durations import Duration, to_ms
-from features.errors import DataError
+from features.errors import DataError, EventRejected, RejectReason
 
 Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
 
@@ -130,28 +130,9 @@ def index_actor_name(view: str) -> str:
 # --- Events --------------------------------------------------------------------------------------
 
 
-class EmbeddingRejectReason(StrEnum):
-    """Why an embedding event was refused; the value is the dead-letter header ``reason``."""
-
-    OVERSIZED = "oversized"
-    BAD_JSON = "bad_json"
-    NON_FINITE = "non_finite"
-    MISSING_FIELD = "missing_field"
-    WRONG_TYPE = "wrong_type"
-    BAD_KEY = "bad_key"
-    UNKNOWN_MODEL_VERSION = "unknown_model_version"
-    UNKNOWN_ATTRIBUTE = "unknown_attribute"
-    WRONG_DIMENSION = "wrong_dimension"
-    FUTURE = "future"
-
-
-class EmbeddingRejected(DataError):
-    """One embedding event refused by validation: dead-lettered, never fatal to the consumer."""
-
-    def __init__(self, reason: EmbeddingRejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class EmbeddingRejected(EventRejected):
+    """One embedding event refused by validation: dead-lettered with the same headers as any
+    refused event (``actors.dlq``), never fatal to the consumer."""
 
 
 class UnknownModelVersion(DataError):
@@ -184,7 +165,7 @@ _REQUIRED: tuple[tuple[str, type], ...] = (
     ("op", str),
     ("time", int),
 )
-R = EmbeddingRejectReason
+R = RejectReason
 
 
 class EmbeddingValidator:
@@ -276,7 +257,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     return event
 
 
-def _why_unparseable(raw: bytes) -> EmbeddingRejectReason:
+def _why_unparseable(raw: bytes) -> RejectReason:
     try:
         json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):

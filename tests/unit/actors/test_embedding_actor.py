@@ -9,10 +9,12 @@ import numpy as np
 import orjson
 import pytest
 
+from actors.dlq import DeadLetter
 from actors.embedding_actor import EmbeddingIngest, EmbeddingIngestConfig
 from actors.embedding_snapshot import write_snapshot
 from features.embedding_search import Query
 from features.embeddings import EmbeddingView, UnknownModelVersion
+from features.errors import RejectReason
 from tests.doubles.kafka import FakeConsumer
 
 NOW = 1_764_000_000_000
@@ -113,6 +115,12 @@ def test_valid_events_reach_their_version_and_bad_ones_are_dead_lettered(tmp_pat
         ("fl.dlq", b"unknown_model_version", b"1"),
     ]
     assert ingest.dead_lettered == {"bad_json": 1, "unknown_model_version": 1}
+    # The pipeline's dead-letter tooling reads them like any refused event.
+    letters = [DeadLetter(k, v, list(h.items())) for _, k, v, h in producer.sent]
+    assert [d.reason for d in letters] == [
+        RejectReason.BAD_JSON,
+        RejectReason.UNKNOWN_MODEL_VERSION,
+    ]
 
 
 def test_search_defaults_to_the_serving_version_and_refuses_an_unknown_one(tmp_path: Path) -> None:

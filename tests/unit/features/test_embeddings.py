@@ -25,11 +25,11 @@ from features.embedding_search import (
 from features.embeddings import (
     EmbeddingEvent,
     EmbeddingRejected,
-    EmbeddingRejectReason,
     EmbeddingValidator,
     EmbeddingView,
     Op,
 )
+from features.errors import RejectReason
 from tests.unit.features.embedding_oracle import spec_matches
 
 NOW = 1_764_000_000_000
@@ -47,7 +47,7 @@ VIEW = EmbeddingView(
     nprobe=2,
 )
 VALIDATOR = EmbeddingValidator(VIEW, lambda: NOW)
-R = EmbeddingRejectReason
+R = RejectReason
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def _event(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in event.items() if v is not None}
 
 
-def _reason(raw: bytes | None) -> EmbeddingRejectReason:
+def _reason(raw: bytes | None) -> RejectReason:
     with pytest.raises(EmbeddingRejected) as caught:
         VALIDATOR.validate(raw)
     return caught.value.reason
@@ -110,7 +110,7 @@ def test_a_delete_needs_no_vector() -> None:
         (orjson.dumps(_event(time=NOW + VIEW.max_future_skew_ms + 1)), R.FUTURE),
     ],
 )
-def test_each_bad_event_gets_its_reason(raw: bytes | None, reason: EmbeddingRejectReason) -> None:
+def test_each_bad_event_gets_its_reason(raw: bytes | None, reason: RejectReason) -> None:
     assert _reason(raw) is reason
 
 
@@ -122,7 +122,7 @@ def test_any_bytes_are_either_an_event_or_a_reasoned_rejection(raw: bytes) -> No
     try:
         VALIDATOR.validate(raw)
     except EmbeddingRejected as rejected:
-        assert rejected.reason in EmbeddingRejectReason
+        assert rejected.reason in RejectReason
 
 
 @pytest.mark.parametrize(
