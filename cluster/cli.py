@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from actors.config import DEFAULT_CONSUMERS
-from cluster import training_job
+from cluster import training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -113,7 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     training_job.add_arguments(training)
     training.set_defaults(handler=training_job.run)
+    _add_validate(verbs)
     return parser
+
+
+def _add_validate(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    validate = verbs.add_parser(
+        "validate", help="serving's sampled answers recomputed offline and compared"
+    )
+    validator_job.add_arguments(validate)
+    validate.set_defaults(handler=validator_job.run)
 
 
 def _stack_up(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:

@@ -26,6 +26,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from features.catalog import Catalog
+from regions.answer_log import DEFAULT_SAMPLE_SHARE
 from regions.config import RegionTopology
 from regions.redis_store import DEFAULT_CONNECT_TIMEOUT_S, RedisTimeouts
 from regions.resilience import (
@@ -192,6 +193,9 @@ class ServingConfig(_Frozen):
     # throughput mode it writes its buffered records from the event loop in one go, stalling
     # every request in flight (docs/serving.md).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # The share of entities whose answers are logged for the consistency validator (by a hash of
+    # the entity id, regions.answer_log; 0: off).
+    answer_sample_share: float = Field(default=DEFAULT_SAMPLE_SHARE, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -41,7 +41,9 @@ from typing import Any
 import orjson
 
 from features.errors import DataError, FreshlineError
+from regions.answer_log import AnswerLog
 from regions.resilience import Deadline
+from serve_apps.answer_entries import answer_entries
 from serve_apps.config import Scope, ServingConfig, hash_api_key
 from serve_apps.exceptions import (
     AuthError,
@@ -120,8 +122,10 @@ class ServingHttp:
         rng: random.Random | None = None,
         *,
         similar: SimilarSearch | None = None,
+        answers: AnswerLog | None = None,
     ) -> None:
         self.config = config
+        self.answers = answers  # sampled answers for the consistency validator, or None
         self.similar = similar
         self._rng = rng or random.Random()  # noqa: S311 - spreads retries, guards nothing
         self.service = service
@@ -255,7 +259,10 @@ class ServingHttp:
         plan = native_plan(self.service.index, parsed, self.limits)
         shape = columnar_response if response_format(parsed) == COLUMNS else native_response
         result = await self.service.read(plan)
-        return _json(200, shape(result, plan, self.config.region, request_id))
+        payload = shape(result, plan, self.config.region, request_id)
+        if self.answers is not None:  # after the body is built; the write runs on its own
+            self.answers.offer(answer_entries(payload, self.answers.wants))
+        return _json(200, payload)
 
     async def _feast(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         parsed = await self._json_body(headers, body)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from regions.answer_log import AnswerLog, stream_key
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader
@@ -168,4 +169,20 @@ def build_http(
         lag = LagTicker(gauge, monotonic)
     chain = build_chain(config, monotonic, stores, dynamo, lag.gauge.busy if lag else _never)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
-    return ServingHttp(config, service, lag, monotonic)
+    answers = answer_log(config) if stores is None else None
+    return ServingHttp(config, service, lag, monotonic, answers=answers)
+
+
+def answer_log(config: ServingConfig) -> AnswerLog | None:
+    """The writer of sampled answers to the home region's Redis, or None when sampling is off.
+    Its own client: a log write never takes a connection a read is waiting for."""
+    if config.answer_sample_share <= 0:
+        return None
+    client = async_redis_client(
+        config.topology.get(config.region),
+        RedisRole.READER,
+        _ReaderUser(config),
+        _ReaderPassword(config),
+        config.redis_timeouts,
+    )
+    return AnswerLog(client, stream_key(config.tenant), config.answer_sample_share)
