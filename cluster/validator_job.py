@@ -74,8 +74,8 @@ def compare(
         abs_error = abs(a - b)
         rel_error = abs_error / abs(b) if b else (0.0 if abs_error == 0 else math.inf)
         same = math.isclose(a, b, rel_tol=tolerance.rel_tol, abs_tol=tolerance.abs_tol)
-    else:
-        same = served == offline
+    else:  # a bool is not the number it equals in Python
+        same = type(served) is type(offline) and served == offline
     return Verdict(same and served_status == offline_status, abs_error, rel_error)
 
 
