@@ -30,6 +30,7 @@ from rich.console import Console
 
 from cluster.settings import StackSettings
 from features.catalog import Catalog
+from features.errors import ConfigError
 from regions.answer_log import AnswerEntry
 
 if TYPE_CHECKING:
@@ -227,18 +228,26 @@ def _answers(settings: StackSettings, region: str | None, since_ms: int) -> list
 
 
 def _events(
-    args: argparse.Namespace, settings: StackSettings, catalog: Catalog, until_ms: int
+    args: argparse.Namespace,
+    settings: StackSettings,
+    catalog: Catalog,
+    answered: set[str],
+    until_ms: int,
 ) -> EventsRead:
-    """The raw events of the catalog's one source up to ``until_ms``, ingested before it."""
+    """The raw events of the ``answered`` views' one source up to ``until_ms``, ingested before
+    it."""
     from actors.offline_tables import RAW_TABLE
     from cluster.services.offline import NAMESPACE, iceberg_catalog
     from training.events import INGESTED_AT, event_columns, read_events
 
     table = iceberg_catalog(settings).load_table((args.namespace or NAMESPACE, RAW_TABLE))
-    keys = [v.key_field(catalog) for v in catalog.views]
-    values = [f.column for v in catalog.views for f in v.features if f.column]
-    (source,) = {v.source for v in catalog.views}
-    time_column = catalog.source(source).event_time_field
+    views = [catalog.view(name) for name in sorted(answered)]
+    sources = {v.source for v in views}
+    if len(sources) != 1:
+        raise ConfigError(f"the answered views read {len(sources)} sources; one raw_events is one")
+    keys = [v.key_field(catalog) for v in views]
+    values = [f.column for v in views for f in v.features if f.column]
+    time_column = catalog.source(sources.pop()).event_time_field
     columns = [*event_columns(keys, time_column, values), INGESTED_AT]
     return read_events(
         table,
@@ -261,7 +270,8 @@ def run(args: argparse.Namespace, settings: StackSettings, console: Console) -> 
     if not entries:
         console.print("no logged answers to validate")
         return 0
-    read = _events(args, settings, catalog, max(e.as_of_ms for e in entries))
+    answered = {e.view for e in entries}
+    read = _events(args, settings, catalog, answered, max(e.as_of_ms for e in entries))
     offline = recompute(entries, catalog, read.table)
     reports = build_report(entries, offline, Tolerance(args.abs_tol, args.rel_tol))
     figures = {
