@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors import changelog
 from actors.offline_tables import TILE_SCHEMA, OfflineTable, raw_schema
+from features import demo
 from features.catalog import EventSource
 from features.errors import EventRejected
 from features.validation import EventValidator
@@ -114,7 +115,7 @@ class OfflineWriterConfig(BaseModel):
     batch_records: int = Field(default=5_000, ge=1)
     batch_interval_ms: int = Field(default=2_000, ge=10)
     bootstrap: str = ""
-    source: str = "card_tx"
+    source: str = demo.SOURCE
     iceberg_catalog_uri: str = ""
     iceberg_warehouse: str = ""
     namespace: str = "freshline"

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from actors.config import PipelineConfig
-from actors.consumer import ConsumerConfig, StreamConsumer
+from actors.consumer import StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
@@ -37,15 +37,7 @@ def _die(what: str, exc: BaseException) -> None:
 
 class _ConsumerActor:
     def __init__(self, config: PipelineConfig, catalog: Catalog, partitions: list[int]) -> None:
-        consumer_config = ConsumerConfig(
-            bootstrap=config.bootstrap,
-            source=config.source,
-            changelog_topic=config.changelog_topic,
-            dlq_topic=config.dlq_topic,
-            group_id=config.group_id,
-            commit_interval_ms=config.commit_interval_ms,
-        )
-        self._consumer = StreamConsumer(consumer_config, catalog, partitions)
+        self._consumer = StreamConsumer(config.consumer_config(), catalog, partitions)
         self._partitions = partitions
         self._stop = threading.Event()
         self._ready = threading.Event()

@@ -39,10 +39,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from actors.config import DEFAULT_CONSUMERS
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
+from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
 from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
-from tests.integration.conftest import isolated_settings
 
 USERS = 50_000
 MERCHANTS = 2_000
@@ -123,14 +123,6 @@ def _raw_consume_rate(bootstrap: str, expected_from: dict[int, int], n: int) -> 
     return (seen - first) / elapsed
 
 
-def _end_offsets(bootstrap: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    parts = [TopicPartition(DEFAULT_EVENTS_TOPIC, p) for p in range(8)]
-    ends = consumer.end_offsets(parts)
-    consumer.close()
-    return {tp.partition: off for tp, off in ends.items()}
-
-
 class _Status:
     """Polls the supervisor from this process (a Ray client of the stack's head)."""
 
@@ -138,7 +130,7 @@ class _Status:
         import ray
 
         os.environ.update(stack.settings.ray.client_env())
-        ray.init(address=stack.settings.ray.address, namespace="freshline", log_to_driver=False)
+        ray.init(address=stack.settings.ray.address, namespace=NAMESPACE, log_to_driver=False)
         self._ray = ray
 
     def get(self) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ import orjson
 from loadgen import Result, closed_loop, open_loop, request_bytes
 
 from actors.processor import PartitionProcessor, RawRecord
+from cluster.isolated import isolated_settings
 from cluster.process import free_port
 from cluster.results import current_command, record_run
 from cluster.settings import IngressMode, StackSettings
@@ -59,7 +60,6 @@ from regions.aws import LOCAL_CREDENTIALS
 from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 from serve_apps.config import ApiKey, Limits, new_api_key
 from serve_apps.deploy import DEFAULT_INGRESS, INGRESS_MODES, configs_for_stack, deploy
-from tests.integration.conftest import isolated_settings
 
 WINDOWS = ("5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h", "3d", "7d")
 AGGS = ("count", "sum", "mean", "max", "min")

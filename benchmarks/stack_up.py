@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
 from cluster.stack import Stack
-from tests.integration.conftest import isolated_settings
 
 
 def _timed_up(stack: Stack) -> float:

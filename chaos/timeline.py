@@ -14,10 +14,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from chaos.load import TRANSPORT_ERROR, Sample
+from chaos.load import Sample
 
 OK = 200
 SHED = 503
+# The gauge a Sampler records each time its probe fails: the failures so far.
+PROBE_ERRORS = "probe errors"
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,6 @@ def error_rate(samples: list[Sample]) -> float:
     return sum(1 for s in samples if s.status != OK) / len(samples) if samples else 0.0
 
 
-def transport_errors(samples: Iterable[Sample]) -> int:
-    return sum(1 for s in samples if s.status == TRANSPORT_ERROR)
-
-
 @dataclass
 class Timeline:
     """Everything a report plots. ``gauges[name]`` is a list of ``(t_s, value)``."""
@@ -103,7 +101,6 @@ class Timeline:
     samples: list[Sample] = field(default_factory=list)
     gauges: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     faults: list[FaultWindow] = field(default_factory=list)
-    load_offset_s: float = 0.0  # when the HTTP load started, in timeline seconds
 
     def __post_init__(self) -> None:
         self.t0 = self.monotonic()
@@ -122,7 +119,6 @@ class Timeline:
     def add_load(self, samples: list[Sample], started_at_monotonic: float) -> None:
         """Attach an :class:`HttpLoad`'s samples, shifted onto this timeline's clock."""
         offset = started_at_monotonic - self.t0
-        self.load_offset_s = offset
         self.samples = [dataclasses.replace(s, sent_s=s.sent_s + offset) for s in samples]
 
 
@@ -130,7 +126,9 @@ class Sampler:
     """Calls ``probe()`` every ``interval_s`` in a thread and records each returned gauge.
 
     A probe that raises records nothing that round (a fault may make the probe itself fail);
-    failures are counted in ``probe_errors`` so that a silent probe is visible in the report.
+    failures are counted in ``probe_errors`` and that count is recorded as the gauge
+    :data:`PROBE_ERRORS`, so that a silent probe shows in the report's gauges and plot, at the
+    moment it failed.
     """
 
     def __init__(
@@ -157,6 +155,7 @@ class Sampler:
                 values = self._probe()
             except Exception:
                 self.probe_errors += 1
+                self._timeline.record(PROBE_ERRORS, self.probe_errors)
             else:
                 for name, value in values.items():
                     self._timeline.record(name, value)

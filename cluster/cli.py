@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from actors.config import DEFAULT_CONSUMERS
+from cluster import training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -68,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     pipeline = verbs.add_parser("pipeline", help="the stream-to-feature pipeline (a Ray job)")
     pipeline_verbs = pipeline.add_subparsers(dest="pipeline_verb", required=True)
     p_up = pipeline_verbs.add_parser("up", help="submit the pipeline job (idempotent)")
-    p_up.add_argument("--consumers", type=int, default=2, help="consumer actors")
+    p_up.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS, help="consumer actors")
     p_up.set_defaults(handler=_pipeline_up)
     p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
     p_status.add_argument("--json", action="store_true")
@@ -105,7 +107,22 @@ def _parser() -> argparse.ArgumentParser:
         "--no-live", action="store_true", help="print a summary instead of a live view"
     )
     demo.set_defaults(handler=_demo)
+
+    training = verbs.add_parser(
+        "training-set", help="a point-in-time training set from the offline tables (Ray Data)"
+    )
+    training_job.add_arguments(training)
+    training.set_defaults(handler=training_job.run)
+    _add_validate(verbs)
     return parser
+
+
+def _add_validate(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    validate = verbs.add_parser(
+        "validate", help="serving's sampled answers recomputed offline and compared"
+    )
+    validator_job.add_arguments(validate)
+    validate.set_defaults(handler=validator_job.run)
 
 
 def _stack_up(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:

@@ -18,8 +18,6 @@ import orjson
 @dataclass
 class EntityFlow:
     events: int = 0
-    amount_sum: float = 0.0
-    last_amount: float | None = None
     last_event_time_ms: int = 0
 
 
@@ -114,16 +112,13 @@ class EventFlowTail:
         try:
             event = orjson.loads(raw)
             entity = str(event[self._entity_field])
-            amount = float(event["amount"])
             event_time = int(event["event_time_ms"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             s.unparseable += 1
             return
         flow = s.entities.setdefault(entity, EntityFlow())
         flow.events += 1
-        flow.amount_sum += amount
-        if event_time >= flow.last_event_time_ms:
-            flow.last_amount, flow.last_event_time_ms = amount, event_time
+        flow.last_event_time_ms = max(flow.last_event_time_ms, event_time)
         s.newest_event_time_ms = max(s.newest_event_time_ms, event_time)
 
 

@@ -1,7 +1,8 @@
 """``freshline pipeline up|status|down``: the stream pipeline as a Ray job on the stack's head.
 
-``up`` submits ``python -m actors.job up`` with ``ray job submit --working-dir`` exactly as one
-would on a remote cluster, passing the ``FRESHLINE_*`` settings through the job's runtime env.
+``up`` submits ``python -m cluster.pipeline_job up`` with ``ray job submit --working-dir`` exactly
+as one would on a remote cluster, passing the ``FRESHLINE_*`` settings through the job's runtime
+env.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.config import DEFAULT_CONSUMERS
 from cluster.settings import StackSettings
 from features.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: float = 180.0) -> str:
-    """Run ``python -m actors.job <verb>`` as a Ray job and return its output.
+def submit(
+    settings: StackSettings,
+    verb: str,
+    consumers: int = DEFAULT_CONSUMERS,
+    timeout_s: float = 180.0,
+) -> str:
+    """Run ``python -m cluster.pipeline_job <verb>`` as a Ray job and return its output.
 
     Ray answers "No available agent to submit job, please try again later" while the head's job
     agent is still starting (seconds after the dashboard answers, longer under load); that one
@@ -41,7 +48,7 @@ def submit(settings: StackSettings, verb: str, consumers: int = 2, timeout_s: fl
         "--",
         "python",
         "-m",
-        "actors.job",
+        "cluster.pipeline_job",
         verb,
         "--consumers",
         str(consumers),
@@ -68,9 +75,10 @@ def status(settings: StackSettings) -> dict[str, Any] | None:
     import ray
 
     from actors import job
+    from actors.runtime import NAMESPACE
 
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
-    ray.init(address=settings.ray.address, namespace="freshline", log_to_driver=False)
+    ray.init(address=settings.ray.address, namespace=NAMESPACE, log_to_driver=False)
     try:
         return job.status()
     finally:

@@ -19,6 +19,7 @@ from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC
 from features.errors import ConfigError
 from regions.config import RedisUsers, RegionTopology, default_topology
+from serve_apps.defaults import DEFAULT_REPLICAS
 
 # The topic names are defined in actors.config (the pipeline reads and writes them); the stack
 # creates them, and its callers (drills, benchmarks, tests) take the names from here.
@@ -26,7 +27,7 @@ DEFAULT_EVENTS_TOPIC: Final = EVENTS_TOPIC
 
 IngressMode = Literal["proxy", "haproxy", "haproxy-throughput"]
 """Ray Serve's ingress, set on the Ray head (the environment of each mode is
-``serve_apps.deploy.INGRESS_MODES``; what each bought is in docs/serving.md)."""
+``serve_apps.deploy.INGRESS_MODES``; docs/serving.md compares them)."""
 
 
 class TopicSpec(BaseModel):
@@ -87,12 +88,11 @@ class RaySettings(BaseModel):
     # Ray's default worker range (10002-19999) covers our Kafka and Redis ports; move it away.
     min_worker_port: int = Field(default=20000, ge=1024, le=65535)
     max_worker_port: int = Field(default=29999, ge=1024, le=65535)
-    # HAProxy on the Serve port plus Serve's throughput-optimised mode: the fastest correct
-    # option measured (docs/serving.md). Process-wide, so it is the head's environment.
+    # HAProxy on the Serve port sends each route prefix straight to a replica (no Python proxy
+    # hop) and the throughput-optimised mode keeps Serve's router on the replica's own loop
+    # (docs/serving.md compares the modes). Process-wide, so it is the head's environment.
     ingress: IngressMode = "haproxy-throughput"
-    # Serve replicas per region app: two, so that losing one (a crash, a node) leaves the region
-    # a warm replica instead of a cold start under full load (serve-overload drill).
-    serve_replicas: int = Field(default=2, ge=1, le=64)
+    serve_replicas: int = Field(default=DEFAULT_REPLICAS, ge=1, le=64)
     # HAProxy's stats and Prometheus listeners (Ray's fixed defaults, 8404 and 9101 on all
     # interfaces, collide between two heads on one machine). None: a free port at head start.
     haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)

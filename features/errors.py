@@ -56,6 +56,10 @@ class RejectReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     BAD_KEY = "bad_key"
     LATE = "late"
+    # embedding events (features.embeddings)
+    WRONG_DIMENSION = "wrong_dimension"
+    UNKNOWN_MODEL_VERSION = "unknown_model_version"
+    UNKNOWN_ATTRIBUTE = "unknown_attribute"
 
 
 class EventRejected(DataError):

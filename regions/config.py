@@ -43,10 +43,6 @@ class RegionConfig(BaseModel):
     def dynamodb_endpoint_url(self) -> str:
         return f"http://{self.dynamodb_endpoint_host}:{self.dynamodb_port}"
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.redis_host}:{self.redis_port}"
-
 
 class RedisUsers(BaseModel):
     """Names of the Redis ACL users every region's Redis has (passwords travel separately)."""

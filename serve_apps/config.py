@@ -26,6 +26,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from features.catalog import Catalog
+from regions.answer_log import DEFAULT_SAMPLE_SHARE
 from regions.config import RegionTopology
 from regions.redis_store import DEFAULT_CONNECT_TIMEOUT_S, RedisTimeouts
 from regions.resilience import (
@@ -38,6 +39,7 @@ from regions.resilience import (
     BreakerPolicy,
     step_timeout,
 )
+from serve_apps.defaults import DEFAULT_REPLICAS
 
 DEMO_CATALOG = "features.demo:card_transactions_catalog"
 
@@ -183,7 +185,7 @@ class ServingConfig(_Frozen):
     # At least limits.max_in_flight: redis-py's asyncio pool raises instead of waiting when it is
     # exhausted, which would send a busy replica down the fallback chain for no store fault.
     redis_max_connections: int = Field(default=256, ge=1, le=10_000)
-    replicas: int = Field(default=1, ge=1, le=64)
+    replicas: int = Field(default=DEFAULT_REPLICAS, ge=1, le=64)
     # Ray starts worker processes at nice 15 so that its raylet and GCS win the CPU; a replica is
     # the request path, so it runs at the node's normal priority unless told otherwise.
     niceness: int = Field(default=0, ge=0, le=19)
@@ -191,6 +193,9 @@ class ServingConfig(_Frozen):
     # throughput mode it writes its buffered records from the event loop in one go, stalling
     # every request in flight (docs/serving.md).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # The share of entities whose answers are logged for the consistency validator (by a hash of
+    # the entity id, regions.answer_log; 0: off).
+    answer_sample_share: float = Field(default=DEFAULT_SAMPLE_SHARE, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from regions.config import RegionTopology
-from serve_apps.config import ApiKey, BreakerSettings, Limits, ServingConfig, StoreTimeouts
+from serve_apps.config import (
+    ApiKey,
+    BreakerSettings,
+    Limits,
+    ServingConfig,
+    StoreTimeouts,
+)
+from serve_apps.defaults import DEFAULT_REPLICAS
 
 INGRESS_MODES: dict[str, dict[str, str]] = {
     # Serve's default Python HTTP proxy actor on the Serve port.
@@ -40,7 +47,6 @@ are process-wide switches read when Serve's controller, proxies and replicas imp
 up`` passes them to the head, and the Serve YAML names the mode it expects in a header."""
 
 DEFAULT_INGRESS = "haproxy-throughput"
-INGRESS_ENV: dict[str, str] = INGRESS_MODES[DEFAULT_INGRESS]
 
 
 class _RedisNames(Protocol):
@@ -68,7 +74,7 @@ def configs_for_stack(
     catalog_inline: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
     password: SecretStr | None = None,
-    replicas: int = 1,
+    replicas: int = DEFAULT_REPLICAS,
     timeouts: StoreTimeouts | None = None,
     breaker: BreakerSettings | None = None,
 ) -> list[ServingConfig]:

@@ -40,6 +40,7 @@ from regions.dynamodb_store import DynamoTileReader, require_ready
 from regions.exceptions import AbandonedCall, StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline
+from serve_apps.config import StoreTimeouts
 from serve_apps.exceptions import Overloaded
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class FailureLog:
         return {s: {"error": e, "age_s": round(now - t, 3)} for s, (e, t) in self._latest.items()}
 
 
+_VERDICT_AFTER_S = StoreTimeouts().abandoned_verdict_s
+
+
 class FallbackChain:
     """Reads keys from the first step that answers in time. Not thread-safe: one event loop."""
 
@@ -168,7 +172,7 @@ class FallbackChain:
         clock: Clock,
         late_tolerance_s: float = 0.05,
         busy: Callable[[], bool] = lambda: False,
-        verdict_after_s: float = 1.0,
+        verdict_after_s: float = _VERDICT_AFTER_S,
     ) -> None:
         self.steps = tuple(steps)
         self._clock = clock

@@ -10,6 +10,8 @@ Routes (paths relative to the application's route prefix, e.g. ``/us-east``):
 ``POST /v1/features``     read    native read (see ``serve_apps.responses``)
 ``POST /get-online-features`` read  Feast-shaped read
 ``GET /v1/catalog``       read    views, features, versions, TTLs, freshness targets
+``POST /v1/similar``      read    nearest neighbours (``serve_apps.similar``); only when the
+                                  replica is given embedding views
 ``GET /v1/stores``        admin   breakers, last failure per store, in-flight limit, loop lag
 ``GET /v1/health``        none    the replica's event loop answers
 ``GET /v1/ready``         none    catalog loaded and at least one store answered recently
@@ -39,7 +41,9 @@ from typing import Any
 import orjson
 
 from features.errors import DataError, FreshlineError
+from regions.answer_log import AnswerLog
 from regions.resilience import Deadline
+from serve_apps.answer_entries import answer_entries
 from serve_apps.config import Scope, ServingConfig, hash_api_key
 from serve_apps.exceptions import (
     AuthError,
@@ -63,6 +67,7 @@ from serve_apps.responses import (
     response_format,
 )
 from serve_apps.service import ReadService
+from serve_apps.similar import SimilarSearch
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +120,13 @@ class ServingHttp:
         lag: LagTicker | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        *,
+        similar: SimilarSearch | None = None,
+        answers: AnswerLog | None = None,
     ) -> None:
         self.config = config
+        self.answers = answers  # sampled answers for the consistency validator, or None
+        self.similar = similar
         self._rng = rng or random.Random()  # noqa: S311 - spreads retries, guards nothing
         self.service = service
         self.limits = config.limits
@@ -128,7 +138,7 @@ class ServingHttp:
             min_limit=min(self.limits.min_in_flight, self.limits.max_in_flight),
         )
         self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
-        document = openapi_document(config.route_prefix, service.index, self.limits)
+        document = openapi_document(config.route_prefix, service.index, self.limits, similar)
         self._openapi = orjson.dumps(document)
         self._docs = render_html(document)
         self._probe_key = f"fl:{config.tenant}:readiness:v1:probe"
@@ -143,6 +153,8 @@ class ServingHttp:
             "/v1/openapi.json": {"GET": (None, self._get_openapi)},
             "/docs": {"GET": (None, self._get_docs)},
         }
+        if similar is not None:
+            self._routes["/v1/similar"] = {"POST": (Scope.READ, self._similar)}
 
     async def handle(self, method: str, path: str, headers: Headers, body: BodyStream) -> Response:
         """The answer to one request; it carries exactly one ``x-request-id`` header."""
@@ -247,7 +259,10 @@ class ServingHttp:
         plan = native_plan(self.service.index, parsed, self.limits)
         shape = columnar_response if response_format(parsed) == COLUMNS else native_response
         result = await self.service.read(plan)
-        return _json(200, shape(result, plan, self.config.region, request_id))
+        payload = shape(result, plan, self.config.region, request_id)
+        if self.answers is not None:  # after the body is built; the write runs on its own
+            self.answers.offer(answer_entries(payload, self.answers.wants))
+        return _json(200, payload)
 
     async def _feast(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         parsed = await self._json_body(headers, body)
@@ -255,6 +270,12 @@ class ServingHttp:
         result = await self.service.read(plan)
         full = parsed.get("full_feature_names") is True
         return _json(200, feast_response(result, plan, rows, full))
+
+    async def _similar(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
+        if self.similar is None:  # the route exists only with a similar search
+            return _error(404, "not_found", request_id)
+        parsed = await self._json_body(headers, body)
+        return _json(200, await self.similar.answer(parsed, request_id))
 
     async def _get_catalog(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         return 200, [_JSON], self._catalog

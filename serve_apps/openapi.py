@@ -19,8 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from features.catalog import Entity
+from serve_apps import similar as similar_api
 from serve_apps.config import Limits
 from serve_apps.plan import CatalogIndex
+from serve_apps.similar import SimilarSearch
 
 Schema = dict[str, Any]
 
@@ -45,6 +47,7 @@ ERROR_CODES = {
         "too_many_entities",
         "bad_deadline",
         "bad_format",
+        *similar_api.SIMILAR_ERROR_CODES,
     ),
     "503": ("overloaded", "unavailable"),
 }
@@ -379,8 +382,11 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[str, Any]:
-    """The document served at ``GET /v1/openapi.json`` (and rendered at ``GET /docs``)."""
+def openapi_document(
+    prefix: str, index: CatalogIndex, limits: Limits, similar: SimilarSearch | None = None
+) -> dict[str, Any]:
+    """The document served at ``GET /v1/openapi.json`` (and rendered at ``GET /docs``);
+    ``/v1/similar`` is in it exactly when the replica serves it (``similar`` given)."""
     ready = _response("ready: a store answered a probe read", _ref("Ready"))
     paths = {
         "/v1/features": _post(
@@ -436,6 +442,30 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
         },
         "/docs": {"get": _operation("This document as HTML", _html_response(), secured=False)},
     }
+    schemas: Schema = {
+        "FeaturesRequest": _read_request(index, limits, feast=False),
+        "FeastRequest": _read_request(index, limits, feast=True),
+        "Rows": _ROWS,
+        "Columns": _COLUMNS,
+        "Value": _VALUE,
+        "FeastResponse": _FEAST_OK,
+        "Catalog": _CATALOG,
+        "Stores": _STORES,
+        "Health": _HEALTH,
+        "Ready": _READY,
+        "Error": _ERROR,
+    }
+    if similar is not None:
+        paths["/v1/similar"] = _post(
+            "Nearest neighbours of a vector or an entity, filtered, optionally hybrid",
+            _ref("SimilarRequest"),
+            similar_api.request_example(similar),
+            _response("neighbours, best first", _ref("Similar")),
+        )
+        schemas |= {
+            "SimilarRequest": similar_api.request_schema(similar),
+            "Similar": similar_api.RESPONSE_SCHEMA,
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -451,19 +481,7 @@ def openapi_document(prefix: str, index: CatalogIndex, limits: Limits) -> dict[s
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
-            "schemas": {
-                "FeaturesRequest": _read_request(index, limits, feast=False),
-                "FeastRequest": _read_request(index, limits, feast=True),
-                "Rows": _ROWS,
-                "Columns": _COLUMNS,
-                "Value": _VALUE,
-                "FeastResponse": _FEAST_OK,
-                "Catalog": _CATALOG,
-                "Stores": _STORES,
-                "Health": _HEALTH,
-                "Ready": _READY,
-                "Error": _ERROR,
-            },
+            "schemas": schemas,
         },
         "paths": paths,
     }

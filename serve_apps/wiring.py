@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from regions.answer_log import AnswerLog, stream_key
+from regions.aws import dynamodb_client
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader
 from regions.redis_store import AsyncRedisTileReader, RedisRole, async_redis_client
@@ -71,27 +73,25 @@ def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
     return make
 
 
-def _client(config: ServingConfig, region: RegionConfig) -> Any:
-    import boto3
-    from botocore.config import Config
+# Above the 4 threads of ``build_chain``'s DynamoDB pool: a read never waits for a connection.
+_DYNAMODB_POOL_SIZE = 8
 
-    timeout = config.timeouts.dynamodb_s
-    kwargs: dict[str, Any] = {}
-    if config.dynamodb_access_key_id is not None:
-        kwargs["aws_access_key_id"] = config.dynamodb_access_key_id.get_secret_value()
-    if config.dynamodb_secret_access_key is not None:
-        kwargs["aws_secret_access_key"] = config.dynamodb_secret_access_key.get_secret_value()
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=region.dynamodb_endpoint_url,
-        region_name=region.aws_region,
-        config=Config(
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": 1},
-            max_pool_connections=8,
-        ),
-        **kwargs,
+
+def _client(config: ServingConfig, region: RegionConfig) -> Any:
+    credentials = {
+        name: secret.get_secret_value()
+        for name, secret in (
+            ("aws_access_key_id", config.dynamodb_access_key_id),
+            ("aws_secret_access_key", config.dynamodb_secret_access_key),
+        )
+        if secret is not None
+    }
+    return dynamodb_client(
+        region,
+        config.timeouts.dynamodb_s,
+        pool_size=_DYNAMODB_POOL_SIZE,
+        max_attempts=1,
+        credentials=credentials or None,
     )
 
 
@@ -169,4 +169,20 @@ def build_http(
         lag = LagTicker(gauge, monotonic)
     chain = build_chain(config, monotonic, stores, dynamo, lag.gauge.busy if lag else _never)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
-    return ServingHttp(config, service, lag, monotonic)
+    answers = answer_log(config) if stores is None else None
+    return ServingHttp(config, service, lag, monotonic, answers=answers)
+
+
+def answer_log(config: ServingConfig) -> AnswerLog | None:
+    """The writer of sampled answers to the home region's Redis, or None when sampling is off.
+    Its own client: a log write never takes a connection a read is waiting for."""
+    if config.answer_sample_share <= 0:
+        return None
+    client = async_redis_client(
+        config.topology.get(config.region),
+        RedisRole.READER,
+        _ReaderUser(config),
+        _ReaderPassword(config),
+        config.redis_timeouts,
+    )
+    return AnswerLog(client, stream_key(config.tenant), config.answer_sample_share)

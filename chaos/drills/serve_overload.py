@@ -5,8 +5,9 @@ requests must keep a bounded latency, and Serve must replace the killed replica 
 
 The judged flood is 256 clients that honour ``Retry-After`` (as the header asks; twice what
 the region's replicas admit, each wanting an answer continuously). After recovery, a second flood
-of clients that ignore it and ask again at once is measured and reported, not judged: on a
-machine with few shared cores their refusals alone can saturate the replicas' event loops.
+of clients that ignore it and ask again at once is measured and reported, not judged: every
+refusal still costs a replica's event loop, so what those clients get depends on the machine's
+cores more than on the shedding policy.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ import orjson
 
 from cluster.events.runner import GeneratorReport, run_generator
 from cluster.events.synth import MALFORMED_KINDS, GeneratorConfig
+from cluster.settings import KafkaSettings
 from features import demo
 from features.errors import ConfigError, FreshlineError
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+DEFAULT_BOOTSTRAP = KafkaSettings().bootstrap
 DEFAULT_TOPIC = demo.TOPIC
 
 

@@ -30,25 +30,33 @@ CATALOG = card_transactions_catalog()
 READ_KEY = new_api_key()
 ADMIN_KEY = new_api_key()
 RUN = uuid.uuid4().hex[:8]
-USERS = [f"u_{RUN}_{i}" for i in range(6)]
-MERCHANTS = [f"m_{RUN}_{i}" for i in range(3)]
-QUIET_USER = f"u_{RUN}_quiet"
 PARTITIONS = 4
 OPEN_S = 8.0
 
 
-def _events(now_ms: int) -> list[dict[str, Any]]:
+def _ids(run: str) -> tuple[list[str], list[str], str]:
+    """The users, merchants and quiet user of one world. Each world needs ids of its own: the
+    stores keep the highest version per field, so a second world written over the same ids (same
+    offsets, another ``now``) would be refused and the first world's tiles served instead."""
+    return [f"u_{run}_{i}" for i in range(6)], [f"m_{run}_{i}" for i in range(3)], f"u_{run}_quiet"
+
+
+USERS, MERCHANTS, QUIET_USER = _ids(RUN)
+
+
+def _events(now_ms: int, run: str) -> list[dict[str, Any]]:
     """Two hours of card transactions ending a minute before ``now_ms``, ids and seqs unique."""
+    users, merchants, _ = _ids(run)
     events, t = [], now_ms - 2 * 60 * MINUTE_MS
     for seq in range(400):
         t += 17_000 + (seq * 7919) % 5_000
         events.append(
             {
-                "event_id": f"{RUN}-{seq}",
+                "event_id": f"{run}-{seq}",
                 "seq": seq,
                 "event_type": "card_tx",
-                "user_id": USERS[(seq * 5) % len(USERS)],
-                "merchant_id": MERCHANTS[(seq * 3) % len(MERCHANTS)],
+                "user_id": users[(seq * 5) % len(users)],
+                "merchant_id": merchants[(seq * 3) % len(merchants)],
                 "amount": round(1 + (seq * 37 % 1000) / 10, 2),
                 "currency": "USD",
                 "event_time_ms": min(t, now_ms - MINUTE_MS),
@@ -74,16 +82,16 @@ def _tile_writes(catalog: Catalog, events: list[dict[str, Any]], now_ms: int) ->
 
 
 @contextlib.contextmanager
-def serving_world(stack: Stack) -> Iterator[dict[str, Any]]:
+def serving_world(stack: Stack, run: str = RUN) -> Iterator[dict[str, Any]]:
     """Tiles in both regions' Redis and DynamoDB, serving deployed; Serve shut down at the end."""
     now = time.time_ns() // 1_000_000
-    events = _events(now)
+    events = _events(now, run)
     quiet = [
         dict(
             events[0],
-            event_id=f"{RUN}-q",
+            event_id=f"{run}-q",
             seq=10_000,
-            user_id=QUIET_USER,
+            user_id=_ids(run)[2],
             event_time_ms=now - 9 * DAY_MS,
         )
     ]
@@ -109,6 +117,8 @@ def serving_world(stack: Stack) -> Iterator[dict[str, Any]]:
         # Open for 8 s so that every breaker is still open when the test looks, whatever the
         # machine's speed; 3 failures in a minute open one.
         breaker=BreakerSettings(min_calls=3, window_s=60.0, open_s=OPEN_S),
+        # Breaker state is per replica, and the breaker tests read one replica's /v1/stores.
+        replicas=1,
     )
     port = stack.settings.ray.serve_port
     deploy(configs, ray_address=stack.settings.ray.address, http_port=port)

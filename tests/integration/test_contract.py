@@ -12,6 +12,7 @@ cases come from its Python API (``APIOperation.as_strategy``) under Hypothesis' 
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,8 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 @pytest.fixture(scope="module")
 def world(stack: Stack) -> Iterator[dict[str, Any]]:
-    with serving_world(stack) as deployed:
+    # Ids of its own: test_serving's world is written on the same stack after this one.
+    with serving_world(stack, run=uuid.uuid4().hex[:8]) as deployed:
         yield deployed
 
 

@@ -117,12 +117,16 @@ VIOLATIONS = [
     Violation("layers", "serve_apps.plan", "from actors import runtime\n"),
     Violation("layers", "actors.sink", _lazy_import("cluster.settings")),
     Violation("layers", "chaos.drill", "import benchmarks.serving\n"),
+    Violation("layers", "features.tiles", "from training import asof\n"),
+    Violation("layers", "training.build", _lazy_import("actors.offline_tables")),
+    Violation("layers", "serve_apps.http", "from training import build\n"),
     Violation("features-pure", "features.codec", _lazy_import("redis")),
     Violation("features-pure", "features.catalog", "from ray import serve\n"),
     Violation("regions-stores-only", "regions.replica", "from kafka import KafkaConsumer\n"),
     Violation("store-clients-in-regions", "actors.sink", _lazy_import("boto3")),
     Violation("serving-not-stream", "serve_apps.ingest", "from kafka import KafkaConsumer\n"),
     Violation("stream-not-http", "actors.health", "from starlette.responses import Response\n"),
+    Violation("training-offline-only", "training.events", _lazy_import("kafka")),
     Violation("no-test-code", "cluster.stack", "from tests.integration import conftest\n"),
 ]
 

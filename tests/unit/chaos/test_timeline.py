@@ -6,7 +6,15 @@ import math
 
 from chaos.drills.base import gauge_back_to
 from chaos.load import TRANSPORT_ERROR, Sample
-from chaos.timeline import Sampler, Timeline, error_rate, per_second, percentile, within
+from chaos.timeline import (
+    PROBE_ERRORS,
+    Sampler,
+    Timeline,
+    error_rate,
+    per_second,
+    percentile,
+    within,
+)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -66,6 +74,7 @@ def test_a_failing_probe_is_counted_not_fatal() -> None:
             pass
     assert sampler.probe_errors == 1
     assert [v for _, v in timeline.gauges["lag"][:2]] == [1.0, 2.0]
+    assert [v for _, v in timeline.gauges[PROBE_ERRORS]] == [1.0]  # the report shows it
 
 
 def test_a_gauge_back_to_its_level_is_timed_from_the_given_moment() -> None:

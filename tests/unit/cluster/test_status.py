@@ -20,13 +20,14 @@ import pytest
 from pydantic import SecretStr
 
 from cluster import cli
+from cluster.isolated import free_ports, isolated_settings
 from cluster.process import ManagedProcess
 from cluster.secrets import read_secrets
 from cluster.services.base import ServiceStatus
 from cluster.services.ray_head import head_process
 from cluster.services.redis import RedisService
 from cluster.serving import ServingService, api_key_file
-from cluster.settings import KafkaSettings, RaySettings, Secrets, StackSettings
+from cluster.settings import Secrets, StackSettings
 from cluster.stack import Stack
 from regions.config import default_topology
 
@@ -38,31 +39,12 @@ SECRETS = Secrets(
 )
 
 
-def _free_ports(count: int) -> list[int]:
-    # Held together until all are chosen, so that no two are the same.
-    with contextlib.ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-
-
 def _settings(state_dir: Path, *, serve_port: int | None = None) -> StackSettings:
-    p = _free_ports(12)
-    return StackSettings(
-        state_dir=state_dir,
-        kafka=KafkaSettings(port=p[0], controller_port=p[1]),
-        ray=RaySettings(
-            port=p[2],
-            dashboard_port=p[3],
-            client_server_port=p[4],
-            serve_port=serve_port or p[5],
-            metrics_export_port=p[10],
-            dashboard_agent_port=p[11],
-        ),
-        topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
-        with_serving=True,
-    )
+    settings = isolated_settings(state_dir, with_ray=True)
+    if serve_port is not None:
+        ray = settings.ray.model_copy(update={"serve_port": serve_port})
+        settings = settings.model_copy(update={"ray": ray})
+    return settings.model_copy(update={"with_serving": True})
 
 
 @contextlib.contextmanager
@@ -102,7 +84,7 @@ def test_a_port_held_by_a_process_we_did_not_start_is_foreign_with_its_pid(
     with _listener() as port:
         settings = _settings(tmp_path)
         settings = settings.model_copy(
-            update={"topology": default_topology(redis_ports=(port, _free_ports(1)[0]))}
+            update={"topology": default_topology(redis_ports=(port, free_ports(1)[0]))}
         )
         east = settings.topology.regions[0]
         status = RedisService(settings, east, SECRETS).status()

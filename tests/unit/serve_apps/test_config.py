@@ -83,3 +83,20 @@ def test_the_serving_redis_client_uses_the_configured_backstops() -> None:
     assert pool.connection_kwargs["socket_timeout"] == cfg.redis_timeouts.socket_s == 2.5
     assert pool.connection_kwargs["socket_connect_timeout"] == cfg.redis_timeouts.connect_s
     assert pool.max_connections == 7
+
+
+def test_the_stack_the_serve_yaml_and_a_bare_config_deploy_the_same_number_of_replicas() -> None:
+    """`serve up` (RaySettings), a written Serve YAML (configs_for_stack) and a ServingConfig
+    built by hand must agree, or a user deploying the YAML gets fewer replicas than the stack."""
+    import inspect
+
+    from cluster.settings import RaySettings
+    from serve_apps.config import ServingConfig
+    from serve_apps.defaults import DEFAULT_REPLICAS
+    from serve_apps.deploy import configs_for_stack
+
+    assert DEFAULT_REPLICAS >= 2, "one replica would make every replica loss a cold start"
+    assert RaySettings().serve_replicas == DEFAULT_REPLICAS
+    assert ServingConfig.model_fields["replicas"].default == DEFAULT_REPLICAS
+    default = inspect.signature(configs_for_stack).parameters["replicas"].default
+    assert default == DEFAULT_REPLICAS

@@ -1,0 +1,286 @@
+"""The embedding index actor: consumes one view's topic into one index per model version.
+
+Recovery (crash-only, like the pipeline's actors): at start each version's index is restored from
+its snapshot in ``state_dir/<view>/<version>`` and every partition is sought to the smallest
+offset any version's snapshot recorded (the beginning when there is none), then replayed. Replaying
+an event a version has already applied changes nothing (``EmbeddingIndex.apply`` ignores events no
+newer than the entity's last), so after a restore and a replay each index holds exactly the latest
+event of every entity up to the consumer's position: no id missing, none twice.
+
+The snapshot protocol (:meth:`EmbeddingIngest.snapshot`), in order: (1) apply every polled event,
+so the offsets about to be written cover only applied events; (2) write each version's snapshot
+with the next offset per partition; Kafka offsets are never committed, the snapshot is the
+position. Dead letters are sent as they are found and may repeat after a crash (at least once);
+they carry the headers of ``actors.dlq``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from kafka import KafkaProducer, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.config import DLQ_TOPIC
+from actors.dlq import dead_letter
+from actors.embedding_index import EmbeddingIndex
+from actors.embedding_snapshot import read_snapshot, write_snapshot
+from actors.kafka_io import read_committed_consumer, topic_partitions
+from features.embedding_search import Query, SearchAnswer
+from features.embeddings import (
+    INDEX_ACTOR_NAMESPACE,
+    EmbeddingEvent,
+    EmbeddingRejected,
+    EmbeddingValidator,
+    EmbeddingView,
+    UnknownModelVersion,
+    index_actor_name,
+)
+
+log = logging.getLogger("freshline.actors.embeddings")
+
+
+class EmbeddingIngestConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap: str
+    state_dir: Path
+    dlq_topic: str = DLQ_TOPIC
+    # A snapshot costs a full write of every index: longer intervals mean a longer replay after
+    # a crash, shorter ones more disk writes.
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    max_poll_records: int = Field(default=2000, ge=1)
+
+
+class EmbeddingIngest:
+    """Not thread-safe: the owner serialises ``step``, ``snapshot`` and ``search``."""
+
+    def __init__(
+        self,
+        config: EmbeddingIngestConfig,
+        view: EmbeddingView,
+        *,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic: Callable[[], float] = time.monotonic,
+        clients: Callable[[EmbeddingIngestConfig], tuple[Any, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.view = view
+        self._validator = EmbeddingValidator(view, now_ms)
+        self._monotonic = monotonic
+        self._clients = clients or kafka_clients
+        self.indexes: dict[str, EmbeddingIndex] = {}
+        self.positions: dict[int, int] = {}  # next offset to read per partition
+        self.dead_lettered: dict[str, int] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._last_snapshot = monotonic()
+
+    def _directory(self, version: str) -> Path:
+        return self.config.state_dir / self.view.name / version
+
+    def start(self) -> None:
+        """Restores every version's snapshot, then seeks each partition to the oldest offset."""
+        self._consumer, self._producer = self._clients(self.config)
+        partitions = topic_partitions(self._consumer, [self.view.topic])[self.view.topic]
+        restored_offsets: list[dict[int, int]] = []
+        for version in self.view.model_versions:
+            found = read_snapshot(self.view, version, self._directory(version))
+            self.indexes[version] = found[0] if found else EmbeddingIndex(self.view, version)
+            restored_offsets.append(found[1] if found else {})
+        tps = [TopicPartition(self.view.topic, p) for p in partitions]
+        self._consumer.assign(tps)
+        for tp in tps:
+            offset = min(offsets.get(tp.partition, 0) for offsets in restored_offsets)
+            self._consumer.seek(tp, offset)
+            self.positions[tp.partition] = offset
+
+    def step(self, poll_timeout_ms: int = 100) -> int:
+        """Polls once, applies what it got, snapshots when the interval has passed."""
+        return self.apply(self.poll(poll_timeout_ms))
+
+    def poll(self, poll_timeout_ms: int) -> dict[Any, list[Any]]:
+        """Records from the topic; touches no index, so searches may run meanwhile."""
+        polled: dict[Any, list[Any]] = self._consumer.poll(
+            timeout_ms=poll_timeout_ms, max_records=self.config.max_poll_records
+        )
+        return polled
+
+    def apply(self, polled: dict[Any, list[Any]]) -> int:
+        """Validates and applies polled records, then snapshots if the interval has passed."""
+        by_version: dict[str, list[EmbeddingEvent]] = {}
+        count = 0
+        for tp, records in polled.items():
+            for record in records:
+                self._accept(record, tp.partition, by_version)
+            self.positions[tp.partition] = records[-1].offset + 1
+            count += len(records)
+        for version, events in by_version.items():
+            self.indexes[version].apply(events)
+        if self._monotonic() - self._last_snapshot >= self.config.snapshot_interval_s:
+            self.snapshot()
+        return count
+
+    def _accept(self, record: Any, partition: int, out: dict[str, list[EmbeddingEvent]]) -> None:
+        try:
+            event = self._validator.validate(record.value)
+        except EmbeddingRejected as rejected:
+            self._dead_letter(record, partition, rejected)
+            return
+        out.setdefault(event.model_version, []).append(event)
+
+    def _dead_letter(self, record: Any, partition: int, error: EmbeddingRejected) -> None:
+        reason = error.reason.value
+        self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
+        letter = dead_letter(
+            record.key,
+            record.value if record.value is not None else b"",
+            topic=self.view.topic,
+            partition=partition,
+            offset=record.offset,
+            error=error,
+        )
+        self._producer.send(
+            self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
+        )
+
+    def snapshot(self) -> None:
+        """Every version's index with the offsets it reflects (see the module docstring)."""
+        for version, index in self.indexes.items():
+            write_snapshot(index, self._directory(version), self.positions)
+        self._producer.flush()
+        self._last_snapshot = self._monotonic()
+
+    def _index(self, version: str | None) -> EmbeddingIndex:
+        version = version or self.view.serving_version
+        index = self.indexes.get(version)
+        if index is None:
+            raise UnknownModelVersion(f"view {self.view.name!r} has no index for {version!r}")
+        return index
+
+    def search(self, version: str | None, queries: Sequence[Query]) -> SearchAnswer:
+        """``version`` ``None`` is the view's serving version."""
+        index = self._index(version)
+        return SearchAnswer(index.version, index.mutations, index.search_batch(queries))
+
+    def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
+        """The entity's current vector, ``None`` when it has none (never set, or deleted)."""
+        vector = self._index(version).vector_of(entity_id)
+        return None if vector is None else [float(x) for x in vector]
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self.snapshot()
+            self._consumer.close()
+            self._producer.close()
+
+
+def kafka_clients(config: EmbeddingIngestConfig) -> tuple[Any, Any]:
+    """An assigned consumer that never commits (the snapshot is the position) and a producer of
+    dead letters."""
+    consumer = read_committed_consumer(
+        config.bootstrap,
+        None,
+        auto_offset_reset="earliest",
+        max_poll_records=config.max_poll_records,
+    )
+    producer = KafkaProducer(bootstrap_servers=config.bootstrap, acks="all", linger_ms=5)
+    return consumer, producer
+
+
+class _EmbeddingIndexActor:
+    """One view's indexes in a Ray actor: a loop thread ingests, Serve calls ``search``."""
+
+    def __init__(self, config: EmbeddingIngestConfig, view: EmbeddingView) -> None:
+        self._ingest = EmbeddingIngest(config, view)
+        self._lock = threading.Lock()  # the loop applies while Serve searches
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        threading.Thread(target=self._loop, name="embedding-loop", daemon=True).start()
+
+    def _loop(self) -> None:
+        try:
+            with self._lock:
+                self._ingest.start()
+            self._ready.set()
+            while not self._stop.is_set():
+                polled = self._ingest.poll(poll_timeout_ms=50)  # searches are not held up
+                with self._lock:
+                    self._ingest.apply(polled)
+            with self._lock:
+                self._ingest.close()
+        except BaseException:
+            log.exception("embedding index loop failed; exiting so that Ray restarts it")
+            os._exit(1)
+
+    def search(self, version: str | None, queries: list[Query]) -> SearchAnswer:
+        with self._lock:
+            return self._ingest.search(version, queries)
+
+    def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
+        with self._lock:
+            return self._ingest.vector_of(version, entity_id)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "ready": self._ready.is_set(),
+                "positions": dict(self._ingest.positions),
+                "dead_lettered": dict(self._ingest.dead_lettered),
+                "indexes": {
+                    v: {"size": i.size, "kind": i.kind, "mutations": i.mutations}
+                    for v, i in self._ingest.indexes.items()
+                },
+            }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_remote: Any = ray.remote
+EmbeddingIndexActor: Any = _remote(
+    max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25
+)(_EmbeddingIndexActor)
+
+
+def start_index_actor(config: EmbeddingIngestConfig, view: EmbeddingView) -> Any:
+    """Starts (or finds) the view's named, detached index actor; Serve finds it by that name."""
+    return EmbeddingIndexActor.options(
+        name=index_actor_name(view.name),
+        namespace=INDEX_ACTOR_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(config, view)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Starts (or finds) a view's index actor on a running Ray cluster and prints its status::
+
+    python -m actors.embedding_actor --view items.json --bootstrap localhost:9092 \
+        --state-dir .state/embeddings
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--view", type=Path, required=True, help="an EmbeddingView as JSON")
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--state-dir", type=Path, required=True, help="where snapshots go")
+    parser.add_argument("--address", default="auto", help="the Ray cluster to join")
+    args = parser.parse_args(argv)
+    view = EmbeddingView.model_validate_json(args.view.read_text(encoding="utf-8"))
+    config = EmbeddingIngestConfig(bootstrap=args.bootstrap, state_dir=args.state_dir)
+    ray.init(address=args.address, namespace=INDEX_ACTOR_NAMESPACE)
+    actor = start_index_actor(config, view)
+    print(json.dumps(ray.get(actor.status.remote())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Entry point of the pipeline as a Ray job: ``python -m cluster.pipeline_job up|status|down``.
+
+Submitted with ``ray job submit --working-dir . -- python -m cluster.pipeline_job up``, unchanged
+on the local head or a multi-node cluster. This is a top of the program: it reads the environment
+once (the same ``FRESHLINE_*`` variables as the CLI) and the secrets file, builds the frozen
+configs and hands them to the supervisor (``actors/job.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import ray
+
+from actors import job
+from actors.config import DEFAULT_CONSUMERS, PipelineConfig
+from actors.runtime import NAMESPACE
+from cluster.secrets import load_or_create_secrets
+from cluster.settings import StackSettings, settings_from_env
+from features.demo import card_transactions_catalog
+
+
+def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
+    return PipelineConfig(
+        bootstrap=settings.kafka.bootstrap,
+        consumers=consumers,
+        topology=settings.topology,
+        iceberg_catalog_uri=settings.iceberg_catalog_uri,
+        iceberg_warehouse=settings.iceberg_warehouse,
+        redis_users=settings.redis,
+    )
+
+
+def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
+    secrets = load_or_create_secrets(settings.secrets_file, os.environ)
+    config = pipeline_config(settings, consumers)
+    return job.up(config, card_transactions_catalog(), secrets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.pipeline_job")
+    parser.add_argument("verb", choices=["up", "status", "down"])
+    parser.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS)
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or auto)"
+    )
+    args = parser.parse_args(argv)
+    settings = settings_from_env(os.environ)
+    ray.init(
+        address=args.address or os.environ.get("RAY_ADDRESS", "auto"),
+        namespace=NAMESPACE,
+        log_to_driver=False,
+    )
+    result: Any
+    if args.verb == "up":
+        result = up(settings, args.consumers)
+    elif args.verb == "status":
+        result = job.status()
+    else:
+        result = {"stopped": job.down()}
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result is not None else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

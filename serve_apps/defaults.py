@@ -1,0 +1,10 @@
+"""Serving defaults that the stack settings share, in a module that imports nothing: the CLI
+reads them at start, before any store client is loaded."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_REPLICAS: Final = 2
+"""Serve replicas per region app: two, so that losing one (a crash, a node) leaves the region a
+warm replica instead of a cold start under full load; the serve-overload drill kills one."""

@@ -1,0 +1,360 @@
+"""``POST /v1/similar``: nearest neighbours of a vector or of an entity, from a view's index actor.
+
+Request (JSON object)::
+
+    {"view": "items", "vector": [...] | "entity_id": "item_7", "k": 10,
+     "filters": {"colour": "red", "price": {"lt": 20}}, "text": "leather boot",
+     "version": "v3"}
+
+Exactly one of ``vector`` and ``entity_id``; ``k`` defaults to 10; ``version`` defaults to the
+view's serving version; ``text`` makes the search hybrid (vector and keyword rankings fused by
+reciprocal rank fusion). By entity id, the entity's current vector is looked up first and the
+entity itself is left out of the answer. The answer carries the region, the model version and
+index version searched, the filter strategy the index chose and one ``{"id", "score"}`` per hit,
+best first (score: squared L2 distance, dot product, or the fused RRF score when hybrid).
+
+Batching: concurrent searches of the same view and version wait at most ``batch_wait_ms`` and go
+to the index actor as one call (:class:`QueryBatcher`), where queries sharing ``k`` and a filter
+become one Faiss search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from features.embedding_search import (
+    FilterError,
+    Neighbours,
+    Query,
+    SearchAnswer,
+    Strategy,
+    compile_filter,
+)
+from features.embeddings import (
+    INDEX_ACTOR_NAMESPACE,
+    MAX_COMPONENT,
+    EmbeddingView,
+    UnknownModelVersion,
+    index_actor_name,
+)
+from features.errors import StoreUnavailable
+from serve_apps.exceptions import BadRequest
+
+SIMILAR_ERROR_CODES = (
+    "unknown_view",
+    "bad_vector",
+    "bad_k",
+    "bad_filter",
+    "bad_text",
+    "unknown_model_version",
+    "unknown_entity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarLimits:
+    max_k: int = 100
+    max_text_chars: int = 256
+    # A search waits this long for others to share its actor call: the batch's latency floor.
+    batch_wait_ms: float = 2.0
+    batch_max: int = 64
+
+
+class IndexBackend(Protocol):
+    """Where the indexes live: the Ray actors in production, a fake in unit tests."""
+
+    async def search(self, view: str, version: str, queries: list[Query]) -> SearchAnswer: ...
+
+    async def vector_of(self, view: str, version: str, entity_id: str) -> list[float] | None: ...
+
+
+class RayIndexBackend:
+    """Calls each view's named index actor (``features.embeddings.index_actor_name``)."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, view: str) -> Any:
+        import ray
+
+        if view not in self._handles:
+            try:
+                name = index_actor_name(view)
+                self._handles[view] = ray.get_actor(name, namespace=INDEX_ACTOR_NAMESPACE)
+            except ValueError as exc:  # no such actor (yet)
+                raise StoreUnavailable(f"no index actor for view {view!r}") from exc
+        return self._handles[view]
+
+    async def search(self, view: str, version: str, queries: list[Query]) -> SearchAnswer:
+        return await self._call(view, "search", version, queries)  # type: ignore[no-any-return]
+
+    async def vector_of(self, view: str, version: str, entity_id: str) -> list[float] | None:
+        return await self._call(view, "vector_of", version, entity_id)  # type: ignore[no-any-return]
+
+    async def _call(self, view: str, method: str, *args: Any) -> Any:
+        import ray
+
+        try:
+            return await getattr(self._handle(view), method).remote(*args)
+        except ray.exceptions.RayActorError as exc:  # dead or restarting: ask again next time
+            self._handles.pop(view, None)
+            raise StoreUnavailable(f"index actor of {view!r} unavailable") from exc
+
+
+class QueryBatcher:
+    """Gathers concurrent queries per (view, version) into one backend call. One event loop."""
+
+    def __init__(self, backend: IndexBackend, limits: SimilarLimits) -> None:
+        self._backend = backend
+        self._limits = limits
+        self._pending: dict[tuple[str, str], list[tuple[Query, asyncio.Future[Any]]]] = {}
+
+    async def search(self, view: str, version: str, query: Query) -> tuple[SearchAnswer, int]:
+        """The batch's answer and this query's position in it."""
+        key = (view, version)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        batch = self._pending.setdefault(key, [])
+        batch.append((query, future))
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_later(
+                self._limits.batch_wait_ms / 1000, self._flush_soon, key
+            )
+        if len(batch) >= self._limits.batch_max:
+            self._flush_soon(key)
+        result: tuple[SearchAnswer, int] = await future
+        return result
+
+    def _flush_soon(self, key: tuple[str, str]) -> None:
+        batch = self._pending.pop(key, None)
+        if batch:
+            asyncio.get_running_loop().create_task(self._flush(key, batch))
+
+    async def _flush(
+        self, key: tuple[str, str], batch: list[tuple[Query, asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            answer = await self._backend.search(key[0], key[1], [q for q, _ in batch])
+        except Exception as exc:  # every waiter gets the batch's failure, none hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for position, (_, future) in enumerate(batch):
+            if not future.done():
+                future.set_result((answer, position))
+
+
+class SimilarSearch:
+    """Parses a request, asks the index through the batcher, shapes the answer."""
+
+    def __init__(
+        self,
+        views: Mapping[str, EmbeddingView],
+        region: str,
+        backend: IndexBackend | None = None,
+        limits: SimilarLimits | None = None,
+    ) -> None:
+        """``backend`` defaults to the views' Ray index actors."""
+        self.views = dict(views)
+        self.limits = limits or SimilarLimits()
+        self._backend = backend or RayIndexBackend()
+        self._batcher = QueryBatcher(self._backend, self.limits)
+        self._region = region
+
+    async def answer(self, body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        view = self._view(body)
+        version = _version(body, view)
+        k = _k(body, self.limits.max_k)
+        entity_id = body.get("entity_id")
+        vector = await self._vector(body, view, version)
+        query = Query(vector, k + (1 if entity_id else 0), _filter(body, view), self._text(body))
+        try:
+            answer, position = await self._batcher.search(view.name, version, query)
+        except UnknownModelVersion:
+            raise BadRequest("unknown_model_version", f"no index for {version!r}") from None
+        found = answer.results[position]
+        return {
+            "view": view.name,
+            "region": self._region,
+            "model_version": answer.model_version,
+            "index_version": answer.index_version,
+            "strategy": found.strategy.value,
+            "hybrid": found.hybrid,
+            "results": _hits(found, entity_id, k),
+            "request_id": request_id,
+        }
+
+    def _view(self, body: Mapping[str, Any]) -> EmbeddingView:
+        name = body.get("view")
+        if not isinstance(name, str) or name not in self.views:
+            raise BadRequest("unknown_view", f"view {str(name)[:64]!r} is not served here")
+        return self.views[name]
+
+    def _text(self, body: Mapping[str, Any]) -> str | None:
+        text = body.get("text")
+        if text is None:
+            return None
+        if not isinstance(text, str) or len(text) > self.limits.max_text_chars:
+            raise BadRequest(
+                "bad_text", f"text must be a string of <= {self.limits.max_text_chars}"
+            )
+        return text
+
+    async def _vector(
+        self, body: Mapping[str, Any], view: EmbeddingView, version: str
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        given, entity_id = body.get("vector"), body.get("entity_id")
+        if (given is None) == (entity_id is None):
+            raise BadRequest("bad_vector", "give exactly one of vector and entity_id")
+        if entity_id is not None:
+            if not isinstance(entity_id, str) or not entity_id:
+                raise BadRequest("unknown_entity", "entity_id must be a non-empty string")
+            given = await self._backend.vector_of(view.name, version, entity_id)
+            if given is None:
+                raise BadRequest("unknown_entity", f"{entity_id[:64]!r} has no vector")
+        return _checked_vector(given, view.dimension)
+
+
+def _version(body: Mapping[str, Any], view: EmbeddingView) -> str:
+    version = body.get("version", view.serving_version)
+    if version not in view.model_versions:
+        raise BadRequest("unknown_model_version", f"{str(version)[:32]!r} is not a version")
+    return str(version)
+
+
+def _k(body: Mapping[str, Any], max_k: int) -> int:
+    k = body.get("k", 10)
+    if type(k) is float and k.is_integer():  # JSON Schema's integer: 5.0 is one
+        k = int(k)
+    if type(k) is not int or not 1 <= k <= max_k:
+        raise BadRequest("bad_k", f"k must be an integer from 1 to {max_k}")
+    return k
+
+
+def _filter(body: Mapping[str, Any], view: EmbeddingView) -> Any:
+    spec = body.get("filters")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BadRequest("bad_filter", "filters must be an object")
+    try:
+        return compile_filter(spec, view) if spec else None
+    except FilterError as exc:
+        raise BadRequest("bad_filter", str(exc)) from None
+
+
+def _checked_vector(values: Any, dimension: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    if (
+        not isinstance(values, list)
+        or len(values) != dimension
+        or any(type(v) not in (int, float) or not abs(v) <= MAX_COMPONENT for v in values)
+    ):
+        raise BadRequest(
+            "bad_vector", f"vector must be {dimension} numbers within ±{MAX_COMPONENT:g}"
+        )
+    return np.asarray(values, dtype=np.float32)
+
+
+def _hits(found: Neighbours, exclude: str | None, k: int) -> list[dict[str, Any]]:
+    pairs: Sequence[tuple[str, float]] = [
+        (entity, score)
+        for entity, score in zip(found.ids, found.scores, strict=True)
+        if entity != exclude
+    ]
+    return [{"id": entity, "score": score} for entity, score in pairs[:k]]
+
+
+# --- OpenAPI schemas (``serve_apps.openapi`` places them) ---------------------------------------
+
+
+def request_schema(search: SimilarSearch) -> dict[str, Any]:
+    """One ``oneOf`` branch per view (its dimension, versions and attributes), each requiring
+    exactly one of ``vector`` and ``entity_id``."""
+    return {"oneOf": [_view_request(view, search.limits) for view in search.views.values()]}
+
+
+def _view_request(view: EmbeddingView, limits: SimilarLimits) -> dict[str, Any]:
+    number = {"type": "number", "minimum": -MAX_COMPONENT, "maximum": MAX_COMPONENT}
+    properties: dict[str, Any] = {
+        "view": {"const": view.name},
+        "vector": {
+            "type": "array",
+            "items": number,
+            "minItems": view.dimension,
+            "maxItems": view.dimension,
+        },
+        "entity_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "an entity with no vector is refused (unknown_entity)",
+        },
+        "k": {"type": "integer", "minimum": 1, "maximum": limits.max_k, "default": 10},
+        "filters": _filters_schema(view),
+        "text": {"type": "string", "maxLength": limits.max_text_chars},
+        "version": {"enum": list(view.model_versions), "default": view.serving_version},
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["view"],
+        "additionalProperties": False,
+        "oneOf": [
+            {"required": ["vector"], "not": {"required": ["entity_id"]}},
+            {"required": ["entity_id"], "not": {"required": ["vector"]}},
+        ],
+    }
+
+
+def _filters_schema(view: EmbeddingView) -> dict[str, Any]:
+    number = {"type": "number"}
+    ranges = {op: number for op in ("gt", "gte", "lt", "lte")}
+    category = {
+        "anyOf": [
+            {"type": "string"},
+            _operators({"eq": {"type": "string"}, "in": _nonempty({"type": "string"})}),
+        ]
+    }
+    numeric = {"anyOf": [number, _operators({"eq": number, "in": _nonempty(number), **ranges})]}
+    properties = {name: category for name in sorted(view.categories)}
+    properties.update({name: numeric for name in sorted(view.numbers)})
+    return _closed(properties) | {"description": "all must hold; an absent attribute never does"}
+
+
+def _closed(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def _operators(properties: dict[str, Any]) -> dict[str, Any]:
+    return _closed(properties) | {"minProperties": 1}
+
+
+def _nonempty(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": 1}
+
+
+def request_example(search: SimilarSearch) -> dict[str, Any]:
+    view = next(iter(search.views.values()))
+    return {"view": view.name, "vector": [0.0] * view.dimension, "k": 5}
+
+
+RESPONSE_SCHEMA: dict[str, Any] = _closed(
+    {
+        "view": {"type": "string"},
+        "region": {"type": "string"},
+        "model_version": {"type": "string"},
+        "index_version": {"type": "integer", "description": "changes applied to the index"},
+        "strategy": {"enum": [s.value for s in Strategy]},
+        "hybrid": {"type": "boolean"},
+        "results": {
+            "type": "array",
+            "items": _closed({"id": {"type": "string"}, "score": {"type": "number"}}),
+        },
+        "request_id": {"type": "string"},
+    }
+)
+RESPONSE_SCHEMA["required"] = list(RESPONSE_SCHEMA["properties"])
