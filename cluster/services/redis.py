@@ -1,7 +1,8 @@
 """One ``redis-server`` per region, with ACL users instead of the default user.
 
 Users: ``fl-admin`` (stack management and chaos drills), ``fl-writer`` (sinks; no dangerous
-commands) and ``fl-reader`` (serving; read commands only). All three are confined to ``fl:*`` keys
+commands) and ``fl-reader`` (serving; read commands only, plus ``XADD`` to the
+answer-log streams). All three are confined to ``fl:*`` keys
 except the admin. Protected mode stays on and the server binds to loopback only.
 """
 
@@ -111,7 +112,9 @@ class RedisService(ProcessService):
             f"user {users.writer_user} on >{s.redis_writer_password.get_secret_value()} ~fl:* "
             "resetchannels +@all -@admin -@dangerous",
             f"user {users.reader_user} on >{s.redis_reader_password.get_secret_value()} ~fl:* "
-            "resetchannels -@all +@read +@connection",
+            # The one write serving makes: XADD to its region's answer log, in a selector so
+            # that no other key becomes writable (regions/answer_log.py).
+            "resetchannels -@all +@read +@connection (~fl:*:answers:* +xadd)",
         ]
         path = self._home / "redis.conf"
         path.touch(mode=0o600)  # holds passwords: create private before writing them

@@ -87,6 +87,15 @@ def test_redis_acl_separates_writers_readers_and_anonymous_clients(
     assert reader.get(key) == b"1"
     with pytest.raises(redis.exceptions.NoPermissionError):
         reader.set(key, "2")
+    # Serving's one write: its answer log (regions/answer_log.py), and no other key, not even
+    # another stream, and no other command on that stream's key.
+    log = f"fl:test-{uuid.uuid4().hex[:8]}:answers:v1"
+    assert reader.xadd(log, {"v": "1"}, maxlen=10, approximate=True)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        reader.xadd(f"fl:test:{uuid.uuid4().hex}", {"v": "1"})
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        reader.delete(log)
+    writer.delete(log)
     with pytest.raises(redis.exceptions.NoPermissionError):
         writer.set("outside:namespace", "x")
     with pytest.raises(redis.exceptions.NoPermissionError):

@@ -5,7 +5,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["features", "regions", "cluster", "actors", "serve_apps", "training", "chaos", "benchmarks"]
+PACKAGES = [
+    "features",
+    "regions",
+    "cluster",
+    "actors",
+    "serve_apps",
+    "training",
+    "chaos",
+    "benchmarks",
+]
 WHITELIST = ROOT / "vulture_whitelist.py"
 
 
