@@ -25,12 +25,13 @@ from actors.offline import OfflineWriterConfig
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry
 from cluster.stack import Stack
+from features.blocks import BlockLayout, block_partition, decode_tiles, encode_block
 from features.demo import SOURCE, card_transactions_catalog
 from features.keys import OnlineKey
 from regions.answer_log import stream_key
 from regions.aws import LOCAL_CREDENTIALS
 from regions.redis_store import RedisRole, RedisTileWriter, redis_client
-from regions.tiles import TileWrite
+from regions.tiles import TileWrite, decode_field
 from serve_apps.config import ApiKey, new_api_key
 from serve_apps.deploy import configs_for_stack, deploy
 from tests.integration.conftest import stack_env
@@ -65,28 +66,39 @@ def _online_writes(ledger: list[LedgerEntry], now_ms: int) -> list[TileWrite]:
     return writes
 
 
-def _phantom_writes(user: str, amount: float, now_ms: int) -> list[TileWrite]:
-    """The unwindowed group's tile of ``user`` holding one event no source ever had, at a
-    version above every real one."""
-    event = {
-        "event_id": f"phantom-{user}",
-        "seq": 1,
-        "event_type": "card_tx",
-        "user_id": user,
-        "merchant_id": "m_phantom",
-        "amount": amount,
-        "currency": "USD",
-        "event_time_ms": now_ms - 30_000,
-    }
-    processor = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: now_ms)
-    processor.process([RawRecord(10**9, None, orjson.dumps(event))])
-    key = OnlineKey("default", "user_spend", CATALOG.view("user_spend").version, user)
-    wanted = key.encode(max_id_bytes=CATALOG.entity("user").max_id_bytes)
-    return [
-        c.write
-        for c in processor.drain_changes()
-        if c.write.key == wanted and c.write.field.startswith("u_p")
-    ]
+def _tampered_blocks(stack: Stack, region: str, user: str, amount: float) -> list[TileWrite]:
+    """``user``'s stored blocks in ``region`` with the ``last_amount`` state's value replaced by
+    ``amount`` (a value no event ever had) and every other state untouched, at a version above
+    the stored one: a store serving exactly one wrong feature."""
+    view = CATALOG.view("user_spend")
+    layout = BlockLayout.for_view(view)
+    assert layout.unwindowed is not None
+    index = [f.name for f in layout.unwindowed.features].index("last_amount")
+    key = OnlineKey("default", "user_spend", view.version, user).encode(
+        max_id_bytes=CATALOG.entity("user").max_id_bytes
+    )
+    client = _admin(stack, region)
+    try:
+        stored = client.hgetall(key)
+        ttl_ms = max(int(client.pttl(key)), 60_000)
+    finally:
+        client.close()
+    writes = []
+    for name, raw in stored.items():
+        field = name.decode()
+        version, payload = decode_field(raw)
+        if block_partition(field) is None or payload is None:
+            continue
+        partition, tiles = decode_tiles(layout, payload)
+        states = tiles.get((None, None))
+        if states is None or states[index] is None:
+            continue
+        event_time, order, _ = states[index]
+        states[index] = (event_time, order, amount)
+        block = encode_block(layout, partition, tiles)
+        writes.append(TileWrite(key, field, block, version + 1, ttl_ms))
+    assert writes, f"{user} has no stored last_amount in {region}"
+    return writes
 
 
 def _admin(stack: Stack, region: str) -> Any:
@@ -214,7 +226,7 @@ def test_clean_serving_validates_and_a_wrong_tile_is_reported_on_its_feature(
         config = stack.settings.topology.get(skewed_region)
         client = redis_client(config, RedisRole.WRITER, stack.settings.redis, stack.secrets)
         RedisTileWriter(client, f"redis-{skewed_region}").apply(
-            _phantom_writes(victim, 4242.5, now)
+            _tampered_blocks(stack, skewed_region, victim, 4242.5)
         )
         client.close()
         since = time.time_ns() // 1_000_000
