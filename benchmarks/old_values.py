@@ -4,32 +4,9 @@ Serving reads blocks (``serve_apps.values``); this is the per-tile-field path it
 store field per (tile group, partition, tile), merged per entity through
 ``features.tile_groups.read_view`` with a decode cache and a merge memo.
 
-Status of one value (``as_of`` = the request time, wall clock, ms):
-
-``not_found``  the store that answered holds nothing for the entity in this view; default served.
-``default``    the entity exists but the feature has no data in its window (or an empty result,
-               such as the mean of nothing); the feature's default is served.
-``stale``      the feature's newest data is older than the view's ``ttl``; default served.
-``present``    anything else: the merged value.
-
-Event time (how staleness is detected from stored tiles alone; tiles carry no event times):
-
-- ``last`` features store ``(event_time, order, value)``: their event time is exact;
-- a windowed feature's newest data lies in the newest covering tile that is stored, whose start is
-  a lower bound. When a ``last`` feature of the view reports an event inside that very tile, that
-  event is the entity's newest and its time is used (exact); otherwise the tile start (a lower
-  bound, so ``age_ms`` errs on the old side and a value is never reported fresher than it is);
-- other unwindowed features (``cusum``) fold every event of the entity, so their newest data is the
-  entity's newest: the largest of the ``last`` times and tile starts stored for the view. With no
-  such evidence at all the event time is ``null`` and only the stores' key TTL bounds the age.
-
-Because ``ttl`` covers the longest window (a catalog rule), a windowed value can only be stale
-through the head-tile lower bound; ``stale`` matters for ``last`` and ``cusum`` values of an entity
-that went quiet.
-
-Invariants: a value whose (lower-bound) event time is older than ``ttl`` is never ``present``;
-tiles outside a feature's covering range never reach ``read_view``; a decoded tile is cached by its
-payload bytes, which is safe because ``merge`` never mutates its inputs.
+Statuses and event times follow the rules of ``serve_apps.values`` (its module docstring), so the
+benchmark can check that both paths answer the same before it times them. A decoded tile is cached
+by its payload bytes, which is safe because ``merge`` never mutates its inputs.
 """
 
 from __future__ import annotations
