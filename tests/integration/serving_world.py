@@ -130,12 +130,25 @@ def serving_world(stack: Stack, run: str = RUN) -> Iterator[dict[str, Any]]:
         yield {"events": events, "http": http, "base": base, "now": now, "configs": configs}
     finally:
         http.close()
-        from ray import serve
+        shutdown_serve()
 
-        serve.shutdown()
-        import ray
 
-        ray.shutdown()
+def shutdown_serve(timeout_s: float = 60.0) -> None:
+    """Shut Serve down and return only once its controller is gone: ``serve.shutdown`` kills the
+    controller without waiting, and a module that deploys right after could be handed the dying
+    controller (``ActorDiedError: ... killed by ray.kill``)."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        except ValueError:
+            break
+        time.sleep(0.5)
+    ray.shutdown()
 
 
 def wait_ready(http: httpx.Client, region: str) -> None:

@@ -35,7 +35,7 @@ from regions.tiles import TileWrite, decode_field
 from serve_apps.config import ApiKey, new_api_key
 from serve_apps.deploy import configs_for_stack, deploy
 from tests.integration.conftest import stack_env
-from tests.integration.serving_world import _events, _ids, wait_ready
+from tests.integration.serving_world import _events, _ids, shutdown_serve, wait_ready
 from tests.integration.test_training import _ledger, _write_offline
 
 pytestmark = pytest.mark.integration
@@ -165,11 +165,7 @@ def _deployed(stack: Stack) -> Iterator[httpx.Client]:
         yield http
     finally:
         http.close()
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+        shutdown_serve()
 
 
 def test_clean_serving_validates_and_a_wrong_tile_is_reported_on_its_feature(
