@@ -13,7 +13,9 @@ server, so every microsecond it spends is taken from the thing measured.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,9 @@ class Result:
     stores: dict[str, int] = field(default_factory=dict)
     # Every answer but a 200, by "status error-code" (e.g. "503 overloaded"): which gate refused.
     refusals: dict[str, int] = field(default_factory=dict)
+    # Each answered request's wall-clock send time and its index in the request list, so that a
+    # benchmark can tell which entities each answer read, and when.
+    sends: list[tuple[float, int]] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     def count(self, answer: Answer) -> None:
@@ -87,12 +92,23 @@ class Result:
 request_bytes = http_request
 
 
+def _requests(raw: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    return [raw] if isinstance(raw, bytes) else raw
+
+
 async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
-    host: str, port: int, raw: bytes, rate: float, duration_s: float, connections: int = 32
+    host: str,
+    port: int,
+    raw: bytes | Sequence[bytes],
+    rate: float,
+    duration_s: float,
+    connections: int = 32,
 ) -> Result:
     """Fixed-rate sends over a fixed pool of keep-alive connections (wrk2-style): a request
-    waits for an idle connection when all are busy, and that wait counts in its latency."""
+    waits for an idle connection when all are busy, and that wait counts in its latency.
+    Several requests are sent round-robin."""
     result = Result()
+    requests = _requests(raw)
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
         idle.put_nowait(await connect(host, port))
@@ -100,16 +116,18 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
     start = time.perf_counter() + 0.05
     total = int(rate * duration_s)
 
-    async def one(scheduled: float) -> None:
+    async def one(scheduled: float, index: int) -> None:
         conn = await idle.get()
+        sent = time.time()
         try:
-            answer = await conn.roundtrip(raw)
+            answer = await conn.roundtrip(requests[index])
         except (OSError, asyncio.IncompleteReadError):
             result.errors += 1
             idle.put_nowait(await connect(host, port))
             return
         result.latencies_s.append(time.perf_counter() - scheduled)
         result.offsets_s.append(scheduled - start)
+        result.sends.append((sent, index))
         result.count(answer)
         if answer.status != 200:
             result.errors += 1
@@ -120,7 +138,7 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
+        tasks.append(asyncio.create_task(one(scheduled, i % len(requests))))
     await asyncio.gather(*tasks)
     result.elapsed_s = time.perf_counter() - start
     while not idle.empty():
@@ -129,22 +147,27 @@ async def open_loop(  # noqa: PLR0917 - mirrors closed_loop's argument order
 
 
 async def closed_loop(
-    host: str, port: int, raw: bytes, concurrency: int, duration_s: float
+    host: str, port: int, raw: bytes | Sequence[bytes], concurrency: int, duration_s: float
 ) -> Result:
+    """``concurrency`` requests outstanding; several requests are sent round-robin."""
     result = Result()
+    requests = _requests(raw)
     stop_at = time.perf_counter() + duration_s
+    turn = itertools.count()
 
     async def worker() -> None:
         conn = await connect(host, port)
         while time.perf_counter() < stop_at:
-            sent = time.perf_counter()
+            index = next(turn) % len(requests)
+            sent, sent_wall = time.perf_counter(), time.time()
             try:
-                answer = await conn.roundtrip(raw)
+                answer = await conn.roundtrip(requests[index])
             except (OSError, asyncio.IncompleteReadError):
                 result.errors += 1
                 conn = await connect(host, port)
                 continue
             result.latencies_s.append(time.perf_counter() - sent)
+            result.sends.append((sent_wall, index))
             result.count(answer)
             if answer.status != 200:
                 result.errors += 1

@@ -37,7 +37,6 @@ import pstats
 import random
 import sys
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
+from live_feed import PARTITIONS, history, partition_of, user_id
 from old_values import cached_groups, evaluate
-from serving import PARTITIONS, USERS, benchmark_catalog
+from serving import USERS, benchmark_catalog
 
 from actors.processor import TENANT, PartitionProcessor, RawRecord
 from features.catalog import Catalog
@@ -67,14 +67,6 @@ STORE = "redis-us-east"
 REGION = "us-east"
 STEP_MS = 137  # clock advance between reads: the 10 s head tiles roll every ~73 reads
 BATCH = 100
-
-
-def _user(u: int) -> str:
-    return f"u_{u:06d}"
-
-
-def _partition(user: str) -> int:
-    return zlib.crc32(user.encode()) % PARTITIONS
 
 
 @dataclass
@@ -114,7 +106,7 @@ class Stores:
         """Fold ``events`` (ascending event time) and apply every drained change to both stores."""
         by_partition: dict[int, list[dict[str, Any]]] = {}
         for e in events:
-            by_partition.setdefault(_partition(e["user_id"]), []).append(e)
+            by_partition.setdefault(partition_of(e["user_id"]), []).append(e)
         for p, mine in by_partition.items():
             proc = self.processors[p]
             first = proc.state.last_offset + 1
@@ -148,15 +140,8 @@ class Stores:
 
 
 def _history(stores: Stores, now: int) -> None:
-    """Per user: 40 events over 7 days and 20 in the last hour, as the serving benchmark writes."""
-    rng = random.Random(11)
-    timed = []
-    for u in range(USERS):
-        times = [now - rng.randrange(60_000, 7 * 86_400_000) for _ in range(40)]
-        times += [now - rng.randrange(1_000, 3_600_000) for _ in range(20)]
-        timed += [(t, _user(u)) for t in times]
-    timed.sort()
-    stores.ingest([stores.event(user, t) for t, user in timed])
+    """The serving benchmark's history for every user (its ``live_feed.history``)."""
+    stores.ingest(history(USERS, now, random.Random(11)))
 
 
 @dataclass(frozen=True)
@@ -255,7 +240,7 @@ def _measure(
 
 def _check_same(reader: Reader, stores: Stores, groups: Sequence[TileGroup]) -> None:
     """Both paths answer the same, for every user (not timed)."""
-    ids = tuple(_user(u) for u in range(USERS))
+    ids = tuple(user_id(u) for u in range(USERS))
     plan = Plan(reader, len(ids)).plan_for(ids)
     as_of = stores.clock[0]
     old = orjson.loads(old_read(reader, plan, stores, as_of, groups))["views"][0]
@@ -300,10 +285,10 @@ def main() -> None:
     batch = Plan(reader, BATCH)
 
     def one(i: int) -> tuple[str, ...]:
-        return (_user(i * 7 % USERS),)
+        return (user_id(i * 7 % USERS),)
 
     def hundred(i: int) -> tuple[str, ...]:
-        return tuple(_user((i * 37 + j) % USERS) for j in range(BATCH))
+        return tuple(user_id((i * 37 + j) % USERS) for j in range(BATCH))
 
     def old(plans: Plan) -> Callable[..., bytes]:
         return lambda ids, as_of: old_read(reader, plans.plan_for(ids), stores, as_of, groups)

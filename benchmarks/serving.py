@@ -3,11 +3,17 @@
     .venv/bin/python benchmarks/serving.py --quick      # under two minutes
     .venv/bin/python benchmarks/serving.py              # longer runs per step
 
-It starts its own Redis, DynamoDB and Ray head on free ports (Kafka is not needed), writes tiles of
-a 50-feature benchmark view for 200 users through the partition processor and the Redis tile
-writer, deploys both regions' Serve applications with ``serve_apps.deploy.deploy``, then:
+It starts its own Redis, DynamoDB and Ray head on free ports (Kafka is not needed) and reads
+**live data**: a child process (``live_feed.py``) writes the history of a 50-feature benchmark view
+for 200 users through the partition processors and the Redis tile writer, then keeps events for
+the same users flowing at ``--feed-rate`` events/s (default 1,000; 0 reads static data), folding
+and applying changed blocks to both regions' Redis every commit interval, as the pipeline does.
+Single-entity reads rotate over the 200 users, 100-entity reads alternate between the two halves.
+It deploys both regions' Serve applications with ``serve_apps.deploy.deploy``, then:
 
-1. open loop, one entity x 50 features at 500 req/s -> ``single_p50_ms``, ``single_p99_ms``;
+1. open loop, one entity x 50 features at 500 req/s -> ``single_p50_ms``, ``single_p99_ms``,
+   ``changed_share`` (the share of reads whose entity's block was written since that entity's
+   previous read: how live the data was);
 2. open loop at 100, 250, 500, 750, 1000, ... req/s until p99 > 20 ms -> ``single_max_rps``
    (the highest rate that held; 0 when even 100 req/s did not);
 3. closed loop, 16 connections -> ``single_closed_rps`` (capacity);
@@ -15,8 +21,9 @@ writer, deploys both regions' Serve applications with ``serve_apps.deploy.deploy
    ``batch100_25rps``), then at 50 req/s -> ``batch100_p50_ms``, ``batch100_p99_ms``; the same
    read in the columnar response shape (``"format": "columns"``) at 50 req/s and closed loop ->
    ``batch100_columns_p99_ms``, ``batch100_columns_closed_rps``;
-5. the floor: a Starlette app on uvicorn returning a constant, closed loop, 16 connections ->
-   ``floor_rps``; ``ratio_to_floor = single_closed_rps / floor_rps``.
+5. the floors: Serve's own constant app on the same ingress, closed loop, 16 connections ->
+   ``serve_const_rps``, ``ratio_to_serve_const = single_closed_rps / serve_const_rps``; a bare
+   Starlette app on uvicorn -> ``floor_rps``, ``ratio_to_floor``.
 
 Every step's summary counts which store answered (``stores``); ``single_local_share`` and
 ``batch100_local_share`` are the fractions the local Redis served, so a latency measured on
@@ -30,14 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,9 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import orjson
+from live_feed import changed_share, user_id
+from live_feed import run as run_feed
 from loadgen import Result, closed_loop, open_loop, request_bytes
 
-from actors.processor import PartitionProcessor, RawRecord
 from cluster.isolated import isolated_settings
 from cluster.process import free_port
 from cluster.results import current_command, record_run
@@ -57,14 +66,12 @@ from cluster.stack import Stack
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 from regions.aws import LOCAL_CREDENTIALS
-from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 from serve_apps.config import ApiKey, Limits, new_api_key
 from serve_apps.deploy import DEFAULT_INGRESS, INGRESS_MODES, configs_for_stack, deploy
 
 WINDOWS = ("5m", "10m", "30m", "1h", "2h", "6h", "12h", "24h", "3d", "7d")
 AGGS = ("count", "sum", "mean", "max", "min")
 USERS = 200
-PARTITIONS = 8
 API_KEY = new_api_key()
 FLOOR_APP = """
 import sys, uvicorn
@@ -105,46 +112,6 @@ def benchmark_catalog() -> Catalog:
     return Catalog.from_dict({**demo, "views": [view], "services": []})
 
 
-def _events(now: int, rng: random.Random) -> list[dict[str, Any]]:
-    """Per user: 40 events over 7 days plus 20 in the last hour (a busy user's tile spread)."""
-    events = []
-    for u in range(USERS):
-        times = [now - rng.randrange(60_000, 7 * 86_400_000) for _ in range(40)]
-        times += [now - rng.randrange(1_000, 3_600_000) for _ in range(20)]
-        for t in times:
-            events.append(
-                {
-                    "user_id": f"u_{u:06d}",
-                    "merchant_id": f"m_{rng.randrange(50):05d}",
-                    "amount": round(rng.uniform(1, 500), 2),
-                    "event_time_ms": t,
-                }
-            )
-    events.sort(key=lambda e: cast(int, e["event_time_ms"]))
-    for seq, e in enumerate(events):
-        e.update(event_id=f"b-{seq}", seq=seq, event_type="card_tx", currency="USD")
-    return events
-
-
-def _write_tiles(stack: Stack, catalog: Catalog, now: int) -> int:
-    events = _events(now, random.Random(7))
-    writes = []
-    for p in range(PARTITIONS):
-        mine = [e for e in events if zlib.crc32(e["user_id"].encode()) % PARTITIONS == p]
-        proc = PartitionProcessor(catalog, SOURCE, p, now_ms=lambda: now)
-        proc.process(
-            RawRecord(i, e["user_id"].encode(), orjson.dumps(e)) for i, e in enumerate(mine)
-        )
-        writes += [c.write for c in proc.drain_changes()]
-    for region in stack.settings.topology:
-        client = redis_client(region, RedisRole.WRITER, stack.settings.redis, stack.secrets)
-        writer = RedisTileWriter(client, f"redis-{region.name}")
-        for i in range(0, len(writes), 2_000):
-            writer.apply(writes[i : i + 2_000])
-        client.close()
-    return len(writes)
-
-
 def _settings(state_dir: Path, ingress: IngressMode) -> StackSettings:
     """Every port free, nothing shared with a developer's stack (the test suite's helper); the
     head gets ``ingress``'s environment from the settings, exactly as ``stack up`` gives it."""
@@ -164,42 +131,35 @@ def _wait(url: str, timeout_s: float = 90.0) -> None:
     raise RuntimeError(f"{url} never answered 200")
 
 
+def _requests(port: int, ids: list[list[str]], refs: list[str], **extra: Any) -> list[bytes]:
+    headers = {"x-api-key": API_KEY, "content-type": "application/json"}
+    return [
+        request_bytes(
+            "127.0.0.1",
+            port,
+            "/us-east/v1/features",
+            orjson.dumps({"entities": {"user": group}, "features": refs, **extra}),
+            headers,
+        )
+        for group in ids
+    ]
+
+
+SINGLES = [[user_id(u)] for u in range(USERS)]
+HALVES = [[user_id(u) for u in range(h, h + USERS // 2)] for h in (0, USERS // 2)]
+
+
 async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     step = 3.0 if quick else 10.0
-    headers = {"x-api-key": API_KEY, "content-type": "application/json"}
     refs = [f"bench_user:{a}_{w}" for w in WINDOWS for a in AGGS]
-    single = request_bytes(
-        "127.0.0.1",
-        port,
-        "/us-east/v1/features",
-        orjson.dumps({"entities": {"user": ["u_000007"]}, "features": refs}),
-        headers,
-    )
-    batch = request_bytes(
-        "127.0.0.1",
-        port,
-        "/us-east/v1/features",
-        orjson.dumps({"entities": {"user": [f"u_{i:06d}" for i in range(100)]}, "features": refs}),
-        headers,
-    )
-    columns = request_bytes(
-        "127.0.0.1",
-        port,
-        "/us-east/v1/features",
-        orjson.dumps(
-            {
-                "entities": {"user": [f"u_{i:06d}" for i in range(100)]},
-                "features": refs,
-                "format": "columns",
-            }
-        ),
-        headers,
-    )
+    single = _requests(port, SINGLES, refs)
+    batch = _requests(port, HALVES, refs)
+    columns = _requests(port, HALVES, refs, format="columns")
     floor = request_bytes(
         "127.0.0.1", floor_port, "/", b'{"x":1}', {"content-type": "application/json"}
     )
     out: dict[str, Any] = {}
-    await closed_loop("127.0.0.1", port, single, 4, 1.0)  # warm caches and connections
+    await closed_loop("127.0.0.1", port, single, 4, 1.0)  # warm connections and imports
     await closed_loop("127.0.0.1", port, batch, 2, 1.0)
     at500 = await open_loop("127.0.0.1", port, single, 500, step * 2)
     out["single_500"] = at500.summary()
@@ -240,7 +200,6 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     out["serve_const_500"] = (await open_loop("127.0.0.1", port, const, 500, step)).summary()
     sc = await closed_loop("127.0.0.1", port, const, 16, step)
     out["serve_const_closed16"] = sc.summary()
-    out["serve_const_rps"] = round(sc.rps, 1)
     out.update(
         single_p50_ms=at500.summary()["p50_ms"],
         single_p99_ms=at500.summary()["p99_ms"],
@@ -254,16 +213,74 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
         batch100_columns_p99_ms=bcol.summary()["p99_ms"],
         batch100_columns_local_share=_local_share(bcol),
         batch100_columns_closed_rps=round(bcol_closed.rps, 1),
+        serve_const_rps=round(sc.rps, 1),
+        ratio_to_serve_const=round(closed.rps / sc.rps, 3) if sc.rps else None,
         floor_rps=round(f.rps, 1),
         ratio_to_floor=round(closed.rps / f.rps, 3) if f.rps else None,
     )
+    out["_reads"] = {"single": _reads(at500, SINGLES), "batch100": _reads(b, HALVES)}
     return out
+
+
+def _reads(result: Result, ids: list[list[str]]) -> list[tuple[float, list[int]]]:
+    """(wall send time, user indexes) of each answered request, for :func:`changed_share`."""
+    users = [[int(u[2:]) for u in group] for group in ids]
+    return [(sent, users[index]) for sent, index in result.sends]
 
 
 def _local_share(result: Result) -> float:
     """The fraction of answers the region's own Redis served: below 1.0 a latency figure is
     partly that of the fallback chain or of defaults, not of serving."""
     return round(result.stores.get("redis-us-east", 0) / max(1, len(result.latencies_s)), 4)
+
+
+def _start_feed(
+    stack: Stack, catalog: Catalog, rate: float, stop: Event, log_path: Path
+) -> BaseProcess:
+    """The live feed's process, returned once the users' history is in every region's Redis."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(
+        target=run_feed,
+        args=(
+            stack.settings.model_dump_json(),
+            orjson.dumps(catalog.model_dump(mode="json")),
+            USERS,
+            rate,
+            ready,
+            stop,
+            str(log_path),
+        ),
+        name="freshline-live-feed",
+    )
+    proc.start()
+    deadline = time.monotonic() + 120
+    while not ready.wait(0.5):
+        if not proc.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the live feed never became ready (exit code {proc.exitcode})")
+    return proc
+
+
+def _deploy_regions(stack: Stack, catalog: Catalog, args: argparse.Namespace) -> int:
+    """Both regions' Serve applications and the constant app; returns the ingress port."""
+    configs = configs_for_stack(
+        stack.settings,
+        [ApiKey.from_raw("bench", API_KEY)],
+        dynamodb_credentials=(
+            LOCAL_CREDENTIALS["aws_access_key_id"],
+            LOCAL_CREDENTIALS["aws_secret_access_key"],
+        ),
+        catalog_inline=catalog.model_dump(mode="json"),
+        limits=Limits(max_in_flight=256, default_deadline_ms=500),
+        replicas=args.replicas,
+    )
+    configs = [c.model_copy(update={"niceness": args.niceness}) for c in configs]
+    port = stack.settings.ray.serve_port
+    deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
+    _wait(f"http://127.0.0.1:{port}/us-east/v1/ready")
+    _deploy_const()
+    _wait(f"http://127.0.0.1:{port}/const")
+    return port
 
 
 def _deploy_const() -> None:
@@ -281,7 +298,7 @@ def _deploy_const() -> None:
     serve.run(cast(Any, Const).bind(), name="const", route_prefix="/const", blocking=False)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short steps (< 2 minutes in all)")
     parser.add_argument(
@@ -298,38 +315,33 @@ def main() -> None:
         default=0,
         help="ServingConfig.niceness of the replicas (Ray's own default for workers is 15)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--feed-rate",
+        type=float,
+        default=1000.0,
+        help="events/s for the benchmark's users while it reads (0: static data)",
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _args()
     # A ~/.ray/auth_token left by any local ray.init() turns token auth on for every new head,
     # and the stack's readiness probe does not send the token: this run's head opts out.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = time.monotonic()
     state = Path(tempfile.mkdtemp(prefix="fl-bench-"))
     stack = Stack.build(_settings(state, args.ingress), environ={})
-    floor_proc = None
+    floor_proc = feed = None
+    stop = multiprocessing.get_context("spawn").Event()
+    log_path = state / "feed.npz"
     try:
         for service in stack.services:
             if service.name.startswith(("redis", "dynamodb", "ray")):
                 service.start()
         catalog = benchmark_catalog()
-        now = time.time_ns() // 1_000_000
-        n_writes = _write_tiles(stack, catalog, now)
-        configs = configs_for_stack(
-            stack.settings,
-            [ApiKey.from_raw("bench", API_KEY)],
-            dynamodb_credentials=(
-                LOCAL_CREDENTIALS["aws_access_key_id"],
-                LOCAL_CREDENTIALS["aws_secret_access_key"],
-            ),
-            catalog_inline=catalog.model_dump(mode="json"),
-            limits=Limits(max_in_flight=256, default_deadline_ms=500),
-            replicas=args.replicas,
-        )
-        configs = [c.model_copy(update={"niceness": args.niceness}) for c in configs]
-        port = stack.settings.ray.serve_port
-        deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
-        _wait(f"http://127.0.0.1:{port}/us-east/v1/ready")
-        _deploy_const()
-        _wait(f"http://127.0.0.1:{port}/const")
+        feed = _start_feed(stack, catalog, args.feed_rate, stop, log_path)
+        port = _deploy_regions(stack, catalog, args)
         floor_port = free_port()
         floor_proc = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(floor_port)])
         _wait(f"http://127.0.0.1:{floor_port}/")
@@ -345,16 +357,27 @@ def main() -> None:
         import uvloop
 
         figures = uvloop.run(_measure(port, floor_port, args.quick))
+        stop.set()
+        feed.join(60)
+        reads = figures.pop("_reads")
+        figures["changed_share"], feed_figures = changed_share(log_path, reads["single"])
+        figures["batch100_changed_share"], _ = changed_share(log_path, reads["batch100"])
+        figures.update(
+            feed_rate=args.feed_rate,
+            feed_events_per_s=feed_figures["events_per_s"],
+        )
         figures.update(
             ingress=args.ingress,
             replicas=args.replicas,
             niceness=args.niceness,
             features=len(statuses),
             present=statuses.count("present"),
-            tile_writes=n_writes,
             wall_s=round(time.monotonic() - started, 1),
         )
     finally:
+        stop.set()
+        if feed is not None and feed.is_alive():
+            feed.kill()
         if floor_proc is not None:
             floor_proc.terminate()
             floor_proc.wait(10)
