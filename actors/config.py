@@ -22,6 +22,8 @@ EVENTS_TOPIC: Final = demo.TOPIC
 EVENTS_PARTITIONS: Final = demo.card_transactions_catalog().source(demo.SOURCE).partitions
 CHANGELOG_TOPIC: Final = "fl.tiles.changelog"
 DLQ_TOPIC: Final = "fl.dlq"
+# Applied catalog versions (``cluster.registry``): one partition, so the log orders versions.
+REGISTRY_TOPIC: Final = "fl.registry"
 # Consumer actors sharing the source partitions (every --consumers option defaults to it).
 DEFAULT_CONSUMERS: Final = 2
 
