@@ -16,9 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from actors.config import DEFAULT_CONSUMERS
-from cluster import training_job, validator_job
+from cluster import registry_cli, training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -36,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_env(os.environ)
         return int(args.handler(args, settings, console))
     except FreshlineError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Escaped: a catalog path such as views[user_spend] is not markup; not wrapped: one line.
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return 1
     except KeyboardInterrupt:
         return 130
@@ -114,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     training_job.add_arguments(training)
     training.set_defaults(handler=training_job.run)
     _add_validate(verbs)
+    registry_cli.add_commands(verbs)
     return parser
 
 

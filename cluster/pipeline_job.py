@@ -18,7 +18,9 @@ import ray
 
 from actors import job
 from actors.config import DEFAULT_CONSUMERS, PipelineConfig
+from actors.processor import TENANT
 from actors.runtime import NAMESPACE
+from cluster.registry import catalog_or
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import StackSettings, settings_from_env
 from features.demo import card_transactions_catalog
@@ -38,7 +40,10 @@ def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
 def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
     secrets = load_or_create_secrets(settings.secrets_file, os.environ)
     config = pipeline_config(settings, consumers)
-    return job.up(config, card_transactions_catalog(), secrets)
+    # The latest applied registry version; the demo catalog until a repository is applied.
+    catalog, version = catalog_or(settings.kafka.bootstrap, TENANT, card_transactions_catalog)
+    result = job.up(config, catalog, secrets)
+    return {**result, "registry_version": version}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ import secrets
 import urllib.request
 from pathlib import Path
 
+from actors.processor import TENANT
 from cluster.process import ManagedProcess
+from cluster.registry import latest
 from cluster.services.base import Port, ServiceStatus, status_without_process, wait_ready
 from cluster.services.ray_head import head_process
 from cluster.settings import StackSettings
@@ -47,8 +49,14 @@ def serve_up(settings: StackSettings) -> list[str]:
         LOCAL_CREDENTIALS["aws_access_key_id"],
         LOCAL_CREDENTIALS["aws_secret_access_key"],
     )
+    # The latest applied registry version, as the pipeline computes it; else the demo catalog.
+    current = latest(settings.kafka.bootstrap, TENANT)
     configs = configs_for_stack(
-        settings, [key], dynamodb_credentials=credentials, replicas=settings.ray.serve_replicas
+        settings,
+        [key],
+        dynamodb_credentials=credentials,
+        replicas=settings.ray.serve_replicas,
+        catalog_inline=None if current is None else current.catalog.model_dump(mode="json"),
     )
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
     try:

@@ -1,0 +1,229 @@
+"""The feature registry on Kafka: a user's feature repository, planned and applied as versions.
+
+``freshline plan PATH`` reads a feature repository (a folder of YAML documents, see
+``features.registry``), validates every catalog rule and prints what it changes against the
+latest applied version; ``freshline apply PATH`` publishes it as the next version.
+
+Storage: the registry topic (``actors.config.REGISTRY_TOPIC``, one partition, compacted), one
+record per version, key ``<tenant>/v<number>``, value ``RegistryVersion.encode()``. Keys are unique
+per version, so compaction keeps the whole history (a rollback needs it) while a rewritten record
+of the same version would replace the old one.
+
+Applying is a compare-and-set on the latest number. Every apply of a tenant uses the same
+transactional id, so starting one (``init_transactions``) fences any apply still in flight, whose
+commit then fails; and it reads the topic only after fencing, so it sees every version committed
+before it. Two concurrent applies therefore never both publish the same number: the loser raises
+:class:`RegistryConflict` and nothing of it is visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from actors.config import REGISTRY_TOPIC
+from actors.kafka_io import read_committed_consumer
+from features.catalog import Catalog
+from features.errors import ConfigError, StackError
+from features.registry import (
+    Change,
+    RegistryVersion,
+    RepositoryError,
+    catalog_from_documents,
+    digest,
+    plan,
+)
+
+_SUFFIXES = (".yaml", ".yml")
+_READ_TIMEOUT_S = 30.0
+
+
+class RegistryConflict(ConfigError):
+    """The registry changed between reading its latest version and publishing the next."""
+
+
+class RegistryUnavailable(StackError):
+    """The registry topic could not be read or written."""
+
+
+def load_repository(path: Path) -> Catalog:
+    """The catalog of the repository at ``path``: every ``*.yaml``/``*.yml`` below it."""
+    if not path.is_dir():
+        raise RepositoryError(f"{path} is not a folder of feature definitions")
+    files = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+    if not files:
+        raise RepositoryError(f"{path} holds no .yaml or .yml definitions")
+    documents = {}
+    for file in files:
+        name = str(file.relative_to(path))
+        try:
+            documents[name] = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise RepositoryError(f"not valid YAML{where}", document=name) from None
+    return catalog_from_documents(documents)
+
+
+def _key(tenant: str, number: int) -> bytes:
+    return f"{tenant}/v{number}".encode()
+
+
+def history(bootstrap: str, tenant: str) -> list[RegistryVersion]:
+    """Every applied version of ``tenant``, oldest first."""
+    from kafka import TopicPartition
+
+    consumer = read_committed_consumer(bootstrap, None, consumer_timeout_ms=1_000)
+    tp = TopicPartition(REGISTRY_TOPIC, 0)
+    found: dict[int, RegistryVersion] = {}
+    prefix = f"{tenant}/v".encode()
+    try:
+        if not consumer.partitions_for_topic(REGISTRY_TOPIC):
+            return []
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        deadline = time.monotonic() + _READ_TIMEOUT_S
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise RegistryUnavailable(f"could not read {REGISTRY_TOPIC} to its end")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.key is not None and record.key.startswith(prefix):
+                        version = RegistryVersion.decode(record.value)
+                        found[version.number] = version
+    finally:
+        consumer.close()
+    return [found[n] for n in sorted(found)]
+
+
+def latest(bootstrap: str, tenant: str) -> RegistryVersion | None:
+    versions = history(bootstrap, tenant)
+    return versions[-1] if versions else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What applying a repository would do: ``changes`` against ``current`` (None: empty)."""
+
+    current: RegistryVersion | None
+    catalog: Catalog
+    changes: list[Change]
+
+    @property
+    def next_number(self) -> int:
+        return (self.current.number if self.current else 0) + 1
+
+    def lines(self) -> list[str]:
+        base = f"v{self.current.number}" if self.current else "an empty registry"
+        if not self.changes:
+            return [f"no changes against {base}"]
+        head = f"against {base} (digest {digest(self.catalog)[:12]}), v{self.next_number} would:"
+        return [head, *(f"  {change}" for change in self.changes)]
+
+
+def make_plan(bootstrap: str, tenant: str, path: Path) -> Plan:
+    catalog = load_repository(path)
+    current = latest(bootstrap, tenant)
+    return Plan(current, catalog, plan(current.catalog if current else None, catalog))
+
+
+class Publisher:
+    """One apply's transactional producer. :meth:`fence` first (it fences every other apply of
+    the tenant still in flight), then :meth:`publish`."""
+
+    def __init__(self, bootstrap: str, tenant: str) -> None:
+        from kafka import KafkaProducer
+
+        self._bootstrap, self._tenant = bootstrap, tenant
+        _ensure_topic(bootstrap)
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=f"freshline-registry-{tenant}",
+            acks="all",
+            enable_idempotence=True,
+        )
+
+    def fence(self) -> None:
+        self._producer.init_transactions()
+
+    def publish(self, planned: Plan, now: Callable[[], datetime]) -> RegistryVersion:
+        """Read the registry (after :meth:`fence`), check it is still at ``planned.current``
+        and publish the next version in one transaction."""
+        from kafka.errors import KafkaError, ProducerFencedError
+
+        then = planned.current.number if planned.current else 0
+        seen = latest(self._bootstrap, self._tenant)
+        if (seen.number if seen else 0) != then:
+            raise RegistryConflict(
+                f"the registry moved from v{then} to v{seen.number if seen else 0} since the "
+                "plan; plan again"
+            )
+        version = RegistryVersion(then + 1, then, planned.catalog, now())
+        try:
+            self._producer.begin_transaction()
+            self._producer.send(
+                REGISTRY_TOPIC, key=_key(self._tenant, version.number), value=version.encode()
+            )
+            self._producer.commit_transaction()
+        except ProducerFencedError:
+            raise RegistryConflict("another apply of this registry started meanwhile") from None
+        except KafkaError as exc:
+            raise RegistryUnavailable(f"{REGISTRY_TOPIC}: {type(exc).__name__}") from exc
+        return version
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+def apply(
+    bootstrap: str,
+    tenant: str,
+    planned: Plan,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RegistryVersion | None:
+    """Publish ``planned`` as the next version if the registry is still at ``planned.current``
+    (else :class:`RegistryConflict`). Returns the new version, or None when nothing changed."""
+    if not planned.changes:
+        return None
+    publisher = Publisher(bootstrap, tenant)
+    try:
+        publisher.fence()
+        return publisher.publish(planned, now)
+    finally:
+        publisher.close()
+
+
+def _ensure_topic(bootstrap: str) -> None:
+    """Create the registry topic when a cluster lacks it (the local stack creates it)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="freshline-registry")
+    try:
+        if REGISTRY_TOPIC in set(admin.list_topics()):
+            return
+        brokers = len(admin.describe_cluster()["brokers"])
+        topic = NewTopic(
+            REGISTRY_TOPIC, 1, min(3, brokers), topic_configs={"cleanup.policy": "compact"}
+        )
+        with contextlib.suppress(TopicAlreadyExistsError):  # another apply created it meanwhile
+            admin.create_topics([topic], timeout_ms=30_000, wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def catalog_or(
+    bootstrap: str, tenant: str, fallback: Callable[[], Catalog]
+) -> tuple[Catalog, int | None]:
+    """The latest applied catalog and its version number, or ``fallback()`` and None."""
+    current = latest(bootstrap, tenant)
+    if current is None:
+        return fallback(), None
+    return current.catalog, current.number
