@@ -54,6 +54,7 @@ from serve_apps.exceptions import (
     ScopeDenied,
 )
 from serve_apps.fallback import DEFAULTS
+from serve_apps.metrics import NO_METRICS, ServingMetrics
 from serve_apps.openapi import METHOD_NOT_ALLOWED, REQUEST_ID_HEADER, openapi_document
 from serve_apps.openapi_html import render_html
 from serve_apps.overload import AdaptiveLimit, LagTicker
@@ -66,7 +67,7 @@ from serve_apps.responses import (
     native_response,
     response_format,
 )
-from serve_apps.service import ReadService
+from serve_apps.service import ReadResult, ReadService
 from serve_apps.similar import SimilarSearch
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,12 @@ class ServingHttp:
         *,
         similar: SimilarSearch | None = None,
         answers: AnswerLog | None = None,
+        metrics: ServingMetrics = NO_METRICS,
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self._clock = clock
+        self._breakers_at = float("-inf")
         self.answers = answers  # sampled answers for the consistency validator, or None
         self.similar = similar
         self._rng = rng or random.Random()  # noqa: S311 - spreads retries, guards nothing
@@ -158,8 +163,11 @@ class ServingHttp:
 
     async def handle(self, method: str, path: str, headers: Headers, body: BodyStream) -> Response:
         """The answer to one request; it carries exactly one ``x-request-id`` header."""
+        started = self._clock()
         request_id = request_id_of(headers)
         status, out, payload = await self._answer(method, path, headers, body, request_id)
+        route = path if path in self._routes else "unknown"  # bounded label values
+        self.metrics.request(route, status, self._clock() - started)
         return status, [*out, (REQUEST_ID_HEADER, request_id)], payload
 
     async def _answer(
@@ -218,6 +226,7 @@ class ServingHttp:
         return self.lag is not None and self.lag.gauge.busy()
 
     def _shed(self, request_id: str, reason: str) -> Response:
+        self.metrics.refused(reason)
         delay = self.limits.retry_after_s + self._rng.randint(0, self.limits.retry_after_jitter_s)
         retry = [("retry-after", str(delay)), (SHED_HEADER, reason)]
         return _error(503, Overloaded.code, request_id, retry)
@@ -259,6 +268,7 @@ class ServingHttp:
         plan = native_plan(self.service.index, parsed, self.limits)
         shape = columnar_response if response_format(parsed) == COLUMNS else native_response
         result = await self.service.read(plan)
+        self._record(result)
         payload = shape(result, plan, self.config.region, request_id)
         if self.answers is not None:  # after the body is built; the write runs on its own
             self.answers.offer(answer_entries(payload, self.answers.wants))
@@ -268,8 +278,22 @@ class ServingHttp:
         parsed = await self._json_body(headers, body)
         plan, rows = feast_plan(self.service.index, parsed, self.limits)
         result = await self.service.read(plan)
+        self._record(result)
         full = parsed.get("full_feature_names") is True
         return _json(200, feast_response(result, plan, rows, full))
+
+    def _record(self, result: ReadResult) -> None:
+        """Which store answered, each view's served age, and (at most once a second) the
+        breakers' states."""
+        self.metrics.answered(result.store)
+        for name, values in result.views.items():
+            newest = values.columns.newest_ms
+            if newest is not None:
+                self.metrics.served_age(name, result.as_of_ms - newest)
+        now = self._clock()
+        if now - self._breakers_at >= 1.0:
+            self._breakers_at = now
+            self.metrics.breakers(self.service.chain.breakers())
 
     async def _similar(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         if self.similar is None:  # the route exists only with a similar search

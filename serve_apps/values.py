@@ -73,6 +73,7 @@ class Columns:
     event_times: list[list[int | None]]
     ages: list[list[int | None]]
     store: str
+    newest_ms: int | None = None  # the newest event time behind any served value (metrics)
 
     def served(self, entity: int) -> list[Served]:
         fields = (self.values, self.statuses, self.event_times, self.ages)
@@ -132,14 +133,16 @@ def evaluate_view(
     for i, feature in enumerate(features):  # one by one: a list default stays one value
         fallback[i, 0] = feature.default
     values = np.where(codes == _PRESENT, merged.values, fallback)
-    event_times = np.where(timed & (times != NO_TILE), times, _NULL)
-    age_values = np.where(timed & (times != NO_TILE), ages, _NULL)
+    dated = timed & (times != NO_TILE)
+    event_times = np.where(dated, times, _NULL)
+    age_values = np.where(dated, ages, _NULL)
     return Columns(
         values.T.tolist(),
         _STATUS[codes].T.tolist(),
         event_times.T.tolist(),
         age_values.T.tolist(),
         store,
+        int(times[dated].max()) if dated.any() else None,
     )
 
 

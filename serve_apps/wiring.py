@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from features.durations import to_ms
 from regions.answer_log import AnswerLog, stream_key
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
@@ -22,6 +23,7 @@ from regions.resilience import CircuitBreaker, RetryPolicy
 from serve_apps.config import ServingConfig
 from serve_apps.fallback import DynamoStore, FallbackChain, RedisStore, Step, TileStore
 from serve_apps.http import ServingHttp
+from serve_apps.metrics import NO_METRICS, RayServingMetrics
 from serve_apps.overload import LagGauge, LagTicker
 from serve_apps.plan import CatalogIndex
 from serve_apps.service import ReadService
@@ -170,7 +172,14 @@ def build_http(
     chain = build_chain(config, monotonic, stores, dynamo, lag.gauge.busy if lag else _never)
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
     answers = answer_log(config) if stores is None else None
-    return ServingHttp(config, service, lag, monotonic, answers=answers)
+    metrics = NO_METRICS if stores is not None else serving_metrics(config, index)
+    return ServingHttp(config, service, lag, monotonic, answers=answers, metrics=metrics)
+
+
+def serving_metrics(config: ServingConfig, index: CatalogIndex) -> RayServingMetrics:
+    """The replica's Prometheus metrics (only inside a Ray worker, as a real replica is)."""
+    targets = {v.name: to_ms(v.freshness_target) for v in index.catalog.views}
+    return RayServingMetrics(config.region, targets)
 
 
 def answer_log(config: ServingConfig) -> AnswerLog | None:
