@@ -27,6 +27,7 @@ from cluster import pipeline as pipeline_job
 from cluster.settings import CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
+from tests.integration.prometheus import Sample, growth, scrape, total
 
 pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
@@ -253,48 +254,6 @@ def test_a_stalled_region_backs_off_without_slowing_the_other_and_catches_up(
     assert not caught_up, f"eu-west must catch up with nothing lost: {caught_up[:3]}"
 
 
-Sample = tuple[str, dict[str, str], float]
-
-
-def _scrape(stack: Stack) -> list[Sample]:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    url = f"http://127.0.0.1:{stack.settings.ray.metrics_export_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return [
-        (s.name, s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name.startswith("ray_freshline_")
-    ]
-
-
-def _series(samples: list[Sample], name: str, **labels: str) -> dict[frozenset[Any], float]:
-    """Every series of ``name`` with the given labels, by its full label set (Ray adds a label
-    per worker process)."""
-    names = {f"ray_{name}", f"ray_{name}_total"}
-    return {
-        frozenset(tags.items()): value
-        for sample, tags, value in samples
-        if sample in names and all(tags.get(k) == v for k, v in labels.items())
-    }
-
-
-def _total(samples: list[Sample], name: str, **labels: str) -> float:
-    return sum(_series(samples, name, **labels).values())
-
-
-def _growth(before: list[Sample], after: list[Sample], name: str, **labels: str) -> float:
-    """How much the live series grew. A dead worker's series leaves the scrape a while after
-    the worker died (Ray drops stale components), and a dead worker counts nothing new, so
-    only the series present in ``after`` count, from their value in ``before`` (or zero)."""
-    old = _series(before, name, **labels)
-    return sum(v - old.get(k, 0.0) for k, v in _series(after, name, **labels).items())
-
-
 _COUNTERS = ("freshline_events_in", "freshline_events_processed", "freshline_sink_applied")
 
 
@@ -302,13 +261,13 @@ def _settled(stack: Stack, *, quiet_s: float = 15.0, timeout_s: float = 180.0) -
     """A scrape once the counters have not moved for ``quiet_s``: Ray's metrics agent reports
     every few seconds, so a single scrape may still lack the last increments."""
     deadline = time.monotonic() + timeout_s
-    samples = _scrape(stack)
-    seen, since = [_total(samples, n) for n in _COUNTERS], time.monotonic()
+    samples = scrape(stack)
+    seen, since = [total(samples, n) for n in _COUNTERS], time.monotonic()
     while time.monotonic() - since < quiet_s:
         assert time.monotonic() < deadline, f"the counters kept moving: {seen}"
         time.sleep(2)
-        samples = _scrape(stack)
-        now = [_total(samples, n) for n in _COUNTERS]
+        samples = scrape(stack)
+        now = [total(samples, n) for n in _COUNTERS]
         if now != seen:
             seen, since = now, time.monotonic()
     return samples
@@ -335,16 +294,16 @@ def test_prometheus_counters_count_exactly_the_events_the_test_produced(pipeline
     assert 0 < n_accepted < len(ledger) and n_bad_json > 0, "the sample has both kinds"
 
     def delta(samples: list[Sample], name: str, **labels: str) -> float:
-        return _growth(before, samples, name, **labels)
+        return growth(before, samples, name, **labels)
 
     deadline = time.monotonic() + 180
-    after = _scrape(pipeline)
+    after = scrape(pipeline)
     while delta(after, "freshline_events_in") < len(ledger) or (
         delta(after, "freshline_events_processed") < n_accepted
     ):
         assert time.monotonic() < deadline, "the counters never reached the produced events"
         time.sleep(2)
-        after = _scrape(pipeline)
+        after = scrape(pipeline)
     after = _settled(pipeline)  # an overshoot (an event counted twice) shows only once settled
     assert delta(after, "freshline_events_in") == len(ledger)
     assert delta(after, "freshline_events_processed") == n_accepted
