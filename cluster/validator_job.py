@@ -1,193 +1,59 @@
-"""``freshline validate``: serving's sampled answers recomputed offline, compared value by value.
+"""``freshline validate``: serving's sampled answers recomputed offline and classified.
 
 For every answer logged by serving (``regions.answer_log``, one stream per region) the validator
-recomputes the feature with :func:`training.asof.as_of_values` as of the answer's ``as_of_ms``
-from the Iceberg ``raw_events`` table (one pinned snapshot for the whole run), counting only the
-events ingested before the answer (``_ingested_at_ms < as_of_ms``): data that arrived later
-cannot count against serving. An answer matches when its status is the offline status and its
-value equals the offline value (numbers within ``abs_tol`` or ``rel_tol``). So a default served
-where offline has a value is a mismatch, and so is a value served where offline has none.
+recomputes the feature with the training-set code (:mod:`training.recompute`) from the Iceberg
+``raw_events`` table (one pinned snapshot per run or cycle), as of the request time and as of the
+answer's served watermark, and puts it in one class of :mod:`training.validate`: ``equal``,
+``late_data``, ``freshness_lag``, ``fallback`` or ``real_skew``.
 
-The report holds, per ``view:feature``: samples, matches, mismatches, the largest and mean
-absolute and relative error over numeric pairs, and a few mismatched examples. The exit code is
-1 when any feature's mismatch share exceeds ``--max-mismatch-share``. See docs/training.md.
+One-shot (default): the answers logged since ``--since``; prints a report per feature, writes it
+as JSON (``--out``, ``--json`` to stdout), a Prometheus textfile (``--metrics-file``) and a line
+of ``benchmarks/results/consistency.jsonl``; exit 1 when a feature's real-skew share exceeds
+``--max-skew-share``.
+
+Continuous (``--continuous --interval 60s``): every interval, the answers after the cursor that
+are at least ``--settle`` old (so the offline writer has committed their events), then the cursor
+and totals are saved (:mod:`training.validate_state`) and the cycle's counts exported through
+Ray's metrics API. Runs as a Ray job (``ray job submit ... -- python -m cluster.cli validate
+--continuous``). See docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from rich.console import Console
 
 from cluster.settings import StackSettings
 from features.catalog import Catalog
+from features.durations import parse_duration, to_ms
 from features.errors import ConfigError
 from regions.answer_log import AnswerEntry
+from training.validate import (
+    CLASSES,
+    DEFAULT_ABS_TOL,
+    DEFAULT_REL_TOL,
+    REAL_SKEW,
+    FeatureTally,
+    Tolerance,
+    failing,
+    tally,
+)
 
 if TYPE_CHECKING:
     from training.events import EventsRead
+    from training.validate_state import ValidatorState
 
-DEFAULT_MAX_MISMATCH_SHARE = 0.01
-DEFAULT_ABS_TOL = 1e-9
-DEFAULT_REL_TOL = 1e-9
-MAX_EXAMPLES = 5
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How close two numbers must be to count as equal (either bound suffices)."""
-
-    abs_tol: float = DEFAULT_ABS_TOL
-    rel_tol: float = DEFAULT_REL_TOL
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One answer against its offline value; the errors are None unless both are numbers."""
-
-    match: bool
-    abs_error: float | None
-    rel_error: float | None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def compare(
-    served: Any, served_status: str, offline: Any, offline_status: str, tolerance: Tolerance
-) -> Verdict:
-    """Whether a served (value, status) is the offline one."""
-    a, b = _number(served), _number(offline)
-    abs_error = rel_error = None
-    if a is not None and b is not None:
-        abs_error = abs(a - b)
-        rel_error = abs_error / abs(b) if b else (0.0 if abs_error == 0 else math.inf)
-        same = math.isclose(a, b, rel_tol=tolerance.rel_tol, abs_tol=tolerance.abs_tol)
-    else:  # a bool is not the number it equals in Python
-        same = type(served) is type(offline) and served == offline
-    return Verdict(same and served_status == offline_status, abs_error, rel_error)
-
-
-@dataclass
-class FeatureReport:
-    """The comparison figures of one ``view:feature``."""
-
-    samples: int = 0
-    matches: int = 0
-    abs_errors: list[float] = field(default_factory=list)
-    rel_errors: list[float] = field(default_factory=list)
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def mismatches(self) -> int:
-        return self.samples - self.matches
-
-    def add(self, entry: AnswerEntry, offline: Any, offline_status: str, verdict: Verdict) -> None:
-        self.samples += 1
-        self.matches += verdict.match
-        if verdict.abs_error is not None and verdict.rel_error is not None:
-            self.abs_errors.append(verdict.abs_error)
-            self.rel_errors.append(verdict.rel_error)
-        if not verdict.match and len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(
-                {
-                    "request_id": entry.request_id,
-                    "region": entry.region,
-                    "store": entry.store,
-                    "entity_id": entry.entity_id,
-                    "as_of_ms": entry.as_of_ms,
-                    "served": entry.value,
-                    "served_status": entry.status,
-                    "offline": offline,
-                    "offline_status": offline_status,
-                }
-            )
-
-    def figures(self) -> dict[str, Any]:
-        def stat(values: list[float], fn: Any) -> float | None:
-            return float(fn(values)) if values else None
-
-        return {
-            "samples": self.samples,
-            "matches": self.matches,
-            "mismatches": self.mismatches,
-            "mismatch_share": self.mismatches / self.samples if self.samples else 0.0,
-            "max_abs_error": stat(self.abs_errors, max),
-            "mean_abs_error": stat(self.abs_errors, np.mean),
-            "max_rel_error": stat(self.rel_errors, max),
-            "mean_rel_error": stat(self.rel_errors, np.mean),
-            "examples": self.examples,
-        }
-
-
-Offline = tuple[Any, str]
-
-
-def build_report(
-    entries: Sequence[AnswerEntry], offline: Sequence[Offline], tolerance: Tolerance
-) -> dict[str, FeatureReport]:
-    """Per ``view:feature``, every entry compared with its offline (value, status)."""
-    reports: dict[str, FeatureReport] = defaultdict(FeatureReport)
-    for entry, (value, status) in zip(entries, offline, strict=True):
-        verdict = compare(entry.value, entry.status, value, status, tolerance)
-        reports[entry.ref].add(entry, value, status, verdict)
-    return dict(sorted(reports.items()))
-
-
-def failing(reports: Mapping[str, FeatureReport], max_share: float) -> list[str]:
-    """The features whose mismatch share exceeds ``max_share``."""
-    return [
-        ref
-        for ref, report in reports.items()
-        if report.samples and report.mismatches / report.samples > max_share
-    ]
-
-
-def recompute(entries: Sequence[AnswerEntry], catalog: Catalog, events: pa.Table) -> list[Offline]:
-    """Each entry's offline (value, status) as of its ``as_of_ms``, from ``events`` (the raw
-    events with ``_ingested_at_ms``), counting only events ingested before that instant."""
-    from training.asof import Columns, as_of_values
-    from training.events import INGESTED_AT
-    from training.spec import parse_features
-
-    out: list[Offline] = [(None, "")] * len(entries)
-    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for n, entry in enumerate(entries):
-        groups[(entry.view, entry.as_of_ms)].append(n)
-    for (_, as_of), rows in groups.items():
-        refs = sorted({entries[n].ref for n in rows})
-        (request,) = parse_features(catalog, refs)
-        source = catalog.source(request.view.source)
-        known = events.filter(pc.less(events[INGESTED_AT], pa.scalar(as_of, pa.int64())))
-        values = as_of_values(
-            request.view,
-            request.features,
-            known,
-            columns=Columns(key=request.key_column, time=source.event_time_field),
-            keys=[entries[n].entity_id for n in rows],
-            ts=np.full(len(rows), as_of, dtype=np.int64),
-        )
-        for i, n in enumerate(rows):
-            name = entries[n].feature
-            out[n] = (_plain(values.values[name][i]), str(values.status[name][i]))
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python ones (what JSON round-trips in the answer log)."""
-    return value.item() if isinstance(value, np.generic) else value
+DEFAULT_MAX_SKEW_SHARE = 0.0
+DEFAULT_INTERVAL = "60s"
+DEFAULT_SETTLE = "30s"
+TENANT = "default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -196,11 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--since", default=None, help="ISO time (UTC when no offset): answers logged at or after"
     )
     parser.add_argument("--out", default=None, help="write the report as JSON here")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
+        "--max-skew-share",
         "--max-mismatch-share",
+        dest="max_skew_share",
         type=float,
-        default=DEFAULT_MAX_MISMATCH_SHARE,
-        help="exit 1 when a feature's mismatch share exceeds this",
+        default=DEFAULT_MAX_SKEW_SHARE,
+        help="one-shot: exit 1 when a feature's real-skew share exceeds this (default 0)",
     )
     parser.add_argument("--abs-tol", type=float, default=DEFAULT_ABS_TOL)
     parser.add_argument("--rel-tol", type=float, default=DEFAULT_REL_TOL)
@@ -208,23 +77,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", default=None, help="Iceberg namespace of raw_events (default: the stack's)"
     )
+    parser.add_argument(
+        "--metrics-file", default=None, help="one-shot: write a Prometheus textfile here"
+    )
+    parser.add_argument("--continuous", action="store_true", help="validate every --interval")
+    parser.add_argument("--interval", default=DEFAULT_INTERVAL, help="continuous: cycle period")
+    parser.add_argument(
+        "--settle",
+        default=DEFAULT_SETTLE,
+        help="continuous: only answers at least this old (the offline table must hold their data)",
+    )
+    parser.add_argument(
+        "--state",
+        default=None,
+        help="continuous: cursor and totals file (default <state dir>/validator/state.json)",
+    )
+    parser.add_argument(
+        "--cycles", type=int, default=0, help="continuous: stop after this many cycles (0: never)"
+    )
 
 
-def _answers(settings: StackSettings, region: str | None, since_ms: int) -> list[AnswerEntry]:
+def _duration_ms(text: str, flag: str) -> int:
+    try:
+        return to_ms(parse_duration(text, field=flag))
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"{flag} {text!r} is not a duration such as 60s: {exc}") from None
+
+
+def _regions(settings: StackSettings, region: str | None) -> list[str]:
+    return [settings.topology.get(region).name] if region else list(settings.topology.names)
+
+
+def _client(settings: StackSettings, region: str) -> Any:
     from cluster.secrets import read_secrets
-    from regions.answer_log import read_answers, stream_key
     from regions.redis_store import RedisRole, redis_client
 
     secrets = read_secrets(settings.secrets_file, {})
-    regions = [settings.topology.get(region)] if region else list(settings.topology.regions)
-    out: list[AnswerEntry] = []
-    for config in regions:
-        client = redis_client(config, RedisRole.READER, settings.redis, secrets)
-        try:
-            out.extend(read_answers(client, stream_key("default"), since_ms=since_ms))
-        finally:
-            client.close()
-    return out
+    config = settings.topology.get(region)
+    return redis_client(config, RedisRole.READER, settings.redis, secrets)
 
 
 def _events(
@@ -234,8 +124,8 @@ def _events(
     answered: set[str],
     until_ms: int,
 ) -> EventsRead:
-    """The raw events of the ``answered`` views' one source up to ``until_ms``, ingested before
-    it."""
+    """Every raw event of the ``answered`` views' one source up to ``until_ms``, whenever it was
+    ingested (``truth`` counts late data; the recomputation applies the ingest cutoffs)."""
     from actors.offline_tables import RAW_TABLE
     from cluster.services.offline import NAMESPACE, iceberg_catalog
     from training.events import INGESTED_AT, event_columns, read_events
@@ -254,43 +144,157 @@ def _events(
         list(dict.fromkeys(columns)),
         time_column=time_column,
         until_ms=until_ms,
-        ingested_before_ms=until_ms,
         snapshot_id=args.snapshot_id,
     )
 
 
+def validate(
+    args: argparse.Namespace,
+    settings: StackSettings,
+    catalog: Catalog,
+    entries: Sequence[AnswerEntry],
+) -> tuple[dict[str, FeatureTally], int | None]:
+    """``entries`` classified per feature, and the snapshot id read (None without entries)."""
+    from training.recompute import recompute
+
+    if not entries:
+        return {}, None
+    tolerance = Tolerance(args.abs_tol, args.rel_tol)
+    answered = {e.view for e in entries}
+    read = _events(args, settings, catalog, answered, max(e.as_of_ms for e in entries))
+    offline = recompute(entries, catalog, read.table, tolerance)
+    targets = {name: to_ms(catalog.view(name).freshness_target) for name in answered}
+    return tally(entries, offline, targets, tolerance), read.snapshot_id
+
+
+def print_report(console: Console, tallies: dict[str, FeatureTally]) -> None:
+    """One line per feature: compared, each class, the largest errors."""
+    for ref, t in tallies.items():
+        classes = ", ".join(f"{t.counts[k]} {k}" for k in CLASSES)
+        errors = f"max abs {t.max_abs_error}, max rel {t.max_rel_error}"
+        console.print(f"{ref}: {t.compared} compared: {classes}; {errors}", highlight=False)
+
+
 def run(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    from cluster.results import record_run
-    from cluster.training_job import parse_instant_ms
     from features.demo import card_transactions_catalog
 
     catalog = card_transactions_catalog()
+    if args.continuous:
+        return _continuous(args, settings, catalog, console)
+    return _one_shot(args, settings, catalog, console)
+
+
+def _one_shot(
+    args: argparse.Namespace, settings: StackSettings, catalog: Catalog, console: Console
+) -> int:
+    from cluster.results import record_run
+    from cluster.training_job import parse_instant_ms
+    from regions.answer_log import read_answers, stream_key
+    from training.validate_metrics import textfile, write_textfile
+
     since_ms = 0 if args.since is None else parse_instant_ms(args.since)
-    entries = _answers(settings, args.region, since_ms)
-    if not entries:
-        console.print("no logged answers to validate")
-        return 0
-    answered = {e.view for e in entries}
-    read = _events(args, settings, catalog, answered, max(e.as_of_ms for e in entries))
-    offline = recompute(entries, catalog, read.table)
-    reports = build_report(entries, offline, Tolerance(args.abs_tol, args.rel_tol))
+    entries: list[AnswerEntry] = []
+    for region in _regions(settings, args.region):
+        client = _client(settings, region)
+        try:
+            entries += read_answers(client, stream_key(TENANT), since_ms=since_ms)
+        finally:
+            client.close()
+    tallies, snapshot = validate(args, settings, catalog, entries)
     figures = {
-        "snapshot_id": read.snapshot_id,
+        "snapshot_id": snapshot,
         "answers": len(entries),
-        "features": {ref: r.figures() for ref, r in reports.items()},
+        "features": {ref: t.figures() for ref, t in tallies.items()},
     }
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as out:
-            json.dump(figures, out, indent=2)
-    record_run("consistency", figures, command="freshline validate")
-    for ref, report in reports.items():
-        console.print(
-            f"{ref}: {report.samples} samples, {report.matches} match, "
-            f"{report.mismatches} mismatch",
-            highlight=False,
-        )
-    bad = failing(reports, args.max_mismatch_share)
+        Path(args.out).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    if args.metrics_file:
+        write_textfile(Path(args.metrics_file), textfile(tallies, time.time()))
+    if entries:
+        record_run("consistency", figures, command="freshline validate")
+    if args.json:
+        console.print_json(json.dumps(figures))
+    elif not entries:
+        console.print("no logged answers to validate")
+    else:
+        print_report(console, tallies)
+    bad = failing(tallies, args.max_skew_share)
     if bad:
-        console.print(f"mismatch share over {args.max_mismatch_share}: {', '.join(bad)}")
+        console.print(f"real-skew share over {args.max_skew_share}: {', '.join(bad)}")
         return 1
     return 0
+
+
+def _continuous(
+    args: argparse.Namespace,
+    settings: StackSettings,
+    catalog: Catalog,
+    console: Console,
+    *,
+    now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    import ray
+
+    from training.validate_metrics import RayValidatorMetrics
+    from training.validate_state import load_state
+
+    interval_ms = _duration_ms(args.interval, "--interval")
+    settle_ms = _duration_ms(args.settle, "--settle")
+    path = Path(args.state) if args.state else settings.state_dir / "validator" / "state.json"
+    state = load_state(path)
+    if not ray.is_initialized():  # the metrics go to the cluster's agent, so join the stack's
+        ray.init(address=os.environ.get("RAY_ADDRESS") or settings.ray.address)
+    metrics = RayValidatorMetrics()
+    cycle = 0
+    while True:
+        started = now_ms()
+        done = cycle_once(args, settings, catalog, state, path, until_ms=started - settle_ms)
+        metrics.export(done, state.totals, state.validated_until_ms)
+        answers = sum(t.compared for t in done.values())
+        skew = sum(t.counts[REAL_SKEW] for t in done.values())
+        console.print(f"cycle {state.cycles}: {answers} answers, {skew} real skew", highlight=False)
+        cycle += 1
+        if args.cycles and cycle >= args.cycles:
+            print_report(console, state.totals)
+            return 0
+        sleep(max(0.0, (started + interval_ms - now_ms()) / 1000))
+
+
+def cycle_once(
+    args: argparse.Namespace,
+    settings: StackSettings,
+    catalog: Catalog,
+    state: ValidatorState,
+    path: Path,
+    *,
+    until_ms: int,
+) -> dict[str, FeatureTally]:
+    """Validate every region's answers after its cursor up to ``until_ms``, then save the moved
+    cursors and the new totals (before the caller exports the cycle: no double count)."""
+    from cluster.training_job import parse_instant_ms
+    from regions.answer_log import read_answers_after, stream_key
+    from training.validate_state import save_state
+
+    since_ms = 0 if args.since is None else parse_instant_ms(args.since)
+    entries: list[AnswerEntry] = []
+    for region in _regions(settings, args.region):
+        client = _client(settings, region)
+        try:
+            got, last = read_answers_after(
+                client,
+                stream_key(TENANT),
+                after=state.cursors.get(region),
+                since_ms=since_ms,
+                until_ms=until_ms,
+            )
+        finally:
+            client.close()
+        entries += got
+        if last is not None:
+            state.cursors[region] = last
+        state.validated_until_ms[region] = until_ms
+    tallies, _ = validate(args, settings, catalog, entries)
+    state.add(tallies)
+    save_state(path, state)
+    return tallies

@@ -12,10 +12,15 @@ Stream key: ``fl:<tenant>:answers:v1`` (inside the ``fl:*`` key space of the ACL
 entry per value, every field a string::
 
     request_id region store as_of_ms entity entity_id view feature value status event_time_ms
+    watermark_ms
 
 ``value`` is JSON (ints stay ints, ``null`` for no value); ``event_time_ms`` is empty when the
-value had none. The validator (``cluster.validator_job``) reads them back with
-:func:`read_answers`.
+value had none. ``watermark_ms`` is the answer's *served watermark* for the entity's view: the
+newest event time among the values the answer gave for that entity and view (exact when the view
+has a ``last`` feature, else a tile start, a lower bound), empty when none had one; the validator
+recomputes the value as of it to tell a store that lags from one that is wrong. Entries written
+before it existed decode with ``watermark_ms`` None. The validator (``cluster.validator_job``)
+reads them back with :func:`read_answers` or, from a cursor, :func:`read_answers_after`.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class AnswerEntry:
     value: Any
     status: str
     event_time_ms: int | None
+    watermark_ms: int | None = None
 
     @property
     def ref(self) -> str:
@@ -107,8 +113,13 @@ def encode(entry: AnswerEntry) -> dict[str, str]:
         "feature": entry.feature,
         "value": orjson.dumps(entry.value).decode(),
         "status": entry.status,
-        "event_time_ms": "" if entry.event_time_ms is None else str(entry.event_time_ms),
+        "event_time_ms": _optional_int(entry.event_time_ms),
+        "watermark_ms": _optional_int(entry.watermark_ms),
     }
+
+
+def _optional_int(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def decode(fields: Mapping[bytes | str, bytes | str]) -> AnswerEntry:
@@ -120,6 +131,8 @@ def decode(fields: Mapping[bytes | str, bytes | str]) -> AnswerEntry:
     try:
         as_of = int(text["as_of_ms"])
         event_time = int(text["event_time_ms"]) if text["event_time_ms"] else None
+        raw_watermark = text.get("watermark_ms", "")
+        watermark = int(raw_watermark) if raw_watermark else None
         value = orjson.loads(text["value"])
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise AnswerLogError(f"answer entry has a bad number or value: {exc}") from None
@@ -135,6 +148,7 @@ def decode(fields: Mapping[bytes | str, bytes | str]) -> AnswerEntry:
         value=value,
         status=text["status"],
         event_time_ms=event_time,
+        watermark_ms=watermark,
     )
 
 
@@ -213,15 +227,35 @@ class AnswerLog:
 def read_answers(client: Any, key: str, *, since_ms: int = 0) -> list[AnswerEntry]:
     """Every entry of the stream ``key`` added at or after ``since_ms`` (a sync client), oldest
     first; entries that do not decode are skipped and logged."""
+    entries, _ = read_answers_after(client, key, after=None, since_ms=since_ms)
+    return entries
+
+
+def read_answers_after(
+    client: Any,
+    key: str,
+    *,
+    after: str | None,
+    since_ms: int = 0,
+    until_ms: int | None = None,
+) -> tuple[list[AnswerEntry], str | None]:
+    """The entries of ``key`` after the stream id ``after`` (or from ``since_ms`` when None) up
+    to ``until_ms`` included, oldest first, and the id of the last entry read (``after`` when
+    there was none): the cursor to resume from. Entries that do not decode are skipped, logged,
+    and passed by the cursor."""
     out: list[AnswerEntry] = []
-    start = f"{since_ms}-0"
+    start = f"{since_ms}-0" if after is None else "(" + after
+    end = "+" if until_ms is None else str(until_ms)
+    last = after
     while True:
-        page = client.xrange(key, min=start, max="+", count=_READ_PAGE)
+        page = client.xrange(key, min=start, max=end, count=_READ_PAGE)
         for _, fields in page:
             try:
                 out.append(decode(fields))
             except AnswerLogError as exc:
                 log.warning("skipped an answer log entry: %s", exc)
+        if page:
+            last = _text(page[-1][0])
         if len(page) < _READ_PAGE:
-            return out
+            return out, last
         start = "(" + _text(page[-1][0])

@@ -3,6 +3,9 @@
 Read from the response body (both the ``rows`` and the ``columns`` shape of
 :mod:`serve_apps.responses`), not from the read path's internals: what is logged is what the
 client was sent.
+
+Each entry carries the answer's served watermark for its entity and view: the newest event time
+among the values this answer gave for that (entity, view) (``regions.answer_log``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def answer_entries(body: Mapping[str, Any], wanted: Callable[[str], bool]) -> It
     for row in body.get("results", ()):
         if not wanted(row["id"]):
             continue
+        watermarks: dict[str, int] = {}
+        for ref, served in row["features"].items():
+            _newest(watermarks, ref.partition(":")[0], served["event_time_ms"])
         for ref, served in row["features"].items():
             view, _, feature = ref.partition(":")
             yield AnswerEntry(
@@ -43,6 +49,7 @@ def answer_entries(body: Mapping[str, Any], wanted: Callable[[str], bool]) -> It
                 value=served["value"],
                 status=served["status"],
                 event_time_ms=served["event_time_ms"],
+                watermark_ms=watermarks.get(view),
             )
 
 
@@ -57,6 +64,7 @@ def _columns(
                 continue
             values, statuses = block["values"][n], block["statuses"][n]
             times = block["event_time_ms"][n]
+            watermark = max((t for t in times if t is not None), default=None)
             for k, (view, _, feature) in enumerate(refs):
                 yield AnswerEntry(
                     request_id=common.request_id,
@@ -70,4 +78,10 @@ def _columns(
                     value=values[k],
                     status=statuses[k],
                     event_time_ms=times[k],
+                    watermark_ms=watermark,
                 )
+
+
+def _newest(watermarks: dict[str, int], view: str, event_time: int | None) -> None:
+    if event_time is not None and event_time > watermarks.get(view, event_time - 1):
+        watermarks[view] = event_time

@@ -3,7 +3,8 @@
 TrainingError           root: everything this package raises on purpose
 ├── SpineError          the spine is unusable (missing column, bad timestamp, unreadable file);
 │                       also a DataError
-└── FeatureRefError     a feature is not ``view:feature`` of the catalog; also a ConfigError
+├── FeatureRefError     a feature is not ``view:feature`` of the catalog; also a ConfigError
+└── ValidatorStateError the validator's cursor file is unreadable; also a DataError
 """
 
 from __future__ import annotations
@@ -21,3 +22,7 @@ class SpineError(TrainingError, DataError):
 
 class FeatureRefError(TrainingError, ConfigError):
     """A feature reference does not name a feature of the catalog."""
+
+
+class ValidatorStateError(TrainingError, DataError):
+    """A continuous validator's saved cursor and totals cannot be read."""
