@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.config import DLQ_TOPIC
 from actors.dlq import dead_letter
 from actors.embedding_index import EmbeddingIndex
+from actors.embedding_mirror import RedisTarget, VectorMirror
 from actors.embedding_snapshot import read_snapshot, write_snapshot
 from actors.kafka_io import read_committed_consumer, topic_partitions
 from features.embedding_search import Query, SearchAnswer
@@ -42,11 +43,15 @@ from features.embeddings import (
     EmbeddingRejected,
     EmbeddingValidator,
     EmbeddingView,
+    IndexNotReady,
     UnknownModelVersion,
     index_actor_name,
 )
 
 log = logging.getLogger("freshline.actors.embeddings")
+
+
+SNAPSHOT_INTERVAL_S = 30.0
 
 
 class EmbeddingIngestConfig(BaseModel):
@@ -57,8 +62,16 @@ class EmbeddingIngestConfig(BaseModel):
     dlq_topic: str = DLQ_TOPIC
     # A snapshot costs a full write of every index: longer intervals mean a longer replay after
     # a crash, shorter ones more disk writes.
-    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    snapshot_interval_s: float = Field(default=SNAPSHOT_INTERVAL_S, gt=0)
     max_poll_records: int = Field(default=2000, ge=1)
+    # The region this actor serves (answers name it) and the versions it indexes (``None``: every
+    # version the view declares). The pipeline starts one actor per (region, view, version).
+    region: str = "local"
+    versions: tuple[str, ...] | None = None
+    # Several actors read one topic; only one of them sends its refused events to the DLQ.
+    dead_letters: bool = True
+    # The region's Redis, which mirrors every current vector (None: no mirror).
+    redis: RedisTarget | None = None
 
 
 class EmbeddingIngest:
@@ -83,17 +96,31 @@ class EmbeddingIngest:
         self.dead_lettered: dict[str, int] = {}
         self._consumer: Any = None
         self._producer: Any = None
+        self._mirror = VectorMirror(config.redis) if config.redis is not None else None
+        self._caught_up_at: dict[int, int] = {}  # the end of each partition when started
         self._last_snapshot = monotonic()
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.config.versions or self.view.model_versions
+
+    @property
+    def ready(self) -> bool:
+        """Restored and caught up with what the topic held when it started: a new version's
+        index is not searched while it is still being built from the topic's history."""
+        return bool(self.indexes) and all(
+            self.positions.get(p, 0) >= end for p, end in self._caught_up_at.items()
+        )
+
     def _directory(self, version: str) -> Path:
-        return self.config.state_dir / self.view.name / version
+        return self.config.state_dir / self.config.region / self.view.name / version
 
     def start(self) -> None:
         """Restores every version's snapshot, then seeks each partition to the oldest offset."""
         self._consumer, self._producer = self._clients(self.config)
         partitions = topic_partitions(self._consumer, [self.view.topic])[self.view.topic]
         restored_offsets: list[dict[int, int]] = []
-        for version in self.view.model_versions:
+        for version in self.versions:
             found = read_snapshot(self.view, version, self._directory(version))
             self.indexes[version] = found[0] if found else EmbeddingIndex(self.view, version)
             restored_offsets.append(found[1] if found else {})
@@ -103,6 +130,8 @@ class EmbeddingIngest:
             offset = min(offsets.get(tp.partition, 0) for offsets in restored_offsets)
             self._consumer.seek(tp, offset)
             self.positions[tp.partition] = offset
+        ends = self._consumer.end_offsets(tps) if hasattr(self._consumer, "end_offsets") else {}
+        self._caught_up_at = {tp.partition: end for tp, end in ends.items()}
 
     def step(self, poll_timeout_ms: int = 100) -> int:
         """Polls once, applies what it got, snapshots when the interval has passed."""
@@ -125,16 +154,32 @@ class EmbeddingIngest:
             self.positions[tp.partition] = records[-1].offset + 1
             count += len(records)
         for version, events in by_version.items():
-            self.indexes[version].apply(events)
+            index = self.indexes.get(version)
+            if index is None:  # a version another actor indexes
+                continue
+            index.apply(events)
+            if self._mirror is not None:
+                self._mirror.write(index, (e.entity_id for e in events))
+        self._advance_past_markers(polled)
         if self._monotonic() - self._last_snapshot >= self.config.snapshot_interval_s:
             self.snapshot()
         return count
+
+    def _advance_past_markers(self, polled: dict[Any, list[Any]]) -> None:
+        # A transaction's commit marker takes an offset no record has: the consumer's position
+        # is past it, so readiness is measured against the position, not the last record.
+        if hasattr(self._consumer, "position"):
+            for tp in polled:
+                self.positions[tp.partition] = max(
+                    self.positions[tp.partition], self._consumer.position(tp)
+                )
 
     def _accept(self, record: Any, partition: int, out: dict[str, list[EmbeddingEvent]]) -> None:
         try:
             event = self._validator.validate(record.value)
         except EmbeddingRejected as rejected:
-            self._dead_letter(record, partition, rejected)
+            if self.config.dead_letters:
+                self._dead_letter(record, partition, rejected)
             return
         out.setdefault(event.model_version, []).append(event)
 
@@ -170,7 +215,8 @@ class EmbeddingIngest:
     def search(self, version: str | None, queries: Sequence[Query]) -> SearchAnswer:
         """``version`` ``None`` is the view's serving version."""
         index = self._index(version)
-        return SearchAnswer(index.version, index.mutations, index.search_batch(queries))
+        store = f"index-{self.config.region}"
+        return SearchAnswer(index.version, index.mutations, index.search_batch(queries), store)
 
     def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
         """The entity's current vector, ``None`` when it has none (never set, or deleted)."""
@@ -182,6 +228,8 @@ class EmbeddingIngest:
             self.snapshot()
             self._consumer.close()
             self._producer.close()
+        if self._mirror is not None:
+            self._mirror.close()
 
 
 def kafka_clients(config: EmbeddingIngestConfig) -> tuple[Any, Any]:
@@ -205,7 +253,8 @@ class _EmbeddingIndexActor:
         self._lock = threading.Lock()  # the loop applies while Serve searches
         self._stop = threading.Event()
         self._ready = threading.Event()
-        threading.Thread(target=self._loop, name="embedding-loop", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="embedding-loop", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
         try:
@@ -224,16 +273,23 @@ class _EmbeddingIndexActor:
 
     def search(self, version: str | None, queries: list[Query]) -> SearchAnswer:
         with self._lock:
+            self._check_ready()
             return self._ingest.search(version, queries)
 
     def vector_of(self, version: str | None, entity_id: str) -> list[float] | None:
         with self._lock:
+            self._check_ready()
             return self._ingest.vector_of(version, entity_id)
+
+    def _check_ready(self) -> None:
+        if not (self._ready.is_set() and self._ingest.ready):
+            raise IndexNotReady(f"index of {self._ingest.view.name!r} is still catching up")
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "ready": self._ready.is_set(),
+                "ready": self._ready.is_set() and self._ingest.ready,
+                "region": self._ingest.config.region,
                 "positions": dict(self._ingest.positions),
                 "dead_lettered": dict(self._ingest.dead_lettered),
                 "indexes": {
@@ -243,7 +299,9 @@ class _EmbeddingIndexActor:
             }
 
     def stop(self) -> None:
+        """Ends the loop after a last snapshot; returns once it is written."""
         self._stop.set()
+        self._thread.join(timeout=60)
 
 
 _remote: Any = ray.remote
@@ -253,9 +311,13 @@ EmbeddingIndexActor: Any = _remote(
 
 
 def start_index_actor(config: EmbeddingIngestConfig, view: EmbeddingView) -> Any:
-    """Starts (or finds) the view's named, detached index actor; Serve finds it by that name."""
+    """Starts (or finds) the named, detached index actor of ``config``'s region and (single)
+    version; Serve finds it by that name."""
+    versions = config.versions or view.model_versions
+    if len(versions) != 1:
+        raise ValueError("an index actor is named by one version: set config.versions")
     return EmbeddingIndexActor.options(
-        name=index_actor_name(view.name),
+        name=index_actor_name(view.name, config.region, versions[0]),
         namespace=INDEX_ACTOR_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
@@ -275,10 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", default="auto", help="the Ray cluster to join")
     args = parser.parse_args(argv)
     view = EmbeddingView.model_validate_json(args.view.read_text(encoding="utf-8"))
-    config = EmbeddingIngestConfig(bootstrap=args.bootstrap, state_dir=args.state_dir)
     ray.init(address=args.address, namespace=INDEX_ACTOR_NAMESPACE)
-    actor = start_index_actor(config, view)
-    print(json.dumps(ray.get(actor.status.remote())))
+    for version in view.model_versions:
+        config = EmbeddingIngestConfig(
+            bootstrap=args.bootstrap,
+            state_dir=args.state_dir,
+            versions=(version,),
+            dead_letters=version == view.model_versions[0],
+        )
+        actor = start_index_actor(config, view)
+        print(json.dumps(ray.get(actor.status.remote())))
     return 0
 
 

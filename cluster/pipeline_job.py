@@ -20,10 +20,11 @@ from actors import job
 from actors.config import DEFAULT_CONSUMERS, PipelineConfig
 from actors.processor import TENANT
 from actors.runtime import NAMESPACE
+from cluster.embeddings import index_configs, index_status, start_index_actors, stop_index_actors
 from cluster.registry import catalog_or
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import StackSettings, settings_from_env
-from features.demo import card_transactions_catalog
+from features.demo import card_transactions_catalog, item_embedding_views
 
 
 def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
@@ -43,6 +44,19 @@ def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
     # The latest applied registry version; the demo catalog until a repository is applied.
     catalog, version = catalog_or(settings.kafka.bootstrap, TENANT, card_transactions_catalog)
     result = job.up(config, catalog, secrets)
+    views = item_embedding_views()
+    configs = [
+        index_configs(
+            view,
+            settings.topology,
+            bootstrap=settings.kafka.bootstrap,
+            state_dir=settings.state_dir / "embeddings",
+            users=settings.redis,
+            secrets=secrets,
+        )
+        for view in views
+    ]
+    start_index_actors(views, configs)
     return {**result, "registry_version": version}
 
 
@@ -65,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         result = up(settings, args.consumers)
     elif args.verb == "status":
         result = job.status()
+        if result is not None:
+            result["embeddings"] = index_status(item_embedding_views(), settings.topology)
     else:
-        result = {"stopped": job.down()}
+        indexes = stop_index_actors(item_embedding_views(), settings.topology)
+        result = {"stopped": job.down(), "index_actors_stopped": indexes}
     print(json.dumps(result, indent=2, default=str))
     return 0 if result is not None else 3
 

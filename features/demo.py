@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from features.catalog import Catalog
+from features.embeddings import EmbeddingView
 
 SOURCE = "card_tx"
 TOPIC = "fl.card_tx"
@@ -136,3 +137,25 @@ def _merchant_activity() -> dict[str, Any]:
             _f("distinct_users_1h", "distinct_count", column="user_id", window="1h", default=0),
         ],
     }
+
+
+ITEM_EMBEDDINGS_TOPIC = "fl.items.embeddings"
+
+
+def item_embedding_views() -> tuple[EmbeddingView, ...]:
+    """The demo's embedding views: item vectors (``cluster/demo.py`` writes them) with a
+    category and a price to filter on. Small lists: the demo holds a few thousand items."""
+    return (
+        EmbeddingView(
+            name="items",
+            topic=ITEM_EMBEDDINGS_TOPIC,
+            dimension=32,
+            model="item2vec",
+            model_versions=("v1",),
+            serving_version="v1",
+            categories=frozenset({"category"}),
+            numbers=frozenset({"price"}),
+            nlist=16,
+            nprobe=8,
+        ),
+    )

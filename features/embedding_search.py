@@ -238,6 +238,8 @@ class SearchAnswer:
     model_version: str
     index_version: int
     results: list[Neighbours]
+    # Which index answered, ``index-<region>``: a fallback answer names the other region.
+    store: str = "index"
 
 
 @dataclass(frozen=True, slots=True)

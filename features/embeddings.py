@@ -122,9 +122,15 @@ INDEX_ACTOR_NAMESPACE = "freshline-embeddings"
 """The Ray namespace of the index actors: they register in it, Serve looks them up in it."""
 
 
-def index_actor_name(view: str) -> str:
-    """The Ray actor name of a view's index actor."""
-    return f"fl-embeddings-{view}"
+def index_actor_name(view: str, region: str, version: str) -> str:
+    """The Ray actor name of the index of ``view`` at model ``version`` in ``region``: one actor
+    per (region, view, version), so a version's index is built, restarted and dropped alone."""
+    return f"fl-embeddings-{region}-{view}-{version}"
+
+
+def vector_key(view: str, version: str, entity_id: str) -> str:
+    """The Redis key of an entity's current vector (float32, little-endian) in its region."""
+    return f"fl:emb:{view}:{version}:{entity_id}"
 
 
 # --- Events --------------------------------------------------------------------------------------
@@ -133,6 +139,10 @@ def index_actor_name(view: str) -> str:
 class EmbeddingRejected(EventRejected):
     """One embedding event refused by validation: dead-lettered with the same headers as any
     refused event (``actors.dlq``), never fatal to the consumer."""
+
+
+class IndexNotReady(DataError):
+    """The named version's index exists nowhere yet, or is still restoring or catching up."""
 
 
 class UnknownModelVersion(DataError):

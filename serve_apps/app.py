@@ -36,6 +36,7 @@ from ray.serve.schema import LoggingConfig
 from starlette.requests import Request
 from starlette.responses import Response
 
+from features.embeddings import EmbeddingView
 from serve_apps.config import ServingConfig
 from serve_apps.http import ServingHttp
 from serve_apps.openapi import REQUEST_ID_HEADER
@@ -49,12 +50,14 @@ class RegionServer:
 
     # Serve awaits an async constructor on the replica's user-code loop; mypy wants __init__
     # to return None, not a coroutine.
-    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(self, config: dict[str, Any], args: dict[str, Any]) -> None:  # type: ignore[misc]
         self._config = ServingConfig.model_validate(config)
         adopt_serve_logging(self._config.log_level)
         # Serve routes no request here before the constructor returns: the slow, GIL-holding
         # boto3 builds belong here, not on the event loop of the first request.
-        self._http: ServingHttp = build_http(self._config, dynamo=warm_dynamo_clients(self._config))
+        self._http: ServingHttp = build_http(
+            self._config, dynamo=warm_dynamo_clients(self._config), embeddings=embedding_views(args)
+        )
         await self._http.warm()
 
     async def __call__(self, request: Request) -> Response:
@@ -90,7 +93,8 @@ def adopt_serve_logging(level: str, package: str = "serve_apps") -> None:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Serve ``import_path`` target: ``args = {"config": {...ServingConfig...}}``."""
+    """Serve ``import_path`` target: ``args = {"config": {...ServingConfig...}}``, and
+    ``"embeddings": [...EmbeddingView as JSON...]`` to serve ``POST /v1/similar``."""
     config = ServingConfig.model_validate(args["config"])
     limits = config.limits
     deployment: Any = RegionServer  # a serve.Deployment; the decorator hides that from mypy
@@ -115,5 +119,10 @@ def build_app(args: dict[str, Any]) -> Application:
         backpressure_config=BackpressureConfig(
             status_code=503, retry_after_s=float(limits.retry_after_s)
         ),
-    ).bind(config.model_dump(mode="python"))
+    ).bind(config.model_dump(mode="python"), {"embeddings": args.get("embeddings", [])})
     return app
+
+
+def embedding_views(args: dict[str, Any]) -> list[EmbeddingView]:
+    """The embedding views the region serves ``POST /v1/similar`` for (JSON in the app's args)."""
+    return [EmbeddingView.model_validate(view) for view in args.get("embeddings", [])]

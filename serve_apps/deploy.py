@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from features.embeddings import EmbeddingView
 from regions.config import RegionTopology
 from serve_apps.config import (
     ApiKey,
@@ -105,7 +106,11 @@ def configs_for_stack(
 _SECRETS = {"redis_password", "dynamodb_access_key_id", "dynamodb_secret_access_key"}
 
 
-def serve_config(configs: Sequence[ServingConfig], http_port: int) -> dict[str, Any]:
+def serve_config(
+    configs: Sequence[ServingConfig],
+    http_port: int,
+    embeddings: Sequence[EmbeddingView] = (),
+) -> dict[str, Any]:
     """The ``serve deploy`` document for ``configs``. It never holds a secret: the Redis password
     comes from ``redis_password_file``; DynamoDB credentials from boto3's default chain in the
     replicas (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the Ray head's environment)."""
@@ -119,7 +124,8 @@ def serve_config(configs: Sequence[ServingConfig], http_port: int) -> dict[str, 
                 "route_prefix": config.route_prefix,
                 "import_path": "serve_apps.app:build_app",
                 "args": {
-                    "config": config.model_dump(mode="json", exclude_none=True, exclude=_SECRETS)
+                    "config": config.model_dump(mode="json", exclude_none=True, exclude=_SECRETS),
+                    "embeddings": _views(embeddings),
                 },
             }
         )
@@ -137,6 +143,7 @@ def write_serve_config(
     path: Path,
     *,
     ingress: str = DEFAULT_INGRESS,
+    embeddings: Sequence[EmbeddingView] = (),
 ) -> Path:
     """Write the Serve YAML (mode 0600) and return its path. Its header names the ingress mode
     and the head environment it needs (Serve reads those switches from the environment only)."""
@@ -148,16 +155,24 @@ def write_serve_config(
         f"# Freshline serving, ingress {ingress!r}: the Ray head must run with {needs}\n"
         "# (freshline stack up sets it from FRESHLINE_SERVE_INGRESS).\n"
     )
-    path.write_text(header + yaml.safe_dump(serve_config(configs, http_port), sort_keys=False))
+    path.write_text(
+        header + yaml.safe_dump(serve_config(configs, http_port, embeddings), sort_keys=False)
+    )
     path.chmod(0o600)
     return path
 
 
 def deploy(
-    configs: Sequence[ServingConfig], *, ray_address: str, http_port: int, blocking: bool = False
+    configs: Sequence[ServingConfig],
+    *,
+    ray_address: str,
+    http_port: int,
+    blocking: bool = False,
+    embeddings: Sequence[EmbeddingView] = (),
 ) -> list[str]:
     """Connect to the Ray cluster, start Serve on ``http_port`` (if not running) and run every
-    region's application at its route prefix. Returns the route prefixes. Idempotent."""
+    region's application at its route prefix, serving ``POST /v1/similar`` for ``embeddings``.
+    Returns the route prefixes. Idempotent."""
     import ray
     from ray import serve
     from ray.serve.api import RunTarget
@@ -174,7 +189,9 @@ def deploy(
     # spent waiting for new replicas, so one app after the other would add up those waits.
     targets = [
         RunTarget(
-            build_app({"config": config.model_dump(mode="python")}),
+            build_app(
+                {"config": config.model_dump(mode="python"), "embeddings": _views(embeddings)}
+            ),
             name=config.region,
             route_prefix=config.route_prefix,
         )
@@ -182,6 +199,10 @@ def deploy(
     ]
     serve.run_many(targets, blocking=blocking)
     return [c.route_prefix for c in configs]
+
+
+def _views(embeddings: Sequence[EmbeddingView]) -> list[dict[str, Any]]:
+    return [view.model_dump(mode="json") for view in embeddings]
 
 
 def undeploy(regions: Sequence[str]) -> None:

@@ -21,7 +21,8 @@ become one Faiss search.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,11 +40,15 @@ from features.embeddings import (
     INDEX_ACTOR_NAMESPACE,
     MAX_COMPONENT,
     EmbeddingView,
+    IndexNotReady,
     UnknownModelVersion,
     index_actor_name,
+    vector_key,
 )
 from features.errors import StoreUnavailable
 from serve_apps.exceptions import BadRequest
+
+log = logging.getLogger("serve_apps.similar")
 
 SIMILAR_ERROR_CODES = (
     "unknown_view",
@@ -53,7 +58,15 @@ SIMILAR_ERROR_CODES = (
     "bad_text",
     "unknown_model_version",
     "unknown_entity",
+    "version_not_ready",
 )
+
+
+class VersionNotReady(BadRequest):
+    """The named model version has no ready index in any region (being built, or not started):
+    the client asked for something that does not exist yet, so not a 503 to retry blindly."""
+
+    status = 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,37 +86,69 @@ class IndexBackend(Protocol):
     async def vector_of(self, view: str, version: str, entity_id: str) -> list[float] | None: ...
 
 
-class RayIndexBackend:
-    """Calls each view's named index actor (``features.embeddings.index_actor_name``)."""
+VectorGet = Callable[[str], Awaitable[Any]]
 
-    def __init__(self) -> None:
+
+class RegionIndexBackend:
+    """The index actors of ``regions`` (the home region first, then the others nearest first),
+    found by Ray actor name (``features.embeddings.index_actor_name``).
+
+    A search goes to the first region whose actor answers: one that does not exist, is not ready
+    (``IndexNotReady``), is dead or does not answer within ``timeout_s`` (restarting) is skipped.
+    When none answers: :class:`IndexNotReady` if no region has a ready index of the version (the
+    client named a version still being built: a 4xx), else :class:`StoreUnavailable` (503).
+    By entity id the vector comes from the home region's Redis (``vectors``) when given; the
+    actors are asked only when Redis fails.
+    """
+
+    def __init__(
+        self, regions: Sequence[str], vectors: VectorGet | None = None, timeout_s: float = 1.0
+    ) -> None:
+        self._regions = tuple(regions)
+        self._vectors = vectors
+        self._timeout_s = timeout_s
         self._handles: dict[str, Any] = {}
 
-    def _handle(self, view: str) -> Any:
-        import ray
-
-        if view not in self._handles:
-            try:
-                name = index_actor_name(view)
-                self._handles[view] = ray.get_actor(name, namespace=INDEX_ACTOR_NAMESPACE)
-            except ValueError as exc:  # no such actor (yet)
-                raise StoreUnavailable(f"no index actor for view {view!r}") from exc
-        return self._handles[view]
-
     async def search(self, view: str, version: str, queries: list[Query]) -> SearchAnswer:
-        return await self._call(view, "search", version, queries)  # type: ignore[no-any-return]
+        return await self._first(view, version, "search", queries)  # type: ignore[no-any-return]
 
     async def vector_of(self, view: str, version: str, entity_id: str) -> list[float] | None:
-        return await self._call(view, "vector_of", version, entity_id)  # type: ignore[no-any-return]
+        if self._vectors is not None:
+            try:
+                raw = await self._vectors(vector_key(view, version, entity_id))
+            except Exception:
+                log.warning("vector lookup in Redis failed; asking the index actors")
+            else:
+                return None if raw is None else np.frombuffer(raw, dtype="<f4").tolist()
+        return await self._first(view, version, "vector_of", entity_id)  # type: ignore[no-any-return]
 
-    async def _call(self, view: str, method: str, *args: Any) -> Any:
+    async def _first(self, view: str, version: str, method: str, *args: Any) -> Any:
         import ray
 
-        try:
-            return await getattr(self._handle(view), method).remote(*args)
-        except ray.exceptions.RayActorError as exc:  # dead or restarting: ask again next time
-            self._handles.pop(view, None)
-            raise StoreUnavailable(f"index actor of {view!r} unavailable") from exc
+        unavailable = False
+        for region in self._regions:
+            name = index_actor_name(view, region, version)
+            try:
+                handle = self._handle(name)
+                ref = getattr(handle, method).remote(version, *args)
+                return await asyncio.wait_for(ref, self._timeout_s)
+            except ValueError:  # no such actor: this version is not built in that region
+                continue
+            except IndexNotReady:
+                continue
+            except (ray.exceptions.RayActorError, TimeoutError):  # dead or restarting
+                self._handles.pop(name, None)
+                unavailable = True
+        if unavailable:
+            raise StoreUnavailable(f"no index of {view!r} {version!r} answered")
+        raise IndexNotReady(f"no ready index of {view!r} {version!r}")
+
+    def _handle(self, name: str) -> Any:
+        import ray
+
+        if name not in self._handles:
+            self._handles[name] = ray.get_actor(name, namespace=INDEX_ACTOR_NAMESPACE)
+        return self._handles[name]
 
 
 class QueryBatcher:
@@ -159,10 +204,10 @@ class SimilarSearch:
         backend: IndexBackend | None = None,
         limits: SimilarLimits | None = None,
     ) -> None:
-        """``backend`` defaults to the views' Ray index actors."""
+        """``backend`` defaults to the home region's Ray index actors alone."""
         self.views = dict(views)
         self.limits = limits or SimilarLimits()
-        self._backend = backend or RayIndexBackend()
+        self._backend = backend or RegionIndexBackend([region])
         self._batcher = QueryBatcher(self._backend, self.limits)
         self._region = region
 
@@ -171,18 +216,23 @@ class SimilarSearch:
         version = _version(body, view)
         k = _k(body, self.limits.max_k)
         entity_id = body.get("entity_id")
-        vector = await self._vector(body, view, version)
-        query = Query(vector, k + (1 if entity_id else 0), _filter(body, view), self._text(body))
         try:
+            vector = await self._vector(body, view, version)
+            query = Query(
+                vector, k + (1 if entity_id else 0), _filter(body, view), self._text(body)
+            )
             answer, position = await self._batcher.search(view.name, version, query)
         except UnknownModelVersion:
             raise BadRequest("unknown_model_version", f"no index for {version!r}") from None
+        except IndexNotReady:
+            raise VersionNotReady("version_not_ready", f"{version!r} is being built") from None
         found = answer.results[position]
         return {
             "view": view.name,
             "region": self._region,
             "model_version": answer.model_version,
             "index_version": answer.index_version,
+            "store": answer.store,
             "strategy": found.strategy.value,
             "hybrid": found.hybrid,
             "results": _hits(found, entity_id, k),
@@ -348,6 +398,7 @@ RESPONSE_SCHEMA: dict[str, Any] = _closed(
         "region": {"type": "string"},
         "model_version": {"type": "string"},
         "index_version": {"type": "integer", "description": "changes applied to the index"},
+        "store": {"type": "string", "description": "the index that answered, index-<region>"},
         "strategy": {"enum": [s.value for s in Strategy]},
         "hybrid": {"type": "boolean"},
         "results": {

@@ -9,11 +9,12 @@ monotonic clock. Redis is always reached as the read-only ACL user.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from features.durations import to_ms
+from features.embeddings import EmbeddingView
 from regions.answer_log import AnswerLog, stream_key
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
@@ -27,6 +28,7 @@ from serve_apps.metrics import NO_METRICS, RayServingMetrics
 from serve_apps.overload import LagGauge, LagTicker
 from serve_apps.plan import CatalogIndex
 from serve_apps.service import ReadService
+from serve_apps.similar import RegionIndexBackend, SimilarSearch
 
 Clock = Callable[[], float]
 
@@ -160,8 +162,10 @@ def build_http(
     wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     stores: list[tuple[TileStore, float]] | None = None,
     dynamo: DynamoFactory | None = None,
+    embeddings: Sequence[EmbeddingView] = (),
 ) -> ServingHttp:
-    """Catalog, chain, read service and HTTP logic of one region, ready to serve."""
+    """Catalog, chain, read service and HTTP logic of one region, ready to serve; with
+    ``embeddings``, also ``POST /v1/similar`` over those views' index actors."""
     index = CatalogIndex(config.load_catalog(), config.tenant)
     # Real deployments only: unit tests drive the handler on short-lived loops of their own.
     lag = None
@@ -173,7 +177,25 @@ def build_http(
     service = ReadService(index, chain, monotonic=monotonic, wall_ms=wall_ms)
     answers = answer_log(config) if stores is None else None
     metrics = NO_METRICS if stores is not None else serving_metrics(config, index)
-    return ServingHttp(config, service, lag, monotonic, answers=answers, metrics=metrics)
+    similar = similar_search(config, embeddings) if embeddings else None
+    return ServingHttp(
+        config, service, lag, monotonic, answers=answers, metrics=metrics, similar=similar
+    )
+
+
+def similar_search(config: ServingConfig, views: Sequence[EmbeddingView]) -> SimilarSearch:
+    """The home region's index actors first, then the other regions' nearest first (the order
+    of the tile chain); vectors by entity id from the home region's Redis (reader user)."""
+    client = async_redis_client(
+        config.topology.get(config.region),
+        RedisRole.READER,
+        _ReaderUser(config),
+        _ReaderPassword(config),
+        config.redis_timeouts,
+    )
+    regions = [config.region, *(r.name for r in config.topology.failover_order(config.region))]
+    backend = RegionIndexBackend(regions, vectors=client.get)
+    return SimilarSearch({v.name: v for v in views}, config.region, backend)
 
 
 def serving_metrics(config: ServingConfig, index: CatalogIndex) -> RayServingMetrics:

@@ -184,7 +184,7 @@ def test_versions_snapshotted_at_different_offsets_replay_from_the_oldest(tmp_pa
     _drain(ingest)
     ingest.snapshot()
     # As if the actor died between writing v1's and v2's snapshots of a later position.
-    write_snapshot(ingest.indexes["v1"], tmp_path / "items" / "v1", {0: 12})
+    write_snapshot(ingest.indexes["v1"], tmp_path / "local" / "items" / "v1", {0: 12})
     restarted = _ingest(tmp_path, consumer, producer, Clock())
     assert restarted.positions == {0: 10}
     assert sorted(restarted.indexes["v2"].row_of) == [f"e{i}" for i in range(5, 10)]
