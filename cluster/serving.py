@@ -18,6 +18,7 @@ from cluster.registry import latest
 from cluster.services.base import Port, ServiceStatus, status_without_process, wait_ready
 from cluster.services.ray_head import head_process
 from cluster.settings import StackSettings
+from features.demo import item_embedding_views
 from regions.aws import LOCAL_CREDENTIALS
 
 
@@ -61,7 +62,11 @@ def serve_up(settings: StackSettings) -> list[str]:
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
     try:
         prefixes = deploy(
-            configs, ray_address=settings.ray.address, http_port=settings.ray.serve_port
+            configs,
+            ray_address=settings.ray.address,
+            http_port=settings.ray.serve_port,
+            # The views the pipeline starts index actors for (cluster/pipeline_job.py).
+            embeddings=item_embedding_views(),
         )
     finally:
         ray.shutdown()
