@@ -38,6 +38,7 @@ from features.embedding_search import (
     keyword_ranking,
     over_fetch_k,
     reciprocal_rank_fusion,
+    widened,
 )
 from features.embeddings import EmbeddingEvent, EmbeddingView, IndexKind, Metric, Op
 
@@ -48,6 +49,9 @@ REBUILD_MIN_DEAD = 256
 # Hybrid search fuses the vector ranking with the keyword ranking over this many candidates at
 # least: a candidate outside both top-k lists can still win the fused ranking.
 HYBRID_DEPTH = 100
+# The widest beam a filtered HNSW search may use (a wider one costs more than the exact scan
+# the strategy would pick for so few rows).
+MAX_EF_SEARCH = 2048
 # The bundled type stubs lag the SWIG bindings (selector parameters, HNSW search parameters).
 _faiss: Any = faiss
 _METRICS = {Metric.L2: faiss.METRIC_L2, Metric.INNER_PRODUCT: faiss.METRIC_INNER_PRODUCT}
@@ -277,12 +281,14 @@ class EmbeddingIndex:
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         bitmap = np.packbits(allowed, bitorder="little")  # must outlive the search call
         selector = _faiss.IDSelectorBitmap(bitmap)
+        # Filtered: widen the probe so it meets as many passing candidates as an unfiltered one.
+        passing, view = int(allowed.sum()), self.view
         if self.kind == "ivf":
-            params: Any = _faiss.SearchParametersIVF(sel=selector, nprobe=self.view.nprobe)
+            nprobe = widened(view.nprobe, passing, self.size, view.nlist)
+            params: Any = _faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         elif self.kind == "hnsw":
-            params = _faiss.SearchParametersHNSW(
-                sel=selector, efSearch=max(self.view.hnsw_ef_search, k)
-            )
+            ef = widened(view.hnsw_ef_search, passing, self.size, MAX_EF_SEARCH)
+            params = _faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, k))
         else:
             params = _faiss.SearchParameters(sel=selector)
         scores, rows = self.faiss_index.search(queries, k, params=params)

@@ -262,6 +262,15 @@ def choose_strategy(passing: int, total: int, policy: StrategyPolicy) -> Strateg
     return Strategy.ID_SELECTOR
 
 
+def widened(base: int, passing: int, total: int, cap: int) -> int:
+    """A search breadth (IVF ``nprobe``, HNSW ``efSearch``) scaled by the inverse selectivity.
+
+    When a share ``s`` of the rows passes a filter, a probe of ``base`` lists (or a beam of
+    ``base``) meets about ``s`` times the passing candidates it would meet unfiltered; visiting
+    ``base / s`` keeps that number, and so the recall, about the same. Never above ``cap``."""
+    return max(1, min(cap, math.ceil(base * total / max(passing, 1))))
+
+
 def over_fetch_k(k: int, passing: int, total: int, policy: StrategyPolicy) -> int:
     """How many neighbours to ask for so that about ``k`` of them pass the filter."""
     wanted = math.ceil(k * total / max(passing, 1) * policy.over_fetch_factor)
