@@ -47,8 +47,9 @@ from features.blocks import (
 )
 from features.catalog import Catalog, FeatureView
 from features.errors import EventRejected, RejectReason
+from features.exceptions import CorruptState
 from features.keys import OnlineKey
-from features.tile_groups import TileGroup, tile_groups
+from features.tile_groups import TileGroup, parse_field, tile_groups
 from features.tiles import tile_start
 from features.validation import EventValidator
 from features.watermark import WatermarkPolicy, WatermarkState
@@ -155,6 +156,9 @@ class PartitionProcessor:
         self._changed: dict[EntityId, _Change] = {}
         self._pending_changed: set[EntityId] = set()
         self._keys: dict[tuple[str, str], str] = {}
+        # Per (view, entity): the live fields of the older per-tile layout a restore converted
+        # into its tiles; the next drain deletes them (before publishing the entity's block).
+        self._legacy: dict[EntityId, set[str]] = {}
 
     @property
     def watermark_ms(self) -> int:
@@ -206,7 +210,10 @@ class PartitionProcessor:
             self._pending_changed.add(entity_id)
 
     def has_due(self) -> bool:
-        """Whether some held event's time has come (the consumer then commits, even idle)."""
+        """Whether a drain has work without new records (the consumer then commits, even idle):
+        some held event's time has come, or a restore converted older-layout fields."""
+        if self._legacy:
+            return True
         return bool(self.state.due) and self.state.due[0][0] <= self._now_ms()
 
     def release_due(self) -> None:
@@ -307,9 +314,30 @@ class PartitionProcessor:
         for entity_id in self._evict():
             if entity_id not in changed:  # evictions only: newer than anything written before
                 changed[entity_id] = (max(self.state.last_offset, 0), watermark)
-        records = [self._record(entity_id, change) for entity_id, change in changed.items()]
+        # Deletes of converted older-layout fields go first: a restore replays the log in order,
+        # so the entity's block after them (holding the converted tiles) is what it rebuilds.
+        records = self._legacy_deletes()
+        records += [self._record(entity_id, change) for entity_id, change in changed.items()]
         records += [self._pending_record(entity_id) for entity_id in sorted(self._pending_changed)]
         self._pending_changed.clear()
+        return records
+
+    def _legacy_deletes(self) -> list[ChangelogRecord]:
+        records = []
+        version = self.state.last_offset + 1  # above any write made before the restore
+        for (view_name, entity), fields in sorted(self._legacy.items()):
+            view = self._view(view_name)
+            for name in sorted(fields):
+                slot = (view_name, entity, name)
+                write = TileWrite(
+                    key=self._key(view, entity),
+                    field=name,
+                    value=None,
+                    version=max(version, self.state.versions.pop(slot, -1) + 1),
+                    ttl_ms=view.view.ttl_ms,
+                )
+                records.append(ChangelogRecord(write, self.watermark_ms))
+        self._legacy.clear()
         return records
 
     def _pending_record(self, entity_id: EntityId) -> ChangelogRecord:
@@ -395,31 +423,72 @@ class PartitionProcessor:
         self.state = ProcessorState(watermark=watermark, last_offset=last_offset)
         self._changed.clear()
         self._pending_changed.clear()
+        self._legacy.clear()
+        newest: dict[EntityId, int] = {}
         for record in records:
-            self._restore_one(record.write, self._views_by_name)
+            legacy = self._restore_one(record.write, self._views_by_name)
+            if legacy is not None:
+                newest[legacy] = max(newest.get(legacy, record.event_time_ms), record.event_time_ms)
+        for entity_id in list(self._legacy):
+            if self._legacy[entity_id]:  # republish as a block, above any earlier write
+                self._changed[entity_id] = (self.state.last_offset + 1, newest[entity_id])
+            else:
+                del self._legacy[entity_id]
+                if not self.state.tiles.get(entity_id):
+                    self.state.tiles.pop(entity_id, None)
 
-    def _restore_one(self, write: TileWrite, views: dict[str, _View]) -> None:
+    def _restore_one(self, write: TileWrite, views: dict[str, _View]) -> EntityId | None:
+        """Apply one changelog write to the state; the entity if it was an older-layout one."""
         key = OnlineKey.parse(write.key)
         view = views.get(key.view)
         if view is None or view.view.version != key.version:
-            return  # another view version's tiles: not ours to rebuild
+            return None  # another view version's tiles: not ours to rebuild
         entity_id = (key.view, key.entity_id)
         if write.version > self.state.last_offset:
             self.state.versions[(key.view, key.entity_id, write.field)] = write.version
         if write.field == pending_field(self.partition):
             self._restore_pending(entity_id, write.value)
-            return
-        if block_partition(write.field) != self.partition:
-            return  # an older layout's per-tile field, or another partition's block
+            return None
+        partition = block_partition(write.field)
+        if partition is None:
+            return self._restore_legacy(entity_id, write)
+        if partition != self.partition:
+            return None  # another partition's block
         if write.value is None:
             self.state.tiles.pop(entity_id, None)
-            return
+            return None
         _partition, tiles = decode_tiles(view.layout, write.value)
         known = self.state.tiles.get(entity_id, {})
         self.state.tiles[entity_id] = tiles
         for tile in tiles:
             if tile not in known:  # already in the expiry heap
                 self._track_expiry(entity_id, tile)
+        return None
+
+    def _restore_legacy(self, entity_id: EntityId, write: TileWrite) -> EntityId | None:
+        """One field of the older per-tile layout (``features.tile_groups``: one field per
+        (group, tile, partition)), written by a processor before the upgrade to blocks: its tile
+        joins the entity's tiles (a later record of the same tile replaces it, a delete removes
+        it), so an upgraded deployment keeps its history."""
+        try:
+            tile_ms, partition, start = parse_field(write.field)
+        except CorruptState:
+            return None  # no tile field of any layout: nothing to rebuild
+        group = self._group_index.get((entity_id[0], tile_ms))
+        if partition != self.partition or group is None:
+            return None
+        fields = self._legacy.setdefault(entity_id, set())
+        tiles = self.state.tiles.setdefault(entity_id, {})
+        tile = (tile_ms, start)
+        if write.value is None:
+            fields.discard(write.field)
+            tiles.pop(tile, None)
+            return entity_id
+        if tile not in tiles:
+            self._track_expiry(entity_id, tile)
+        tiles[tile] = group.decode(write.value)
+        fields.add(write.field)
+        return entity_id
 
     def _restore_pending(self, entity_id: EntityId, value: bytes | None) -> None:
         self.state.pending.pop(entity_id, None)
