@@ -8,6 +8,9 @@ Record key: ``<store key> 0x1F <field>`` (the unit separator cannot occur in an 
 Record value: ``>BQqQ`` header (tag, version, newest event time in ms, TTL in ms) then the payload.
 Tag 1 sets the field, tag 0 deletes it. Deletes are ordinary records rather than Kafka tombstones so
 that they carry their version and survive compaction until a newer write replaces them.
+
+Fields ``f_p<partition>`` (:data:`HELD_PREFIX`) hold a processor's events stamped after its clock:
+restore state only, which sinks never write to a store.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from regions.tiles import TileWrite
 _SEPARATOR = b"\x1f"
 _HEADER = struct.Struct(">BQqQ")
 _TAG_SET, _TAG_DELETE = 1, 0
+HELD_PREFIX = "f_p"
+
+
+def is_restore_state(field: str) -> bool:
+    """Whether a changelog field is only for the processor's restore (held events)."""
+    return field.startswith(HELD_PREFIX)
 
 
 class ChangelogDecodeError(DataError):

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from actors.changelog import ChangelogRecord
+from actors.changelog import HELD_PREFIX, ChangelogRecord
 from actors.dlq import DeadLetter, dead_letter
 from features.blocks import (
     BlockLayout,
@@ -56,7 +56,6 @@ from features.watermark import WatermarkPolicy, WatermarkState
 from regions.tiles import TileWrite
 
 TENANT = "default"
-PENDING_PREFIX = "f_p"
 # Tiles are kept a little past their last useful moment so that a late-but-accepted event still
 # finds its tile: allowed lateness plus the watermark delay, plus one minute of slack.
 _EVICTION_SLACK_MS = 60_000
@@ -502,8 +501,8 @@ class PartitionProcessor:
 
 def pending_field(partition: int) -> str:
     """The changelog field of the events ``partition`` holds for one (view, entity) until the
-    clock reaches them; stores receive it too, and readers skip it (it is not a block)."""
-    return f"{PENDING_PREFIX}{partition}"
+    clock reaches them: restore state, which sinks skip (``actors.changelog.is_restore_state``)."""
+    return f"{HELD_PREFIX}{partition}"
 
 
 def _offset(item: _Accepted) -> int:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from actors.changelog import ChangelogDecodeError, decode
+from actors.changelog import ChangelogDecodeError, decode, is_restore_state
 from features.errors import BackpressureError, TransportError
 from regions.exceptions import StoreNotReady
 from regions.resilience import ExponentialBackoff
@@ -215,6 +215,8 @@ class SinkWorker:
                 # Only Freshline writes this topic; count and skip rather than wedge the region.
                 self.stats.undecodable += 1
                 continue
+            if is_restore_state(decoded.write.field):
+                continue  # held events: the processor's restore state, never read from a store
             writes.append(decoded.write)
             event_times.append(decoded.event_time_ms)
         return writes, event_times

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from actors.changelog import ChangelogRecord, encode
+from actors.processor import pending_field
 from actors.sink import SinkWorker
 from features.errors import StoreTimeout
 from regions.exceptions import StoreNotReady
@@ -274,3 +275,17 @@ def test_a_sink_behind_reads_on_without_waiting_for_its_batch_interval() -> None
     _fill(consumer, 1)
     worker.step()
     assert slept == [pytest.approx(1.0)]  # caught up: the interval applies again
+
+
+def test_held_events_are_restore_state_and_never_reach_the_store() -> None:
+    consumer, store = FakeConsumer(), FlakyStore()
+    block = TileWrite("fl:default:user_spend:v1:u_1", "b_p0", b"block", 7, 60_000)
+    held = TileWrite("fl:default:user_spend:v1:u_1", pending_field(0), b"[]", 7, 60_000)
+    for write in (block, held):
+        key, value = encode(ChangelogRecord(write, event_time_ms=1_000))
+        consumer.append(TOPIC, 0, key, value)
+    worker = SinkWorker(consumer, store, wall_ms=lambda: 2_000)
+    while worker.step():
+        pass
+    assert set(store.data) == {(block.key, block.field)}
+    assert sum(consumer.committed_positions.values()) == 2, "the held record is read past"
