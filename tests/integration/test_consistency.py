@@ -1,69 +1,57 @@
 """The consistency validator against the real stack: events through Kafka, the partition
-processor and the real Redis writer into both regions' Redis, and through the offline writer into
-Iceberg; serving deployed with every answer logged; reads over HTTP; ``freshline validate``
-finds no mismatch. Then one region's Redis gets a wrong tile for one user's unwindowed group, and
-the validator reports exactly the feature read from it as mismatched, on that region only."""
+processor's writes and the production Redis writer into both regions' Redis, and through the
+offline writer into Iceberg; serving deployed with every answer logged; reads over HTTP.
+
+- Clean serving: every logged answer is ``equal``, one-shot and continuous, the latter as a Ray
+  job exporting its counts through Ray's metrics and resuming from its cursor without counting an
+  answer twice; a wrong tile written into one region is ``real_skew`` on exactly its feature.
+- Injected skew: one region's sink loses a share of its writes (the test applies the changelog
+  with the production writer and skips a deterministic share: no real sink runs here), the other
+  region serves with a catalog whose ``spend_sum_1h`` is a mean; each is reported as real skew on
+  exactly the answers that differ from the independent oracle (``chaos.oracle``).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import subprocess
-import sys
+import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
 import pytest
-from kafka import KafkaProducer
 
-from actors.offline import OfflineWriterConfig
-from actors.processor import PartitionProcessor, RawRecord
-from chaos.oracle import LedgerEntry
 from cluster.stack import Stack
 from features.blocks import BlockLayout, block_partition, decode_tiles, encode_block
-from features.demo import SOURCE, card_transactions_catalog
 from features.keys import OnlineKey
-from regions.answer_log import stream_key
-from regions.aws import LOCAL_CREDENTIALS
-from regions.redis_store import RedisRole, RedisTileWriter, redis_client
+from regions.answer_log import AnswerEntry
 from regions.tiles import TileWrite, decode_field
-from serve_apps.config import ApiKey, new_api_key
-from serve_apps.deploy import configs_for_stack, deploy
-from tests.integration.conftest import stack_env
-from tests.integration.serving_world import _events, _ids, shutdown_serve, wait_ready
-from tests.integration.test_training import _ledger, _write_offline
+from tests.integration.consistency_world import (
+    CATALOG,
+    USER_FEATURES,
+    World,
+    admin,
+    apply_writes,
+    build_world,
+    continuous,
+    deployed,
+    empty_answer_logs,
+    logged,
+    online_writes,
+    ray_job,
+    read,
+    scraped,
+    skipped,
+    submit_validator,
+    validate,
+    wait_logged,
+)
+from tests.integration.test_training import _expected
 
 pytestmark = pytest.mark.integration
-CATALOG = card_transactions_catalog()
-READ_KEY = new_api_key()
-USER_FEATURES = [
-    f"user_spend:{f.name}" for f in CATALOG.view("user_spend").features if f.name != "amount_cusum"
-]
 SKEWED = "user_spend:last_amount"  # the one feature of the unwindowed group that is read
-
-
-def _produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for event in events:
-        producer.send(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
-    producer.flush()
-    producer.close()
-
-
-def _online_writes(ledger: list[LedgerEntry], now_ms: int) -> list[TileWrite]:
-    """What the pipeline's processors write for ``ledger``, partition by partition."""
-    writes: list[TileWrite] = []
-    for partition in sorted({e.partition for e in ledger}):
-        processor = PartitionProcessor(CATALOG, SOURCE, partition, now_ms=lambda: now_ms)
-        mine = sorted((e for e in ledger if e.partition == partition), key=lambda e: e.offset)
-        processor.process(RawRecord(e.offset, None, e.value) for e in mine)
-        writes += [c.write for c in processor.drain_changes()]
-    return writes
+CLASSES = ("equal", "late_data", "freshness_lag", "fallback", "real_skew")
 
 
 def _tampered_blocks(stack: Stack, region: str, user: str, amount: float) -> list[TileWrite]:
@@ -77,7 +65,7 @@ def _tampered_blocks(stack: Stack, region: str, user: str, amount: float) -> lis
     key = OnlineKey("default", "user_spend", view.version, user).encode(
         max_id_bytes=CATALOG.entity("user").max_id_bytes
     )
-    client = _admin(stack, region)
+    client = admin(stack, region)
     try:
         stored = client.hgetall(key)
         ttl_ms = max(int(client.pttl(key)), 60_000)
@@ -101,144 +89,156 @@ def _tampered_blocks(stack: Stack, region: str, user: str, amount: float) -> lis
     return writes
 
 
-def _admin(stack: Stack, region: str) -> Any:
-    config = stack.settings.topology.get(region)
-    return redis_client(config, RedisRole.ADMIN, stack.settings.redis, stack.secrets)
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
 
 
-def _empty_answer_logs(stack: Stack) -> None:
-    """No answer of an earlier test on this stack in the streams. The reader's right to XADD
-    there (and nowhere else) comes from the stack's own ACL (cluster/services/redis.py)."""
-    for region in stack.settings.topology.names:
-        client = _admin(stack, region)
-        client.delete(stream_key("default"))
-        client.close()
-
-
-def _read(http: httpx.Client, region: str, users: list[str]) -> None:
-    body = {"entities": {"user": users}, "features": USER_FEATURES}
-    answer = http.post(f"/{region}/v1/features", json=body, headers={"x-api-key": READ_KEY})
-    assert answer.status_code == 200, answer.text
-
-
-def _wait_logged(stack: Stack, region: str, count: int) -> None:
-    client = _admin(stack, region)
-    deadline = time.monotonic() + 30
-    try:
-        while client.xlen(stream_key("default")) < count:
-            assert time.monotonic() < deadline, f"{region} logged too few answers"
-            time.sleep(0.1)
-    finally:
-        client.close()
-
-
-def _validate(stack: Stack, tmp: Path, name: str, *extra: str) -> tuple[int, dict[str, Any]]:
-    out = tmp / f"{name}.json"
-    argv = [sys.executable, "-m", "cluster.cli", "validate", "--out", str(out), *extra]
-    env = {**stack_env(stack.settings), "FRESHLINE_RESULTS_DIR": str(tmp / "results")}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert out.exists(), done.stdout + done.stderr
-    return done.returncode, json.loads(out.read_text())
-
-
-@contextlib.contextmanager
-def _deployed(stack: Stack) -> Iterator[httpx.Client]:
-    """Both regions served with every answer logged (after the stores hold tiles: a Redis
-    without the writer's marker is not ready)."""
-    configs = [
-        c.model_copy(update={"answer_sample_share": 1.0, "replicas": 1})
-        for c in configs_for_stack(
-            stack.settings,
-            [ApiKey.from_raw("tests", READ_KEY)],
-            dynamodb_credentials=(
-                LOCAL_CREDENTIALS["aws_access_key_id"],
-                LOCAL_CREDENTIALS["aws_secret_access_key"],
-            ),
-        )
-    ]
-    port = stack.settings.ray.serve_port
-    deploy(configs, ray_address=stack.settings.ray.address, http_port=port)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0)
-    try:
-        for region in stack.settings.topology.names:
-            wait_ready(http, region)
-        yield http
-    finally:
-        http.close()
-        shutdown_serve()
-
-
-def test_clean_serving_validates_and_a_wrong_tile_is_reported_on_its_feature(
-    stack: Stack,
-    kafka_bootstrap: str,
-    topic_factory: Callable[..., str],
-    tmp_path: Path,
+def test_clean_serving_is_equal_and_a_wrong_tile_is_real_skew_on_its_feature(
+    stack: Stack, kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
-    users = [*_ids(run)[0], f"u_{run}_ghost"]
-    now = time.time_ns() // 1_000_000
-    topic = topic_factory(partitions=4)
-    _produce(kafka_bootstrap, topic, _events(now, run))
-    ledger = _ledger(kafka_bootstrap, topic)
-    namespace = f"t_{run}"
-    _write_offline(
-        OfflineWriterConfig(
-            source_topic=topic,
-            changelog_topic=topic_factory(1, compacted=True),
-            batch_records=1_000,
-            batch_interval_ms=200,
-            bootstrap=kafka_bootstrap,
-            iceberg_catalog_uri=stack.settings.iceberg_catalog_uri,
-            iceberg_warehouse=stack.settings.iceberg_warehouse,
-            namespace=namespace,
-        ),
-        ledger,
-    )
-    writes = _online_writes(ledger, now)
-    for region in stack.settings.topology:
-        client = redis_client(region, RedisRole.WRITER, stack.settings.redis, stack.secrets)
-        RedisTileWriter(client, f"redis-{region.name}").apply(writes)
-        client.close()
-    _empty_answer_logs(stack)
-    with _deployed(stack) as http:
+    world = build_world(stack, kafka_bootstrap, topic_factory, run, users=6, count=400)
+    users = [*world.users, f"u_{run}_ghost"]
+    writes = online_writes(world.ledger, world.ingested_by_ms, batch=10_000)
+    for region in stack.settings.topology.names:
+        apply_writes(stack, region, writes)
+    empty_answer_logs(stack)
+    namespace = ("--namespace", world.namespace)
+    state = tmp_path / "validator-state.json"
+    with deployed(stack) as http:
         regions = stack.settings.topology.names
         per_read = len(users) * len(USER_FEATURES)
-
         for region in regions:
-            _read(http, region, users)
-            _wait_logged(stack, region, per_read)
-        code, report = _validate(stack, tmp_path, "clean", "--namespace", namespace,
-                                 "--max-mismatch-share", "0")  # fmt: skip
+            read(http, region, users)
+            wait_logged(stack, region, per_read)
+        metrics_file = tmp_path / "textfile" / "freshline_validator.prom"
+        code, report, printed = validate(stack, tmp_path, "clean", *namespace,
+                                         "--metrics-file", str(metrics_file))  # fmt: skip
         assert code == 0, report
         assert report["answers"] == per_read * len(regions)
-        assert {ref: f["samples"] for ref, f in report["features"].items()} == {
-            ref: len(users) * len(regions) for ref in USER_FEATURES
-        }
-        assert all(f["mismatches"] == 0 for f in report["features"].values()), report
+        for ref in USER_FEATURES:
+            figures = report["features"][ref]
+            assert figures["compared"] == figures["equal"] == len(users) * len(regions), ref
+            assert ref in printed
         assert (tmp_path / "results" / "consistency.jsonl").exists()
+        prom = metrics_file.read_text()
+        assert 'class="real_skew"} 0' in prom and 'class="equal"} 14' in prom
+
+        # Continuous, as a Ray job: every answer counted once, through Ray's metrics.
+        job = f"validator-{run}"
+        submit_validator(stack, job, *namespace, "--interval", "1s", "--settle", "0s",
+                         "--state", str(state))  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            want = {(*ref.split(":"), "equal"): len(users) * len(regions) for ref in USER_FEATURES}
+            while True:
+                got = scraped(stack, "ray_freshline_validator_answers")
+                if got == want:
+                    break
+                assert time.monotonic() < deadline, (got, ray_job(stack, "logs", job))
+                time.sleep(1.0)
+        finally:
+            ray_job(stack, "stop", job)
+        # Restarted from its state: nothing new, nothing counted twice.
+        out = continuous(stack, tmp_path, *namespace, "--settle", "0s", "--cycles", "1",
+                         "--state", str(state))  # fmt: skip
+        assert ": 0 answers, 0 real skew" in out, out
+        totals = _totals(state)
+        assert all(totals[ref]["equal"] == len(users) * len(regions) for ref in USER_FEATURES)
 
         # Skew: one region's Redis serves a last_amount no event ever had, for one user.
         skewed_region, victim = regions[-1], users[0]
-        config = stack.settings.topology.get(skewed_region)
-        client = redis_client(config, RedisRole.WRITER, stack.settings.redis, stack.secrets)
-        RedisTileWriter(client, f"redis-{skewed_region}").apply(
-            _tampered_blocks(stack, skewed_region, victim, 4242.5)
-        )
-        client.close()
+        apply_writes(stack, skewed_region, _tampered_blocks(stack, skewed_region, victim, 4242.5))
         since = time.time_ns() // 1_000_000
         time.sleep(0.01)  # answers logged from here on are stream ids at or after ``since``
-        _read(http, skewed_region, users)
-        _wait_logged(stack, skewed_region, 2 * per_read)
-        iso = (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since // 1000)) + f".{since % 1000:03d}"
-        )
-        code, report = _validate(stack, tmp_path, "skewed", "--namespace", namespace,
-                                 "--region", skewed_region, "--since", iso,
-                                 "--max-mismatch-share", "0")  # fmt: skip
+        read(http, skewed_region, users)
+        wait_logged(stack, skewed_region, 2 * per_read)
+        code, report, _ = validate(stack, tmp_path, "skewed", *namespace, "--region",
+                                   skewed_region, "--since", _iso(since))  # fmt: skip
         assert code == 1
         assert report["answers"] == per_read
-        mismatched = {ref: f for ref, f in report["features"].items() if f["mismatches"]}
-        assert list(mismatched) == [SKEWED]
-        (example,) = mismatched[SKEWED]["examples"]
+        skewed = {ref: f for ref, f in report["features"].items() if f["real_skew"]}
+        assert list(skewed) == [SKEWED]
+        assert skewed[SKEWED]["real_skew"] == 1
+        (example,) = skewed[SKEWED]["examples"]
         assert (example["entity_id"], example["served"]) == (victim, 4242.5)
         assert example["offline"] != 4242.5
+
+        # The continuous run resumes after its cursor: only the new answers, the skew among them.
+        out = continuous(stack, tmp_path, *namespace, "--settle", "0s", "--cycles", "1",
+                         "--state", str(state))  # fmt: skip
+        assert f": {per_read} answers, 1 real skew" in out, out
+        after = _totals(state)
+        assert after[SKEWED]["compared"] == totals[SKEWED]["compared"] + len(users)
+        assert after[SKEWED]["real_skew"] == 1
+
+
+def _totals(path: Path) -> dict[str, Any]:
+    import json
+
+    totals: dict[str, Any] = json.loads(path.read_text())["totals"]
+    return totals
+
+
+def _affected(world: World, entries: list[AnswerEntry]) -> dict[str, set[tuple[str, str]]]:
+    """Per feature, the (request, entity) of the answers that differ from the oracle."""
+    accepted = world.accepted
+    out: dict[str, set[tuple[str, str]]] = {ref: set() for ref in USER_FEATURES}
+    for e in entries:
+        value, status = _expected(CATALOG, accepted, e.ref, e.entity_id, e.as_of_ms)
+        same = status == e.status and (
+            math.isclose(value, e.value, rel_tol=1e-9, abs_tol=1e-9)
+            if isinstance(value, float) and isinstance(e.value, int | float)
+            else value == e.value
+        )
+        if not same:
+            out[e.ref].add((e.request_id, e.entity_id))
+    return out
+
+
+def _mean_sum_catalog() -> dict[str, Any]:
+    """The demo catalog with ``user_spend:spend_sum_1h`` computed as a mean (the same stored
+    slots, so the region's blocks decode and only that feature's answers change)."""
+    data: dict[str, Any] = CATALOG.model_dump(mode="json")
+    (view,) = [v for v in data["views"] if v["name"] == "user_spend"]
+    (feature,) = [f for f in view["features"] if f["name"] == "spend_sum_1h"]
+    feature["aggregation"] = "mean"
+    return data
+
+
+def test_a_lossy_sink_and_a_changed_aggregation_are_real_skew_on_exactly_the_affected_answers(
+    stack: Stack, kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    world = build_world(stack, kafka_bootstrap, topic_factory, run, users=40, count=800)
+    writes = online_writes(world.ledger, world.ingested_by_ms, batch=25)
+    lossy, changed = stack.settings.topology.names[:2]
+    lost = [w for w in writes if skipped(w, 0.3)]
+    assert 0 < len(lost) < len(writes)
+    apply_writes(stack, lossy, [w for w in writes if not skipped(w, 0.3)])
+    apply_writes(stack, changed, writes)
+    empty_answer_logs(stack)
+    per_read = len(world.users) * len(USER_FEATURES)
+    with deployed(stack, {changed: _mean_sum_catalog()}) as http:
+        # Past the freshness target since the last event arrived: a store still without it is
+        # not lagging within its target, it is wrong.
+        target = CATALOG.view("user_spend").freshness_target.total_seconds() * 1000
+        time.sleep(max(0.0, (world.ingested_by_ms + target + 1_000) / 1000 - time.time()))
+        for region in (lossy, changed):
+            read(http, region, world.users)
+            wait_logged(stack, region, per_read)
+    for region in (lossy, changed):
+        affected = _affected(world, logged(stack, region))
+        code, report, _ = validate(stack, tmp_path, region, "--namespace", world.namespace,
+                                   "--region", region)  # fmt: skip
+        assert report["answers"] == per_read
+        features = report["features"]
+        for ref in USER_FEATURES:
+            figures = features[ref]
+            assert figures["real_skew"] == len(affected[ref]), (region, ref, figures)
+            assert figures["equal"] + figures["real_skew"] == figures["compared"], (region, ref)
+            assert {(e["request_id"], e["entity_id"]) for e in figures["examples"]} <= affected[ref]
+        assert code == (1 if any(affected.values()) else 0)
+        if region == changed:
+            assert {ref for ref, rows in affected.items() if rows} == {"user_spend:spend_sum_1h"}
+    assert any(_affected(world, logged(stack, lossy)).values()), "the lost writes left stale blocks"

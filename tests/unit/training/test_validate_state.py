@@ -21,7 +21,9 @@ class _Stream:
     def __init__(self, ids: list[str], entry: AnswerEntry) -> None:
         self.entries = [(i.encode(), encode(entry)) for i in ids]
 
-    def xrange(self, key: str, *, min: str, max: str, count: int) -> list[tuple[bytes, dict[str, str]]]:
+    def xrange(
+        self, key: str, *, min: str, max: str, count: int
+    ) -> list[tuple[bytes, dict[str, str]]]:
         def at(text: str, top: int) -> tuple[int, int]:
             ms, _, seq = text.partition("-")
             return int(ms), int(seq) if seq else top
