@@ -12,7 +12,10 @@ demo catalog's pipeline as a real Ray job and measures, in one run:
 3. freshness p50/p99 while producing at a fixed rate (5,000 events/s by default) to the caught-up
    pipeline: event time -> written in the region's Redis (servable), the worst Redis sink's
    percentile; beside it the DynamoDB sinks' (``durable_freshness_*``), every sink's, and the
-   consumers' share (``changelog_visible_*``: event time -> changelog transaction committed).
+   consumers' share (``changelog_visible_*``: event time -> changelog transaction committed);
+4. ``processing_us_per_event``: in this process, on one core, the CPU time per event of one
+   partition's ``PartitionProcessor.process`` + ``drain_changes`` + changelog encoding over
+   batches of ``max_poll_records`` of the same events (no Kafka: the consumers' own share).
 
 Prints its figures last as one JSON line and appends them to `benchmarks/results/ingest.jsonl`.
 """
@@ -36,13 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from actors.config import DEFAULT_CONSUMERS
+from actors.changelog import encode
+from actors.config import DEFAULT_CONSUMERS, ConsumerConfig
+from actors.processor import PartitionProcessor, RawRecord
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
 from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
 from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
+from features.demo import SOURCE, card_transactions_catalog
 
 USERS = 50_000
 MERCHANTS = 2_000
@@ -244,6 +250,21 @@ def _freshness_phase(
 FRESHNESS_WINDOW = 20_000
 
 
+def processing_us_per_event(n: int) -> float:
+    """CPU microseconds per event from raw bytes to encoded changelog records, one partition."""
+    now_ms = int(time.time() * 1000)
+    rng = random.Random(7)
+    records = [RawRecord(i, *_event(rng, i, now_ms - n + i)) for i in range(n)]
+    processor = PartitionProcessor(card_transactions_catalog(), SOURCE, 0, lambda: now_ms)
+    batch = ConsumerConfig.model_fields["max_poll_records"].default
+    started = time.process_time()
+    for i in range(0, n, batch):
+        processor.process(records[i : i + batch])
+        for record in processor.drain_changes():
+            encode(record)
+    return (time.process_time() - started) * 1e6 / n
+
+
 def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict[str, Any]:
     """Backlog first, then freshness, with the pipeline started once: stopping and restarting
     it between phases races the supervisor's watch thread, which recreates stopped actors."""
@@ -273,6 +294,7 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
         "consumers": consumers,
         "sinks_applied_records": _applied(final),
         "cpus": os.cpu_count(),
+        "processing_us_per_event": round(processing_us_per_event(min(n, 100_000)), 2),
     }
 
 
