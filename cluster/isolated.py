@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from cluster.process import port_is_free
-from cluster.settings import KafkaSettings, RaySettings, StackSettings
+from cluster.settings import FrontDoorSettings, KafkaSettings, RaySettings, StackSettings
 from regions.config import default_topology
 
 # Below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
@@ -32,7 +32,7 @@ def free_ports(count: int) -> list[int]:
 
 def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
     """Settings of a stack that shares nothing with the default one but the jar cache."""
-    p = free_ports(12)
+    p = free_ports(14)
     return StackSettings(
         state_dir=state_dir,
         kafka=KafkaSettings(port=p[0], controller_port=p[1]),
@@ -46,5 +46,6 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
             num_cpus=4,
         ),
         topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
+        front_door=FrontDoorSettings(ports=(p[12], p[13])),
         with_ray=with_ray,
     )

@@ -112,6 +112,27 @@ class RaySettings(BaseModel):
         return {"RAY_AUTH_MODE": self.auth_mode}
 
 
+class FrontDoorSettings(BaseModel):
+    """Each region's front door: a Debian HAProxy in front of that region's Serve routes
+    (cluster/services/haproxy.py). Over ``maxconn`` requests in flight it queues for at most
+    ``queue_ms`` and then answers 503 with ``Retry-After`` itself, so an overload is refused in C
+    before a Python process parses the request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # One listener per region, home region first (the order of the topology).
+    ports: tuple[int, int] = (8101, 8102)
+    # Requests in flight to Serve's ingress per region: the replicas' admission (serve_apps
+    # overload gates) admits about this many at once on the local 2-core box.
+    maxconn: int = Field(default=32, ge=1, le=100_000)
+    queue_ms: int = Field(default=100, ge=1, le=10_000)
+    # The seconds a client is told to wait by a front-door refusal.
+    retry_after_s: int = Field(default=1, ge=1, le=3600)
+    # Backend health checks of /<region>/v1/ready: every check_ms, down after two misses, so a
+    # region whose replicas are gone is failed over within about half a second.
+    check_ms: int = Field(default=200, ge=50, le=60_000)
+
+
 class RedisSettings(RedisUsers):
     """The ACL user names (``RedisUsers``) plus the local servers' memory bound."""
 
@@ -135,6 +156,7 @@ class StackSettings(BaseModel):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    front_door: FrontDoorSettings = Field(default_factory=FrontDoorSettings)
     topology: RegionTopology = Field(default_factory=default_topology)
     jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
     with_ray: bool = True
@@ -162,6 +184,7 @@ class StackSettings(BaseModel):
         ]
         ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
         ports += [self.ray.dashboard_agent_port]
+        ports += list(self.front_door.ports) if self.with_ray else []
         ports += [p for p in (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port) if p]
         ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
         if len(set(ports)) != len(ports):
@@ -256,6 +279,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_SERVE_REPLICAS", "ray.serve_replicas", "int"),
     EnvVar("FRESHLINE_HAPROXY_STATS_PORT", "ray.haproxy_stats_port", "int"),
     EnvVar("FRESHLINE_HAPROXY_METRICS_PORT", "ray.haproxy_metrics_port", "int"),
+    EnvVar("FRESHLINE_FRONT_DOOR_PORTS", "front_door.ports", "ports"),
+    EnvVar("FRESHLINE_FRONT_DOOR_MAXCONN", "front_door.maxconn", "int"),
+    EnvVar("FRESHLINE_FRONT_DOOR_QUEUE_MS", "front_door.queue_ms", "int"),
+    EnvVar("FRESHLINE_FRONT_DOOR_RETRY_AFTER_S", "front_door.retry_after_s", "int"),
+    EnvVar("FRESHLINE_FRONT_DOOR_CHECK_MS", "front_door.check_ms", "int"),
     EnvVar("FRESHLINE_REDIS_MAXMEMORY_MB", "redis.maxmemory_mb", "int"),
     EnvVar("FRESHLINE_JAR_CACHE", "jar_cache_dir", "path"),
     EnvVar("FRESHLINE_WITH_RAY", "with_ray", "flag"),

@@ -9,7 +9,9 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
-command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)  # Ray Serve's HAProxy ingress
+# haproxy: each region's front door and Ray Serve's HAProxy ingress; wrk: the overload drill's flood.
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 # promtool checks the alert rules (cluster/observability); the package's own server is not used.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cluster.secrets import load_or_create_secrets, read_secrets
 from cluster.services.base import Service, ServiceStatus
 from cluster.services.dynamodb import DynamoDBService
+from cluster.services.haproxy import FrontDoorService
 from cluster.services.kafka import KafkaService
 from cluster.services.offline import OfflineStoreService
 from cluster.services.ray_head import RayHeadService, head_process
@@ -53,6 +54,9 @@ class Stack:
             services.append(RayHeadService(settings))
         if settings.with_serving:
             services.append(ServingService(settings, head_process(settings)))
+        if settings.with_ray:
+            # After Serve: each region's front door forwards to Serve's ingress on the head.
+            services += [FrontDoorService(settings, name) for name in settings.topology.names]
         return cls(settings, secrets, tuple(services))
 
     def service(self, name: str) -> Service:

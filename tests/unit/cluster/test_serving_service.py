@@ -78,11 +78,20 @@ def test_haproxy_ingress_without_haproxy_names_the_package(
         RayHeadService(StackSettings(state_dir=tmp_path)).ingress_env()
 
 
-def test_serving_is_the_last_service_and_only_when_asked(tmp_path: Path) -> None:
+def test_serving_follows_the_head_only_when_asked_and_the_front_doors_come_last(
+    tmp_path: Path,
+) -> None:
     plain = Stack.build(StackSettings(state_dir=tmp_path), environ={})
     assert "serving" not in [s.name for s in plain.services]
     served = Stack.build(StackSettings(state_dir=tmp_path, with_serving=True), environ={})
-    assert [s.name for s in served.services][-2:] == ["ray-head", "serving"]
+    assert [s.name for s in served.services][-4:] == [
+        "ray-head",
+        "serving",
+        "front-door-us-east",
+        "front-door-eu-west",
+    ]
+    no_ray = Stack.build(StackSettings(state_dir=tmp_path, with_ray=False), environ={})
+    assert not [s for s in no_ray.services if s.name.startswith("front-door")]
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import (
     ENV_VARS,
+    FrontDoorSettings,
     KafkaSettings,
     RaySettings,
     RedisSettings,
@@ -159,6 +160,9 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             haproxy_metrics_port=29101,
         ),
         redis=RedisSettings(maxmemory_mb=256),
+        front_door=FrontDoorSettings(
+            ports=(28101, 28102), maxconn=7, queue_ms=30, retry_after_s=2, check_ms=100
+        ),
         topology=default_topology(redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567)),
         jar_cache_dir=tmp_path / "jars",
         with_ray=with_ray,

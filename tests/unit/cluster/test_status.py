@@ -125,7 +125,8 @@ def test_status_of_a_fresh_state_dir_writes_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "never-created"
     stack = Stack.build(_settings(missing), environ={}, create_secrets=False)
     statuses = stack.status()
-    assert [s.name for s in statuses][-2:] == ["ray-head", "serving"]
+    names = [s.name for s in statuses][-4:]
+    assert names == ["ray-head", "serving", "front-door-us-east", "front-door-eu-west"]
     assert {s.state for s in statuses} == {"down"}
     assert not missing.exists()
     empty = tmp_path / "empty"

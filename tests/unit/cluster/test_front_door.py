@@ -1,0 +1,137 @@
+"""A region's front door (the real Debian HAProxy, configured as the stack configures it) in front
+of a small HTTP server standing in for Serve's ingress: it forwards a region's reads, fails them
+over to the next region while the region is not ready, says who served, and refuses past its
+``maxconn`` with 503 and ``Retry-After`` without forwarding the request."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster.isolated import free_ports
+from cluster.services.haproxy import FrontDoorService, front_door_urls
+from cluster.services.haproxy_config import SERVED_BY_HEADER
+from cluster.settings import FrontDoorSettings, RaySettings, StackSettings
+
+pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")
+
+
+@dataclass
+class _Serve:
+    """Answers ``/<region>/v1/ready`` 200 for the ready regions, echoes every other path, and
+    holds ``/.../slow`` until released."""
+
+    ready: set[str] = field(default_factory=lambda: {"us-east", "eu-west"})
+    seen: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def _handler(serve: _Serve) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            region, _, rest = self.path.lstrip("/").partition("/")
+            if rest == "v1/ready":
+                status = 200 if region in serve.ready else 503
+            else:
+                serve.seen.append(self.path)
+                if rest.endswith("slow"):
+                    serve.release.wait(10)
+                status = 200
+            body = self.path.encode()
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    return Handler
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[_Serve, dict[str, str]]]:
+    serve_port, us_port, eu_port = free_ports(3)
+    serve = _Serve()
+    server = ThreadingHTTPServer(("127.0.0.1", serve_port), _handler(serve))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = StackSettings(
+        state_dir=tmp_path,
+        ray=RaySettings(serve_port=serve_port),
+        front_door=FrontDoorSettings(ports=(us_port, eu_port), maxconn=1, queue_ms=50),
+    )
+    doors = [FrontDoorService(settings, name) for name in settings.topology.names]
+    try:
+        for door in doors:
+            door.start()
+            assert door.status().healthy
+        yield serve, front_door_urls(settings)
+    finally:
+        serve.release.set()
+        for door in doors:
+            door.stop()
+        server.shutdown()
+
+
+def _served_by(url: str, region_path: str, want: str) -> httpx.Response:
+    """Ask until the answer comes from ``want`` (health checks take a few intervals to see a
+    change), bounded by a deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = httpx.get(f"{url}{region_path}")
+        if response.headers.get(SERVED_BY_HEADER) == want or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def test_forwards_to_its_region_and_says_so(world: tuple[_Serve, dict[str, str]]) -> None:
+    _, urls = world
+    response = _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    assert response.status_code == 200
+    assert response.headers[SERVED_BY_HEADER] == "us-east"
+    assert response.text == "/us-east/v1/features"
+
+
+def test_fails_reads_over_to_the_next_region_and_back(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.ready.discard("us-east")
+    response = _served_by(urls["us-east"], "/us-east/v1/features", "eu-west")
+    assert response.status_code == 200
+    assert response.headers[SERVED_BY_HEADER] == "eu-west"
+    assert response.text == "/eu-west/v1/features"  # the path names the region that serves
+    serve.ready.add("us-east")
+    assert _served_by(urls["us-east"], "/us-east/v1/x", "us-east").text == "/us-east/v1/x"
+
+
+def test_refuses_past_maxconn_with_retry_after_before_forwarding(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.seen.clear()
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(httpx.get, f"{urls['us-east']}/us-east/v1/slow", timeout=15)
+        while "/us-east/v1/slow" not in serve.seen:
+            time.sleep(0.01)
+        refused = httpx.get(f"{urls['us-east']}/us-east/v1/features")
+        serve.release.set()
+        assert held.result().status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers[SERVED_BY_HEADER] == "front-door"
+    assert refused.json() == {"error": "overloaded"}
+    assert serve.seen == ["/us-east/v1/slow"]  # the refused read never reached Serve
