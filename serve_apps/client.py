@@ -8,6 +8,10 @@ Invariants:
 - retries back off with :class:`regions.resilience.ExponentialBackoff` and never sleep past the
   call's deadline (:class:`regions.resilience.Deadline`); each HTTP attempt's timeout is what is
   left of it, so a call never takes much longer than ``timeout_s``;
+- ``base_url`` is one URL for every region (one Serve ingress serving every region's prefix) or a
+  URL per region (each region's front door): a region that is down is then skipped however it
+  fails (refused connection, timeout, 5xx), and its front door's own failover is seen in the
+  ``x-freshline-served-by`` header;
 - a region that answered 503 with ``Retry-After`` is not asked again before that time (by any
   call of this client): the others are tried instead, and when every region asked to wait the
   call fails at once, so an overloaded region is never hammered by retries.
@@ -42,11 +46,13 @@ class FeatureServiceUnavailable(TransportError):
 
 
 class FeatureClient:
-    """``FeatureClient("http://127.0.0.1:8000", api_key, regions=("us-east", "eu-west"))``."""
+    """``FeatureClient("http://127.0.0.1:8000", api_key, regions=("us-east", "eu-west"))``, or
+    ``FeatureClient({"us-east": "http://127.0.0.1:8101", "eu-west": "http://127.0.0.1:8102"},
+    api_key, regions=("us-east", "eu-west"))`` for one front door per region."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Mapping[str, str],
         api_key: str,
         regions: Sequence[str],
         *,
@@ -62,6 +68,12 @@ class FeatureClient:
         if not regions:
             raise ValueError("at least one region is required")
         self.regions = tuple(regions)
+        if isinstance(base_url, str):
+            base_url = dict.fromkeys(self.regions, base_url)
+        missing = [r for r in self.regions if r not in base_url]
+        if missing:
+            raise ValueError(f"no base URL for region(s) {', '.join(missing)}")
+        self._urls = {region: base_url[region].rstrip("/") for region in self.regions}
         self._timeout_s = timeout_s
         self._attempts = attempts_per_region
         self._rounds = rounds
@@ -73,7 +85,6 @@ class FeatureClient:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
             headers={"x-api-key": api_key, "content-type": "application/json"},
             limits=limits,
             transport=transport,
@@ -148,7 +159,9 @@ class FeatureClient:
     ) -> dict[str, Any] | None:
         try:
             response = self._http.post(
-                f"/{region}{path}", content=body, timeout=deadline.timeout_for(1.0)
+                f"{self._urls[region]}/{region}{path}",
+                content=body,
+                timeout=deadline.timeout_for(1.0),
             )
         except (httpx.TransportError, TransportError):
             return None
