@@ -5,7 +5,6 @@ second restart rebuilds the same state with nothing left to convert."""
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from actors.changelog import ChangelogRecord
@@ -19,19 +18,11 @@ from features.tile_groups import read_view, tile_groups
 from features.watermark import WatermarkState
 from regions.tiles import TileWrite
 from tests.unit.actors.test_processor import NOW, _store, _stream
+from tests.unit.features.test_blocks import _bits
 
 CATALOG = card_transactions_catalog()
 PARTITION = 3
 TTL = 86_400_000
-
-
-def _bits(value: Any) -> Any:
-    """Floats as their bytes, so -0.0 != 0.0 and types count."""
-    if isinstance(value, float):
-        return ("float", struct.pack("<d", value))
-    if isinstance(value, list):
-        return [_bits(v) for v in value]
-    return (type(value).__name__, value)
 
 
 def _old_layout_log(
