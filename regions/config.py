@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+
+# "local": each region's DynamoDB is an endpoint on this machine (moto) signed with local
+# credentials; "aws": the real service, no endpoint URL and boto3's default credential chain.
+DynamoDBMode = Literal["local", "aws"]
+DEFAULT_DYNAMODB_MODE: DynamoDBMode = "local"
 
 
 class RegionConfig(BaseModel):
@@ -29,6 +35,7 @@ class RegionConfig(BaseModel):
     dynamodb_endpoint_host: str = "127.0.0.1"
     dynamodb_port: int = Field(ge=1, le=65535)
     dynamodb_table: str = "freshline_online"
+    dynamodb_mode: DynamoDBMode = DEFAULT_DYNAMODB_MODE
     # Lower is nearer; failover walks other regions by ascending distance from this one.
     coordinates: tuple[float, float] = (0.0, 0.0)
 
@@ -41,6 +48,7 @@ class RegionConfig(BaseModel):
 
     @property
     def dynamodb_endpoint_url(self) -> str:
+        """The local endpoint (moto); a client for an ``aws`` region uses none (regions/aws.py)."""
         return f"http://{self.dynamodb_endpoint_host}:{self.dynamodb_port}"
 
 
@@ -67,7 +75,7 @@ class RegionTopology(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate region names in {names}")
         ports = [(r.redis_host, r.redis_port) for r in self.regions]
-        ports += [(r.dynamodb_endpoint_host, r.dynamodb_port) for r in self.regions]
+        ports += [(r.dynamodb_endpoint_host, r.dynamodb_port) for r in self.regions if _local(r)]
         if len(set(ports)) != len(ports):
             raise ValueError("two stores share a host and port; every region needs its own")
         return self
@@ -78,6 +86,11 @@ class RegionTopology(BaseModel):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.regions)
+
+    @property
+    def dynamodb_mode(self) -> DynamoDBMode:
+        """Local or real DynamoDB: one mode for the whole deployment (the first region's)."""
+        return self.regions[0].dynamodb_mode
 
     @property
     def redis_ports(self) -> tuple[int, ...]:
@@ -102,6 +115,10 @@ class RegionTopology(BaseModel):
         return tuple(sorted(others, key=lambda r: (_distance(home, r), r.name)))
 
 
+def _local(region: RegionConfig) -> bool:
+    return region.dynamodb_mode == "local"
+
+
 def _distance(a: RegionConfig, b: RegionConfig) -> float:
     return float(
         (a.coordinates[0] - b.coordinates[0]) ** 2 + (a.coordinates[1] - b.coordinates[1]) ** 2
@@ -112,8 +129,10 @@ def default_topology(
     *,
     redis_ports: tuple[int, int] = (16379, 16389),
     dynamodb_ports: tuple[int, int] = (14566, 14567),
+    dynamodb_mode: DynamoDBMode = DEFAULT_DYNAMODB_MODE,
 ) -> RegionTopology:
-    """The local two-region layout: ``us-east`` (home) and ``eu-west``."""
+    """The two-region layout: ``us-east`` (home) and ``eu-west``; ``dynamodb_mode="aws"`` points
+    both regions at real DynamoDB (``us-east-1``, ``eu-west-1``) instead of local endpoints."""
     return RegionTopology(
         regions=(
             RegionConfig(
@@ -121,6 +140,7 @@ def default_topology(
                 aws_region="us-east-1",
                 redis_port=redis_ports[0],
                 dynamodb_port=dynamodb_ports[0],
+                dynamodb_mode=dynamodb_mode,
                 coordinates=(38.9, -77.0),
             ),
             RegionConfig(
@@ -128,6 +148,7 @@ def default_topology(
                 aws_region="eu-west-1",
                 redis_port=redis_ports[1],
                 dynamodb_port=dynamodb_ports[1],
+                dynamodb_mode=dynamodb_mode,
                 coordinates=(53.3, -6.3),
             ),
         )
