@@ -260,12 +260,14 @@ class EnvVar:
 # The one table of variables: settings_from_env reads these, StackSettings.to_env writes them.
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_STATE_DIR", "state_dir", "path"),
+    EnvVar("FRESHLINE_KAFKA_HOST", "kafka.host", "str"),
     EnvVar("FRESHLINE_KAFKA_PORT", "kafka.port", "int"),
     EnvVar("FRESHLINE_KAFKA_CONTROLLER_PORT", "kafka.controller_port", "int"),
     EnvVar("FRESHLINE_KAFKA_HEAP_MB", "kafka.heap_mb", "int"),
     EnvVar("FRESHLINE_KAFKA_VERSION", "kafka.version", "str"),
     EnvVar("FRESHLINE_REDIS_PORTS", "topology.redis_ports", "ports"),
     EnvVar("FRESHLINE_DYNAMODB_PORTS", "topology.dynamodb_ports", "ports"),
+    EnvVar("FRESHLINE_DYNAMODB_MODE", "topology.dynamodb_mode", "str"),
     EnvVar("FRESHLINE_RAY_PORT", "ray.port", "int"),
     EnvVar("FRESHLINE_RAY_DASHBOARD_PORT", "ray.dashboard_port", "int"),
     EnvVar("FRESHLINE_RAY_CLIENT_PORT", "ray.client_server_port", "int"),

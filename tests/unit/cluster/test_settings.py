@@ -109,7 +109,6 @@ def test_a_warehouse_that_is_not_a_uri_is_refused() -> None:
 
 # Fields no FRESHLINE_* variable sets: fixed by the stack, or derived from what the table sets.
 NOT_FROM_ENV = {
-    "kafka.host",
     "kafka.topics",
     "ray.temp_dir",
     "ray.min_worker_port",
@@ -117,7 +116,7 @@ NOT_FROM_ENV = {
     "redis.admin_user",
     "redis.writer_user",
     "redis.reader_user",
-    "topology",  # only its ports: topology.redis_ports and topology.dynamodb_ports
+    "topology",  # only its ports and topology.dynamodb_mode
 }
 
 
