@@ -142,7 +142,9 @@ def test_every_settings_field_is_either_in_the_env_table_or_deliberately_not() -
 def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
     return StackSettings(
         state_dir=tmp_path / "state",
-        kafka=KafkaSettings(version="3.9.1", port=29092, controller_port=29093, heap_mb=640),
+        kafka=KafkaSettings(
+            version="3.9.1", host="kafka.internal", port=29092, controller_port=29093, heap_mb=640
+        ),
         ray=RaySettings(
             port=26390,
             dashboard_port=28265,
@@ -162,7 +164,9 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
         front_door=FrontDoorSettings(
             ports=(28101, 28102), maxconn=7, queue_ms=30, retry_after_s=2, check_ms=100
         ),
-        topology=default_topology(redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567)),
+        topology=default_topology(
+            redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567), dynamodb_mode="aws"
+        ),
         jar_cache_dir=tmp_path / "jars",
         with_ray=with_ray,
         with_serving=False,
