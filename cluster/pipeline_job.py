@@ -22,7 +22,7 @@ from actors.processor import TENANT
 from actors.runtime import NAMESPACE
 from cluster.embeddings import index_configs, index_status, start_index_actors, stop_index_actors
 from cluster.registry import catalog_or
-from cluster.secrets import load_or_create_secrets
+from cluster.secrets import node_secrets
 from cluster.settings import StackSettings, settings_from_env
 from features.demo import card_transactions_catalog, item_embedding_views
 
@@ -39,7 +39,8 @@ def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
 
 
 def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
-    secrets = load_or_create_secrets(settings.secrets_file, os.environ)
+    # Read, never generated: a job on a worker must not mint passwords no Redis knows.
+    secrets = node_secrets(settings.secrets_file, os.environ)
     config = pipeline_config(settings, consumers)
     # The latest applied registry version; the demo catalog until a repository is applied.
     catalog, version = catalog_or(settings.kafka.bootstrap, TENANT, card_transactions_catalog)

@@ -1,7 +1,10 @@
 """Redis ACL passwords: taken from the environment, else from the state dir, else generated once.
 
-The secrets file is written with mode 0600 before any password is put in it. A real deployment
-passes the passwords through its secret manager as ``FRESHLINE_REDIS_*_PASSWORD`` variables.
+Only the machine that starts the stack generates (:func:`load_or_create_secrets`); a cluster node
+(the pipeline job, a worker) calls :func:`node_secrets`, which reads and never writes, so a worker
+can never mint passwords that no Redis knows. The secrets file is written with mode 0600 before any
+password is put in it. A real deployment passes the passwords through its secret manager as
+``FRESHLINE_REDIS_*_PASSWORD`` variables (a Kubernetes Secret, see cluster/deploy/).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from cluster.settings import Secrets
+from features.errors import ConfigError
 
 _FIELDS = ("redis_admin_password", "redis_writer_password", "redis_reader_password")
+# The variables a node's secret store must set (docs/deploy.md, cluster/deploy/ manifests).
+SECRET_ENV_VARS = tuple(f"FRESHLINE_{field.upper()}" for field in _FIELDS)
 
 
 def load_or_create_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
@@ -34,9 +40,26 @@ def load_or_create_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Se
 def read_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
     """The same precedence as :func:`load_or_create_secrets`, writing nothing: a password in
     neither place is empty, so a probe made with it fails authentication instead of guessing."""
-    stored = _read(secrets_file)
-    values = {f: environ.get(f"FRESHLINE_{f.upper()}") or stored.get(f) or "" for f in _FIELDS}
+    values = _lookup(secrets_file, environ)
     return Secrets(**{k: SecretStr(v) for k, v in values.items()})
+
+
+def node_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
+    """The passwords a cluster node runs with: environment first, then the stack's secrets file;
+    one in neither place raises ConfigError naming its variable (never generated here)."""
+    values = _lookup(secrets_file, environ)
+    missing = [f"FRESHLINE_{f.upper()}" for f in _FIELDS if not values[f]]
+    if missing:
+        raise ConfigError(
+            f"not in the environment nor in {secrets_file}; set it from your secret store",
+            field=", ".join(missing),
+        )
+    return Secrets(**{k: SecretStr(v) for k, v in values.items()})
+
+
+def _lookup(secrets_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    stored = _read(secrets_file)
+    return {f: environ.get(f"FRESHLINE_{f.upper()}") or stored.get(f) or "" for f in _FIELDS}
 
 
 def _read(path: Path) -> dict[str, str]:
