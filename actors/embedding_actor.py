@@ -98,6 +98,7 @@ class EmbeddingIngest:
         self._producer: Any = None
         self._mirror = VectorMirror(config.redis) if config.redis is not None else None
         self._caught_up_at: dict[int, int] = {}  # the end of each partition when started
+        self.snapshotted: dict[int, int] = {}  # the positions of this process's last snapshot
         self._last_snapshot = monotonic()
 
     @property
@@ -202,6 +203,7 @@ class EmbeddingIngest:
         """Every version's index with the offsets it reflects (see the module docstring)."""
         for version, index in self.indexes.items():
             write_snapshot(index, self._directory(version), self.positions)
+        self.snapshotted = dict(self.positions)
         self._producer.flush()
         self._last_snapshot = self._monotonic()
 
@@ -289,8 +291,10 @@ class _EmbeddingIndexActor:
         with self._lock:
             return {
                 "ready": self._ready.is_set() and self._ingest.ready,
+                "pid": os.getpid(),
                 "region": self._ingest.config.region,
                 "positions": dict(self._ingest.positions),
+                "snapshotted": dict(self._ingest.snapshotted),
                 "dead_lettered": dict(self._ingest.dead_lettered),
                 "indexes": {
                     v: {"size": i.size, "kind": i.kind, "mutations": i.mutations}

@@ -9,6 +9,7 @@ first version's) sends refused events to the dead-letter topic, so a bad event i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +62,37 @@ def index_configs(
         for region in topology.regions
         for version in view.model_versions
     ]
+
+
+EMBEDDING_PARTITIONS = 4
+
+
+def ensure_topics(bootstrap: str, views: Sequence[EmbeddingView]) -> None:
+    """Create the views' topics when missing: an index actor refuses to start without its topic
+    (and Ray would restart it forever). Compacted: an entity's latest event is all a replay
+    from the beginning needs."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="freshline-embeddings")
+    try:
+        existing = set(admin.list_topics())
+        brokers = len(admin.describe_cluster()["brokers"])
+        new = [
+            NewTopic(
+                view.topic,
+                EMBEDDING_PARTITIONS,
+                min(3, brokers),
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            for view in views
+            if view.topic not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(new, timeout_ms=30_000, wait_for_metadata=True)
+    finally:
+        admin.close()
 
 
 def start_index_actors(

@@ -20,7 +20,13 @@ from actors import job
 from actors.config import DEFAULT_CONSUMERS, PipelineConfig
 from actors.processor import TENANT
 from actors.runtime import NAMESPACE
-from cluster.embeddings import index_configs, index_status, start_index_actors, stop_index_actors
+from cluster.embeddings import (
+    ensure_topics,
+    index_configs,
+    index_status,
+    start_index_actors,
+    stop_index_actors,
+)
 from cluster.registry import catalog_or
 from cluster.secrets import node_secrets
 from cluster.settings import StackSettings, settings_from_env
@@ -57,6 +63,7 @@ def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
         )
         for view in views
     ]
+    ensure_topics(settings.kafka.bootstrap, views)
     start_index_actors(views, configs)
     return {**result, "registry_version": version}
 

@@ -7,6 +7,7 @@ from chaos.drills import (
     broker_restart,
     consumer_kill,
     dynamodb_down,
+    index_kill,
     poison_flood,
     redis_kill,
     region_evacuation,
@@ -22,6 +23,12 @@ _ALL = (
     ("consumer-kill", "SIGKILL consumer actors three times mid-stream", consumer_kill, True),
     ("slow-sink", "stall a region's Redis writes under full ingest", slow_sink, True),
     ("poison-flood", "10 % malformed and late events in the stream", poison_flood, True),
+    (
+        "index-kill",
+        "SIGKILL an embedding index actor mid-stream, after a snapshot",
+        index_kill,
+        True,
+    ),
     (
         "region-evacuation",
         "every store of a region hangs; clients fail over",

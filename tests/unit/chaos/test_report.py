@@ -119,8 +119,14 @@ def test_each_finished_drill_appends_its_verdict_checks_and_figures(tmp_path: Pa
 
 
 def test_drill_selection() -> None:
-    assert drill_names("ci") == ["redis-kill", "consumer-kill", "slow-sink", "poison-flood"]
-    assert len(drill_names("all")) == 9
+    assert drill_names("ci") == [
+        "redis-kill",
+        "consumer-kill",
+        "slow-sink",
+        "poison-flood",
+        "index-kill",
+    ]
+    assert len(drill_names("all")) == 10
     assert drill_names("broker-restart") == ["broker-restart"]
     with pytest.raises(UnknownDrill, match="drills: all, ci, redis-kill"):
         drill_names("redis-kil")
