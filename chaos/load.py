@@ -47,6 +47,9 @@ class Sample:
     # Which of our gates shed a 503 (its x-freshline-shed header: loop-lag, in-flight,
     # late-read); "" when none did, e.g. Serve's own backpressure answer.
     shed_by: str = ""
+    # The region whose Serve answered, as a front door says (x-freshline-served-by: a region,
+    # or "front-door" for its own refusal); "" when the request did not pass a front door.
+    served_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Answer:
     fallback: str = ""
     error: str = ""
     shed_by: str = ""
+    served_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class Connection:
 
     async def _answer(self, head: bytes) -> Answer:
         status = int(head[9:12])
-        length, chunked, retry_after, shed_by = 0, False, 0.0, ""
+        length, chunked, retry_after, shed_by, served_by = 0, False, 0.0, "", ""
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             lname = name.strip().lower()
@@ -131,12 +135,16 @@ class Connection:
                 retry_after = _seconds(value)
             elif lname == b"x-freshline-shed":
                 shed_by = value.strip().decode(errors="replace")
+            elif lname == b"x-freshline-served-by":
+                served_by = value.strip().decode(errors="replace")
         body = await self._body(length, chunked)
         if status != 200:
-            return Answer(status, retry_after=retry_after, error=_error_of(body), shed_by=shed_by)
+            error = _error_of(body)
+            return Answer(status, "", retry_after, "", error, shed_by, served_by)
         store = _store_of(body)
         passed_over = store == DEFAULTS or body.count(_OUTCOME_MARK, 0, 1_000) > 1
-        return Answer(status, store, retry_after, _fallback_of(body) if passed_over else "")
+        fallback = _fallback_of(body) if passed_over else ""
+        return Answer(status, store, retry_after, fallback, served_by=served_by)
 
     async def _body(self, length: int, chunked: bool) -> bytes:
         if not chunked:
@@ -292,6 +300,7 @@ class HttpLoad:
             a.fallback,
             a.error,
             a.shed_by,
+            a.served_by,
         )
         self.samples.append(sample)
         return sample
