@@ -16,10 +16,12 @@ import orjson
 import pytest
 
 from cluster.stack import Stack
+from features.durations import to_ms
 from regions.redis_store import RedisRole, redis_client
 from serve_apps.client import FeatureClient
 from serve_apps.config import ApiKey
 from serve_apps.deploy import configs_for_stack
+from tests.integration.prometheus import scrape, series, total
 from tests.integration.serving_world import (
     ADMIN_KEY,
     CATALOG,
@@ -380,3 +382,36 @@ def test_serve_deploy_from_one_config_file(
         wait_ready(world["http"], region)
         body = _read(world, region, FRAUD).json()
         _check_against_oracle(world, body, f"redis-{region}")
+
+
+def test_serving_exports_its_metrics_to_the_stacks_prometheus_endpoint(
+    world: dict[str, Any], stack: Stack
+) -> None:
+    """A real replica's reads reach Ray's metrics agent: answers by route and status and by
+    source, each view's served age beside its freshness target."""
+    body = {"entities": {"user": USERS[:3]}, "features": ["user_spend:tx_count_1h"]}
+    before = total(scrape(stack), "freshline_serving_requests", region="us-east", status="200")
+    for _ in range(5):
+        assert _read(world, "us-east", body).status_code == 200
+    deadline = time.monotonic() + 90  # Ray's agent exports every few seconds
+    while True:
+        samples = scrape(stack)
+        grown = total(
+            samples,
+            "freshline_serving_requests",
+            region="us-east",
+            route="/v1/features",
+            status="200",
+        )
+        if grown - before >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert grown - before >= 5
+    assert total(samples, "freshline_serving_answers", region="us-east", source="local") >= 5
+    ages = total(samples, "freshline_serving_served_age_ms_count", view="user_spend")
+    assert ages >= 5
+    targets = series(samples, "freshline_serving_freshness_target_ms", view="user_spend")
+    expected = to_ms(CATALOG.view("user_spend").freshness_target)
+    assert targets and set(targets.values()) == {expected}
+    breakers = series(samples, "freshline_serving_breaker_open", region="us-east")
+    assert breakers and set(breakers.values()) == {0.0}
