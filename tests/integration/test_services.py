@@ -160,6 +160,32 @@ def test_ray_job_submit_runs_a_job_on_the_head(stack: Stack) -> None:
     assert f"cpus={stack.settings.ray.num_cpus}" in result.stdout
 
 
+def test_each_region_has_a_healthy_front_door_that_names_who_answered(stack: Stack) -> None:
+    """With no region's replicas ready behind it, a door refuses by itself, the way a client
+    backs off from: 503, Retry-After, and the door named as the one that answered."""
+    import httpx
+
+    doors = {s.name: s for s in stack.status() if s.kind == "haproxy"}
+    assert sorted(doors) == ["front-door-eu-west", "front-door-us-east"]
+    assert all(door.healthy for door in doors.values()), doors
+    if any(_ready(stack, region) for region in stack.settings.topology.names):
+        pytest.skip("a module of this session left Serve apps deployed")
+    answer = httpx.get(f"{doors['front-door-us-east'].endpoint}/us-east/v1/ready", timeout=5)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == str(stack.settings.front_door.retry_after_s)
+    assert answer.headers["x-freshline-served-by"] == "front-door"
+
+
+def _ready(stack: Stack, region: str) -> bool:
+    import httpx
+
+    try:
+        url = f"http://127.0.0.1:{stack.settings.ray.serve_port}/{region}/v1/ready"
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_status_from_an_empty_state_dir_calls_the_running_stack_foreign_and_writes_nothing(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -183,7 +209,8 @@ def test_status_from_an_empty_state_dir_calls_the_running_stack_foreign_and_writ
     assert result.returncode == 4, result.stdout + result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert "serving" in rows and not any(row["healthy"] for row in rows.values()), rows
-    for name in ("kafka", "redis-us-east", "redis-eu-west", "dynamodb-us-east", "ray-head"):
+    held = ("kafka", "redis-us-east", "redis-eu-west", "dynamodb-us-east", "ray-head")
+    for name in (*held, "front-door-us-east", "front-door-eu-west"):
         assert rows[name]["state"] == "foreign", rows[name]
         assert rows[name]["pid"] is None, "the running stack's process is not this state dir's"
         assert "did not start" in rows[name]["detail"]
