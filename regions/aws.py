@@ -30,7 +30,7 @@ def dynamodb_client(
     *,
     pool_size: int = DEFAULT_POOL_SIZE,
     max_attempts: int = 1,
-    credentials: Mapping[str, str] | None | RegionDefault = "region",
+    credentials: Mapping[str, str] | RegionDefault | None = "region",
 ) -> Any:
     """A DynamoDB client for ``region`` with short timeouts and no hidden retries.
 
