@@ -48,7 +48,7 @@ def node_secrets(secrets_file: Path, environ: Mapping[str, str]) -> Secrets:
     """The passwords a cluster node runs with: environment first, then the stack's secrets file;
     one in neither place raises ConfigError naming its variable (never generated here)."""
     values = _lookup(secrets_file, environ)
-    missing = [f"FRESHLINE_{f.upper()}" for f in _FIELDS if not values[f]]
+    missing = [var for f, var in zip(_FIELDS, SECRET_ENV_VARS, strict=True) if not values[f]]
     if missing:
         raise ConfigError(
             f"not in the environment nor in {secrets_file}; set it from your secret store",
