@@ -3,7 +3,9 @@
 1. ``stack up`` (Kafka, Redis and DynamoDB per region, Iceberg, Ray head);
 2. ``pipeline up`` (the stream pipeline as a Ray job);
 3. the event generator streams card transactions (a few out of order, late or malformed);
-4. a live view shows the event flow and, for the busiest users, the features served from each
+4. item embeddings stream to the ``items`` view; each region's index actor answers similar
+   items for a few of them, plain and filtered by price;
+5. a live view shows the event flow and, for the busiest users, the features served from each
    region's store, merged from tiles by the same ``features/`` code the serving path uses.
 Ctrl-C stops the generator and the view; the stack and the pipeline keep running.
 """
@@ -21,6 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cluster.cli_views import status_table
+from cluster.embeddings_demo import show_similar_items
 from cluster.flow import EventFlowTail, FlowSnapshot
 from cluster.settings import DEFAULT_EVENTS_TOPIC, StackSettings
 from cluster.stack import Stack
@@ -47,6 +50,8 @@ def run_demo(
     console.print(status_table(stack.status()))
     with console.status("starting the pipeline: consumer and sink actors on Ray"):
         pipeline.submit(settings, "up")
+    with console.status("streaming item embeddings; asking each region for similar items"):
+        show_similar_items(settings, console)
     served = ServedFeatures(stack)
     tail = EventFlowTail(settings.kafka.bootstrap, DEFAULT_EVENTS_TOPIC).start()
     generator = _GeneratorThread(settings, rate, duration_s)
