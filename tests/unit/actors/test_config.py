@@ -8,6 +8,7 @@ from pathlib import Path
 from actors.config import (
     CHANGELOG_TOPIC,
     DLQ_TOPIC,
+    REGISTRY_TOPIC,
     ConsumerConfig,
     PipelineConfig,
     StreamSettings,
@@ -56,11 +57,13 @@ def test_the_stack_creates_the_topics_the_pipeline_reads_and_writes() -> None:
     source = card_transactions_catalog().source(pipeline.source)
     topics = {t.name: t for t in default_topics(source.topic)}
     assert (pipeline.changelog_topic, pipeline.dlq_topic) == (CHANGELOG_TOPIC, DLQ_TOPIC)
-    assert {source.topic, CHANGELOG_TOPIC, DLQ_TOPIC} == set(topics)
+    assert {source.topic, CHANGELOG_TOPIC, DLQ_TOPIC, REGISTRY_TOPIC} == set(topics)
     assert StackSettings(state_dir=Path("s")).kafka.topics == tuple(topics.values())
     # A tile change goes to the changelog partition numbered like its source partition.
     assert topics[CHANGELOG_TOPIC].partitions == topics[source.topic].partitions
     assert topics[CHANGELOG_TOPIC].compacted and not topics[DLQ_TOPIC].compacted
+    # Registry versions are read in order and the latest per tenant must survive compaction.
+    assert topics[REGISTRY_TOPIC].compacted and topics[REGISTRY_TOPIC].partitions == 1
     assert pipeline.partitions == source.partitions == topics[source.topic].partitions
     assert sorted(p for owned in pipeline.assignments() for p in owned) == list(
         range(source.partitions)
