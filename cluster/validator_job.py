@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,10 @@ TENANT = "default"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=None, help="one region (default: every region)")
     parser.add_argument(
-        "--since", default=None, help="ISO time (UTC when no offset): answers logged at or after"
+        "--since",
+        default=None,
+        help="answers logged at or after: a duration back from now (1h, 30m) or an ISO time "
+        "(UTC when no offset)",
     )
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -102,6 +106,26 @@ def _duration_ms(text: str, flag: str) -> int:
         return to_ms(parse_duration(text, field=flag))
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{flag} {text!r} is not a duration such as 60s: {exc}") from None
+
+
+def since_ms(text: str | None, now_ms: int) -> int:
+    """Where ``--since`` starts, in epoch ms: 0 when absent; ``now_ms`` minus a duration (``1h``,
+    ``30m``); else an ISO 8601 time (UTC when it has no offset)."""
+    if text is None:
+        return 0
+    try:
+        return now_ms - to_ms(parse_duration(text, field="--since"))
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r} is neither a duration (1h, 30m) nor an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _regions(settings: StackSettings, region: str | None) -> list[str]:
@@ -188,16 +212,15 @@ def _one_shot(
     args: argparse.Namespace, settings: StackSettings, catalog: Catalog, console: Console
 ) -> int:
     from cluster.results import record_run
-    from cluster.training_job import parse_instant_ms
     from regions.answer_log import read_answers, stream_key
     from training.validate_metrics import textfile, write_textfile
 
-    since_ms = 0 if args.since is None else parse_instant_ms(args.since)
+    start_ms = since_ms(args.since, time.time_ns() // 1_000_000)
     entries: list[AnswerEntry] = []
     for region in _regions(settings, args.region):
         client = _client(settings, region)
         try:
-            entries += read_answers(client, stream_key(TENANT), since_ms=since_ms)
+            entries += read_answers(client, stream_key(TENANT), since_ms=start_ms)
         finally:
             client.close()
     tallies, snapshot = validate(args, settings, catalog, entries)
@@ -272,11 +295,10 @@ def cycle_once(
 ) -> dict[str, FeatureTally]:
     """Validate every region's answers after its cursor up to ``until_ms``, then save the moved
     cursors and the new totals (before the caller exports the cycle: no double count)."""
-    from cluster.training_job import parse_instant_ms
     from regions.answer_log import read_answers_after, stream_key
     from training.validate_state import save_state
 
-    since_ms = 0 if args.since is None else parse_instant_ms(args.since)
+    start_ms = since_ms(args.since, until_ms)
     entries: list[AnswerEntry] = []
     for region in _regions(settings, args.region):
         client = _client(settings, region)
@@ -285,7 +307,7 @@ def cycle_once(
                 client,
                 stream_key(TENANT),
                 after=state.cursors.get(region),
-                since_ms=since_ms,
+                since_ms=start_ms,
                 until_ms=until_ms,
             )
         finally:

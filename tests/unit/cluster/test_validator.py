@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from cluster import validator_job
 from cluster.validator_job import _duration_ms, add_arguments
 from features.errors import ConfigError
 
@@ -31,3 +32,14 @@ def test_intervals_are_durations_and_a_bad_one_names_its_flag() -> None:
     assert _duration_ms("250ms", "--settle") == 250
     with pytest.raises(ConfigError, match="--interval"):
         _duration_ms("soon", "--interval")
+
+
+def test_since_takes_a_duration_back_from_now_or_an_iso_time() -> None:
+    now = 1_800_000_000_000
+    assert validator_job.since_ms(None, now) == 0
+    assert validator_job.since_ms("1h", now) == now - 3_600_000
+    assert validator_job.since_ms("1h30m", now) == now - 5_400_000
+    assert validator_job.since_ms("2026-01-01T00:00:00", now) == 1_767_225_600_000
+    assert validator_job.since_ms("2026-01-01T01:00:00+01:00", now) == 1_767_225_600_000
+    with pytest.raises(ConfigError, match="--since 'yesterday' is neither a duration"):
+        validator_job.since_ms("yesterday", now)
