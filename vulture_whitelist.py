@@ -20,6 +20,7 @@ _._check  # @model_validator of the catalog models and serve_apps.config
 _._only_malformed  # @field_validator, cluster/events/synth.py
 _._serving_needs_ray  # @model_validator, cluster/settings.py
 _._ports_unique  # @model_validator, cluster/settings.py
+_._ingress_range  # @model_validator, cluster/settings.py
 _._dns_safe  # @field_validator, regions/config.py
 _._unique  # @model_validator, regions/config.py
 # Ray Serve calls a deployment's check_health on its health-check period.

@@ -13,10 +13,16 @@ from cluster.process import port_is_free
 from cluster.settings import FrontDoorSettings, KafkaSettings, RaySettings, StackSettings
 from regions.config import default_topology
 
-# Below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
+# All below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
 # Ray's worker ports (20000-29999): a port picked here cannot be taken by a client socket between
-# the moment it is chosen and the moment the service binds it.
-_ISOLATED_PORTS = range(30000, 32768)
+# the moment it is chosen and the moment the service binds it. 30000-30999 is left to the default
+# stack's Serve replicas (Ray's default direct-ingress range, RaySettings.ingress_ports).
+_ISOLATED_PORTS = range(31000, 32000)
+# Each isolated head's Serve replicas get a block of their own here: Serve hands out the lowest
+# free port of its range, so two heads sharing one would each take the port of the other's killed
+# replica while the other's ingress still routes to it (requests answered by the wrong stack).
+_INGRESS_BLOCKS = range(32000, 32768, 32)
+_INGRESS_BLOCK_PORTS = 32
 
 
 def free_ports(count: int) -> list[int]:
@@ -28,6 +34,20 @@ def free_ports(count: int) -> list[int]:
         if port_is_free("127.0.0.1", port):
             ports.add(port)
     return sorted(ports)
+
+
+def free_ingress_block() -> tuple[int, int]:
+    """A block of :data:`_INGRESS_BLOCKS` (first port, end) where nothing listens now: no other
+    isolated head's replicas, which take a block's lowest ports first. Two heads started at the
+    same moment may still draw the same block; with 24 blocks that is rare, not impossible."""
+    rng = random.Random()  # noqa: S311 - spreads block picks, guards nothing
+    blocks = list(_INGRESS_BLOCKS)
+    rng.shuffle(blocks)
+    for first in blocks:
+        end = first + _INGRESS_BLOCK_PORTS
+        if all(port_is_free("127.0.0.1", port) for port in range(first, end)):
+            return first, end
+    return blocks[0], blocks[0] + _INGRESS_BLOCK_PORTS  # every block busy: share one
 
 
 def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
@@ -44,6 +64,7 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
             metrics_export_port=p[10],
             dashboard_agent_port=p[11],
             num_cpus=4,
+            ingress_ports=free_ingress_block(),
         ),
         topology=default_topology(redis_ports=(p[6], p[7]), dynamodb_ports=(p[8], p[9])),
         front_door=FrontDoorSettings(ports=(p[12], p[13])),

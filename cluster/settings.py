@@ -98,6 +98,18 @@ class RaySettings(BaseModel):
     # interfaces, collide between two heads on one machine). None: a free port at head start.
     haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)
     haproxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Ports Serve gives its ingress replicas' own HTTP servers (direct ingress), from the first
+    # up to but not including the second; Ray's default is 30000-31000. Each head on a machine
+    # needs a range of its own: Serve hands out the lowest free port, so a replica of another
+    # head would take a killed replica's port while this head's ingress still routes to it.
+    ingress_ports: tuple[int, int] = (30000, 31000)
+
+    @model_validator(mode="after")
+    def _ingress_range(self) -> RaySettings:
+        first, end = self.ingress_ports
+        if not 1024 <= first < end <= 65536:
+            raise ValueError(f"ingress_ports must be first < end in 1024-65536, got {first}-{end}")
+        return self
 
     @property
     def address(self) -> str:
@@ -281,6 +293,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_SERVE_REPLICAS", "ray.serve_replicas", "int"),
     EnvVar("FRESHLINE_HAPROXY_STATS_PORT", "ray.haproxy_stats_port", "int"),
     EnvVar("FRESHLINE_HAPROXY_METRICS_PORT", "ray.haproxy_metrics_port", "int"),
+    EnvVar("FRESHLINE_SERVE_INGRESS_PORTS", "ray.ingress_ports", "ports"),
     EnvVar("FRESHLINE_FRONT_DOOR_PORTS", "front_door.ports", "ports"),
     EnvVar("FRESHLINE_FRONT_DOOR_MAXCONN", "front_door.maxconn", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_QUEUE_MS", "front_door.queue_ms", "int"),

@@ -66,6 +66,17 @@ def test_the_head_starts_with_the_ingress_switches(
         "18404",
         "19101",
     )
+    # The replicas' ports are this head's own range (Ray's default unless the settings say).
+    assert (
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+        env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"],
+    ) == ("30000", "31000")
+    own = RaySettings(ingress_ports=(32064, 32096))
+    block = RayHeadService(StackSettings(state_dir=tmp_path, ray=own)).ingress_env()
+    assert (
+        block["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+        block["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"],
+    ) == ("32064", "32096")
     proxy = RayHeadService(StackSettings(state_dir=tmp_path, ray=RaySettings(ingress="proxy")))
     assert proxy.ingress_env() == {}
 

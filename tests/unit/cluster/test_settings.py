@@ -51,6 +51,7 @@ def test_environment_overrides_ports(tmp_path: Path) -> None:
         ({"FRESHLINE_KAFKA_HEAP_MB": "16"}, "kafka.heap_mb"),
         ({"FRESHLINE_REDIS_PORTS": "16379"}, "FRESHLINE_REDIS_PORTS"),
         ({"FRESHLINE_KAFKA_VERSION": "latest"}, "kafka.version"),
+        ({"FRESHLINE_SERVE_INGRESS_PORTS": "31000,30000"}, "ray"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_field(env: dict[str, str], field: str) -> None:
@@ -159,6 +160,7 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             serve_replicas=3,
             haproxy_stats_port=28404,
             haproxy_metrics_port=29101,
+            ingress_ports=(32000, 32032),
         ),
         redis=RedisSettings(maxmemory_mb=256),
         front_door=FrontDoorSettings(
