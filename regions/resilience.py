@@ -145,7 +145,8 @@ class CircuitBreaker:
       breaker with an empty window, any failure re-opens it for another ``open_s``;
     - probes whose outcome is never recorded are forgotten after ``open_s``, so a lost probe cannot
       wedge the breaker half-open;
-    - the caller records exactly one outcome per allowed call.
+    - the caller records exactly one outcome per allowed call: a success, a failure, or
+      :meth:`record_cancelled` when the caller gave up before the store answered.
     """
 
     def __init__(self, name: str, now: Clock, policy: BreakerPolicy | None = None) -> None:
@@ -193,6 +194,13 @@ class CircuitBreaker:
                 self._enter(BreakerState.CLOSED, self._now())
             return
         self._record(ok=True)
+
+    def record_cancelled(self) -> None:
+        """The allowed call was cancelled by its own caller (a client went away) before the
+        store answered: it says nothing of the store, so nothing is counted, and a half-open
+        probe slot it held is given back for the next call."""
+        if self.state is BreakerState.HALF_OPEN and self._probes_issued > self._probes_passed:
+            self._probes_issued -= 1
 
     def record_failure(self) -> None:
         state = self.state

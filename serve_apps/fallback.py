@@ -247,8 +247,14 @@ class FallbackChain:
                 step.breaker.record_failure()
                 self._failures.failed(name, exc)
                 continue
+            except asyncio.CancelledError:
+                # The request was cancelled (its client, a health check, went away) while the
+                # store had not answered: counted as a success, a hung store's breaker would
+                # never open while clients time out on it.
+                step.breaker.record_cancelled()
+                raise
             except BaseException:
-                step.breaker.record_success()  # not the store's fault (cancelled, bug)
+                step.breaker.record_success()  # a bug of ours, not the store's fault
                 raise
             step.breaker.record_success()
             tried.append((name, "ok"))

@@ -197,6 +197,26 @@ def test_breaker_forgets_lost_probes() -> None:
     assert breaker.allow()
 
 
+def test_a_cancelled_call_counts_nothing_and_gives_its_probe_back() -> None:
+    clock = FakeClock()
+    breaker = _breaker(clock)
+    breaker.record_failure()
+    breaker.record_failure()
+    for _ in range(5):  # clients that went away while the store hung
+        assert breaker.allow()
+        breaker.record_cancelled()
+    breaker.record_success()
+    breaker.record_failure()
+    assert _state(breaker) is BreakerState.OPEN  # 3 of 4 counted calls failed
+    clock.advance(5.0)
+    assert breaker.allow() and not breaker.allow()
+    breaker.record_cancelled()
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow()  # the next call probes at once
+    breaker.record_success()
+    assert _state(breaker) is BreakerState.CLOSED
+
+
 def test_breaker_window_forgets_old_calls() -> None:
     clock = FakeClock()
     breaker = _breaker(clock)

@@ -330,6 +330,29 @@ def test_an_abandoned_call_is_judged_by_its_fate_slow_is_not_dead() -> None:
     assert chain.timeouts == 5
 
 
+def test_reads_cancelled_while_a_store_hangs_do_not_heal_its_breaker() -> None:
+    """Health checks and clients that give up before a hung store answers cancel the read; were
+    that a success, the store's breaker would never open while every caller times out on it."""
+    clock = FakeClock()
+    policy = BreakerSettings(min_calls=2, window_calls=4).policy()
+    hung = FakeStore("redis-us-east", delay_s=60.0)
+    breaker = CircuitBreaker(hung.name, clock, policy)
+    chain = FallbackChain([Step(hung, breaker, 30.0, 1.0)], clock)
+
+    async def scenario() -> None:
+        breaker.record_failure()
+        for _ in range(3):
+            read = asyncio.ensure_future(chain.read(["k"], Deadline(60.0, clock)))
+            await asyncio.sleep(0.01)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+        breaker.record_failure()
+
+    asyncio.run(scenario())
+    assert breaker.state is BreakerState.OPEN
+
+
 def test_a_silent_call_is_not_judged_while_the_loop_lags_but_a_hung_store_still_is() -> None:
     """A lagging loop runs the verdict timer before the reply it already holds is parsed: the
     verdict waits for the loop (bounded), so a busy replica does not open a healthy breaker."""
