@@ -45,6 +45,7 @@ from regions.answer_log import AnswerLog
 from regions.resilience import Deadline
 from serve_apps.answer_entries import answer_entries
 from serve_apps.config import Scope, ServingConfig, hash_api_key
+from serve_apps.defaults import READY_BUDGET_S
 from serve_apps.exceptions import (
     AuthError,
     BadRequest,
@@ -341,7 +342,7 @@ class ServingHttp:
 
     async def ready(self) -> bool:
         """Catalog loaded (it is, or the replica would not exist) and a store, not the defaults,
-        answers a read of one absent key through the fallback chain within 0.5 s."""
-        deadline = Deadline(0.5, time.monotonic)
+        answers a read of one absent key through the fallback chain within ``READY_BUDGET_S``."""
+        deadline = Deadline(READY_BUDGET_S, time.monotonic)
         result = await self.service.chain.read([self._probe_key], deadline)
         return result.store != DEFAULTS

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve_apps.defaults import READY_BUDGET_S
+
 SERVED_BY_HEADER = "x-freshline-served-by"
 ERRORFILE = "503.http"
 MONITOR_URI = "/_frontdoor/health"
@@ -100,6 +102,10 @@ def render(plan: FrontDoorPlan) -> str:
         "    timeout http-request 5s",
         "    timeout http-keep-alive 30s",
         f"    timeout queue {plan.queue_ms}ms",
+        # A check's read timeout (without it HAProxy gives a whole check only ``inter``): longer
+        # than the ready route's own budget, so a region whose stores hang answers 503 instead
+        # of being hung up on mid-read.
+        f"    timeout check {round(2000 * READY_BUDGET_S)}ms",
         "    errorfiles freshline",
         "",
         "http-errors freshline",

@@ -21,6 +21,7 @@ from cluster.isolated import free_ports
 from cluster.services.haproxy import FrontDoorService, front_door_urls
 from cluster.services.haproxy_config import SERVED_BY_HEADER
 from cluster.settings import FrontDoorSettings, RaySettings, StackSettings
+from serve_apps.defaults import READY_BUDGET_S
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")
 
@@ -32,6 +33,8 @@ class _Serve:
 
     ready: set[str] = field(default_factory=lambda: {"us-east", "eu-west"})
     seen: list[str] = field(default_factory=list)
+    ready_delay_s: float = 0.0  # how long a ready check takes (a replica whose stores hang)
+    slow_checks: int = 0  # ready checks answered after such a delay
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -43,6 +46,9 @@ def _handler(serve: _Serve) -> type[BaseHTTPRequestHandler]:
             region, _, rest = self.path.lstrip("/").partition("/")
             if rest == "v1/ready":
                 status = 200 if region in serve.ready else 503
+                if serve.ready_delay_s:
+                    time.sleep(serve.ready_delay_s)
+                    serve.slow_checks += 1
             else:
                 serve.seen.append(self.path)
                 if rest.endswith("slow"):
@@ -115,6 +121,23 @@ def test_fails_reads_over_to_the_next_region_and_back(
     assert response.text == "/eu-west/v1/features"  # the path names the region that serves
     serve.ready.add("us-east")
     assert _served_by(urls["us-east"], "/us-east/v1/x", "us-east").text == "/us-east/v1/x"
+
+
+def test_waits_for_a_ready_check_that_takes_the_whole_ready_budget(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    """The ready route may spend its whole budget reading hung stores before it answers; a check
+    hung up on before that (HAProxy's default: one ``inter``) counts a miss and sends a healthy
+    region's reads away."""
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.ready_delay_s = READY_BUDGET_S
+    deadline = time.monotonic() + 30
+    while serve.slow_checks < 12 and time.monotonic() < deadline:  # both doors, both regions
+        time.sleep(0.1)
+    assert serve.slow_checks >= 12
+    response = httpx.get(f"{urls['us-east']}/us-east/v1/features")
+    assert response.headers[SERVED_BY_HEADER] == "us-east"
 
 
 def test_refuses_past_maxconn_with_retry_after_before_forwarding(
