@@ -77,8 +77,10 @@ def dynamo_factory(config: ServingConfig) -> Callable[[RegionConfig], Any]:
     return make
 
 
-# Above the 4 threads of ``build_chain``'s DynamoDB pool: a read never waits for a connection.
-_DYNAMODB_POOL_SIZE = 8
+# Threads of each DynamoDB store's pool in ``build_chain`` (a read takes two: marker and tiles),
+# and connections of each region's client, above them so that a read never waits for one.
+_DYNAMODB_THREADS = 4
+_DYNAMODB_POOL_SIZE = 2 * _DYNAMODB_THREADS
 
 
 def _client(config: ServingConfig, region: RegionConfig) -> Any:
@@ -138,10 +140,14 @@ def build_chain(
     entries: list[tuple[TileStore, float, float]] = []
     if stores is None:
         factory = dynamo or dynamo_factory(config)
-        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dynamodb")
         home = config.topology.get(config.region)
         for region in (home, *config.topology.failover_order(config.region)):
             entries.append((redis_store(config, region, clock), t.redis_s, t.redis_per_key_s))
+            # A pool per store (a bulkhead): calls abandoned on a hung table keep their threads
+            # until boto's socket timeout, and must not queue the next region's reads behind them.
+            pool = ThreadPoolExecutor(
+                max_workers=_DYNAMODB_THREADS, thread_name_prefix=f"dynamodb-{region.name}"
+            )
             dynamodb = dynamo_store(region, clock, pool, factory)
             entries.append((dynamodb, t.dynamodb_s, t.dynamodb_per_key_s))
     else:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from regions.dynamodb_store import STORE_READY
+from regions.exceptions import AbandonedCall
 from serve_apps.config import StoreTimeouts
-from serve_apps.wiring import dynamo_factory
+from serve_apps.wiring import build_chain, dynamo_factory
 from tests.unit.serve_apps.fakes import config
 
 
@@ -44,3 +49,42 @@ def test_one_client_per_region_is_made_once_and_shared() -> None:
     east, west = serving.topology.get("us-east"), serving.topology.get("eu-west")
     assert make(east) is make(east)
     assert make(east) is not make(west)
+
+
+class _Table:
+    """A DynamoDB endpoint: ready and empty, or hung (it accepted the connection and never
+    answers, like a stopped process) until ``released``."""
+
+    def __init__(self, hung: bool) -> None:
+        self.hung, self.released = hung, threading.Event()
+
+    def _answer(self, reply: dict[str, Any]) -> dict[str, Any]:
+        if self.hung:
+            self.released.wait(timeout=30)
+        return reply
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]:
+        return self._answer({"Item": {"state": {"S": STORE_READY.decode()}}})
+
+    def query(self, **kwargs: Any) -> dict[str, Any]:
+        return self._answer({"Items": []})
+
+
+def test_a_hung_dynamodb_table_does_not_hold_up_the_next_regions_table() -> None:
+    """Reads abandoned on a hung table keep their pool threads until the socket times out; the
+    next region's table still answers at once (each store has its own threads)."""
+    tables = {"us-east": _Table(hung=True), "eu-west": _Table(hung=False)}
+    chain = build_chain(config(), time.monotonic, dynamo=lambda region: tables[region.name])
+    stores = {step.store.name: step.store for step in chain.steps}
+    east, west = stores["dynamodb-us-east"], stores["dynamodb-eu-west"]
+
+    async def reads() -> dict[str, Any]:
+        for _ in range(8):  # more than any pool has threads
+            with pytest.raises(AbandonedCall):
+                await east.get_all(["user#u1"], 0.01)
+        return await west.get_all(["user#u1"], 2.0)
+
+    try:
+        assert asyncio.run(reads()) == {"user#u1": {}}
+    finally:
+        tables["us-east"].released.set()
