@@ -3,6 +3,13 @@
 Exactly-once from the source to the changelog and the dead-letter topic rests on one Kafka
 transaction per commit (see :meth:`StreamConsumer.commit`). The transactional id is derived from
 the owned partitions, so a restarted consumer fences its dead predecessor's open transaction.
+
+A commit has a deadline, :data:`TRANSACTION_TIMEOUT_MS`: kafka-python waits for
+``send_offsets_to_transaction`` and ``commit_transaction`` without a timeout, and its sender drops
+a transactional request whose coordinator it cannot reach (a broker restart), so such a wait can
+last forever. Past the deadline the transaction coordinator has aborted the transaction anyway, so
+the commit can no longer succeed: :meth:`StreamConsumer.overdue_commit` says so to the actor's
+watchdog, which exits the process for Ray to restart it (``actors.runtime``).
 """
 
 from __future__ import annotations
@@ -22,8 +29,26 @@ from actors.config import ConsumerConfig as ConsumerConfig  # noqa: PLC0414 - re
 from actors.kafka_io import read_committed_consumer
 from actors.processor import PartitionProcessor
 from features.catalog import Catalog
-from features.errors import RejectReason
+from features.errors import RejectReason, TransportError
 from features.watermark import WatermarkState
+
+# The producer's transaction timeout, and so the deadline of one commit: the coordinator aborts a
+# transaction open longer than this, after which its commit can only fail. Far above a healthy
+# commit (one commit interval plus a few round trips).
+TRANSACTION_TIMEOUT_MS = 60_000
+
+
+class CommitStalled(TransportError):
+    """A commit ran past its deadline: the Kafka client is stuck and the transaction is lost."""
+
+    def __init__(
+        self, transactional_id: str, step: str, running_s: float, deadline_s: float
+    ) -> None:
+        super().__init__(
+            f"commit of {transactional_id} stuck at step {step!r} for {running_s:.1f} s "
+            f"(deadline {deadline_s:.0f} s): the Kafka client cannot finish it"
+        )
+        self.transactional_id, self.step, self.running_s = transactional_id, step, running_s
 
 
 @dataclass
@@ -62,6 +87,7 @@ class StreamConsumer:
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
         clients: Callable[[ConsumerConfig, str], tuple[Any, Any]] | None = None,
+        commit_deadline_s: float = TRANSACTION_TIMEOUT_MS / 1000,
     ) -> None:
         self.config = config
         self._clients = clients or kafka_clients
@@ -78,6 +104,11 @@ class StreamConsumer:
         self.stats = ConsumerStats()
         self._consumer: Any = None
         self._producer: Any = None
+        self._commit_deadline_s = commit_deadline_s
+        # The running commit's protocol step and its start (monotonic); read by the watchdog
+        # thread, so each is replaced by one assignment, never mutated.
+        self._commit_step: str | None = None
+        self._commit_began = 0.0
 
     @property
     def transactional_id(self) -> str:
@@ -147,46 +178,74 @@ class StreamConsumer:
            see the tiles; a crash before this line aborts it all and the restart replays from the
            previous commit's offsets onto the previous commit's state.
         """
-        producer = self._producer
-        began = self._monotonic()
-        producer.begin_transaction()  # 1
-        for _partition, letter in self._pending_dead:  # 2
-            producer.send(
-                self.config.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
-            )
-        offsets = {}
-        event_times: list[int] = []
-        for partition, processor in self._processors.items():  # 3
-            for record in processor.drain_changes():
-                key, value = encode(record)
+        try:
+            producer = self._producer
+            began = self._commit_began = self._monotonic()
+            self._commit_step = "produce"
+            producer.begin_transaction()  # 1
+            for _partition, letter in self._pending_dead:  # 2
                 producer.send(
-                    self.config.changelog_topic, key=key, value=value, partition=partition
+                    self.config.dlq_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=letter.headers,
                 )
-                event_times.append(record.event_time_ms)
-                self.stats.changelog_records += 1
-            position = processor.state.last_offset + 1
-            if position > 0:
-                metadata = orjson.dumps(processor.state.watermark.to_dict()).decode()
-                offsets[TopicPartition(self._topic, partition)] = OffsetAndMetadata(
-                    position, metadata, -1
-                )
-                self.stats.watermark_ms[partition] = processor.watermark_ms
-        produced = self._monotonic()
-        if offsets:  # 4
-            producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
-        offsets_added = self._monotonic()
-        producer.commit_transaction()  # 5
-        visible_at = self._now_ms()
-        self.stats.visible_ms.extend(float(visible_at - t) for t in event_times)
-        self._pending_dead.clear()
-        self._uncommitted = False
-        self._last_commit = self._monotonic()
-        self.stats.commit_ms.append((self._last_commit - began) * 1000)
-        phases = self.stats.commit_phase_ms
-        phases["produce"].append((produced - began) * 1000)
-        phases["offsets"].append((offsets_added - produced) * 1000)
-        phases["end"].append((self._last_commit - offsets_added) * 1000)
-        self.stats.commits += 1
+            offsets = {}
+            event_times: list[int] = []
+            for partition, processor in self._processors.items():  # 3
+                for record in processor.drain_changes():
+                    key, value = encode(record)
+                    producer.send(
+                        self.config.changelog_topic, key=key, value=value, partition=partition
+                    )
+                    event_times.append(record.event_time_ms)
+                    self.stats.changelog_records += 1
+                position = processor.state.last_offset + 1
+                if position > 0:
+                    metadata = orjson.dumps(processor.state.watermark.to_dict()).decode()
+                    offsets[TopicPartition(self._topic, partition)] = OffsetAndMetadata(
+                        position, metadata, -1
+                    )
+                    self.stats.watermark_ms[partition] = processor.watermark_ms
+            produced = self._monotonic()
+            self._commit_step = "offsets"
+            if offsets:  # 4
+                producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            offsets_added = self._monotonic()
+            self._commit_step = "end"
+            producer.commit_transaction()  # 5
+            visible_at = self._now_ms()
+            self.stats.visible_ms.extend(float(visible_at - t) for t in event_times)
+            self._pending_dead.clear()
+            self._uncommitted = False
+            self._last_commit = self._monotonic()
+            self.stats.commit_ms.append((self._last_commit - began) * 1000)
+            phases = self.stats.commit_phase_ms
+            phases["produce"].append((produced - began) * 1000)
+            phases["offsets"].append((offsets_added - produced) * 1000)
+            phases["end"].append((self._last_commit - offsets_added) * 1000)
+            self.stats.commits += 1
+        finally:
+            self._commit_step = None  # finished or failed: no commit is running
+
+    def commit_running_s(self) -> float | None:
+        """How long the commit in progress has been running; None between commits. Safe to
+        call from another thread."""
+        step, began = self._commit_step, self._commit_began
+        return None if step is None else self._monotonic() - began
+
+    def overdue_commit(self) -> CommitStalled | None:
+        """The commit in progress when it has run past its deadline (it can never finish: the
+        client lost its request or the coordinator aborted the transaction), else None. Safe to
+        call from another thread; the caller must end this process, since the stuck call cannot
+        be interrupted."""
+        step, began = self._commit_step, self._commit_began
+        if step is None:
+            return None
+        running_s = self._monotonic() - began
+        if running_s <= self._commit_deadline_s:
+            return None
+        return CommitStalled(self.transactional_id, step, running_s, self._commit_deadline_s)
 
     def refresh_lag(self) -> dict[int, int]:
         tps = [TopicPartition(self._topic, p) for p in self._partitions]
@@ -213,6 +272,7 @@ def kafka_clients(config: ConsumerConfig, transactional_id: str) -> tuple[Any, A
     producer = KafkaProducer(
         bootstrap_servers=config.bootstrap,
         transactional_id=transactional_id,
+        transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
         enable_idempotence=True,
         acks="all",
         linger_ms=5,

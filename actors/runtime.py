@@ -2,15 +2,19 @@
 
 Crash-only: a loop that meets an unexpected error exits its process, and Ray restarts the actor
 (``max_restarts=-1``), which rebuilds its state from the changelog and committed offsets. There is
-no in-process recovery path to get subtly wrong.
+no in-process recovery path to get subtly wrong. A consumer's loop blocked in a commit that can no
+longer finish raises nothing, so a watchdog thread exits the process for it
+(``StreamConsumer.overdue_commit``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from typing import Any
 
@@ -42,7 +46,22 @@ class _ConsumerActor:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._started_at = time.time()
-        threading.Thread(target=self._loop, name="consumer-loop", daemon=True).start()
+        self._loop_thread = threading.Thread(target=self._loop, name="consumer-loop", daemon=True)
+        self._loop_thread.start()
+        threading.Thread(target=self._watch_commit, name="consumer-watchdog", daemon=True).start()
+
+    def _watch_commit(self) -> None:
+        """Once a second: a commit past its deadline is stuck in a Kafka client call that has no
+        timeout, and its transaction is lost. Exit so that Ray restarts this actor: the new
+        incarnation fences the open transaction and restores from the changelog and the committed
+        offsets, so nothing is lost or counted twice."""
+        while not self._stop.wait(1.0):
+            stalled = self._consumer.overdue_commit()
+            if stalled is not None:
+                frame = sys._current_frames().get(self._loop_thread.ident or -1)
+                where = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+                log.error("consumer %s loop is blocked in:\n%s", self._partitions, where)
+                _die(f"consumer {self._partitions}", stalled)
 
     def _loop(self) -> None:
         try:
@@ -72,6 +91,8 @@ class _ConsumerActor:
             "accepted": stats.accepted,
             "dead_lettered": dict(stats.dead_lettered),
             "commits": stats.commits,
+            # Seconds the commit in progress has run (None between commits); large when stuck.
+            "commit_running_s": self._consumer.commit_running_s(),
             "restored_records": stats.restored_records,
             "restore_s": stats.restore_s,
             "watermark_ms": dict(stats.watermark_ms),

@@ -1,14 +1,22 @@
 """The stream consumer's commit protocol on test doubles: one transaction holds a commit's tiles,
 dead letters and source offsets (with the watermark), nothing is committed before the interval,
-close commits the rest, and a failed commit stops the loop instead of being skipped."""
+close commits the rest, a failed commit stops the loop instead of being skipped, and a commit stuck
+in the Kafka client past its deadline is reported overdue."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import orjson
 import pytest
 
 from actors.config import CHANGELOG_TOPIC, DLQ_TOPIC
-from actors.consumer import ConsumerConfig, StreamConsumer
+from actors.consumer import (
+    TRANSACTION_TIMEOUT_MS,
+    CommitStalled,
+    ConsumerConfig,
+    StreamConsumer,
+)
 from features.demo import SOURCE, TOPIC, card_transactions_catalog
 from features.watermark import WatermarkState
 from tests.doubles.kafka import FakeConsumer, FakeProducer
@@ -104,3 +112,65 @@ def test_a_failed_commit_raises_from_step() -> None:
     with pytest.raises(RuntimeError, match="ProducerFencedError"):
         consumer.step(poll_timeout_ms=0)
     assert producer.transactions == [] and consumer.stats.commits == 0
+
+
+class _StuckOffsetsProducer(FakeProducer):
+    """Step 4 hangs the way kafka-python's does when its sender dropped the request (a broker
+    restart): the call never returns. Here it lets the clock run past the deadline and records
+    what a watchdog reading the consumer from another thread would see meanwhile."""
+
+    def __init__(self, clock: Clock, running_for_s: float) -> None:
+        super().__init__()
+        self.clock, self.running_for_s = clock, running_for_s
+        self.consumer: StreamConsumer | None = None
+        self.seen: tuple[float | None, CommitStalled | None] | None = None
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: Any) -> None:
+        super().send_offsets_to_transaction(offsets, group)
+        self.clock.t += self.running_for_s
+        assert self.consumer is not None
+        self.seen = (self.consumer.commit_running_s(), self.consumer.overdue_commit())
+
+
+def _stuck(running_for_s: float) -> tuple[StreamConsumer, _StuckOffsetsProducer]:
+    kafka, clock = FakeConsumer(), Clock()
+    producer = _StuckOffsetsProducer(clock, running_for_s)
+    producer.consumer = consumer = _started(kafka, producer, clock)
+    _append(kafka, range(3))
+    clock.t += 1
+    return consumer, producer
+
+
+def test_a_commit_stuck_past_its_deadline_is_overdue_naming_its_step() -> None:
+    """The actor's watchdog exits the process on it: the stuck call cannot be interrupted."""
+    consumer, producer = _stuck(running_for_s=TRANSACTION_TIMEOUT_MS / 1000 + 1)
+    consumer.step(poll_timeout_ms=0)
+    assert producer.seen is not None
+    running_s, stalled = producer.seen
+    assert running_s is not None and running_s > TRANSACTION_TIMEOUT_MS / 1000
+    assert isinstance(stalled, CommitStalled)
+    assert stalled.step == "offsets" and stalled.transactional_id == consumer.transactional_id
+    assert consumer.commit_running_s() is None and consumer.overdue_commit() is None
+
+
+def test_a_slow_commit_within_its_deadline_is_not_overdue() -> None:
+    consumer, producer = _stuck(running_for_s=TRANSACTION_TIMEOUT_MS / 1000 - 1)
+    consumer.step(poll_timeout_ms=0)
+    assert producer.seen is not None
+    running_s, stalled = producer.seen
+    assert running_s is not None and stalled is None
+    assert consumer.stats.commits == 1
+
+
+def test_no_commit_is_running_between_commits_or_after_a_failed_one() -> None:
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock)
+    assert consumer.commit_running_s() is None
+    clock.t += 3600  # idle for an hour: nothing is overdue
+    assert consumer.overdue_commit() is None
+    producer.fail_commit = RuntimeError("ProducerFencedError")
+    _append(kafka, range(3))
+    with pytest.raises(RuntimeError):
+        consumer.step(poll_timeout_ms=0)
+    clock.t += 3600
+    assert consumer.commit_running_s() is None and consumer.overdue_commit() is None
