@@ -128,9 +128,21 @@ def index_actor_name(view: str, region: str, version: str) -> str:
     return f"fl-embeddings-{region}-{view}-{version}"
 
 
+def catalog_actor_name(view: str) -> str:
+    """The Ray actor name of ``view``'s version catalog (``actors.embedding_versions``), which
+    Serve replicas follow to learn of version changes."""
+    return f"fl-embeddings-catalog-{view}"
+
+
 def vector_key(view: str, version: str, entity_id: str) -> str:
     """The Redis key of an entity's current vector (float32, little-endian) in its region."""
-    return f"fl:emb:{view}:{version}:{entity_id}"
+    return f"{vector_marker_key(view, version)}:{entity_id}"
+
+
+def vector_marker_key(view: str, version: str) -> str:
+    """The key saying whether a region's Redis holds every vector of ``view`` at ``version``
+    (``regions.redis_vectors``); no entity's key equals it, as entity ids are never empty."""
+    return f"fl:emb:{view}:{version}"
 
 
 # --- Events --------------------------------------------------------------------------------------
