@@ -1,28 +1,40 @@
 """The embedding index actor: consumes one view's topic into one index per model version.
 
-Recovery (crash-only, like the pipeline's actors): at start each version's index is restored from
-its snapshot in ``state_dir/<view>/<version>`` and every partition is sought to the smallest
-offset any version's snapshot recorded (the beginning when there is none), then replayed. Replaying
-an event a version has already applied changes nothing (``EmbeddingIndex.apply`` ignores events no
-newer than the entity's last), so after a restore and a replay each index holds exactly the latest
-event of every entity up to the consumer's position: no id missing, none twice.
+Recovery (crash-only, like the pipeline's actors): at start each version's index is restored
+from its snapshot in ``state_dir/<region>/<view>/<version>`` and every partition is sought to the
+smallest offset any version's snapshot recorded (the beginning when there is none), then
+replayed. Replaying an event a version has already applied changes nothing
+(``EmbeddingIndex.apply`` ignores events no newer than the entity's last), so after a restore and
+a replay each index holds exactly the latest event of every entity up to the consumer's position:
+no id missing, none twice.
 
 The snapshot protocol (:meth:`EmbeddingIngest.snapshot`), in order: (1) apply every polled event,
 so the offsets about to be written cover only applied events; (2) write each version's snapshot
 with the next offset per partition; Kafka offsets are never committed, the snapshot is the
 position. Dead letters are sent as they are found and may repeat after a crash (at least once);
 they carry the headers of ``actors.dlq``.
+
+The view can change under a running actor (a model version added or dropped, the serving version
+switched: ``features.embedding_catalog``): the catalog actor pushes it (:meth:`reconfigure`), and
+a (re)starting actor reads it from ``state_dir/catalog/<view>.json``, so a restart never brings an
+old view back. Only the actor of the view's reporting version (its first) in a region configured
+with ``dead_letters`` sends dead letters.
+
+Vectors are mirrored to the region's Redis by ``actors.embedding_mirror`` outside the actor's lock;
+a Redis outage delays the mirror (retried with backoff) and never the index.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.config import DLQ_TOPIC
 from actors.dlq import dead_letter
+from actors.embedding_catalog_file import catalog_path, read_catalog
 from actors.embedding_index import EmbeddingIndex
 from actors.embedding_mirror import RedisTarget, VectorMirror
 from actors.embedding_snapshot import read_snapshot, write_snapshot
 from actors.kafka_io import read_committed_consumer, topic_partitions
+from actors.metrics import IndexMetrics
 from features.embedding_search import Query, SearchAnswer
 from features.embeddings import (
     INDEX_ACTOR_NAMESPACE,
@@ -47,11 +61,14 @@ from features.embeddings import (
     UnknownModelVersion,
     index_actor_name,
 )
+from features.errors import ConfigError
 
 log = logging.getLogger("freshline.actors.embeddings")
 
 
 SNAPSHOT_INTERVAL_S = 30.0
+RECONFIGURE_WAIT_S = 30.0
+METRICS_INTERVAL_S = 1.0
 
 
 class EmbeddingIngestConfig(BaseModel):
@@ -68,10 +85,16 @@ class EmbeddingIngestConfig(BaseModel):
     # version the view declares). The pipeline starts one actor per (region, view, version).
     region: str = "local"
     versions: tuple[str, ...] | None = None
-    # Several actors read one topic; only one of them sends its refused events to the DLQ.
+    # Several actors read one topic; only one sends refused events to the DLQ: the actor of the
+    # view's reporting version (its first) in the one region where this is set.
     dead_letters: bool = True
     # The region's Redis, which mirrors every current vector (None: no mirror).
     redis: RedisTarget | None = None
+
+
+def snapshot_directory(config: EmbeddingIngestConfig, view: str, version: str) -> Path:
+    """Where the actor of ``config`` snapshots ``view``'s index at ``version``."""
+    return config.state_dir / config.region / view / version
 
 
 class EmbeddingIngest:
@@ -87,23 +110,40 @@ class EmbeddingIngest:
         clients: Callable[[EmbeddingIngestConfig], tuple[Any, Any]] | None = None,
     ) -> None:
         self.config = config
+        self._versions = config.versions or view.model_versions
+        self._now_ms = now_ms
         self.view = view
         self._validator = EmbeddingValidator(view, now_ms)
         self._monotonic = monotonic
         self._clients = clients or kafka_clients
         self.indexes: dict[str, EmbeddingIndex] = {}
+        self.mirrors: dict[str, VectorMirror] = {}
         self.positions: dict[int, int] = {}  # next offset to read per partition
         self.dead_lettered: dict[str, int] = {}
         self._consumer: Any = None
         self._producer: Any = None
-        self._mirror = VectorMirror(config.redis) if config.redis is not None else None
         self._caught_up_at: dict[int, int] = {}  # the end of each partition when started
         self.snapshotted: dict[int, int] = {}  # the positions of this process's last snapshot
         self._last_snapshot = monotonic()
 
     @property
     def versions(self) -> tuple[str, ...]:
-        return self.config.versions or self.view.model_versions
+        return self._versions
+
+    @property
+    def reporting(self) -> bool:
+        """Whether this actor sends the view's dead letters (see the module docstring)."""
+        return self.config.dead_letters and self.view.model_versions[0] in self._versions
+
+    def reconfigure(self, view: EmbeddingView) -> dict[int, int]:
+        """Follows a catalog change of this actor's view (versions added or dropped, the serving
+        version moved); returns the positions from which it validates with it. A view whose
+        similarity space differs (dimension, metric, attributes, ...) is refused."""
+        if _space(view) != _space(self.view):
+            raise ConfigError(f"view {view.name!r} changed more than its versions", field="view")
+        self.view = view
+        self._validator = EmbeddingValidator(view, self._now_ms)
+        return dict(self.positions)
 
     @property
     def ready(self) -> bool:
@@ -114,10 +154,11 @@ class EmbeddingIngest:
         )
 
     def _directory(self, version: str) -> Path:
-        return self.config.state_dir / self.config.region / self.view.name / version
+        return snapshot_directory(self.config, self.view.name, version)
 
     def start(self) -> None:
         """Restores every version's snapshot, then seeks each partition to the oldest offset."""
+        self._follow_catalog_file()
         self._consumer, self._producer = self._clients(self.config)
         partitions = topic_partitions(self._consumer, [self.view.topic])[self.view.topic]
         restored_offsets: list[dict[int, int]] = []
@@ -125,6 +166,9 @@ class EmbeddingIngest:
             found = read_snapshot(self.view, version, self._directory(version))
             self.indexes[version] = found[0] if found else EmbeddingIndex(self.view, version)
             restored_offsets.append(found[1] if found else {})
+            if self.config.redis is not None:
+                store = self.config.redis.vector_store(self.view.name, version)
+                self.mirrors[version] = VectorMirror(store, self._monotonic)
         tps = [TopicPartition(self.view.topic, p) for p in partitions]
         self._consumer.assign(tps)
         for tp in tps:
@@ -133,6 +177,13 @@ class EmbeddingIngest:
             self.positions[tp.partition] = offset
         ends = self._consumer.end_offsets(tps) if hasattr(self._consumer, "end_offsets") else {}
         self._caught_up_at = {tp.partition: end for tp, end in ends.items()}
+
+    def _follow_catalog_file(self) -> None:
+        # A catalog that no longer lists this actor's versions is dropping them: the actor keeps
+        # the view it was started with (and its dead-letter duty) until it is stopped.
+        catalog = read_catalog(catalog_path(self.config.state_dir, self.view.name))
+        if catalog is not None and set(self._versions) & set(catalog.view.model_versions):
+            self.reconfigure(catalog.view)
 
     def step(self, poll_timeout_ms: int = 100) -> int:
         """Polls once, applies what it got, snapshots when the interval has passed."""
@@ -159,8 +210,8 @@ class EmbeddingIngest:
             if index is None:  # a version another actor indexes
                 continue
             index.apply(events)
-            if self._mirror is not None:
-                self._mirror.write(index, (e.entity_id for e in events))
+            if version in self.mirrors:
+                self.mirrors[version].touched(e.entity_id for e in events)
         self._advance_past_markers(polled)
         if self._monotonic() - self._last_snapshot >= self.config.snapshot_interval_s:
             self.snapshot()
@@ -179,7 +230,7 @@ class EmbeddingIngest:
         try:
             event = self._validator.validate(record.value)
         except EmbeddingRejected as rejected:
-            if self.config.dead_letters:
+            if self.reporting:
                 self._dead_letter(record, partition, rejected)
             return
         out.setdefault(event.model_version, []).append(event)
@@ -225,13 +276,48 @@ class EmbeddingIngest:
         vector = self._index(version).vector_of(entity_id)
         return None if vector is None else [float(x) for x in vector]
 
+    def flush_mirrors(self, lock: AbstractContextManager[Any] | None = None) -> None:
+        """Copies what changed to the region's Redis; the index is read under ``lock`` (the
+        actor's), the Redis round trips are made outside it, so searches never wait for Redis."""
+        for version, mirror in self.mirrors.items():
+            mirror.flush(_LockedIndex(self.indexes[version], lock or contextlib.nullcontext()))
+
+    def mirror_status(self) -> dict[str, Any]:
+        return {
+            v: {"state": m.state, "pending": len(m.pending), "failures": m.failures}
+            for v, m in self.mirrors.items()
+        }
+
     def close(self) -> None:
         if self._consumer is not None:
             self.snapshot()
             self._consumer.close()
             self._producer.close()
-        if self._mirror is not None:
-            self._mirror.close()
+
+
+class _LockedIndex:
+    """An index as ``actors.embedding_mirror.IndexSource``: each read holds the owner's lock."""
+
+    def __init__(self, index: EmbeddingIndex, lock: AbstractContextManager[Any]) -> None:
+        self._index = index
+        self._lock = lock
+
+    def live_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._index.row_of)
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, bytes | None]:
+        with self._lock:
+            out: dict[str, bytes | None] = {}
+            for entity_id in ids:
+                vector = self._index.vector_of(entity_id)
+                out[entity_id] = None if vector is None else vector.astype("<f4").tobytes()
+            return out
+
+
+def _space(view: EmbeddingView) -> dict[str, Any]:
+    """What an index of ``view`` depends on: everything but its versions."""
+    return view.model_dump(exclude={"model_versions", "serving_version"})
 
 
 def kafka_clients(config: EmbeddingIngestConfig) -> tuple[Any, Any]:
@@ -252,6 +338,8 @@ class _EmbeddingIndexActor:
 
     def __init__(self, config: EmbeddingIngestConfig, view: EmbeddingView) -> None:
         self._ingest = EmbeddingIngest(config, view)
+        self._metrics = IndexMetrics(config.region, view.name)
+        self._exported_at = 0.0
         self._lock = threading.Lock()  # the loop applies while Serve searches
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -267,11 +355,22 @@ class _EmbeddingIndexActor:
                 polled = self._ingest.poll(poll_timeout_ms=50)  # searches are not held up
                 with self._lock:
                     self._ingest.apply(polled)
+                self._ingest.flush_mirrors(self._lock)  # Redis round trips outside the lock
+                self._export()
             with self._lock:
                 self._ingest.close()
         except BaseException:
             log.exception("embedding index loop failed; exiting so that Ray restarts it")
             os._exit(1)
+
+    def _export(self) -> None:
+        now = time.monotonic()
+        if now - self._exported_at < METRICS_INTERVAL_S:
+            return
+        self._exported_at = now
+        with self._lock:
+            sizes = {v: i.size for v, i in self._ingest.indexes.items()}
+        self._metrics.export(self._ingest.ready, sizes, self._ingest.mirror_status())
 
     def search(self, version: str | None, queries: list[Query]) -> SearchAnswer:
         with self._lock:
@@ -296,11 +395,22 @@ class _EmbeddingIndexActor:
                 "positions": dict(self._ingest.positions),
                 "snapshotted": dict(self._ingest.snapshotted),
                 "dead_lettered": dict(self._ingest.dead_lettered),
+                "reporting": self._ingest.reporting,
+                "serving_version": self._ingest.view.serving_version,
                 "indexes": {
                     v: {"size": i.size, "kind": i.kind, "mutations": i.mutations}
                     for v, i in self._ingest.indexes.items()
                 },
+                "mirror": self._ingest.mirror_status(),
             }
+
+    def reconfigure(self, view: EmbeddingView) -> dict[int, int]:
+        """See :meth:`EmbeddingIngest.reconfigure`, once the actor has started (its start reads
+        the catalog file, so a push that finds it starting is not lost either way)."""
+        if not self._ready.wait(timeout=RECONFIGURE_WAIT_S):
+            raise IndexNotReady(f"index of {self._ingest.view.name!r} is still starting")
+        with self._lock:
+            return self._ingest.reconfigure(view)
 
     def stop(self) -> None:
         """Ends the loop after a last snapshot; returns once it is written."""
@@ -344,10 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray.init(address=args.address, namespace=INDEX_ACTOR_NAMESPACE)
     for version in view.model_versions:
         config = EmbeddingIngestConfig(
-            bootstrap=args.bootstrap,
-            state_dir=args.state_dir,
-            versions=(version,),
-            dead_letters=version == view.model_versions[0],
+            bootstrap=args.bootstrap, state_dir=args.state_dir, versions=(version,)
         )
         actor = start_index_actor(config, view)
         print(json.dumps(ray.get(actor.status.remote())))

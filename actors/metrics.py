@@ -82,3 +82,32 @@ class SinkMetrics:
             self._lag.set(lag, self._tags)
         for value in freshness_ms:
             self._freshness.observe(value, self._tags)
+
+
+class IndexMetrics:
+    """Exports one embedding index actor's state, per (region, view, version) it indexes."""
+
+    def __init__(self, region: str, view: str) -> None:
+        self._tags = {"region": region, "view": view}
+        keys = ("region", "view", "version")
+        self._ready = metrics.Gauge(
+            "freshline_embedding_index_ready", "1 once restored and caught up, else 0", keys
+        )
+        self._vectors = metrics.Gauge("freshline_embedding_index_vectors", "live vectors", keys)
+        self._pending = metrics.Gauge(
+            "freshline_embedding_mirror_pending", "changed entities not yet copied to Redis", keys
+        )
+        self._failures = metrics.Gauge(
+            "freshline_embedding_mirror_failures", "consecutive failed Redis writes", keys
+        )
+
+    def export(self, ready: bool, vectors: Mapping[str, int], mirror: Mapping[str, Any]) -> None:
+        """``vectors`` by version; ``mirror`` as ``EmbeddingIngest.mirror_status``."""
+        for version, size in vectors.items():
+            tags = {**self._tags, "version": version}
+            self._ready.set(1 if ready else 0, tags)
+            self._vectors.set(size, tags)
+        for version, state in mirror.items():
+            tags = {**self._tags, "version": version}
+            self._pending.set(state["pending"], tags)
+            self._failures.set(state["failures"], tags)

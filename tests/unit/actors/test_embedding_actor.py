@@ -8,13 +8,18 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from actors.dlq import DeadLetter
 from actors.embedding_actor import EmbeddingIngest, EmbeddingIngestConfig
+from actors.embedding_catalog_file import catalog_path, write_catalog
+from actors.embedding_mirror import RedisTarget
 from actors.embedding_snapshot import write_snapshot
+from features.embedding_catalog import ViewCatalog
 from features.embedding_search import Query
 from features.embeddings import EmbeddingView, UnknownModelVersion
-from features.errors import RejectReason
+from features.errors import ConfigError, RejectReason
+from regions.config import RegionConfig
 from tests.doubles.kafka import FakeConsumer
 
 NOW = 1_764_000_000_000
@@ -188,3 +193,76 @@ def test_versions_snapshotted_at_different_offsets_replay_from_the_oldest(tmp_pa
     restarted = _ingest(tmp_path, consumer, producer, Clock())
     assert restarted.positions == {0: 10}
     assert sorted(restarted.indexes["v2"].row_of) == [f"e{i}" for i in range(5, 10)]
+
+
+def test_a_redis_that_is_down_delays_the_mirror_never_the_index(tmp_path: Path) -> None:
+    """Redis refuses every connection (a closed port): the loop keeps consuming and searching,
+    and the mirror keeps what changed for its next attempt instead of raising (which would
+    restart the actor, replay, fail again: a restart loop)."""
+    region = RegionConfig(name="us-east", aws_region="us-east-1", redis_port=1, dynamodb_port=2)
+    redis = RedisTarget(region=region, writer_user="w", redis_writer_password=SecretStr("p"))
+    consumer, producer, clock = Consumer(1), Producer(), Clock()
+    for i in range(5):
+        consumer.append(TOPIC, 0, None, _raw(i))
+    config = EmbeddingIngestConfig(
+        bootstrap="unused", state_dir=tmp_path, region="us-east", versions=("v1",), redis=redis
+    )
+    ingest = EmbeddingIngest(
+        config, VIEW, now_ms=lambda: NOW, monotonic=clock, clients=lambda _: (consumer, producer)
+    )
+    ingest.start()
+    _drain(ingest)
+    ingest.flush_mirrors()
+    for i in range(5, 8):
+        consumer.append(TOPIC, 0, None, _raw(i))
+    _drain(ingest)
+    clock.t += 60  # past any backoff: the next flush asks Redis again, and fails again
+    ingest.flush_mirrors()
+    assert ingest.mirror_status() == {"v1": {"state": "retrying", "pending": 8, "failures": 2}}
+    answer = ingest.search(None, [Query(np.zeros(4, dtype=np.float32), 10)])
+    assert sorted(answer.results[0].ids) == sorted(f"e{i}" for i in range(8))
+
+
+def test_a_reconfigured_view_moves_the_serving_version_and_the_dead_letter_duty(
+    tmp_path: Path,
+) -> None:
+    consumer, producer = Consumer(1), Producer()
+    consumer.append(TOPIC, 0, None, _raw(1, "v3"))
+    config = EmbeddingIngestConfig(bootstrap="unused", state_dir=tmp_path, versions=("v2",))
+    ingest = EmbeddingIngest(
+        config, VIEW, now_ms=lambda: NOW, clients=lambda _: (consumer, producer)
+    )
+    ingest.start()
+    assert not ingest.reporting  # v1 reports the view's dead letters
+    _drain(ingest)
+    assert producer.sent == []
+    grown = VIEW.model_copy(update={"model_versions": ("v2", "v3"), "serving_version": "v2"})
+    assert ingest.reconfigure(grown) == {0: 1}
+    assert ingest.reporting and ingest.view.serving_version == "v2"
+    consumer.append(TOPIC, 0, None, _raw(2, "v1"))  # v1 was dropped: now unknown
+    consumer.append(TOPIC, 0, None, _raw(3, "v3"))  # declared: accepted, indexed by v3's actor
+    _drain(ingest)
+    assert [h["reason"] for _, _, _, h in producer.sent] == [b"unknown_model_version"]
+    with pytest.raises(ConfigError, match="more than its versions"):
+        ingest.reconfigure(VIEW.model_copy(update={"dimension": 8}))
+
+
+def test_a_restarted_actor_follows_the_catalog_on_disk(tmp_path: Path) -> None:
+    catalog = ViewCatalog.initial(VIEW).add("v3").switch("v2", now_ms=0, grace_ms=1)
+    write_catalog(catalog_path(tmp_path, "items"), catalog)
+    consumer, producer = Consumer(1), Producer()
+    consumer.append(TOPIC, 0, None, _raw(1, "v3"))
+    ingest = _ingest(tmp_path, consumer, producer, Clock())  # started with VIEW: v1, v2 only
+    assert ingest.view == catalog.view
+    _drain(ingest)
+    assert producer.sent == []  # v3 is known from the catalog, not refused
+
+    # A catalog no longer listing the actor's version: it is being dropped and keeps its view.
+    gone = catalog.drop("v1")
+    write_catalog(catalog_path(tmp_path, "items"), gone)
+    config = EmbeddingIngestConfig(bootstrap="unused", state_dir=tmp_path, versions=("v1",))
+    dropping = EmbeddingIngest(
+        config, VIEW, now_ms=lambda: NOW, clients=lambda _: (consumer, producer)
+    )
+    dropping.start()
+    assert dropping.view == VIEW and dropping.reporting
