@@ -22,12 +22,12 @@ from actors.processor import TENANT
 from actors.runtime import NAMESPACE
 from cluster.embeddings import (
     ensure_topics,
-    index_configs,
+    fleet_config,
     index_status,
-    start_index_actors,
+    start_catalogs,
     stop_index_actors,
 )
-from cluster.registry import catalog_or
+from cluster.registry import latest, publish_to_regions
 from cluster.secrets import node_secrets
 from cluster.settings import StackSettings, settings_from_env
 from features.demo import card_transactions_catalog, item_embedding_views
@@ -49,22 +49,24 @@ def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
     secrets = node_secrets(settings.secrets_file, os.environ)
     config = pipeline_config(settings, consumers)
     # The latest applied registry version; the demo catalog until a repository is applied.
-    catalog, version = catalog_or(settings.kafka.bootstrap, TENANT, card_transactions_catalog)
+    current = latest(settings.kafka.bootstrap, TENANT)
+    catalog = card_transactions_catalog() if current is None else current.catalog
     result = job.up(config, catalog, secrets)
+    version = None if current is None else current.number
+    if current is not None:
+        # The consumers compute it now: each region's Serve replicas may follow it.
+        publish_to_regions(settings.topology, settings.redis, secrets, TENANT, current)
     views = item_embedding_views()
-    configs = [
-        index_configs(
-            view,
-            settings.topology,
-            bootstrap=settings.kafka.bootstrap,
-            state_dir=settings.state_dir / "embeddings",
-            users=settings.redis,
-            secrets=secrets,
-        )
-        for view in views
-    ]
+    fleet = fleet_config(
+        settings.topology,
+        bootstrap=settings.kafka.bootstrap,
+        state_dir=settings.state_dir / "embeddings",
+        users=settings.redis,
+        secrets=secrets,
+    )
     ensure_topics(settings.kafka.bootstrap, views)
-    start_index_actors(views, configs)
+    # Each view's catalog actor starts its index actors (one per region and live version).
+    start_catalogs(views, fleet)
     return {**result, "registry_version": version}
 
 

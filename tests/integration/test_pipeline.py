@@ -27,7 +27,7 @@ from cluster import pipeline as pipeline_job
 from cluster.settings import CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog, item_embedding_views
-from features.embeddings import index_actor_name
+from features.embeddings import catalog_actor_name, index_actor_name
 from tests.integration.prometheus import Sample, growth, scrape, total
 
 pytestmark = pytest.mark.integration
@@ -419,12 +419,13 @@ def test_down_then_up_leaves_exactly_the_configured_actors(pipeline: Stack) -> N
     expected = sorted(
         ["fl-consumer-0", "fl-consumer-1", "fl-offline", "fl-supervisor"]
         + [f"fl-sink-{r}-{s}" for r in ("us-east", "eu-west") for s in ("redis", "dynamodb")]
-        # One index actor per region and embedding view at its serving model version.
+        # Per embedding view, its catalog actor and one index actor per region and version.
         + [
             index_actor_name(view.name, region, view.model_versions[0])
             for view in item_embedding_views()
             for region in ("us-east", "eu-west")
         ]
+        + [catalog_actor_name(view.name) for view in item_embedding_views()]
     )
     time.sleep(5)
     assert named() == expected
