@@ -16,6 +16,12 @@ best first (score: squared L2 distance, dot product, or the fused RRF score when
 Batching: concurrent searches of the same view and version wait at most ``batch_wait_ms`` and go
 to the index actor as one call (:class:`QueryBatcher`), where queries sharing ``k`` and a filter
 become one Faiss search.
+
+Versions follow the view's catalog live (:class:`CatalogFollower`): when the backend can watch
+catalogs (the Ray backend: each view's catalog actor), a replica long-polls each view it serves
+and swaps in the catalog's view (its versions, its serving version) as soon as its generation
+changes, so a switch moves reads without a restart. The set of views, and the OpenAPI document
+(which lists the versions deployed), are fixed when the replica starts.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from features.embedding_catalog import ViewCatalog
 from features.embedding_search import (
     FilterError,
     Neighbours,
@@ -42,10 +49,12 @@ from features.embeddings import (
     EmbeddingView,
     IndexNotReady,
     UnknownModelVersion,
+    catalog_actor_name,
     index_actor_name,
     vector_key,
 )
 from features.errors import StoreUnavailable
+from regions.resilience import ExponentialBackoff
 from serve_apps.exceptions import BadRequest
 
 log = logging.getLogger("serve_apps.similar")
@@ -86,6 +95,15 @@ class IndexBackend(Protocol):
     async def vector_of(self, view: str, version: str, entity_id: str) -> list[float] | None: ...
 
 
+@runtime_checkable
+class CatalogWatch(Protocol):
+    """A backend that also knows where each view's version catalog lives."""
+
+    async def watch(self, view: str, generation: int, timeout_s: float) -> ViewCatalog | None:
+        """The view's catalog once its generation differs from ``generation`` (or after
+        ``timeout_s``); ``None`` when the view has no catalog."""
+
+
 VectorGet = Callable[[str], Awaitable[Any]]
 
 
@@ -98,7 +116,8 @@ class RegionIndexBackend:
     When none answers: :class:`IndexNotReady` if no region has a ready index of the version (the
     client named a version still being built: a 4xx), else :class:`StoreUnavailable` (503).
     By entity id the vector comes from the home region's Redis (``vectors``) when given; the
-    actors are asked only when Redis fails.
+    actors are asked when Redis fails or has no vector for the entity (a Redis that came back
+    empty is being copied again, so only the index can say an entity has none).
     """
 
     def __init__(
@@ -108,6 +127,7 @@ class RegionIndexBackend:
         self._vectors = vectors
         self._timeout_s = timeout_s
         self._handles: dict[str, Any] = {}
+        self._catalogs: dict[str, Any] = {}
 
     async def search(self, view: str, version: str, queries: list[Query]) -> SearchAnswer:
         return await self._first(view, version, "search", queries)  # type: ignore[no-any-return]
@@ -119,8 +139,24 @@ class RegionIndexBackend:
             except Exception:
                 log.warning("vector lookup in Redis failed; asking the index actors")
             else:
-                return None if raw is None else np.frombuffer(raw, dtype="<f4").tolist()
+                if raw is not None:
+                    return np.frombuffer(raw, dtype="<f4").tolist()  # type: ignore[no-any-return]
         return await self._first(view, version, "vector_of", entity_id)  # type: ignore[no-any-return]
+
+    async def watch(self, view: str, generation: int, timeout_s: float) -> ViewCatalog | None:
+        import ray
+
+        name = catalog_actor_name(view)
+        try:
+            if name not in self._catalogs:
+                self._catalogs[name] = ray.get_actor(name, namespace=INDEX_ACTOR_NAMESPACE)
+            found: ViewCatalog = await self._catalogs[name].watch.remote(generation, timeout_s)
+        except ValueError:  # the view has no catalog actor (yet)
+            return None
+        except Exception:
+            self._catalogs.pop(name, None)  # restarted or gone: look it up again next time
+            raise
+        return found
 
     async def _first(self, view: str, version: str, method: str, *args: Any) -> Any:
         import ray
@@ -194,6 +230,70 @@ class QueryBatcher:
                 future.set_result((answer, position))
 
 
+WATCH_TIMEOUT_S = 30.0
+FIRST_SYNC_S = 1.0
+
+
+class CatalogFollower:
+    """Keeps ``views`` (a dict it updates in place) at each view's latest catalog: one long poll
+    per view, on the replica's event loop. A view without a catalog, or whose catalog does not
+    answer, keeps its current definition and is asked again after a backoff (capped at 10 s)."""
+
+    def __init__(
+        self,
+        views: dict[str, EmbeddingView],
+        source: CatalogWatch,
+        backoff: ExponentialBackoff | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.views = views
+        self.generations: dict[str, int] = {}
+        self._source = source
+        self._backoff = backoff or ExponentialBackoff(base_s=0.5, cap_s=10.0)
+        self._sleep = sleep
+        self._first: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._synced = False
+
+    async def synced(self, timeout_s: float = FIRST_SYNC_S) -> None:
+        """Starts following on the running loop (once), and the first time waits up to
+        ``timeout_s`` for every view's first answer, so a new replica does not read a version
+        the catalog has moved away from."""
+        if self._synced:
+            return
+        if not self._tasks:
+            for name in self.views:
+                self._first[name] = asyncio.Event()
+                self._tasks.append(asyncio.get_running_loop().create_task(self._follow(name)))
+        waits = [asyncio.wait_for(e.wait(), timeout_s) for e in self._first.values()]
+        await asyncio.gather(*waits, return_exceptions=True)
+        self._synced = True
+
+    async def _follow(self, name: str) -> None:
+        failures = 0
+        while True:
+            try:
+                found = await self._source.watch(
+                    name, self.generations.get(name, 0), WATCH_TIMEOUT_S
+                )
+            except Exception as exc:
+                log.warning("catalog of %s did not answer (%s); retrying", name, type(exc).__name__)
+                found = None
+            self._first[name].set()
+            if found is None:
+                failures += 1
+                await self._sleep(self._backoff.delay(failures))
+                continue
+            failures = 0
+            if found.view.name == name and found.generation != self.generations.get(name):
+                self.views[name] = found.view
+                self.generations[name] = found.generation
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
 class SimilarSearch:
     """Parses a request, asks the index through the batcher, shapes the answer."""
 
@@ -204,14 +304,21 @@ class SimilarSearch:
         backend: IndexBackend | None = None,
         limits: SimilarLimits | None = None,
     ) -> None:
-        """``backend`` defaults to the home region's Ray index actors alone."""
+        """``backend`` defaults to the home region's Ray index actors alone; a backend that can
+        watch catalogs (:class:`CatalogWatch`) makes the views follow them."""
         self.views = dict(views)
         self.limits = limits or SimilarLimits()
         self._backend = backend or RegionIndexBackend([region])
         self._batcher = QueryBatcher(self._backend, self.limits)
         self._region = region
+        source = self._backend
+        self.follower = (
+            CatalogFollower(self.views, source) if isinstance(source, CatalogWatch) else None
+        )
 
     async def answer(self, body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        if self.follower is not None:
+            await self.follower.synced()
         view = self._view(body)
         version = _version(body, view)
         k = _k(body, self.limits.max_k)

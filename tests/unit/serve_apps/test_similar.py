@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 
 from actors.embedding_index import EmbeddingIndex
+from features.embedding_catalog import ViewCatalog
 from features.embedding_search import Query, SearchAnswer, StrategyPolicy
-from features.embeddings import EmbeddingEvent, EmbeddingView, Op
+from features.embeddings import EmbeddingEvent, EmbeddingView, IndexNotReady, Op
 from features.errors import StoreUnavailable
 from serve_apps.config import Limits
 from serve_apps.http import ServingHttp
-from serve_apps.similar import SimilarSearch
+from serve_apps.similar import RegionIndexBackend, SimilarSearch
 from serve_apps.wiring import build_http
 from tests.unit.serve_apps.fakes import READ_KEY, T0, FakeClock, FakeStore, config
 
@@ -267,3 +268,114 @@ def test_every_schema_valid_request_is_served() -> None:
 
     served()
     assert len(sent) >= 30
+
+
+class CatalogBackend(IndexBackend):
+    """An index backend whose view follows a catalog the test changes (the catalog actor's long
+    poll, on the test's loop)."""
+
+    def __init__(self, catalog: ViewCatalog | None) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.changed = asyncio.Event()
+        self.watches = 0
+
+    async def watch(self, view: str, generation: int, timeout_s: float) -> ViewCatalog | None:
+        self.watches += 1
+        while self.catalog is not None and self.catalog.generation == generation:
+            self.changed.clear()
+            await self.changed.wait()
+        return self.catalog
+
+    def publish(self, catalog: ViewCatalog) -> None:
+        self.catalog = catalog
+        self.changed.set()
+
+    async def search(self, view: str, version: str, queries: list[Query]) -> SearchAnswer:
+        if version not in self.indexes:
+            raise IndexNotReady(f"{version} is being built")
+        return await super().search(view, version, queries)
+
+
+async def _followed(http: ServingHttp, generation: int) -> None:
+    """Until the replica has taken ``generation`` (a wait on the loop, not a timing check)."""
+    follower = http.similar.follower  # type: ignore[union-attr]
+    while follower.generations.get("items") != generation:
+        await asyncio.sleep(0)
+
+
+def test_a_catalog_switch_moves_reads_without_a_restart() -> None:
+    first = ViewCatalog.initial(VIEW)
+    backend = CatalogBackend(first)
+    http = _server(backend)
+    plain = {"view": "items", "vector": QUERY, "k": 3}
+
+    async def scenario() -> list[tuple[int, Any]]:
+        seen = [await _ask(http, plain)]
+        switched = first.switch("v2", now_ms=0, grace_ms=60_000)
+        backend.publish(switched)
+        await _followed(http, switched.generation)
+        seen += [await _ask(http, plain), await _ask(http, {**plain, "version": "v1"})]
+        building = switched.add("v3")  # declared, its index not built yet
+        backend.publish(building)
+        await _followed(http, building.generation)
+        seen.append(await _ask(http, {**plain, "version": "v3"}))
+        dropped = building.drop("v1")
+        backend.publish(dropped)
+        await _followed(http, dropped.generation)
+        seen.append(await _ask(http, {**plain, "version": "v1"}))
+        http.similar.follower.close()  # type: ignore[union-attr]
+        return seen
+
+    v1, v2, v1_named, v3, v1_dropped = asyncio.run(scenario())
+    assert [a[1]["model_version"] for a in (v1, v2, v1_named)] == ["v1", "v2", "v1"]
+    assert (v3[0], v3[1]["error"]) == (409, "version_not_ready")
+    assert (v1_dropped[0], v1_dropped[1]["error"]) == (422, "unknown_model_version")
+
+
+def test_a_new_replica_reads_the_catalogs_serving_version_from_its_first_request() -> None:
+    backend = CatalogBackend(ViewCatalog.initial(VIEW).switch("v2", now_ms=0, grace_ms=1))
+    http = _server(backend)  # deployed with VIEW, whose serving version is v1
+    status, body = _post(http, {"view": "items", "vector": QUERY, "k": 3})
+    assert (status, body["model_version"]) == (200, "v2")
+
+
+def test_a_view_without_a_catalog_serves_as_deployed() -> None:
+    backend = CatalogBackend(None)
+    http = _server(backend)
+    status, body = _post(http, {"view": "items", "vector": QUERY, "k": 3})
+    assert (status, body["model_version"], backend.watches) == (200, "v1", 1)
+
+
+class ActorsOnly(RegionIndexBackend):
+    """The Ray backend with its actors replaced by a log of what they were asked."""
+
+    def __init__(self, redis: Callable[[str], Any]) -> None:
+        super().__init__(["us-east"], vectors=redis)
+        self.asked: list[str] = []
+
+    async def _first(self, view: str, version: str, method: str, *args: Any) -> Any:
+        self.asked.append(args[0])
+        return [9.0, 9.0, 9.0, 9.0]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected", "asked"),
+    [
+        (np.ones(DIM, dtype="<f4").tobytes(), [1.0] * DIM, []),
+        (None, [9.0] * DIM, ["e1"]),  # not in Redis: it may be being copied again
+        (ConnectionError("refused"), [9.0] * DIM, ["e1"]),
+    ],
+)
+def test_a_vector_by_id_comes_from_redis_and_from_the_index_when_redis_has_none(
+    stored: Any, expected: list[float], asked: list[str]
+) -> None:
+    async def get(key: str) -> Any:
+        assert key == "fl:emb:items:v1:e1"
+        if isinstance(stored, Exception):
+            raise stored
+        return stored
+
+    backend = ActorsOnly(get)
+    assert asyncio.run(backend.vector_of("items", "v1", "e1")) == expected
+    assert backend.asked == asked
