@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy features regions cluster actors serve_apps chaos benchmarks
+	$(BIN)/mypy features regions cluster actors serve_apps chaos benchmarks training
 
 unit: setup
 	$(BIN)/pytest tests/unit
