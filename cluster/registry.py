@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -39,6 +40,10 @@ from features.registry import (
     digest,
     plan,
 )
+
+if TYPE_CHECKING:
+    from regions.config import RegionTopology
+    from regions.redis_store import RedisPasswords, RedisUsers
 
 _SUFFIXES = (".yaml", ".yml")
 _READ_TIMEOUT_S = 30.0
@@ -219,11 +224,25 @@ def _ensure_topic(bootstrap: str) -> None:
         admin.close()
 
 
-def catalog_or(
-    bootstrap: str, tenant: str, fallback: Callable[[], Catalog]
-) -> tuple[Catalog, int | None]:
-    """The latest applied catalog and its version number, or ``fallback()`` and None."""
-    current = latest(bootstrap, tenant)
-    if current is None:
-        return fallback(), None
-    return current.catalog, current.number
+def publish_to_regions(
+    topology: RegionTopology,
+    users: RedisUsers,
+    secrets: RedisPasswords,
+    tenant: str,
+    version: RegistryVersion,
+) -> list[str]:
+    """Make ``version`` the one each region's Serve replicas follow (``regions.registry_mirror``);
+    the regions where it was new. Called by the pipeline once its consumers compute it, so a
+    replica never serves a catalog the pipeline does not run."""
+    from regions.redis_store import RedisRole, redis_client
+    from regions.registry_mirror import publish
+
+    written = []
+    for region in topology.regions:
+        client = redis_client(region, RedisRole.WRITER, users, secrets)
+        try:
+            if publish(client, tenant, version):
+                written.append(region.name)
+        finally:
+            client.close()
+    return written

@@ -58,6 +58,7 @@ def serve_up(settings: StackSettings) -> list[str]:
         dynamodb_credentials=credentials,
         replicas=settings.ray.serve_replicas,
         catalog_inline=None if current is None else current.catalog.model_dump(mode="json"),
+        registry_version=None if current is None else current.number,
     )
     os.environ.update(settings.ray.client_env())  # read by ray.init in this process
     try:

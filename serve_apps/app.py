@@ -26,6 +26,7 @@ carries it once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -40,7 +41,10 @@ from features.embeddings import EmbeddingView
 from serve_apps.config import ServingConfig
 from serve_apps.http import ServingHttp
 from serve_apps.openapi import REQUEST_ID_HEADER
-from serve_apps.wiring import build_http, warm_dynamo_clients
+from serve_apps.wiring import build_http, catalog_follower, warm_dynamo_clients
+
+# Ray's agent exports every few seconds and drops a gauge not set for two exports.
+GAUGE_REFRESH_S = 2.0
 
 
 # Admission and actor options (CPUs, priority) are set from the config in build_app.
@@ -59,6 +63,14 @@ class RegionServer:
             self._config, dynamo=warm_dynamo_clients(self._config), embeddings=embedding_views(args)
         )
         await self._http.warm()
+        loop = asyncio.get_running_loop()
+        self._gauges = loop.create_task(self._http.keep_gauges(GAUGE_REFRESH_S))
+        # Registry versions published in the region's Redis replace the catalog in place.
+        self._follow: asyncio.Task[None] | None = None
+        if self._config.registry_refresh_s > 0:
+            follower = catalog_follower(self._config, self._http)
+            refresh = follower.run(self._config.registry_refresh_s)
+            self._follow = loop.create_task(refresh)
 
     async def __call__(self, request: Request) -> Response:
         path = request.scope["path"]

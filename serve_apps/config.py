@@ -177,6 +177,10 @@ class ServingConfig(_Frozen):
     dynamodb_secret_access_key: SecretStr | None = None
     catalog_import: str | None = DEMO_CATALOG
     catalog_inline: dict[str, Any] | None = None
+    # The registry version the catalog above is (None: a catalog from code). Replicas follow
+    # newer versions published in their region's Redis every registry_refresh_s (0: never).
+    registry_version: int | None = Field(default=None, ge=1)
+    registry_refresh_s: float = Field(default=5.0, ge=0, le=3600)
     tenant: str = "default"
     api_keys: tuple[ApiKey, ...] = ()
     limits: Limits = Field(default_factory=Limits)

@@ -31,6 +31,7 @@ answer carries one ``x-request-id`` (the request's own, when it has a usable one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -59,6 +60,7 @@ from serve_apps.metrics import NO_METRICS, ServingMetrics
 from serve_apps.openapi import METHOD_NOT_ALLOWED, REQUEST_ID_HEADER, openapi_document
 from serve_apps.openapi_html import render_html
 from serve_apps.overload import AdaptiveLimit, LagTicker
+from serve_apps.plan import CatalogIndex
 from serve_apps.responses import (
     COLUMNS,
     columnar_response,
@@ -130,7 +132,6 @@ class ServingHttp:
         self.config = config
         self.metrics = metrics
         self._clock = clock
-        self._breakers_at = float("-inf")
         self.answers = answers  # sampled answers for the consistency validator, or None
         self.similar = similar
         self._rng = rng or random.Random()  # noqa: S311 - spreads retries, guards nothing
@@ -143,10 +144,8 @@ class ServingHttp:
             clock,
             min_limit=min(self.limits.min_in_flight, self.limits.max_in_flight),
         )
-        self._catalog = orjson.dumps({"region": config.region, **service.index.describe()})
-        document = openapi_document(config.route_prefix, service.index, self.limits, similar)
-        self._openapi = orjson.dumps(document)
-        self._docs = render_html(document)
+        self.registry_version = config.registry_version
+        self._describe(service.index)
         self._probe_key = f"fl:{config.tenant}:readiness:v1:probe"
         # path -> method -> route; every path and method here is in the OpenAPI document.
         self._routes: dict[str, dict[str, Route]] = {
@@ -284,17 +283,21 @@ class ServingHttp:
         return _json(200, feast_response(result, plan, rows, full))
 
     def _record(self, result: ReadResult) -> None:
-        """Which store answered, each view's served age, and (at most once a second) the
-        breakers' states."""
+        """Which store answered, and each view's served age."""
         self.metrics.answered(result.store)
         for name, values in result.views.items():
             newest = values.columns.newest_ms
             if newest is not None:
                 self.metrics.served_age(name, result.as_of_ms - newest)
-        now = self._clock()
-        if now - self._breakers_at >= 1.0:
-            self._breakers_at = now
+
+    async def keep_gauges(self, every_s: float) -> None:
+        """Set every gauge (breakers, freshness targets, registry version) every ``every_s``
+        until cancelled: Ray's metrics agent forgets a gauge not set for two export intervals,
+        so a value set once, or only while requests flow, would leave the scrape."""
+        while True:
             self.metrics.breakers(self.service.chain.breakers())
+            self.metrics.catalog(self.service.index.freshness_targets_ms(), self.registry_version)
+            await asyncio.sleep(every_s)
 
     async def _similar(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         if self.similar is None:  # the route exists only with a similar search
@@ -329,6 +332,21 @@ class ServingHttp:
 
     async def _get_docs(self, request_id: str, headers: Headers, body: BodyStream) -> Response:
         return 200, [_HTML], self._docs
+
+    def use_catalog(self, index: CatalogIndex, registry_version: int) -> None:
+        """Serve ``index`` from the next request on (``serve_apps.registry_follow``); requests
+        already planned keep the index they planned with."""
+        self.service.index = index
+        self.registry_version = registry_version
+        self._describe(index)
+        self.metrics.catalog(index.freshness_targets_ms(), registry_version)
+
+    def _describe(self, index: CatalogIndex) -> None:
+        described = {"region": self.config.region, **index.describe()}
+        self._catalog = orjson.dumps({**described, "registry_version": self.registry_version})
+        document = openapi_document(self.config.route_prefix, index, self.limits, self.similar)
+        self._openapi = orjson.dumps(document)
+        self._docs = render_html(document)
 
     async def warm(self, budget_s: float = 2.0) -> int:
         """Open the home store's connections for the most requests this replica works on at once

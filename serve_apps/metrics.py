@@ -1,7 +1,7 @@
 """Serving's Prometheus metrics, through Ray's metrics API.
 
 Ray's metrics agent serves them beside the pipeline's (``actors/metrics.py``) with a ``ray_``
-prefix; every series carries the replica's ``region``. The alert rules in
+prefix; every series carries the replica's ``region`` and ``replica`` id. The alert rules in
 ``cluster/observability/alerts.yml`` are written against these names:
 
 ======================================  =========  ========================================
@@ -17,6 +17,7 @@ prefix; every series carries the replica's ``region``. The alert rules in
                                                    view's answer is
 ``freshline_serving_freshness_target_ms``  gauge   ``view``: the view's freshness target
 ``freshline_serving_breaker_open``      gauge      ``store``: 1 while its circuit is open
+``freshline_serving_registry_version``  gauge      the registry version served (0: from code)
 ======================================  =========  ========================================
 
 A metric call costs about 3 us in a replica, so each request records at most a handful.
@@ -63,6 +64,7 @@ class ServingMetrics(Protocol):
     def answered(self, store: str) -> None: ...
     def served_age(self, view: str, age_ms: int) -> None: ...
     def breakers(self, states: Mapping[str, str]) -> None: ...
+    def catalog(self, targets_ms: Mapping[str, int], registry_version: int | None) -> None: ...
 
 
 class _Nothing:
@@ -81,25 +83,38 @@ class _Nothing:
     def breakers(self, states: Mapping[str, str]) -> None:
         return None
 
+    def catalog(self, targets_ms: Mapping[str, int], registry_version: int | None) -> None:
+        return None
+
 
 NO_METRICS: ServingMetrics = _Nothing()
 
 
 class RayServingMetrics:
     """The metrics of one replica of ``region``; ``targets_ms`` is each view's freshness target.
-    Only inside a Ray worker (a Serve replica)."""
+    Only inside a Ray worker (a Serve replica).
 
-    def __init__(self, region: str, targets_ms: Mapping[str, int]) -> None:
+    Every series carries the Serve replica's id: breakers are per replica, and a replaced
+    replica's counters must leave the scrape as a series of their own, not as a drop in a sum
+    shared with its successor (Ray's agent drops its per-worker label by default)."""
+
+    def __init__(
+        self,
+        region: str,
+        replica: str,
+        targets_ms: Mapping[str, int],
+        registry_version: int | None = None,
+    ) -> None:
         from ray.util import metrics
 
         self._region = region
-        tags = {"region": region}
+        tags = {"region": region, "replica": replica}
 
         def made(metric: Any) -> Any:
             metric.set_default_tags(tags)
             return metric
 
-        keys = ("region",)
+        keys = ("region", "replica")
         self._requests = made(
             metrics.Counter("freshline_serving_requests", "answers", (*keys, "route", "status"))
         )
@@ -128,13 +143,15 @@ class RayServingMetrics:
         self._breaker = made(
             metrics.Gauge("freshline_serving_breaker_open", "1 while open", (*keys, "store"))
         )
-        target = made(
+        self._target = made(
             metrics.Gauge(
                 "freshline_serving_freshness_target_ms", "view freshness target", (*keys, "view")
             )
         )
-        for view, ms in targets_ms.items():
-            target.set(ms, {"view": view})
+        self._registry = made(
+            metrics.Gauge("freshline_serving_registry_version", "registry version served", keys)
+        )
+        self.catalog(targets_ms, registry_version)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self._requests.inc(1, {"route": route, "status": str(status)})
@@ -152,3 +169,10 @@ class RayServingMetrics:
     def breakers(self, states: Mapping[str, str]) -> None:
         for store, state in states.items():
             self._breaker.set(1 if state == "open" else 0, {"store": store})
+
+    def catalog(self, targets_ms: Mapping[str, int], registry_version: int | None) -> None:
+        """The served catalog's freshness targets and registry version (at start, and when the
+        replica follows a new version)."""
+        for view, ms in targets_ms.items():
+            self._target.set(ms, {"view": view})
+        self._registry.set(registry_version or 0)

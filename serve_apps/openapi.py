@@ -169,6 +169,8 @@ _CATALOG = _obj(
             )
         ),
         "services": _array(_obj({"name": _STR, "features": _array(_STR)})),
+        # The registry version served (null: the catalog the app was deployed with from code).
+        "registry_version": _MAYBE_INT,
     }
 )
 _STORES = _obj(

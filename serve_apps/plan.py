@@ -18,6 +18,7 @@ from typing import Any
 
 from features.blocks import BlockLayout
 from features.catalog import Catalog, Entity, Feature, FeatureView
+from features.durations import to_ms
 from features.errors import CatalogError
 from features.keys import encode_entity_id, view_prefix
 from serve_apps.config import Limits
@@ -90,6 +91,10 @@ class CatalogIndex:
         except CatalogError:
             raise BadRequest("unknown_feature_service", f"unknown service {name!r}") from None
 
+    def freshness_targets_ms(self) -> dict[str, int]:
+        """Each view's freshness target in milliseconds, by view name."""
+        return {name: to_ms(info.view.freshness_target) for name, info in self.views.items()}
+
     def describe(self) -> dict[str, Any]:
         """The catalog as served by ``GET /v1/catalog``."""
         return {
@@ -111,7 +116,7 @@ def _describe_view(info: ViewInfo) -> dict[str, Any]:
         "version": view.version,
         "entity": view.entity,
         "ttl_ms": view.ttl_ms,
-        "freshness_target_ms": int(view.freshness_target.total_seconds() * 1000),
+        "freshness_target_ms": to_ms(view.freshness_target),
         "features": [
             {
                 "name": f.name,

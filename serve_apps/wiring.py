@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from features.durations import to_ms
 from features.embeddings import EmbeddingView
 from regions.answer_log import AnswerLog, stream_key
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader
 from regions.redis_store import AsyncRedisTileReader, RedisRole, async_redis_client
+from regions.registry_mirror import served_number, served_version
 from regions.resilience import CircuitBreaker, RetryPolicy
 from serve_apps.config import ServingConfig
 from serve_apps.fallback import DynamoStore, FallbackChain, RedisStore, Step, TileStore
@@ -27,6 +27,7 @@ from serve_apps.http import ServingHttp
 from serve_apps.metrics import NO_METRICS, RayServingMetrics
 from serve_apps.overload import LagGauge, LagTicker
 from serve_apps.plan import CatalogIndex
+from serve_apps.registry_follow import CatalogFollower
 from serve_apps.service import ReadService
 from serve_apps.similar import RegionIndexBackend, SimilarSearch
 
@@ -205,9 +206,33 @@ def similar_search(config: ServingConfig, views: Sequence[EmbeddingView]) -> Sim
 
 
 def serving_metrics(config: ServingConfig, index: CatalogIndex) -> RayServingMetrics:
-    """The replica's Prometheus metrics (only inside a Ray worker, as a real replica is)."""
-    targets = {v.name: to_ms(v.freshness_target) for v in index.catalog.views}
-    return RayServingMetrics(config.region, targets)
+    """The replica's Prometheus metrics (only inside a Serve replica)."""
+    from ray import serve
+
+    replica = serve.get_replica_context().replica_id.unique_id
+    return RayServingMetrics(
+        config.region, replica, index.freshness_targets_ms(), config.registry_version
+    )
+
+
+def catalog_follower(config: ServingConfig, http: ServingHttp) -> CatalogFollower:
+    """The replica's follower of the registry versions published in its home region's Redis
+    (``regions.registry_mirror``), with a client of its own: a poll never takes a connection a
+    read is waiting for."""
+    client = async_redis_client(
+        config.topology.get(config.region),
+        RedisRole.READER,
+        _ReaderUser(config),
+        _ReaderPassword(config),
+        config.redis_timeouts,
+    )
+    return CatalogFollower(
+        config.tenant,
+        config.registry_version,
+        read_number=lambda: served_number(client, config.tenant),
+        read_version=lambda: served_version(client, config.tenant),
+        use=http.use_catalog,
+    )
 
 
 def answer_log(config: ServingConfig) -> AnswerLog | None:

@@ -114,8 +114,8 @@ def serving_world(stack: Stack, run: str = RUN) -> Iterator[dict[str, Any]]:
         # moto answers a Query in milliseconds when idle but in hundreds of them on a loaded
         # 2-core machine; the fallback test checks the order of the chain, not moto's speed.
         timeouts=StoreTimeouts(dynamodb_s=2.0),
-        # Open for 8 s so that every breaker is still open when the test looks, whatever the
-        # machine's speed; 3 failures in a minute open one.
+        # Open for 8 s, so that the first breaker to open is still open when the last one does,
+        # whatever the machine's speed; 3 failures in a minute open one.
         breaker=BreakerSettings(min_calls=3, window_s=60.0, open_s=OPEN_S),
         # Breaker state is per replica, and the breaker tests read one replica's /v1/stores.
         replicas=1,

@@ -132,6 +132,7 @@ def test_the_cli_plans_and_applies_and_names_the_culprit_of_a_bad_repository(
     assert applied.returncode == 0, applied.stderr
     expected = None if before else 1  # applying the same repository again changes nothing
     assert json.loads(applied.stdout)["applied"] == expected
-    catalog, number = registry.catalog_or(bootstrap, TENANT, lambda: pytest.fail("no version"))
-    assert number == len(history(bootstrap, TENANT)) >= 1
-    assert plan(card_transactions_catalog(), catalog) == []
+    current = registry.latest(bootstrap, TENANT)
+    assert current is not None
+    assert current.number == len(history(bootstrap, TENANT)) >= 1
+    assert plan(card_transactions_catalog(), current.catalog) == []

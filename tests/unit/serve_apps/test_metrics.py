@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from features.demo import card_transactions_catalog
+from features.durations import to_ms
 from serve_apps.config import Limits
 from serve_apps.http import SHED_IN_FLIGHT, ServingHttp
 from serve_apps.metrics import DEFAULTS, LOCAL, OTHER_REGION, REPLICA, answer_source
@@ -29,6 +30,7 @@ class Recorder:
     answers: list[str] = field(default_factory=list)
     ages: list[tuple[str, int]] = field(default_factory=list)
     breaker_states: list[dict[str, str]] = field(default_factory=list)
+    catalogs: list[tuple[dict[str, int], int | None]] = field(default_factory=list)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         assert seconds >= 0
@@ -45,6 +47,9 @@ class Recorder:
 
     def breakers(self, states: Mapping[str, str]) -> None:
         self.breaker_states.append(dict(states))
+
+    def catalog(self, targets_ms: Mapping[str, int], registry_version: int | None) -> None:
+        self.catalogs.append((dict(targets_ms), registry_version))
 
 
 def _server(**overrides: Any) -> tuple[ServingHttp, Recorder, FakeClock]:
@@ -94,17 +99,30 @@ def test_each_answer_is_counted_by_route_and_status_with_unknown_paths_pooled() 
     ]
 
 
-def test_a_read_records_its_source_its_served_age_and_the_breakers_once_a_second() -> None:
-    http, rec, clock = _server()
+def test_a_read_records_its_source_and_its_served_age() -> None:
+    http, rec, _ = _server()
     _call(http, "/v1/features", READ)
     _call(http, "/v1/features", READ)
     assert rec.answers == ["redis-us-east", "redis-us-east"]
     # u_1's event is 1 s old when read; u_2 has none: the view's newest event is u_1's.
     assert rec.ages == [("user_spend", 1_000), ("user_spend", 1_000)]
-    assert rec.breaker_states == [{"redis-us-east": "closed", "dynamodb-us-east": "closed"}]
-    clock.advance(1.0)
-    _call(http, "/v1/features", READ)
-    assert len(rec.breaker_states) == 2
+
+
+def test_every_gauge_is_set_again_on_a_timer_with_or_without_requests() -> None:
+    """Ray's agent drops a gauge not set for two exports: breakers, each view's freshness
+    target and the registry version are set on every tick, not once or per request."""
+    http, rec, _ = _server(registry_version=7)
+
+    async def ticks() -> None:
+        keeping = asyncio.ensure_future(http.keep_gauges(0.01))
+        await asyncio.sleep(0.1)
+        keeping.cancel()
+
+    asyncio.run(ticks())
+    assert len(rec.breaker_states) >= 3 and len(rec.catalogs) == len(rec.breaker_states)
+    assert rec.breaker_states[-1] == {"redis-us-east": "closed", "dynamodb-us-east": "closed"}
+    targets = {v.name: to_ms(v.freshness_target) for v in CATALOG.views}
+    assert rec.catalogs[-1] == (targets, 7)
 
 
 def test_a_view_with_no_dated_value_records_no_age() -> None:
