@@ -98,6 +98,11 @@ class RaySettings(BaseModel):
     # interfaces, collide between two heads on one machine). None: a free port at head start.
     haproxy_stats_port: int | None = Field(default=None, ge=1, le=65535)
     haproxy_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The head's fallback Serve proxy, where Serve's HAProxy sends an application's requests while
+    # it has no replica. Ray's fixed 8500 is bound with SO_REUSEPORT, so with two heads on one
+    # machine the kernel split those requests between both heads' proxies (another stack's app
+    # answered them). None: a free port at head start.
+    fallback_proxy_port: int | None = Field(default=None, ge=1, le=65535)
     # Ports Serve gives its ingress replicas' own HTTP servers (direct ingress), from the first
     # up to but not including the second; Ray's default is 30000-31000. Each head on a machine
     # needs a range of its own: Serve hands out the lowest free port, so a replica of another
@@ -197,7 +202,8 @@ class StackSettings(BaseModel):
         ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
         ports += [self.ray.dashboard_agent_port]
         ports += list(self.front_door.ports) if self.with_ray else []
-        ports += [p for p in (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port) if p]
+        pinned = (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port)
+        ports += [p for p in (*pinned, self.ray.fallback_proxy_port) if p]
         ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {sorted(ports)}")
@@ -294,6 +300,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_HAPROXY_STATS_PORT", "ray.haproxy_stats_port", "int"),
     EnvVar("FRESHLINE_HAPROXY_METRICS_PORT", "ray.haproxy_metrics_port", "int"),
     EnvVar("FRESHLINE_SERVE_INGRESS_PORTS", "ray.ingress_ports", "ports"),
+    EnvVar("FRESHLINE_SERVE_FALLBACK_PORT", "ray.fallback_proxy_port", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_PORTS", "front_door.ports", "ports"),
     EnvVar("FRESHLINE_FRONT_DOOR_MAXCONN", "front_door.maxconn", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_QUEUE_MS", "front_door.queue_ms", "int"),

@@ -101,8 +101,9 @@ class RayHeadService(ProcessService):
     def ingress_env(self) -> dict[str, str]:
         """The RAY_SERVE_* switches of the configured ingress (read by Serve at import time in
         the controller and replicas, which inherit the head's environment). HAProxy's stats and
-        metrics ports are this head's own, so that two heads on one machine both start, and so is
-        the replicas' port range, so that neither routes to the other's replicas."""
+        metrics ports are this head's own, so that two heads on one machine both start, and so are
+        the replicas' port range and the fallback proxy's port, so that neither head's ingress
+        routes to the other's replicas or proxy."""
         from serve_apps.deploy import INGRESS_MODES
 
         env = dict(INGRESS_MODES[self._ray.ingress])
@@ -114,6 +115,7 @@ class RayHeadService(ProcessService):
             r = self._ray
             env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(r.haproxy_stats_port or free_port())
             env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(r.haproxy_metrics_port or free_port())
+            env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] = str(r.fallback_proxy_port or free_port())
             env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(r.ingress_ports[0])
             env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(r.ingress_ports[1])
         return env

@@ -60,12 +60,18 @@ def test_the_head_starts_with_the_ingress_switches(
     stats, metrics = env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]
     assert stats != "8404"
     assert metrics not in {"9101", stats}
-    fixed = RaySettings(haproxy_stats_port=18404, haproxy_metrics_port=19101)
-    pinned = RayHeadService(StackSettings(state_dir=tmp_path, ray=fixed)).ingress_env()
-    assert (pinned["RAY_SERVE_HAPROXY_STATS_PORT"], pinned["RAY_SERVE_HAPROXY_METRICS_PORT"]) == (
-        "18404",
-        "19101",
+    # So would Ray's fixed 8500 of the fallback proxy (bound with SO_REUSEPORT: the kernel would
+    # split a replica-less app's requests between both heads' proxies).
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] not in {"8500", stats, metrics}
+    fixed = RaySettings(
+        haproxy_stats_port=18404, haproxy_metrics_port=19101, fallback_proxy_port=18500
     )
+    pinned = RayHeadService(StackSettings(state_dir=tmp_path, ray=fixed)).ingress_env()
+    assert (
+        pinned["RAY_SERVE_HAPROXY_STATS_PORT"],
+        pinned["RAY_SERVE_HAPROXY_METRICS_PORT"],
+        pinned["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"],
+    ) == ("18404", "19101", "18500")
     # The replicas' ports are this head's own range (Ray's default unless the settings say).
     assert (
         env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],

@@ -161,6 +161,7 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             haproxy_stats_port=28404,
             haproxy_metrics_port=29101,
             ingress_ports=(32000, 32032),
+            fallback_proxy_port=28500,
         ),
         redis=RedisSettings(maxmemory_mb=256),
         front_door=FrontDoorSettings(
@@ -195,6 +196,7 @@ def test_unset_optional_fields_leave_their_variables_unset(tmp_path: Path) -> No
     assert not {
         "FRESHLINE_HAPROXY_STATS_PORT",
         "FRESHLINE_HAPROXY_METRICS_PORT",
+        "FRESHLINE_SERVE_FALLBACK_PORT",
         "FRESHLINE_ICEBERG_WAREHOUSE",
     } & set(env)
     assert settings_from_env(env) == settings
