@@ -414,6 +414,16 @@ class CusumAgg(Aggregator[CusumState, float]):
         CusumLogic(self.config, state).update(_num(value))
         return state
 
+    def agg_seq(
+        self,
+        state: CusumState,
+        values: Sequence[Any],
+        times: Sequence[int],
+        orders: Sequence[int],
+    ) -> CusumState:
+        CusumLogic(self.config, state).update_many(map(_num, values))
+        return state
+
     def merge(self, a: CusumState, b: CusumState) -> CusumState:
         # Two partial CUSUM runs cannot be combined: each sum depends on every earlier value
         # in arrival order, and the reference (mean/std) is learned from the first values.

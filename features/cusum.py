@@ -34,6 +34,7 @@ is processed sequentially by the one actor that owns its partition.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
 from features.errors import ConfigError, DataError
@@ -54,7 +55,9 @@ class CusumState:
     seen: int = 0  # values seen since the state was created
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        # Not ``asdict``: it deep-copies each number, and every changed entity's block encodes
+        # this at every commit.
+        return {name: getattr(self, name) for name in _STATE_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, float | int]) -> CusumState:
@@ -67,6 +70,9 @@ class CusumState:
         except (TypeError, ValueError) as exc:
             raise CorruptState(f"bad CUSUM state value: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(CusumState))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,45 @@ class CusumLogic:
             # Reset the sums and re-learn the reference for the new regime.
             st.n, st.mean, st.m2, st.s_pos, st.s_neg = 0, 0.0, 0.0, 0.0, 0.0
         return score, alarm
+
+    def update_many(self, values: Iterable[float]) -> None:
+        """Feed values in order: the state that one :meth:`update` per value leaves, bit for
+        bit (the same operations in the same order, on local variables: the stream folds a
+        batch's values per entity with it). A non-finite value raises as ``update`` does, with
+        the values before it applied."""
+        st, config = self.state, self.config
+        warmup, min_std, drift, threshold = (
+            config.warmup,
+            config.min_std,
+            config.drift,
+            config.threshold,
+        )
+        n, mean, m2, s_pos, s_neg = st.n, st.mean, st.m2, st.s_pos, st.s_neg
+        last_score, alarms, seen = st.last_score, st.alarms, st.seen
+        isfinite, sqrt = math.isfinite, math.sqrt
+        try:
+            for value in values:
+                if not isfinite(value):
+                    raise DataError(f"CUSUM input must be finite, got {value!r}")
+                seen += 1
+                if n < warmup:
+                    n += 1
+                    delta = value - mean
+                    mean += delta / n
+                    m2 += delta * (value - mean)
+                    last_score = 0.0
+                    continue
+                sd = max(sqrt(m2 / (n - 1)), min_std)
+                z = (value - mean) / sd
+                s_pos = max(0.0, s_pos + z - drift)
+                s_neg = max(0.0, s_neg - z - drift)
+                last_score = max(s_pos, s_neg)
+                if last_score > threshold:
+                    alarms += 1
+                    n, mean, m2, s_pos, s_neg = 0, 0.0, 0.0, 0.0, 0.0
+        finally:
+            st.n, st.mean, st.m2, st.s_pos, st.s_neg = n, mean, m2, s_pos, s_neg
+            st.last_score, st.alarms, st.seen = last_score, alarms, seen
 
     def _learn(self, value: float) -> None:
         st = self.state

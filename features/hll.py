@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -46,12 +47,26 @@ _HEADER = struct.Struct(">cBBB")
 _COUNT = struct.Struct(">I")
 _PAIR = np.dtype([("index", ">u2"), ("rank", "u1")])
 _ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
+_POWERS = np.array([1 << k for k in range(64)], dtype=np.uint64)  # 2**0 .. 2**63
 
 
 def stable_hash64(value: str) -> int:
     """The 64-bit hash every sketch uses; identical in every process."""
     digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def registers_of(
+    hashes: npt.NDArray[np.uint64], p: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The register index and rank of each 64-bit hash at precision ``p``, exactly as
+    :meth:`HyperLogLog.add_hash` derives them (the rank's bit length is counted against the
+    powers of two, in integers, so no float rounding can move it)."""
+    q = 64 - p
+    index = (hashes >> np.uint64(q)).astype(np.int64)
+    rest = hashes & np.uint64((1 << q) - 1)
+    bit_length = np.searchsorted(_POWERS, rest, side="right").astype(np.int64)
+    return index, q - bit_length + 1
 
 
 class HyperLogLog:
@@ -85,6 +100,18 @@ class HyperLogLog:
         rest = hashed & ((1 << q) - 1)
         rank = q - rest.bit_length() + 1
         self._set_max(index, rank)
+
+    def add_registers(self, indices: Sequence[int], ranks: Sequence[int]) -> None:
+        """Observe hashes given as their (register, rank) pairs (:func:`registers_of`): the same
+        sketch, form included, as ``add_hash`` of each of them in any order (a register only
+        takes the highest rank, and a sparse sketch turns dense once it holds too many)."""
+        if self._sparse is None:
+            np.maximum.at(
+                self._registers_ref(), np.asarray(indices, np.intp), np.asarray(ranks, np.uint8)
+            )
+            return
+        for index, rank in zip(indices, ranks, strict=True):
+            self._set_max(index, rank)
 
     def _set_max(self, index: int, rank: int) -> None:
         if self._sparse is not None:

@@ -107,3 +107,18 @@ def test_config_validation(kwargs: dict[str, float], field: str) -> None:
 def test_non_finite_input_is_refused() -> None:
     with pytest.raises(DataError):
         CusumConfig().build().update(float("nan"))
+
+
+def test_update_many_leaves_the_state_one_update_per_value_leaves() -> None:
+    """Bit for bit, through warm-ups, alarms and re-learning, and up to a non-finite value."""
+    config = CusumConfig(drift=0.5, threshold=3.0, warmup=4)
+    values = [*_series(5, 4.0, at=60, n=200), 0.1, 1e300, -1e300, 0.0, -0.0]
+    one, many = config.build(), config.build()
+    alarms = sum(one.update(v)[1] for v in values)
+    many.update_many(values)
+    assert alarms >= 2, "the series must alarm and re-learn"
+    assert repr(many.state) == repr(one.state)
+    with pytest.raises(DataError):
+        many.update_many([1.0, float("nan"), 2.0])
+    one.update(1.0)
+    assert repr(many.state) == repr(one.state)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from features.exceptions import CorruptState, IncompatibleStates
-from features.hll import HyperLogLog, stable_hash64
+from features.hll import HyperLogLog, registers_of, stable_hash64
 
 
 def _sketch(values: range, p: int = 14, prefix: str = "v") -> HyperLogLog:
@@ -128,3 +128,30 @@ def test_different_precisions_do_not_merge() -> None:
 def test_corrupt_bytes_are_refused(data: bytes) -> None:
     with pytest.raises(CorruptState):
         HyperLogLog.from_bytes(data)
+
+
+@pytest.mark.parametrize("p", [4, 10, 14, 16])
+def test_registers_of_many_hashes_are_add_hash_s_and_add_registers_builds_the_same_sketch(
+    p: int,
+) -> None:
+    rng = np.random.default_rng(p)
+    hashes = [0, 1, 2**64 - 1, 2 ** (64 - p) - 1, 2 ** (64 - p), 2**63]
+    hashes += [int(h) for h in rng.integers(0, 2**63, 300)]
+    hashes += [h >> int(rng.integers(0, 64)) for h in hashes]  # ranks up to 64 - p + 1
+    one_by_one, at_once = HyperLogLog(p), HyperLogLog(p)
+    for hashed in hashes:
+        one_by_one.add_hash(hashed)
+    index, rank = registers_of(np.array(hashes, dtype=np.uint64), p)
+    for i, hashed in enumerate(hashes):
+        single = HyperLogLog(p)
+        single.add_hash(hashed)
+        assert single.registers()[index[i]] == rank[i]
+    at_once.add_registers(index[::-1].tolist(), rank[::-1].tolist())  # any order
+    assert at_once.to_bytes() == one_by_one.to_bytes()
+    assert at_once.is_sparse == one_by_one.is_sparse
+    dense = _sketch(range(5_000), p)
+    again = dense.copy()
+    for hashed in hashes:
+        dense.add_hash(hashed)
+    again.add_registers(index.tolist(), rank.tolist())
+    assert again.to_bytes() == dense.to_bytes()

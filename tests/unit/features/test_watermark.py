@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import random
 
-from features.watermark import NO_WATERMARK, WatermarkPolicy, WatermarkState
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.watermark import NO_WATERMARK, SAFE_TIME_MS, WatermarkPolicy, WatermarkState
 
 POLICY = WatermarkPolicy(out_of_orderness_ms=5_000, allowed_lateness_ms=30_000)
 
@@ -46,3 +51,27 @@ def test_state_round_trips() -> None:
     state = WatermarkState()
     POLICY.observe(state, 123_456)
     assert WatermarkState.from_dict(state.to_dict()) == state
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-(10**12), 10**12) | st.sampled_from([0, 35_000, 35_001]), max_size=60),
+    st.sampled_from([NO_WATERMARK, 0, 10**12]),
+    st.sampled_from([(0, 0), (5_000, 30_000), (0, 1)]),
+)
+def test_a_batch_is_decided_as_one_observe_per_event(
+    times: list[int], seen: int, delays: tuple[int, int]
+) -> None:
+    policy = WatermarkPolicy(*delays)
+    one_by_one, batch = WatermarkState(seen), WatermarkState(seen)
+    expected = [policy.observe(one_by_one, t) for t in times]
+    accepted = policy.observe_many(batch, np.array(times, dtype=np.int64))
+    assert accepted.tolist() == expected
+    assert batch == one_by_one
+
+
+def test_a_batch_outside_the_safe_range_is_refused_untouched() -> None:
+    state = WatermarkState(1_000)
+    with pytest.raises(ValueError, match="range"):
+        POLICY.observe_many(state, np.array([2_000, SAFE_TIME_MS], dtype=np.int64))
+    assert state == WatermarkState(1_000)
