@@ -58,7 +58,7 @@ class EventValidator:
         self._max_id_bytes = max_id_bytes
         self._fields = tuple(source.fields.items())
         # orjson builds exact builtin types, so ``type(v) in ...`` is isinstance without bools.
-        self._exact_types = tuple((name, _EXACT_TYPES[kind]) for name, kind in self._fields)
+        self._exact_types = tuple((name, EXACT_TYPES[kind]) for name, kind in self._fields)
 
     def validate(self, raw: bytes | None) -> dict[str, Any]:
         source = self._source
@@ -114,7 +114,7 @@ class EventValidator:
         return event
 
 
-_EXACT_TYPES: dict[FieldType, frozenset[type]] = {
+EXACT_TYPES: dict[FieldType, frozenset[type]] = {
     FieldType.STRING: frozenset({str}),
     FieldType.INT: frozenset({int}),
     FieldType.FLOAT: frozenset({int, float}),
