@@ -24,6 +24,10 @@ records anywhere (a region catching up, a restart) never counts an event twice. 
 can read any more (found through a min-heap of expiry times, so a commit does not scan every live
 tile) drop out of their entity's block, which is re-encoded; an entity left without tiles gets its
 block field deleted.
+
+Steps 1-3 are what this module does event by event; a consumer's batches take the columnar path
+(``actors.columnar``: the same steps on the whole batch as arrays), which changes the state
+exactly as they do. ``columnar=False`` keeps to the per-event path, the reference in tests.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import orjson
 
 from actors.changelog import HELD_PREFIX, ChangelogRecord
+from actors.columnar import ColumnarPath
 from actors.dlq import DeadLetter, dead_letter
+from actors.records import BatchOutcome, SourceRecord
+from actors.records import RawRecord as RawRecord  # noqa: PLC0414 - re-exported
 from features.blocks import (
     BlockLayout,
     TileKey,
@@ -59,25 +66,6 @@ TENANT = "default"
 # Tiles are kept a little past their last useful moment so that a late-but-accepted event still
 # finds its tile: allowed lateness plus the watermark delay, plus one minute of slack.
 _EVICTION_SLACK_MS = 60_000
-
-
-class RawRecord(NamedTuple):
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-class SourceRecord(Protocol):
-    """What ``process`` reads of a record: a :class:`RawRecord` or kafka-python's own record."""
-
-    @property
-    def offset(self) -> int: ...
-
-    @property
-    def key(self) -> bytes | None: ...
-
-    @property
-    def value(self) -> bytes | None: ...
 
 
 @dataclass
@@ -115,19 +103,20 @@ class ProcessorState:
     due: list[tuple[int, EntityId]] = field(default_factory=list)
 
 
-@dataclass
-class BatchOutcome:
-    dead_letters: list[DeadLetter]
-    accepted: int
-    rejected_by_reason: dict[RejectReason, int]
-
-
 class PartitionProcessor:
     """State machine of one source partition. Not thread-safe; one actor owns one instance."""
 
     def __init__(
-        self, catalog: Catalog, source_name: str, partition: int, now_ms: Callable[[], int]
+        self,
+        catalog: Catalog,
+        source_name: str,
+        partition: int,
+        now_ms: Callable[[], int],
+        *,
+        columnar: bool = True,
     ) -> None:
+        """``columnar=False`` processes every batch event by event: the reference the columnar
+        path (``actors.columnar``) is tested against."""
         self.source = catalog.source(source_name)
         self.partition = partition
         self._views = [
@@ -158,12 +147,18 @@ class PartitionProcessor:
         # Per (view, entity): the live fields of the older per-tile layout a restore converted
         # into its tiles; the next drain deletes them (before publishing the entity's block).
         self._legacy: dict[EntityId, set[str]] = {}
+        self._columnar = ColumnarPath(self) if columnar else None
 
     @property
     def watermark_ms(self) -> int:
         return self._policy.watermark(self.state.watermark)
 
     def process(self, records: Iterable[SourceRecord]) -> BatchOutcome:
+        if self._columnar is not None:
+            records = records if isinstance(records, Sequence) else list(records)
+            outcome = self._columnar.process(records)
+            if outcome is not None:
+                return outcome
         dead: list[DeadLetter] = []
         reasons: dict[RejectReason, int] = {}
         accepted: list[_Accepted] = []
