@@ -19,19 +19,17 @@ before it. Two concurrent applies therefore never both publish the same number: 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from actors.config import REGISTRY_TOPIC
-from actors.kafka_io import read_committed_consumer
+from actors.registry_feed import RegistryUnavailable, latest
 from features.catalog import Catalog
-from features.errors import ConfigError, StackError
+from features.errors import ConfigError
 from features.registry import (
     Change,
     RegistryVersion,
@@ -41,20 +39,9 @@ from features.registry import (
     plan,
 )
 
-if TYPE_CHECKING:
-    from regions.config import RegionTopology
-    from regions.redis_store import RedisPasswords, RedisUsers
-
 _SUFFIXES = (".yaml", ".yml")
-_READ_TIMEOUT_S = 30.0
-
-
 class RegistryConflict(ConfigError):
     """The registry changed between reading its latest version and publishing the next."""
-
-
-class RegistryUnavailable(StackError):
-    """The registry topic could not be read or written."""
 
 
 def load_repository(path: Path) -> Catalog:
@@ -78,39 +65,6 @@ def load_repository(path: Path) -> Catalog:
 
 def _key(tenant: str, number: int) -> bytes:
     return f"{tenant}/v{number}".encode()
-
-
-def history(bootstrap: str, tenant: str) -> list[RegistryVersion]:
-    """Every applied version of ``tenant``, oldest first."""
-    from kafka import TopicPartition
-
-    consumer = read_committed_consumer(bootstrap, None, consumer_timeout_ms=1_000)
-    tp = TopicPartition(REGISTRY_TOPIC, 0)
-    found: dict[int, RegistryVersion] = {}
-    prefix = f"{tenant}/v".encode()
-    try:
-        if not consumer.partitions_for_topic(REGISTRY_TOPIC):
-            return []
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + _READ_TIMEOUT_S
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise RegistryUnavailable(f"could not read {REGISTRY_TOPIC} to its end")
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    if record.key is not None and record.key.startswith(prefix):
-                        version = RegistryVersion.decode(record.value)
-                        found[version.number] = version
-    finally:
-        consumer.close()
-    return [found[n] for n in sorted(found)]
-
-
-def latest(bootstrap: str, tenant: str) -> RegistryVersion | None:
-    versions = history(bootstrap, tenant)
-    return versions[-1] if versions else None
 
 
 @dataclass(frozen=True)
@@ -222,27 +176,3 @@ def _ensure_topic(bootstrap: str) -> None:
             admin.create_topics([topic], timeout_ms=30_000, wait_for_metadata=True)
     finally:
         admin.close()
-
-
-def publish_to_regions(
-    topology: RegionTopology,
-    users: RedisUsers,
-    secrets: RedisPasswords,
-    tenant: str,
-    version: RegistryVersion,
-) -> list[str]:
-    """Make ``version`` the one each region's Serve replicas follow (``regions.registry_mirror``);
-    the regions where it was new. Called by the pipeline once its consumers compute it, so a
-    replica never serves a catalog the pipeline does not run."""
-    from regions.redis_store import RedisRole, redis_client
-    from regions.registry_mirror import publish
-
-    written = []
-    for region in topology.regions:
-        client = redis_client(region, RedisRole.WRITER, users, secrets)
-        try:
-            if publish(client, tenant, version):
-                written.append(region.name)
-        finally:
-            client.close()
-    return written

@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 from actors.processor import TENANT
+from actors.registry_feed import latest
 from cluster.process import ManagedProcess
-from cluster.registry import latest
 from cluster.services.base import Port, ServiceStatus, status_without_process, wait_ready
 from cluster.services.ray_head import head_process
 from cluster.settings import StackSettings

@@ -13,12 +13,15 @@ import pytest
 import yaml
 
 from actors.processor import TENANT
+from actors.registry_feed import history, latest, publish_to_regions
 from cluster import registry
-from cluster.registry import Publisher, RegistryConflict, apply, history, make_plan
+from cluster.registry import Publisher, RegistryConflict, apply, make_plan
 from cluster.stack import Stack
 from features.demo import card_transactions_catalog
 from features.errors import CatalogError
-from features.registry import plan
+from features.registry import RegistryVersion, plan
+from regions.redis_store import RedisRole, redis_client
+from regions.registry_mirror import registry_key
 from tests.integration.conftest import stack_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "card_transactions"
@@ -132,7 +135,31 @@ def test_the_cli_plans_and_applies_and_names_the_culprit_of_a_bad_repository(
     assert applied.returncode == 0, applied.stderr
     expected = None if before else 1  # applying the same repository again changes nothing
     assert json.loads(applied.stdout)["applied"] == expected
-    current = registry.latest(bootstrap, TENANT)
+    current = latest(bootstrap, TENANT)
     assert current is not None
     assert current.number == len(history(bootstrap, TENANT)) >= 1
     assert plan(card_transactions_catalog(), current.catalog) == []
+
+
+def test_the_pipeline_publishes_a_version_to_every_regions_redis_once(
+    stack: Stack, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """What the pipeline calls once its consumers run a version: every region's Redis then holds
+    it (the record decodes to the same catalog), and publishing it or an older one again writes
+    nothing."""
+    tenant = _tenant()
+    first = apply(kafka_bootstrap, tenant, make_plan(kafka_bootstrap, tenant, _repo(tmp_path)))
+    assert first is not None
+    settings = stack.settings
+    published = publish_to_regions(settings.topology, settings.redis, stack.secrets, tenant, first)
+    assert published == list(settings.topology.names)
+    again = publish_to_regions(settings.topology, settings.redis, stack.secrets, tenant, first)
+    assert again == []
+    for region in settings.topology:
+        client = redis_client(region, RedisRole.READER, settings.redis, stack.secrets)
+        try:
+            raw = client.hget(registry_key(tenant), "record")
+        finally:
+            client.close()
+        assert raw is not None
+        assert RegistryVersion.decode(raw).catalog == first.catalog
