@@ -75,6 +75,9 @@ class PipelineConfig(StreamSettings):
     # the fallback replica and costs per item written; a longer batch lets a hot tile's writes of
     # several consumer commits coalesce into one item.
     durable_batch_interval_ms: int = Field(default=1000, ge=0, le=60_000)
+    # How often the supervisor looks for a newer registry version to roll its consumers to and
+    # publish to the regions (0: never; the pipeline keeps the catalog it started with).
+    registry_refresh_s: float = Field(default=10.0, ge=0, le=3600)
 
     def consumer_config(self) -> ConsumerConfig:
         """The settings of this pipeline's consumers: the shared fields, copied, never re-typed."""

@@ -19,11 +19,17 @@ from features.catalog import Catalog
 
 
 def up(
-    config: PipelineConfig, catalog: Catalog, secrets: Any, timeout_s: float = 180.0
+    config: PipelineConfig,
+    catalog: Catalog,
+    secrets: Any,
+    registry_version: int | None = None,
+    timeout_s: float = 180.0,
 ) -> dict[str, Any]:
+    """Start the supervisor on ``catalog`` (registry version ``registry_version``, None for a
+    catalog from code), or find the running one, which follows newer versions by itself."""
     supervisor = Supervisor.options(
         name=SUPERVISOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(config, catalog, secrets)
+    ).remote(config, catalog, secrets, registry_version)
     deadline = time.monotonic() + timeout_s
     while True:
         status: dict[str, Any] = ray.get(supervisor.status.remote(), timeout=60)

@@ -23,6 +23,8 @@ import ray
 from actors.config import PipelineConfig
 from actors.consumer import StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
+from actors.processor import TENANT
+from actors.registry_feed import latest, publish_to_regions
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
@@ -244,10 +246,24 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
 
 
 class _Supervisor:
-    """Owns the consumer and sink actors; replaces any that Ray could not restart."""
+    """Owns the consumer and sink actors; replaces any that Ray could not restart, and follows
+    the registry: a newer version rolls the consumers (and the offline writer) to its catalog one
+    at a time, then is published to every region's Redis, which Serve replicas follow.
 
-    def __init__(self, config: PipelineConfig, catalog: Catalog, secrets: Any) -> None:
+    ``registry_version`` is the number of ``catalog`` (None: a catalog from code, which the
+    first applied version replaces)."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        catalog: Catalog,
+        secrets: Any,
+        registry_version: int | None = None,
+    ) -> None:
         self._config, self._catalog, self._secrets = config, catalog, secrets
+        self._registry_version = registry_version
+        # Held while children are replaced, so the dead-actor watcher never races a roll.
+        self._children = threading.Lock()
         self._consumers = [self._new_consumer(i) for i in range(len(config.assignments()))]
         self._sinks = {
             (r.name, store): self._new_sink(r.name, store)
@@ -260,6 +276,8 @@ class _Supervisor:
         # stop() is killing, leaving duplicates that fence each other's transactions.
         self._stopping = threading.Event()
         threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
+        if config.registry_refresh_s > 0:
+            threading.Thread(target=self._follow, name="registry-follow", daemon=True).start()
 
     def _new_offline(self) -> Any:
         from actors.offline import OfflineWriterConfig
@@ -291,9 +309,55 @@ class _Supervisor:
     def _watch(self) -> None:
         while not self._stopping.wait(2.0):
             try:
-                self._replace_dead()
+                with self._children:
+                    self._replace_dead()
             except Exception:  # the watcher must outlive one failed replacement
                 log.exception("replacing a dead pipeline actor failed; retrying")
+
+    def _follow(self) -> None:
+        while not self._stopping.wait(self._config.registry_refresh_s):
+            try:
+                self.follow_once()
+            except Exception:  # the registry or a region may be away for a while: try again
+                log.exception("following the registry failed; retrying")
+
+    def follow_once(self) -> int | None:
+        """Roll to the latest registry version if it is newer than the one computed, and publish
+        it to every region; the number rolled to, or None."""
+        c = self._config
+        current = latest(c.bootstrap, TENANT)
+        if current is None or (
+            self._registry_version is not None and current.number <= self._registry_version
+        ):
+            return None
+        with self._children:
+            if self._stopping.is_set():
+                return None
+            self._catalog = current.catalog
+            for i in range(len(self._consumers)):
+                self._consumers[i] = self._renew(
+                    self._consumers[i], lambda i=i: self._new_consumer(i)
+                )
+            if self._offline is not None:
+                self._offline = self._renew(self._offline, self._new_offline)
+            self._registry_version = current.number
+        publish_to_regions(c.topology, c.redis_users, self._secrets, TENANT, current)
+        log.warning("pipeline rolled to registry version %d and published it", current.number)
+        return current.number
+
+    def _renew(self, actor: Any, new: Any) -> Any:
+        """Stop ``actor`` and start its successor with the current catalog; return once the
+        successor has restored (a consumer) so that one partition set is down at a time."""
+        ray.get(actor.stop.remote(), timeout=30)
+        ray.kill(actor, no_restart=True)
+        successor = _start_when_name_free(new)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            status = ray.get(successor.status.remote(), timeout=60)
+            if status.get("ready", True):
+                break
+            time.sleep(0.5)
+        return successor
 
     def _replace_dead(self) -> None:
         """Recreate children Ray could not restart; never while stop() is tearing them down."""
@@ -321,6 +385,7 @@ class _Supervisor:
             "sinks": sinks,
             "offline": offline,
             "replaced": self._replaced,
+            "registry_version": self._registry_version,
         }
 
     def stop(self) -> None:
@@ -329,6 +394,19 @@ class _Supervisor:
         for actor in [*self._consumers, *self._sinks.values(), *extra]:
             ray.get(actor.stop.remote(), timeout=30)
             ray.kill(actor, no_restart=True)
+
+
+def _start_when_name_free(new: Any) -> Any:
+    """``new()``, retried while the name of the actor just killed is still taken (Ray frees it
+    once the kill has gone through)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return new()
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _alive(actor: Any) -> bool:

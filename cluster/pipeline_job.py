@@ -19,6 +19,7 @@ import ray
 from actors import job
 from actors.config import DEFAULT_CONSUMERS, PipelineConfig
 from actors.processor import TENANT
+from actors.registry_feed import latest, publish_to_regions
 from actors.runtime import NAMESPACE
 from cluster.embeddings import (
     ensure_topics,
@@ -27,7 +28,6 @@ from cluster.embeddings import (
     start_catalogs,
     stop_index_actors,
 )
-from cluster.registry import latest, publish_to_regions
 from cluster.secrets import node_secrets
 from cluster.settings import StackSettings, settings_from_env
 from features.demo import card_transactions_catalog, item_embedding_views
@@ -51,10 +51,11 @@ def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
     # The latest applied registry version; the demo catalog until a repository is applied.
     current = latest(settings.kafka.bootstrap, TENANT)
     catalog = card_transactions_catalog() if current is None else current.catalog
-    result = job.up(config, catalog, secrets)
     version = None if current is None else current.number
-    if current is not None:
-        # The consumers compute it now: each region's Serve replicas may follow it.
+    result = job.up(config, catalog, secrets, version)
+    if current is not None and result["registry_version"] == current.number:
+        # The consumers compute it now: each region's Serve replicas may follow it. (A pipeline
+        # already running an older version rolls to it and publishes it itself.)
         publish_to_regions(settings.topology, settings.redis, secrets, TENANT, current)
     views = item_embedding_views()
     fleet = fleet_config(
@@ -67,7 +68,7 @@ def up(settings: StackSettings, consumers: int) -> dict[str, Any]:
     ensure_topics(settings.kafka.bootstrap, views)
     # Each view's catalog actor starts its index actors (one per region and live version).
     start_catalogs(views, fleet)
-    return {**result, "registry_version": version}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
