@@ -348,6 +348,7 @@ class _EmbeddingIndexActor:
 
     def _loop(self) -> None:
         try:
+            self._export()  # not ready: an actor that dies while starting still shows up as such
             with self._lock:
                 self._ingest.start()
             self._ready.set()
@@ -369,7 +370,8 @@ class _EmbeddingIndexActor:
             return
         self._exported_at = now
         with self._lock:
-            sizes = {v: i.size for v, i in self._ingest.indexes.items()}
+            indexes = self._ingest.indexes
+            sizes = {v: indexes[v].size if v in indexes else 0 for v in self._ingest.versions}
         self._metrics.export(self._ingest.ready, sizes, self._ingest.mirror_status())
 
     def search(self, version: str | None, queries: list[Query]) -> SearchAnswer:
