@@ -7,6 +7,7 @@ Every port has a fixed documented default (see docs/operations.md) and can be ov
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ class FrontDoorSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # One listener per region, home region first (the order of the topology).
-    ports: tuple[int, int] = (8101, 8102)
+    ports: tuple[int, ...] = Field(default=(8101, 8102), min_length=1)
     # Requests in flight to Serve's ingress per region: the replicas' admission (serve_apps
     # overload gates) admits about this many at once on the local 2-core box.
     maxconn: int = Field(default=32, ge=1, le=100_000)
@@ -192,21 +193,39 @@ class StackSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _a_front_door_per_region(self) -> StackSettings:
+        regions, doors = len(self.topology.regions), len(self.front_door.ports)
+        if self.with_ray and doors != regions:
+            raise ValueError(
+                f"front_door.ports needs one port per region ({regions}, home first), got {doors}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ports_unique(self) -> StackSettings:
-        ports = [
+        """No two listeners on one host share a port (stores on other hosts may use the same
+        port: each region's Redis on its own machine at 6379)."""
+        local = [
             self.kafka.port,
             self.kafka.controller_port,
             self.ray.port,
             self.ray.dashboard_port,
         ]
-        ports += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
-        ports += [self.ray.dashboard_agent_port]
-        ports += list(self.front_door.ports) if self.with_ray else []
+        local += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
+        local += [self.ray.dashboard_agent_port]
+        local += list(self.front_door.ports) if self.with_ray else []
         pinned = (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port)
-        ports += [p for p in (*pinned, self.ray.fallback_proxy_port) if p]
-        ports += [r.redis_port for r in self.topology] + [r.dynamodb_port for r in self.topology]
-        if len(set(ports)) != len(ports):
-            raise ValueError(f"ports must be distinct, got {sorted(ports)}")
+        local += [p for p in (*pinned, self.ray.fallback_proxy_port) if p]
+        listeners = [(_LOCALHOST, port) for port in local]
+        listeners += [(_host(r.redis_host), r.redis_port) for r in self.topology]
+        listeners += [
+            (_host(r.dynamodb_endpoint_host), r.dynamodb_port)
+            for r in self.topology
+            if r.dynamodb_mode == "local"
+        ]
+        if len(set(listeners)) != len(listeners):
+            taken = sorted(port for _, port in listeners)
+            raise ValueError(f"ports must be distinct on each host, got {taken}")
         return self
 
     @property
@@ -250,7 +269,15 @@ class StackSettings(BaseModel):
         return self.ray.temp_dir or Path(f"/tmp/freshline-ray-{self.ray.port}")  # noqa: S108
 
 
-EnvKind = Literal["int", "str", "path", "flag", "ports"]
+_LOCALHOST = "127.0.0.1"
+
+
+def _host(name: str) -> str:
+    """One spelling of this machine, so that a port taken twice on it is seen."""
+    return _LOCALHOST if name in {"localhost", "127.0.0.1", "0.0.0.0"} else name  # noqa: S104
+
+
+EnvKind = Literal["int", "str", "path", "flag", "ports", "regions"]
 
 
 @dataclass(frozen=True)
@@ -283,6 +310,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_KAFKA_CONTROLLER_PORT", "kafka.controller_port", "int"),
     EnvVar("FRESHLINE_KAFKA_HEAP_MB", "kafka.heap_mb", "int"),
     EnvVar("FRESHLINE_KAFKA_VERSION", "kafka.version", "str"),
+    # Every region, as a JSON list of regions/config.RegionConfig (home region first): N regions
+    # and each store's host; the port and mode variables below override what it says.
+    EnvVar("FRESHLINE_REGIONS", "topology.regions", "regions"),
     EnvVar("FRESHLINE_REDIS_PORTS", "topology.redis_ports", "ports"),
     EnvVar("FRESHLINE_DYNAMODB_PORTS", "topology.dynamodb_ports", "ports"),
     EnvVar("FRESHLINE_DYNAMODB_MODE", "topology.dynamodb_mode", "str"),
@@ -320,6 +350,7 @@ _DUMP: dict[EnvKind, Callable[[Any], str]] = {
     "path": str,
     "flag": lambda on: "1" if on else "0",
     "ports": lambda ports: ",".join(str(p) for p in ports),
+    "regions": lambda regions: json.dumps([r.model_dump(mode="json") for r in regions]),
 }
 
 
@@ -340,12 +371,54 @@ def settings_from_env(environ: Mapping[str, str]) -> StackSettings:
     data["with_serving"] = data["with_serving"] and data.get("with_ray", True)
     try:
         if "topology" in data:
-            data["topology"] = default_topology(**data["topology"])
+            data["topology"] = _topology(data["topology"])
         return StackSettings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise ConfigError(first["msg"], field=field) from exc
+
+
+def _topology(given: dict[str, Any]) -> RegionTopology:
+    """The regions of ``FRESHLINE_REGIONS`` (else the two demo regions), with the port and mode
+    variables applied over them."""
+    regions = given.get("regions")
+    if regions is None:
+        ports = {k: given[k] for k in ("redis_ports", "dynamodb_ports") if k in given}
+        for key, value in ports.items():
+            if len(value) != 2:
+                field = f"FRESHLINE_{key.upper()}"
+                raise ConfigError(
+                    f"{len(value)} ports for the 2 default regions; set FRESHLINE_REGIONS to "
+                    "describe more",
+                    field=field,
+                )
+        return default_topology(**given)
+    overrides: list[dict[str, Any]] = [{} for _ in regions]
+    for key, field in (("redis_ports", "redis_port"), ("dynamodb_ports", "dynamodb_port")):
+        if key in given:
+            if len(given[key]) != len(regions):
+                raise ConfigError(
+                    f"{len(given[key])} ports for {len(regions)} regions",
+                    field=f"FRESHLINE_{key.upper()}",
+                )
+            for override, port in zip(overrides, given[key], strict=True):
+                override[field] = port
+    if "dynamodb_mode" in given:
+        for override in overrides:
+            override["dynamodb_mode"] = given["dynamodb_mode"]
+    merged = [{**r, **o} for r, o in zip(regions, overrides, strict=True)]
+    return RegionTopology.model_validate({"regions": merged})
+
+
+def _regions(raw: str) -> list[dict[str, Any]]:
+    try:
+        regions = json.loads(raw)
+    except ValueError:
+        raise ConfigError("not JSON: a list of regions", field="FRESHLINE_REGIONS") from None
+    if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+        raise ConfigError("expected a JSON list of region objects", field="FRESHLINE_REGIONS")
+    return regions
 
 
 def _parse(var: EnvVar, raw: str) -> Any:
@@ -356,7 +429,9 @@ def _parse(var: EnvVar, raw: str) -> Any:
     if var.kind == "flag":
         return raw not in _FALSE
     if var.kind == "ports":
-        return _port_pair(var.name, raw)
+        return _ports(var.name, raw)
+    if var.kind == "regions":
+        return _regions(raw)
     return raw
 
 
@@ -367,8 +442,8 @@ def _int_var(var: str, raw: str) -> int:
         raise ConfigError(f"expected an integer, got {raw!r}", field=var) from None
 
 
-def _port_pair(var: str, raw: str) -> tuple[int, int]:
+def _ports(var: str, raw: str) -> tuple[int, ...]:
     parts = raw.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"expected two comma-separated ports, got {raw!r}", field=var)
-    return int(parts[0]), int(parts[1])
+    if not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"expected comma-separated ports, got {raw!r}", field=var)
+    return tuple(int(p) for p in parts)

@@ -87,6 +87,9 @@ def test_the_ray_up_environment_is_every_node_variable_and_validates() -> None:
     settings = settings_from_env({k: v for k, v in env.items() if k in NODE_VARS})
     assert settings.topology.dynamodb_mode == "aws"
     assert settings.kafka.host not in {"127.0.0.1", "localhost"}
+    # Each region's Redis on a host of its own, not this machine's loopback.
+    hosts = {r.name: r.redis_host for r in settings.topology}
+    assert hosts == {"us-east": "redis-us-east.internal", "eu-west": "redis-eu-west.internal"}
 
 
 def test_the_checked_in_environment_holds_no_password_and_a_node_refuses_it(
