@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FRESHLINE_STATE_DIR ?= $(CURDIR)/.state
 
-.PHONY: setup demo test lint typecheck unit integration up down status chaos bench clean
+.PHONY: setup demo test lint typecheck unit integration heavy up down status chaos bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/freshline demo
 
 test: setup lint typecheck
-	$(BIN)/pytest -m "not chaos_full"
+	$(BIN)/pytest -m "not chaos_full and not heavy"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -29,7 +29,10 @@ unit: setup
 	$(BIN)/pytest tests/unit
 
 integration: setup
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -m "not heavy"
+
+heavy: setup
+	$(BIN)/pytest -m heavy
 
 up: setup
 	$(BIN)/freshline stack up
