@@ -15,8 +15,10 @@ bit, with one group-by per tile group and one numpy kernel per feature:
 * ``distinct_count``: each distinct value of the batch hashed once, its register and rank
   derived for all values at once (``features.hll.registers_of``), then the distinct (group,
   value) pairs added to each group's sketch;
-* anything else (``cusum``, ``last_n``): the aggregator's own ``agg_seq`` over each group's
-  rows in partition order.
+* ``cusum``: scalar per entity in partition order (``CusumLogic.update_many``), on the
+  column's floats;
+* anything else (``last_n``): the aggregator's own ``agg_seq`` over each group's rows in
+  partition order.
 
 Tiles are created in the per-event fold's order (per entity in first-appearance order, per
 group, per tile in first-appearance order), so the tile dictionaries and the expiry heap the
@@ -35,9 +37,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from features.aggregators import Aggregator
+from features.aggregators import Aggregator, CusumAgg
 from features.blocks import TileKey
 from features.catalog import Aggregation, Feature
+from features.cusum import CusumLogic
 from features.hll import registers_of, stable_hash64
 from features.tile_groups import TileGroup
 
@@ -152,12 +155,18 @@ class _Groups:
     rows: BatchColumns
     _members: list[list[int]] | None = None
 
+    def order(self) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The rows sorted by group, partition order kept inside each, and where each group's
+        rows end in that order."""
+        order = np.argsort(self.inv, kind="stable")
+        return order, np.cumsum(np.bincount(self.inv, minlength=self.count))
+
     def members(self) -> list[list[int]]:
         """Each group's rows, in partition order."""
         if self._members is None:
-            order = np.argsort(self.inv, kind="stable").tolist()
-            ends = np.cumsum(np.bincount(self.inv, minlength=self.count)).tolist()
-            self._members = [order[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+            order, ends = self.order()
+            rows, bounds = order.tolist(), ends.tolist()
+            self._members = [rows[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
         return self._members
 
 
@@ -212,13 +221,9 @@ def _tiled(
     index, group = indexed
     tile_ms = group.tile_ms or 0
     starts = rows.times - rows.times % tile_ms
-    distinct_starts, start_codes = np.unique(starts, return_inverse=True)
-    width = len(distinct_starts)
-    keys, first, inv = np.unique(
-        codes.astype(np.int64) * width + start_codes, return_index=True, return_inverse=True
-    )
+    keys, first, inv, width, start_at = _group_by(codes, starts, tile_ms)
     entity_of = (keys // width).tolist()
-    start_of = distinct_starts[keys % width].tolist()
+    start_of = start_at(keys % width).tolist()
     first_of = first.tolist()
     states: States = [[] for _ in range(len(keys))]
     for g in np.lexsort((first, keys // width)).tolist():  # the per-event fold's order
@@ -230,7 +235,36 @@ def _tiled(
             found = entity_tiles[key] = group.initial_states()
             created.append((entity, index, first_of[g], key))
         states[g] = found
-    return _Groups(inv.astype(np.intp), len(keys), rows), states
+    return _Groups(inv, len(keys), rows), states
+
+
+_DENSE_LIMIT = 4  # a table of (entity, tile) cells up to this many per row: counted, not sorted
+
+
+def _group_by(
+    codes: npt.NDArray[np.intp], starts: Ints, tile_ms: int
+) -> tuple[Ints, npt.NDArray[np.intp], npt.NDArray[np.intp], int, Callable[[Ints], Ints]]:
+    """The distinct (entity, start) pairs of the rows (at least one) as keys ``entity * width +
+    start index``, ascending; each key's first row; each row's key index; ``width``; and the
+    start of a start index. Counted in a table when the pairs fit a small one (a batch spans a
+    few tiles), else sorted: both give the same keys in the same order."""
+    n, entities, low = len(codes), int(codes.max()) + 1, int(starts.min())
+    span = (int(starts.max()) - low) // tile_ms + 1
+    if entities * span > _DENSE_LIMIT * n + 64:
+        distinct, start_codes = np.unique(starts, return_inverse=True)
+        keys, first, inv = np.unique(
+            codes.astype(np.int64) * len(distinct) + start_codes,
+            return_index=True,
+            return_inverse=True,
+        )
+        return keys, first, inv.astype(np.intp), len(distinct), distinct.__getitem__
+    cells = codes.astype(np.int64) * span + (starts - low) // tile_ms
+    first_at = np.full(entities * span, n, dtype=np.intp)
+    np.minimum.at(first_at, cells, np.arange(n, dtype=np.intp))
+    keys = np.flatnonzero(first_at < n)
+    index_of = np.zeros(entities * span, dtype=np.intp)
+    index_of[keys] = np.arange(len(keys), dtype=np.intp)
+    return keys, first_at[keys], index_of[cells], span, lambda at: low + at * tile_ms
 
 
 def _fold_group(group: TileGroup, grouped: _Groups, states: States) -> None:
@@ -322,6 +356,18 @@ def _fold_each(agg: Aggregator[Any, Any], feature: Feature, f: int, g: _Groups, 
         )
 
 
+def _cusum(agg: Aggregator[Any, Any], feature: Feature, f: int, g: _Groups, s: States) -> None:
+    """Scalar per entity, in partition order (each value depends on all before it), on the
+    column's floats: ``CusumAgg.agg_seq`` without a conversion per value."""
+    if not isinstance(agg, CusumAgg):
+        _fold_each(agg, feature, f, g, s)
+        return
+    values = g.rows.floats(_column(feature))
+    order, ends = g.order()
+    for states, members in zip(s, np.split(order, ends[:-1]), strict=True):
+        CusumLogic(agg.config, states[f]).update_many(values[members].tolist())
+
+
 def _column(feature: Feature) -> str:
     if feature.column is None:
         raise ValueError(f"feature {feature.name!r} has no column")
@@ -337,4 +383,5 @@ _KERNELS: dict[Aggregation, _Kernel] = {
     Aggregation.MAX: _extreme,
     Aggregation.LAST: _last,
     Aggregation.DISTINCT_COUNT: _distinct,
+    Aggregation.CUSUM: _cusum,
 }

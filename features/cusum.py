@@ -145,6 +145,7 @@ class CusumLogic:
         n, mean, m2, s_pos, s_neg = st.n, st.mean, st.m2, st.s_pos, st.s_neg
         last_score, alarms, seen = st.last_score, st.alarms, st.seen
         isfinite, sqrt = math.isfinite, math.sqrt
+        sd = 0.0  # the frozen reference's std, computed once per detection phase
         try:
             for value in values:
                 if not isfinite(value):
@@ -156,15 +157,22 @@ class CusumLogic:
                     mean += delta / n
                     m2 += delta * (value - mean)
                     last_score = 0.0
+                    sd = 0.0
                     continue
-                sd = max(sqrt(m2 / (n - 1)), min_std)
+                if not sd:  # max(x, min_std) with min_std > 0 is never 0.0
+                    root = sqrt(m2 / (n - 1))
+                    sd = min_std if min_std > root else root
                 z = (value - mean) / sd
-                s_pos = max(0.0, s_pos + z - drift)
-                s_neg = max(0.0, s_neg - z - drift)
-                last_score = max(s_pos, s_neg)
+                # ``a if a > 0.0 else 0.0`` is ``max(0.0, a)``: 0.0 on ties, like the builtin.
+                up = s_pos + z - drift
+                s_pos = up if up > 0.0 else 0.0
+                down = s_neg - z - drift
+                s_neg = down if down > 0.0 else 0.0
+                last_score = s_neg if s_neg > s_pos else s_pos
                 if last_score > threshold:
                     alarms += 1
                     n, mean, m2, s_pos, s_neg = 0, 0.0, 0.0, 0.0, 0.0
+                    sd = 0.0
         finally:
             st.n, st.mean, st.m2, st.s_pos, st.s_neg = n, mean, m2, s_pos, s_neg
             st.last_score, st.alarms, st.seen = last_score, alarms, seen

@@ -9,9 +9,11 @@ import copy
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from features import batch_fold
 from features.batch_fold import BatchColumns, fold_view
 from features.blocks import TileKey
 from features.catalog import Catalog
@@ -192,3 +194,20 @@ def test_a_negative_zero_prior_keeps_its_sign_through_a_zero() -> None:
     _per_event(rows, [1], reference)
     _columnar(rows, [1], columnar)
     assert str(columnar["a"][(1_000, 0)][1]) == str(reference["a"][(1_000, 0)][1]) == "-0.0"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_counted_and_the_sorted_group_by_agree(seed: int, monkeypatch: Any) -> None:
+    """The group-by counts (entity, tile) cells in a table when a batch spans few tiles and sorts
+    otherwise; both must give the same keys, first rows, row groups and starts."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    codes = rng.integers(0, int(rng.integers(1, 20)), n).astype(np.intp)
+    times = rng.integers(-(10**5), 10**5, n) * int(rng.choice([1, 7, 100]))
+    starts = times - times % 1000
+    answers = []
+    for limit in (10**9, -(10**9)):  # always counted, always sorted
+        monkeypatch.setattr(batch_fold, "_DENSE_LIMIT", limit)
+        keys, first, inv, _width, start_at = batch_fold._group_by(codes, starts, 1000)
+        answers.append((first.tolist(), inv.tolist(), start_at(keys % _width).tolist()))
+    assert answers[0] == answers[1]
