@@ -41,6 +41,8 @@ import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -59,6 +61,7 @@ _CELL = struct.Struct("<II")
 
 COUNT, SUM, MIN, MAX = "count", "sum", "min", "max"
 Slot = tuple[str, str | None]  # (kind, source column); count has no column
+_Fill = tuple[int, int, "Callable[[Any], Any]", bool]  # feature, slot, extractor, slot's first
 VARIABLE = frozenset({Aggregation.DISTINCT_COUNT, Aggregation.LAST_N})
 
 Table = npt.NDArray[np.void]
@@ -131,6 +134,25 @@ class BlockLayout:
     dtype: np.dtype[np.void]
     has_variable: bool  # some tiled feature has variable-width states
     tiles: npt.NDArray[np.int64]  # per tiled group: its tile ms
+
+    @cached_property
+    def row_plans(self) -> tuple[tuple[Any, ...], tuple[tuple[_Fill, ...], ...]]:
+        """How ``encode_block`` fills a row: the slots' empty values, and per tiled group, per
+        (feature, slot) in feature order, the extractor of the slot's value from the feature's
+        state and whether it is the slot's first feature (the others must agree with it)."""
+        empty = tuple(np.nan if kind in (MIN, MAX) else 0 for kind, _ in self.slots)
+        plans = []
+        for group in self.tiled:
+            filled: set[int] = set()
+            plan = []
+            for f, slots in enumerate(group.feature_slots):
+                feature = group.group.features[f]
+                for slot in slots:
+                    extract = _extractor(feature, self.slots[slot][0])
+                    plan.append((f, slot, extract, slot not in filled))
+                    filled.add(slot)
+            plans.append(tuple(plan))
+        return empty, tuple(plans)
 
     @classmethod
     def for_view(cls, view: FeatureView) -> BlockLayout:
@@ -282,23 +304,18 @@ def _group_and_start(item: tuple[int, int, Sequence[Any]]) -> tuple[int, int]:
 
 
 def _row(layout: BlockLayout, index: int, start: int, states: Sequence[Any]) -> tuple[Any, ...]:
-    group = layout.tiled[index]
-    row: list[Any] = [start, index] + [
-        np.nan if kind in (MIN, MAX) else 0 for kind, _ in layout.slots
-    ]
-    filled: set[int] = set()
-    for f, slots in enumerate(group.feature_slots):
-        feature = group.group.features[f]
-        for slot in slots:
-            value = _extractor(feature, layout.slots[slot][0])(states[f])
-            if slot not in filled:
-                filled.add(slot)
-                row[2 + slot] = np.nan if value is None else value
-            elif not _same_bits(value, row[2 + slot]):
-                raise CorruptState(
-                    f"feature {feature.name!r} disagrees with the other features of its tile "
-                    f"group on the {layout.slots[slot][0]} of the tile at {start}"
-                )
+    empty, plans = layout.row_plans
+    row: list[Any] = [start, index, *empty]
+    for f, slot, extract, first in plans[index]:
+        value = extract(states[f])
+        if first:
+            row[2 + slot] = np.nan if value is None else value
+        elif not _same_bits(value, row[2 + slot]):
+            raise CorruptState(
+                f"feature {layout.tiled[index].group.features[f].name!r} disagrees with the "
+                f"other features of its tile group on the {layout.slots[slot][0]} of the tile "
+                f"at {start}"
+            )
     return tuple(row)
 
 
@@ -319,9 +336,9 @@ def _variable(
     for index, _start, states in keyed:
         group = layout.tiled[index]
         dumps += [group.group.aggregators[f].dump(states[f]) for f in group.variable]
-    offsets = np.zeros(len(dumps) + 1, dtype=_OFFSET)
-    np.cumsum([len(d) for d in dumps], out=offsets[1:])
-    return len(dumps), offsets.tobytes() + b"".join(dumps)
+    # struct, not np.cumsum: numpy's fixed cost per call is most of it at a few cells a block.
+    offsets = struct.pack(f"<{len(dumps) + 1}I", *accumulate(map(len, dumps), initial=0))
+    return len(dumps), offsets + b"".join(dumps)
 
 
 def decode_block(layout: BlockLayout, raw: bytes) -> Block:

@@ -155,3 +155,11 @@ def test_registers_of_many_hashes_are_add_hash_s_and_add_registers_builds_the_sa
         dense.add_hash(hashed)
     again.add_registers(index.tolist(), rank.tolist())
     assert again.to_bytes() == dense.to_bytes()
+
+
+def test_the_sparse_encoding_is_the_documented_one() -> None:
+    """``H`` | version 1 | p | kind 0 | uint32 count | (uint16 index, uint8 rank) ascending."""
+    sketch = HyperLogLog(10)
+    sketch.add_registers([3, 1], [2, 5])
+    assert sketch.to_bytes() == b"H\x01\x0a\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x05\x00\x03\x02"
+    assert HyperLogLog(16).to_bytes() == b"H\x01\x10\x00\x00\x00\x00\x00"
