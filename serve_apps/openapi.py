@@ -87,6 +87,11 @@ _ENVELOPE: Schema = {
     "as_of_ms": _INT,
     "store": {"type": "string", "description": "the store of every value of the response"},
     "fallback": _array(_obj({"store": _STR, "outcome": _STR})),
+    "view_versions": {
+        "type": "object",
+        "additionalProperties": _INT,
+        "description": "the version of each view read: every value of a view is of that version",
+    },
 }
 _ROWS = _obj(
     {

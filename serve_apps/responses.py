@@ -118,6 +118,7 @@ def _envelope(result: ReadResult, region: str, request_id: str) -> dict[str, Any
         "as_of_ms": result.as_of_ms,
         "store": result.store,
         "fallback": [{"store": s, "outcome": o} for s, o in result.tried],
+        "view_versions": {name: v.info.view.version for name, v in result.views.items()},
     }
 
 
