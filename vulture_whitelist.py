@@ -20,11 +20,14 @@ _._check  # @model_validator of the catalog models and serve_apps.config
 _._only_malformed  # @field_validator, cluster/events/synth.py
 _._serving_needs_ray  # @model_validator, cluster/settings.py
 _._ports_unique  # @model_validator, cluster/settings.py
+_._a_front_door_per_region  # @model_validator, cluster/settings.py
 _._ingress_range  # @model_validator, cluster/settings.py
 _._dns_safe  # @field_validator, regions/config.py
 _._unique  # @model_validator, regions/config.py
 # Ray Serve calls a deployment's check_health on its health-check period.
 _.check_health
+# The replica holds its background tasks: asyncio keeps only a weak reference to a running task.
+_._gauges  # serve_apps/app.py
 # The context-manager protocol passes the traceback whether or not __exit__ uses it.
 _.tb
 
