@@ -11,7 +11,8 @@ bit, with one group-by per tile group and one numpy kernel per feature:
   not). A prior of ``-0.0``, which ``0.0 + prior`` would turn into ``0.0``, is summed in Python;
 * ``min`` and ``max``: ``np.minimum.at``/``np.maximum.at``, then a zero extreme takes the sign
   of the group's first zero, as the builtin ``min``/``max`` keep the first of equal values;
-* ``last``: one ``np.lexsort`` by (group, time, order, position): the last row of each group;
+* ``last``: per group, the latest row of its newest time (offsets rising with the rows), else
+  the last row of one ``np.lexsort`` by (group, time, order, position);
 * ``distinct_count``: each distinct value of the batch hashed once, its register and rank
   derived for all values at once (``features.hll.registers_of``), then the distinct (group,
   value) pairs added to each group's sketch;
@@ -62,6 +63,7 @@ class BatchColumns:
         self._codes: dict[str, tuple[npt.NDArray[np.intp], list[Any]]] = {}
         self._registers: dict[tuple[str, int], tuple[Ints, Ints]] = {}
         self._lists: dict[str, list[int]] = {}
+        self._ascending: bool | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -72,6 +74,12 @@ class BatchColumns:
 
     def values(self, name: str) -> Sequence[Any]:
         return self._columns[name]
+
+    def ascending(self) -> bool:
+        """Whether the offsets rise strictly with the rows (Kafka's order within a partition)."""
+        if self._ascending is None:
+            self._ascending = bool((self.offsets[1:] > self.offsets[:-1]).all())
+        return self._ascending
 
     def ints(self, which: str) -> list[int]:
         """``times`` or ``offsets`` as Python ints."""
@@ -89,13 +97,16 @@ class BatchColumns:
 
     def codes(self, name: str) -> tuple[npt.NDArray[np.intp], list[Any]]:
         """Per row, the index of its value among the column's distinct values, which are
-        listed in order of first appearance."""
+        listed in order of first appearance (values of one field, of one type: a string or an
+        int column, where equal as dict keys means equal)."""
         cached = self._codes.get(name)
         if cached is None:
-            index: dict[Any, int] = {}
-            setdefault = index.setdefault
-            codes = [setdefault(value, len(index)) for value in self._columns[name]]
-            cached = self._codes[name] = (np.array(codes, dtype=np.intp), list(index))
+            column = self._columns[name]
+            # Two C-level passes (the second finds each string's hash cached by the first).
+            distinct = list(dict.fromkeys(column))
+            index = {value: i for i, value in enumerate(distinct)}
+            codes = np.fromiter(map(index.__getitem__, column), dtype=np.intp, count=len(column))
+            cached = self._codes[name] = (codes, distinct)
         return cached
 
     def registers(self, name: str, p: int) -> tuple[Ints, Ints]:
@@ -321,12 +332,27 @@ def _extreme(agg: Aggregator[Any, Any], feature: Feature, f: int, g: _Groups, s:
 
 def _last(agg: Aggregator[Any, Any], feature: Feature, f: int, g: _Groups, s: States) -> None:
     rows = g.rows
-    order = np.lexsort((np.arange(len(rows)), rows.offsets, rows.times, g.inv))
-    ends = np.cumsum(np.bincount(g.inv, minlength=g.count)) - 1
     values = rows.values(_column(feature))
     times, offsets = rows.ints("times"), rows.ints("offsets")
-    for states, i in zip(s, order[ends].tolist(), strict=True):
+    for states, i in zip(s, _latest(g).tolist(), strict=True):
         states[f] = agg.agg(states[f], values[i], times[i], offsets[i])
+
+
+def _latest(g: _Groups) -> npt.NDArray[np.intp]:
+    """Per group, its row of the greatest (time, order, position): what ``LastAgg.agg_seq``
+    picks (the latest copy on full ties)."""
+    rows = g.rows
+    if rows.ascending():  # offsets rise with position: the latest row of the newest time
+        newest = np.full(g.count, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(newest, g.inv, rows.times)
+        at = np.flatnonzero(rows.times == newest[g.inv])
+        latest = np.zeros(g.count, dtype=np.intp)
+        np.maximum.at(latest, g.inv[at], at)
+        return latest
+    order = np.lexsort((np.arange(len(rows)), rows.offsets, rows.times, g.inv))
+    ends = np.cumsum(np.bincount(g.inv, minlength=g.count)) - 1
+    found: npt.NDArray[np.intp] = order[ends]
+    return found
 
 
 def _distinct(_agg: Aggregator[Any, Any], feature: Feature, f: int, g: _Groups, s: States) -> None:

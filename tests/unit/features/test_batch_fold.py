@@ -164,21 +164,29 @@ def _zeros(*amounts: float, user: str = "a") -> list[dict[str, Any]]:
 
 
 @settings(max_examples=200, deadline=None)
-@example([], _zeros(0.0, -0.0) + _zeros(-0.0, 0.0, user="b"), False)  # extremes: the first zero
-@example(_zeros(0.0), _zeros(-0.0, -0.0), True)
+@example([], _zeros(0.0, -0.0) + _zeros(-0.0, 0.0, user="b"), False, False)  # the first zero
+@example(_zeros(0.0), _zeros(-0.0, -0.0), True, False)
 @given(
     st.lists(ROW, max_size=30),
     st.lists(ROW, max_size=30),
     st.booleans(),
+    st.booleans(),
 )
 def test_the_grouped_fold_equals_the_per_event_fold_from_any_prior_state(
-    history: list[dict[str, Any]], batch: list[dict[str, Any]], negative_zero: bool
+    history: list[dict[str, Any]],
+    batch: list[dict[str, Any]],
+    negative_zero: bool,
+    orders_fall: bool,
 ) -> None:
+    """``orders_fall``: orders that do not rise with the rows (never so from Kafka), so that
+    ``last`` and ``last_n`` must order by them, not by position."""
     prior: Tiles = {}
     _per_event(history, list(range(len(history))), prior)
     if negative_zero:
         _negative_zero_sums(prior)
     offsets = [len(history) + 2 * i for i in range(len(batch))]
+    if orders_fall:
+        offsets = [len(history) + (i * 7) % 5 for i in range(len(batch))]
     reference, columnar = copy.deepcopy(prior), copy.deepcopy(prior)
     created = _per_event(batch, offsets, reference)
     assert _columnar(batch, offsets, columnar) == created
