@@ -28,6 +28,7 @@ from actors.registry_feed import latest, publish_to_regions
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
+from features.registry import digest
 
 NAMESPACE = "freshline"
 SUPERVISOR = "fl-supervisor"
@@ -333,12 +334,15 @@ class _Supervisor:
         with self._children:
             if self._stopping.is_set():
                 return None
+            same = digest(current.catalog) == digest(self._catalog)
             self._catalog = current.catalog
-            for i in range(len(self._consumers)):
+            # The same definitions under a new number (a repository applied for the first time
+            # over the catalog the pipeline started from) need no restart, only the publish.
+            for i in range(0 if same else len(self._consumers)):
                 self._consumers[i] = self._renew(
                     self._consumers[i], lambda i=i: self._new_consumer(i)
                 )
-            if self._offline is not None:
+            if self._offline is not None and not same:
                 self._offline = self._renew(self._offline, self._new_offline)
             self._registry_version = current.number
         publish_to_regions(c.topology, c.redis_users, self._secrets, TENANT, current)
