@@ -19,6 +19,7 @@ before it. Two concurrent applies therefore never both publish the same number: 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ from features.registry import (
 )
 
 _SUFFIXES = (".yaml", ".yml")
+
+
 class RegistryConflict(ConfigError):
     """The registry changed between reading its latest version and publishing the next."""
 
@@ -93,6 +96,37 @@ def make_plan(bootstrap: str, tenant: str, path: Path) -> Plan:
     return Plan(current, catalog, plan(current.catalog if current else None, catalog))
 
 
+# A transactional call of an apply waits at most this long; the broker aborts the transaction
+# after the same time, so a call given up on cannot commit later.
+TRANSACTION_WAIT_S = 30.0
+
+
+def within(seconds: float, what: str, call: Callable[[], object]) -> None:
+    """``call()`` on a daemon thread, waited for at most ``seconds``. kafka-python 3.0's
+    transactional calls wait without a timeout for a request its sender may drop after a broker
+    restart (docs/pipeline.md, the commit protocol); an apply must fail with a
+    clear error instead of hanging. An exception of ``call`` is raised here."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="registry-transaction", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise RegistryUnavailable(
+            f"{REGISTRY_TOPIC}: {what} did not finish within {seconds:.0f} s (the broker aborts "
+            "it); apply again"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 class Publisher:
     """One apply's transactional producer. :meth:`fence` first (it fences every other apply of
     the tenant still in flight), then :meth:`publish`."""
@@ -107,10 +141,11 @@ class Publisher:
             transactional_id=f"freshline-registry-{tenant}",
             acks="all",
             enable_idempotence=True,
+            transaction_timeout_ms=int(TRANSACTION_WAIT_S * 1000),
         )
 
     def fence(self) -> None:
-        self._producer.init_transactions()
+        within(TRANSACTION_WAIT_S, "fencing other applies", self._producer.init_transactions)
 
     def publish(self, planned: Plan, now: Callable[[], datetime]) -> RegistryVersion:
         """Read the registry (after :meth:`fence`), check it is still at ``planned.current``
@@ -130,7 +165,7 @@ class Publisher:
             self._producer.send(
                 REGISTRY_TOPIC, key=_key(self._tenant, version.number), value=version.encode()
             )
-            self._producer.commit_transaction()
+            within(TRANSACTION_WAIT_S, "the commit", self._producer.commit_transaction)
         except ProducerFencedError:
             raise RegistryConflict("another apply of this registry started meanwhile") from None
         except KafkaError as exc:

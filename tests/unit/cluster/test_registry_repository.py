@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
+from actors.registry_feed import RegistryUnavailable
 from cluster import cli
-from cluster.registry import load_repository
+from cluster.registry import load_repository, within
 from features.demo import card_transactions_catalog
 from features.registry import RepositoryError, plan
 
@@ -47,3 +49,21 @@ def test_the_cli_prints_the_culprit_path_verbatim_on_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: views/user_spend.yaml: views[user_spend].ttl: shorter than")
     assert err.count("\n") == 1
+
+
+def test_a_transactional_call_that_never_returns_fails_the_apply_clearly() -> None:
+    """kafka-python may wait forever on a request it dropped after a broker restart: the apply
+    gives up after its wait with an error naming the step, and other outcomes pass through."""
+    gate = threading.Event()
+    with pytest.raises(RegistryUnavailable, match="the commit did not finish within 0 s"):
+        within(0.05, "the commit", lambda: gate.wait(10))
+    gate.set()
+
+    def refused() -> None:
+        raise ValueError("fenced")
+
+    with pytest.raises(ValueError, match="fenced"):
+        within(5, "the commit", refused)
+    done: list[int] = []
+    within(5, "the commit", lambda: done.append(1))
+    assert done == [1]
