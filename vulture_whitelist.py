@@ -24,6 +24,7 @@ _._a_front_door_per_region  # @model_validator, cluster/settings.py
 _._ingress_range  # @model_validator, cluster/settings.py
 _._dns_safe  # @field_validator, regions/config.py
 _._unique  # @model_validator, regions/config.py
+_._ordered_intervals  # @model_validator, actors/config.py
 # Ray Serve calls a deployment's check_health on its health-check period.
 _.check_health
 # The replica holds its background tasks: asyncio keeps only a weak reference to a running task.

@@ -7,9 +7,9 @@ topics (``cluster.settings``) and every actor read them from here.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features import demo
 from regions.config import RedisUsers, RegionTopology
@@ -42,8 +42,21 @@ class StreamSettings(BaseModel):
     # predecessor only if both derive the same id.
     group_id: str = "freshline-pipeline"
     # One Kafka transaction per interval: shorter makes tiles visible sooner but costs a commit
-    # round trip more often.
+    # round trip more often. The interval adapts (``features.commit_pacing``): from this base it
+    # doubles up to the maximum while the consumer is behind, and drops to the minimum while an
+    # interval brings only a trickle of events.
     commit_interval_ms: int = Field(default=250, ge=10)
+    commit_interval_min_ms: int = Field(default=100, ge=10)
+    commit_interval_max_ms: int = Field(default=1_000, ge=10, le=30_000)
+
+    @model_validator(mode="after")
+    def _ordered_intervals(self) -> Self:
+        low, high = self.commit_interval_min_ms, self.commit_interval_max_ms
+        if not low <= self.commit_interval_ms <= high:
+            raise ValueError(
+                "commit_interval_min_ms <= commit_interval_ms <= commit_interval_max_ms must hold"
+            )
+        return self
 
 
 class ConsumerConfig(StreamSettings):

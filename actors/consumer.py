@@ -29,6 +29,7 @@ from actors.config import ConsumerConfig as ConsumerConfig  # noqa: PLC0414 - re
 from actors.kafka_io import read_committed_consumer
 from actors.processor import PartitionProcessor
 from features.catalog import Catalog
+from features.commit_pacing import CommitPacing
 from features.errors import RejectReason, TransportError
 from features.watermark import WatermarkState
 
@@ -73,6 +74,7 @@ class ConsumerStats:
             phase: deque(maxlen=240) for phase in ("produce", "offsets", "end")
         }
     )
+    commit_interval_ms: int = 0  # the interval now in force (``features.commit_pacing``)
 
 
 class StreamConsumer:
@@ -99,9 +101,15 @@ class StreamConsumer:
         self._now_ms = now_ms
         self._monotonic = monotonic
         self._last_commit = monotonic()
+        self._pacing = CommitPacing(
+            base_ms=config.commit_interval_ms,
+            min_ms=config.commit_interval_min_ms,
+            max_ms=config.commit_interval_max_ms,
+        )
+        self._window_events = self._window_full_polls = 0  # polled since the last commit
         self._pending_dead: list[tuple[int, Any]] = []
         self._uncommitted = False
-        self.stats = ConsumerStats()
+        self.stats = ConsumerStats(commit_interval_ms=config.commit_interval_ms)
         self._consumer: Any = None
         self._producer: Any = None
         self._commit_deadline_s = commit_deadline_s
@@ -156,11 +164,14 @@ class StreamConsumer:
             self._pending_dead.extend((tp.partition, d) for d in outcome.dead_letters)
             self._uncommitted = True
         self.stats.events_in += count
+        self._window_events += count
+        if count >= self.config.max_poll_records:  # more were waiting: behind
+            self._window_full_polls += 1
         if not self._uncommitted and any(p.has_due() for p in self._processors.values()):
             self._uncommitted = True  # held future events fall due: publish them, even idle
         if (
             self._uncommitted
-            and (self._monotonic() - self._last_commit) * 1000 >= self.config.commit_interval_ms
+            and (self._monotonic() - self._last_commit) * 1000 >= self.stats.commit_interval_ms
         ):
             self.commit()
         return count
@@ -225,6 +236,12 @@ class StreamConsumer:
             phases["offsets"].append((offsets_added - produced) * 1000)
             phases["end"].append((self._last_commit - offsets_added) * 1000)
             self.stats.commits += 1
+            self.stats.commit_interval_ms = self._pacing.next_ms(
+                self.stats.commit_interval_ms,
+                events=self._window_events,
+                full_polls=self._window_full_polls,
+            )
+            self._window_events = self._window_full_polls = 0
         finally:
             self._commit_step = None  # finished or failed: no commit is running
 

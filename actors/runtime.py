@@ -104,6 +104,7 @@ class _ConsumerActor:
             "visible_ms": _percentiles(stats.visible_ms),
             "changelog_records": stats.changelog_records,
             "commit_ms": _percentiles(stats.commit_ms),  # one commit protocol run
+            "commit_interval_ms": stats.commit_interval_ms,  # adapts: features.commit_pacing
             "commit_phase_ms": {
                 phase: _percentiles(samples) for phase, samples in stats.commit_phase_ms.items()
             },

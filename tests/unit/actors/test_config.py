@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from actors.config import (
     CHANGELOG_TOPIC,
     DLQ_TOPIC,
@@ -34,6 +36,8 @@ def test_the_consumers_get_every_shared_setting_of_the_pipeline() -> None:
         dlq_topic="x.dlq",
         group_id="x-group",
         commit_interval_ms=1_000,
+        commit_interval_min_ms=200,
+        commit_interval_max_ms=2_000,
     )
     consumer = pipeline.consumer_config()
     assert consumer.model_dump(include=SHARED) == pipeline.model_dump(include=SHARED)
@@ -68,3 +72,16 @@ def test_the_stack_creates_the_topics_the_pipeline_reads_and_writes() -> None:
     assert sorted(p for owned in pipeline.assignments() for p in owned) == list(
         range(source.partitions)
     )
+
+
+@pytest.mark.parametrize(
+    ("low", "base", "high"), [(300, 250, 1_000), (100, 2_000, 1_000), (100, 250, 200)]
+)
+def test_commit_intervals_out_of_order_are_refused(low: int, base: int, high: int) -> None:
+    with pytest.raises(ValueError, match="commit_interval_min_ms <= commit_interval_ms"):
+        ConsumerConfig(
+            bootstrap="k:9092",
+            commit_interval_ms=base,
+            commit_interval_min_ms=low,
+            commit_interval_max_ms=high,
+        )

@@ -49,8 +49,12 @@ def _event(seq: int) -> bytes:
     )
 
 
-def _started(kafka: FakeConsumer, producer: FakeProducer, clock: Clock) -> StreamConsumer:
-    config = ConsumerConfig(bootstrap="fake:9092", source=SOURCE, commit_interval_ms=250)
+def _started(
+    kafka: FakeConsumer, producer: FakeProducer, clock: Clock, **settings: Any
+) -> StreamConsumer:
+    # A fixed 250 ms unless a test asks for the adaptive range (features.commit_pacing).
+    fixed = {"commit_interval_ms": 250, "commit_interval_min_ms": 250} | settings
+    config = ConsumerConfig(bootstrap="fake:9092", source=SOURCE, **fixed)
     consumer = StreamConsumer(
         config,
         CATALOG,
@@ -100,6 +104,37 @@ def test_nothing_is_committed_within_the_interval_and_close_commits_the_rest() -
     assert [t.offsets[0][0] for t in producer.transactions] == [4]
     consumer.close()
     assert [t.offsets[0][0] for t in producer.transactions] == [4, 6]
+
+
+def test_the_interval_doubles_while_polls_come_back_full_and_shortens_on_a_trickle() -> None:
+    """A full poll (500 here, FakeConsumer's batch) means records were waiting: each commit then
+    doubles the interval up to the maximum; a commit whose window polled a trickle (< 100 events)
+    brings it down to the minimum, and events are then committed 100 ms apart."""
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock, max_poll_records=500, commit_interval_min_ms=100)
+    _append(kafka, range(3_000))
+    intervals = []
+    for _ in range(6):  # 500 records a step, 300 ms apart
+        clock.t += 0.3
+        consumer.step(poll_timeout_ms=0)
+        intervals.append(consumer.stats.commit_interval_ms)
+    assert intervals == [500, 500, 1_000, 1_000, 1_000, 1_000]
+    assert consumer.stats.commits == 2
+    clock.t += 1.0
+    consumer.step(poll_timeout_ms=0)  # the backlog's last full polls are committed
+    assert consumer.stats.commits == 3 and consumer.stats.commit_interval_ms == 1_000
+    _append(kafka, range(3_000, 3_003))
+    clock.t += 1.0
+    consumer.step(poll_timeout_ms=0)  # a trickle: 100 ms from now on
+    assert consumer.stats.commits == 4 and consumer.stats.commit_interval_ms == 100
+    _append(kafka, range(3_003, 3_005))
+    clock.t += 0.05
+    consumer.step(poll_timeout_ms=0)
+    assert consumer.stats.commits == 4, "within 100 ms"
+    clock.t += 0.06
+    consumer.step(poll_timeout_ms=0)
+    assert consumer.stats.commits == 5
+    assert producer.transactions[-1].offsets[0][0] == 3_005
 
 
 def test_a_failed_commit_raises_from_step() -> None:
