@@ -149,6 +149,11 @@ class FrontDoorSettings(BaseModel):
     # Backend health checks of /<region>/v1/ready: every check_ms, down after two misses, so a
     # region whose replicas are gone is failed over within about half a second.
     check_ms: int = Field(default=200, ge=50, le=60_000)
+    # Liveness: the app's answer (any status) to /<region>/v1/health within live_timeout_ms,
+    # checked every half check_ms, down after two misses. A region without replicas does not refuse its ready
+    # checks, Serve holds them, so the ready check alone (which must wait out the ready route's
+    # whole budget) saw the region gone only after about 1.3 s.
+    live_timeout_ms: int = Field(default=300, ge=10, le=60_000)
 
 
 class RedisSettings(RedisUsers):
@@ -336,6 +341,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_FRONT_DOOR_QUEUE_MS", "front_door.queue_ms", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_RETRY_AFTER_S", "front_door.retry_after_s", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_CHECK_MS", "front_door.check_ms", "int"),
+    EnvVar("FRESHLINE_FRONT_DOOR_LIVE_MS", "front_door.live_timeout_ms", "int"),
     EnvVar("FRESHLINE_REDIS_MAXMEMORY_MB", "redis.maxmemory_mb", "int"),
     EnvVar("FRESHLINE_JAR_CACHE", "jar_cache_dir", "path"),
     EnvVar("FRESHLINE_WITH_RAY", "with_ray", "flag"),

@@ -51,6 +51,7 @@ class FrontDoorService(ProcessService):
             queue_ms=fd.queue_ms,
             retry_after_s=fd.retry_after_s,
             check_ms=fd.check_ms,
+            live_timeout_ms=fd.live_timeout_ms,
             errors_dir=self._home,
         )
 

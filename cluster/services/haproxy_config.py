@@ -12,6 +12,9 @@ Its own jobs are the ones Serve's ingress does not do:
   itself answers 503 with ``Retry-After`` (the ``http-errors`` section), so an overload is refused
   before any Python process parses the request;
 - health: ``/<region>/v1/ready`` checked every ``check_ms``; two misses mark the region down;
+  so do two ``/<region>/v1/health`` checks not answered by the app within ``live_timeout_ms``
+  (liveness: a region with no replica does not refuse its checks, Serve holds them until one
+  returns, and the ready check must wait out the ready route's whole budget to count a miss);
 - failover: while the region has no live server, requests go to the next region in the failover
   order with their path rewritten to that region's prefix; every answer names the region that
   served it in ``x-freshline-served-by``.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve_apps.defaults import READY_BUDGET_S
+from serve_apps.openapi import REQUEST_ID_HEADER
 
 SERVED_BY_HEADER = "x-freshline-served-by"
 ERRORFILE = "503.http"
@@ -45,6 +49,7 @@ class FrontDoorPlan:
     retry_after_s: int
     check_ms: int
     errors_dir: Path
+    live_timeout_ms: int = 300
 
 
 def refusal_file(retry_after_s: int) -> bytes:
@@ -85,6 +90,23 @@ def _backend(plan: FrontDoorPlan, name: str, region: str, rewrite_from: str | No
     return lines
 
 
+def _live_backend(plan: FrontDoorPlan, region: str) -> list[str]:
+    """A backend that only checks: ``region`` is live while its app answers the health route
+    within ``live_timeout_ms``, with any status (a busy region that refuses is alive) but with
+    the app's request id: Serve's own 500 for a replica just killed, or its 503, is not the app.
+    Checked twice as often as readiness, so that two misses in a row come within a second."""
+    every = max(1, plan.check_ms // 2)
+    return [
+        f"backend live-{region}",
+        f"    option httpchk GET /{region}/v1/health",
+        f"    http-check expect hdr name {REQUEST_ID_HEADER}",
+        f"    timeout check {plan.live_timeout_ms}ms",
+        f"    server live-{region} 127.0.0.1:{plan.serve_port} check"
+        f" inter {every} fastinter {every} downinter {every} fall 2 rise 2",
+        "",
+    ]
+
+
 def render(plan: FrontDoorPlan) -> str:
     """The whole ``haproxy.cfg`` of ``plan``'s region."""
     lines = [
@@ -118,13 +140,17 @@ def render(plan: FrontDoorPlan) -> str:
     ]
     local = f"be-{plan.region}"
     for other in plan.failover:
-        lines.append(f"    use_backend fo-{other} if {{ nbsrv({local}) eq 0 }} {_alive(other)}")
+        # The home region is down when not ready or not live (HAProxy: `||` between AND-ed
+        # conditions); the other region must be both.
+        up = f"{{ nbsrv(fo-{other}) gt 0 }} {{ nbsrv(live-{other}) gt 0 }}"
+        lines.append(
+            f"    use_backend fo-{other} if {{ nbsrv({local}) eq 0 }} {up}"
+            f" || {{ nbsrv(live-{plan.region}) eq 0 }} {up}"
+        )
     lines += [f"    default_backend {local}", ""]
     lines += _backend(plan, local, plan.region, None)
+    lines += _live_backend(plan, plan.region)
     for other in plan.failover:
         lines += _backend(plan, f"fo-{other}", other, plan.region)
+        lines += _live_backend(plan, other)
     return "\n".join(lines) + "\n"
-
-
-def _alive(region: str) -> str:
-    return f"{{ nbsrv(fo-{region}) gt 0 }}"

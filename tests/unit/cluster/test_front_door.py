@@ -22,6 +22,7 @@ from cluster.services.haproxy import FrontDoorService, front_door_urls
 from cluster.services.haproxy_config import SERVED_BY_HEADER
 from cluster.settings import FrontDoorSettings, RaySettings, StackSettings
 from serve_apps.defaults import READY_BUDGET_S
+from serve_apps.openapi import REQUEST_ID_HEADER
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")
 
@@ -35,6 +36,13 @@ class _Serve:
     seen: list[str] = field(default_factory=list)
     ready_delay_s: float = 0.0  # how long a ready check takes (a replica whose stores hang)
     slow_checks: int = 0  # ready checks answered after such a delay
+    # Health checks of these regions are held this long (Serve holding the requests of a region
+    # that has no replica) before they are answered.
+    held: dict[str, float] = field(default_factory=dict)
+    refusing: set[str] = field(default_factory=set)  # regions answering their health with 503
+    # Regions whose health checks Serve answers itself (500, no request id: a replica just died).
+    serve_answers: set[str] = field(default_factory=set)
+    health_checks: int = 0
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -44,7 +52,11 @@ def _handler(serve: _Serve) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             region, _, rest = self.path.lstrip("/").partition("/")
-            if rest == "v1/ready":
+            if rest == "v1/health":
+                time.sleep(serve.held.get(region, 0.0))
+                serve.health_checks += 1
+                status = 503 if region in serve.refusing else 200
+            elif rest == "v1/ready":
                 status = 200 if region in serve.ready else 503
                 if serve.ready_delay_s:
                     time.sleep(serve.ready_delay_s)
@@ -55,7 +67,10 @@ def _handler(serve: _Serve) -> type[BaseHTTPRequestHandler]:
                     serve.release.wait(10)
                 status = 200
             body = self.path.encode()
-            self.send_response(status)
+            from_serve = rest == "v1/health" and region in serve.serve_answers
+            self.send_response(500 if from_serve else status)
+            if not from_serve:  # the app's answers carry their request id
+                self.send_header(REQUEST_ID_HEADER, "r1")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -136,6 +151,48 @@ def test_waits_for_a_ready_check_that_takes_the_whole_ready_budget(
     while serve.slow_checks < 12 and time.monotonic() < deadline:  # both doors, both regions
         time.sleep(0.1)
     assert serve.slow_checks >= 12
+    response = httpx.get(f"{urls['us-east']}/us-east/v1/features")
+    assert response.headers[SERVED_BY_HEADER] == "us-east"
+
+
+def test_fails_over_a_region_whose_health_checks_go_unanswered(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    """A region with no replica does not refuse: Serve holds its requests. Its ready checks
+    still pass here (answered within the ready check's long timeout); only liveness, an answer
+    to the health route within ``live_timeout_ms``, can see it gone."""
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.held["us-east"] = 3 * FrontDoorSettings().live_timeout_ms / 1000
+    response = _served_by(urls["us-east"], "/us-east/v1/features", "eu-west")
+    assert response.headers[SERVED_BY_HEADER] == "eu-west"
+    assert response.text == "/eu-west/v1/features"
+    serve.held.clear()
+    assert _served_by(urls["us-east"], "/us-east/v1/x", "us-east").status_code == 200
+
+
+def test_a_region_whose_health_serve_answers_itself_is_down(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    """Serve's own 500 (a replica just killed, no request id) is not the app answering."""
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.serve_answers.add("us-east")
+    assert _served_by(urls["us-east"], "/us-east/v1/x", "eu-west").text == "/eu-west/v1/x"
+
+
+def test_a_region_that_refuses_its_health_checks_is_still_live(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    """Any answer is liveness: a busy region's 503 must not send its reads away."""
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.refusing.add("us-east")
+    counted = serve.health_checks
+    deadline = time.monotonic() + 30
+    while serve.health_checks < counted + 12 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert serve.health_checks >= counted + 12  # several rounds of both doors' checks
     response = httpx.get(f"{urls['us-east']}/us-east/v1/features")
     assert response.headers[SERVED_BY_HEADER] == "us-east"
 

@@ -165,7 +165,12 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
         ),
         redis=RedisSettings(maxmemory_mb=256),
         front_door=FrontDoorSettings(
-            ports=(28101, 28102), maxconn=7, queue_ms=30, retry_after_s=2, check_ms=100
+            ports=(28101, 28102),
+            maxconn=7,
+            queue_ms=30,
+            retry_after_s=2,
+            check_ms=100,
+            live_timeout_ms=250,
         ),
         topology=default_topology(
             redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567), dynamodb_mode="aws"
