@@ -150,9 +150,9 @@ class FrontDoorSettings(BaseModel):
     # region whose replicas are gone is failed over within about half a second.
     check_ms: int = Field(default=200, ge=50, le=60_000)
     # Liveness: the app's answer (any status) to /<region>/v1/health within live_timeout_ms,
-    # checked every half check_ms, down after two misses. A region without replicas does not refuse its ready
-    # checks, Serve holds them, so the ready check alone (which must wait out the ready route's
-    # whole budget) saw the region gone only after about 1.3 s.
+    # checked every half check_ms, down after two misses. A region without replicas does not
+    # refuse its ready checks, Serve holds them, so the ready check alone (which must wait out the
+    # ready route's whole budget) saw the region gone only after about 1.3 s.
     live_timeout_ms: int = Field(default=300, ge=10, le=60_000)
 
 
