@@ -70,6 +70,10 @@ class DrillContext:
     def serve_port(self) -> int:
         return self.settings.ray.serve_port
 
+    def door_port(self, region: str) -> int:
+        """The port of ``region``'s front door (cluster/services/haproxy.py)."""
+        return self.settings.front_door.ports[self.settings.topology.names.index(region)]
+
     # -- bringing the system up -------------------------------------------------------------
 
     def prepare(self) -> None:

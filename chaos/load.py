@@ -13,12 +13,10 @@ Each :class:`Sample` keeps the status, whether a 503 carried ``Retry-After``, an
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -105,6 +103,9 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.answered = 0  # round trips completed on this connection
+        # The last answer said ``connection: close`` (a front door's own refusal does): the
+        # server closes it, so the next request needs a new connection.
+        self.closing = False
 
     async def roundtrip(self, raw: bytes) -> Answer:
         """Raises :class:`StaleConnection` when a connection that answered before is closed
@@ -137,6 +138,8 @@ class Connection:
                 shed_by = value.strip().decode(errors="replace")
             elif lname == b"x-freshline-served-by":
                 served_by = value.strip().decode(errors="replace")
+            elif lname == b"connection" and b"close" in value.lower():
+                self.closing = True
         body = await self._body(length, chunked)
         if status != 200:
             error = _error_of(body)
@@ -287,6 +290,9 @@ class HttpLoad:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             conn.close()
             return None, self._record(scheduled, Answer(TRANSPORT_ERROR))
+        if conn.closing:
+            conn.close()
+            return None, self._record(scheduled, answer)
         return conn, self._record(scheduled, answer)
 
     def _record(self, scheduled: float, a: Answer) -> Sample:
@@ -345,54 +351,3 @@ class HttpLoad:
         until = time.monotonic() + seconds
         while not self._stop.is_set() and time.monotonic() < until:  # stop within 0.1 s
             await asyncio.sleep(min(0.1, until - time.monotonic()))
-
-
-class ProcessLoad:
-    """An :class:`HttpLoad` in a process of its own, for a flood: in the drill's process its
-    thread would hold the GIL that the drill's probes need, and their latencies would include
-    waiting for it. ``samples`` arrive when it stops.
-    Times are comparable across processes (``time.monotonic`` is the system's CLOCK_MONOTONIC)."""
-
-    def __init__(self, spec: LoadSpec, start_timeout_s: float = 60.0) -> None:
-        self.spec = spec
-        self.samples: list[Sample] = []
-        self.own_lag_ms: list[float] = []
-        self.stale_retries = 0
-        self.started_at = 0.0
-        self._start_timeout_s = start_timeout_s
-        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        self._started, self._stop = context.Event(), context.Event()
-        self._results, child_end = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_load_in_process,
-            args=(spec, self._started, self._stop, child_end),
-            name="chaos-process-load",
-            daemon=True,
-        )
-
-    def __enter__(self) -> ProcessLoad:
-        self._process.start()
-        if not self._started.wait(self._start_timeout_s):
-            self._process.kill()
-            raise RuntimeError("the load process did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> list[Sample]:
-        self._stop.set()
-        if self._results.poll(self.spec.timeout_s + 30):
-            received = self._results.recv()
-            self.started_at, self.samples, self.own_lag_ms, self.stale_retries = received
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-        return self.samples
-
-
-def _load_in_process(spec: LoadSpec, started: Any, stop: Any, results: Any) -> None:
-    with HttpLoad(spec) as load:
-        started.set()
-        stop.wait()
-    results.send((load.started_at, load.samples, load.own_lag_ms, load.stale_retries))

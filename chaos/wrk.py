@@ -6,6 +6,12 @@ the answers by status and the 503s that carried ``Retry-After``; ``done`` gather
 counts and prints them with wrk's latency percentiles as one JSON line after :data:`_MARK`. wrk
 cannot tell which request an answer belongs to, so its latencies are those of every answer,
 refused or not: per-answer latencies come from the probe.
+
+A flood that honours ``Retry-After`` defines wrk's ``delay()``: each answer queues the wait it
+asked for (0 but for a 503 with ``Retry-After``) and each connection's next request takes the
+oldest wait first. wrk calls ``delay()`` once per answer, but its Lua state is per thread, not per
+connection, so when several answers arrive in one loop turn a wait may fall on another of the
+identical connections: every refusal still makes one client wait as long as it asked.
 """
 
 from __future__ import annotations
@@ -39,14 +45,21 @@ function request()
   return requests[i]
 end
 
+local waits, first, last = {}, 1, 0
+
 function response(status, headers, body)
   local key = tostring(status)
   counts[key] = (counts[key] or 0) + 1
-  if status == 503 and (headers["retry-after"] or headers["Retry-After"]) then
+  local asked = headers["retry-after"] or headers["Retry-After"]
+  if status == 503 and asked then
     retry_after = retry_after + 1
   end
+  if delay then  -- defined only when the flood honours Retry-After
+    last = last + 1
+    waits[last] = (status == 503 and asked) and (tonumber(asked) or 1) * 1000 or 0
+  end
 end
-
+%(delay)s
 function done(summary, latency, requests)
   local parts, total, with_retry = {}, {}, 0
   for _, thread in ipairs(threads) do
@@ -78,11 +91,26 @@ class WrkSummary:
     p99_ms: float = float("nan")
 
 
-def lua_script(requests: Sequence[bytes]) -> str:
+_DELAY = """
+function delay()
+  if first > last then return 0 end
+  local ms = waits[first]
+  waits[first] = nil
+  first = first + 1
+  return ms
+end
+"""
+
+
+def lua_script(requests: Sequence[bytes], *, honor_retry_after: bool = False) -> str:
     """The flood's script: ``requests`` as Lua string literals (every byte escaped, so any body
-    is safe), sent round-robin."""
+    is safe), sent round-robin; with ``honor_retry_after``, a wait after each 503 that asks."""
     literals = ("".join(f"\\{b}" for b in raw) for raw in requests)
-    return _SCRIPT % {"requests": ",".join(f'"{lit}"' for lit in literals), "mark": _MARK}
+    return _SCRIPT % {
+        "requests": ",".join(f'"{lit}"' for lit in literals),
+        "mark": _MARK,
+        "delay": _DELAY if honor_retry_after else "",
+    }
 
 
 def parse_summary(output: str) -> WrkSummary:
@@ -104,17 +132,24 @@ def parse_summary(output: str) -> WrkSummary:
 
 class WrkFlood:
     """``with WrkFlood(url, requests, connections=256, max_s=120) as flood: ...``; ``summary``
-    is set when the block ends (wrk is stopped with SIGINT, on which it still reports)."""
+    is set when the block ends (wrk is stopped with SIGINT, on which it still reports).
+    ``honor_retry_after``: clients that wait as a 503's ``Retry-After`` asks."""
 
     def __init__(
-        self, url: str, requests: Sequence[bytes], *, connections: int, max_s: float
+        self,
+        url: str,
+        requests: Sequence[bytes],
+        *,
+        connections: int,
+        max_s: float,
+        honor_retry_after: bool = False,
     ) -> None:
         wrk = shutil.which("wrk")
         if wrk is None:
             raise StackError("wrk is missing: apt-get install -y wrk (make setup does this)")
         self._dir = tempfile.TemporaryDirectory(prefix="freshline-wrk-")
         script = Path(self._dir.name) / "flood.lua"
-        script.write_text(lua_script(requests))
+        script.write_text(lua_script(requests, honor_retry_after=honor_retry_after))
         self._argv = [
             wrk,
             "-t1",  # one thread: the box has two cores that the server under test needs

@@ -37,10 +37,9 @@ CLIENT_TIMEOUT_S = 1.0
 def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     ledger, _ = warm_up(ctx, "region_down", events=1_000, seed=707)
     users = busiest_users(ledger, 40)
-    door = ctx.settings.front_door.ports[ctx.settings.topology.names.index(REGION)]
     spec = LoadSpec(
         "127.0.0.1",
-        door,
+        ctx.door_port(REGION),
         ctx.feature_requests(REGION, users),
         rate=50,
         connections=64,

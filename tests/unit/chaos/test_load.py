@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, ProcessLoad, http_request
+from chaos.load import TRANSPORT_ERROR, HttpLoad, LoadSpec, http_request
 from chaos.timeline import per_second
 from cluster.process import free_port
 
@@ -41,6 +41,14 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             )
             body = await reader.readexactly(length)
             if b"drop" in body:  # closes without answering: the request was lost
+                break
+            if b"door" in body:  # a front door's own refusal: it closes the connection
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n"
+                    b"x-freshline-served-by: front-door\r\nconnection: close\r\n"
+                    b'content-length: 22\r\n\r\n{"error":"overloaded"}'
+                )
+                await writer.drain()
                 break
             if b"shed" in body:
                 writer.write(
@@ -139,19 +147,6 @@ def test_a_spec_needs_exactly_one_mode() -> None:
         LoadSpec("127.0.0.1", 1, [b"x"])
 
 
-def test_a_load_in_its_own_process_hands_back_every_sample_on_the_drills_clock(
-    server: int,
-) -> None:
-    requests = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"ok":1}', {})]
-    before = time.monotonic()
-    with ProcessLoad(LoadSpec("127.0.0.1", server, requests, concurrency=4)) as load:
-        time.sleep(0.5)
-    assert len(load.samples) > 10 and {s.status for s in load.samples} == {200}
-    assert before <= load.started_at <= time.monotonic()  # one clock across processes
-    assert all(s.store == "redis-us-east" for s in load.samples)
-    assert len(load.own_lag_ms) >= 10, "its own loop's lag comes back with the samples"
-
-
 def test_a_generator_measures_its_own_loop_lag() -> None:
     """A load generator short of CPU delays every request it times; it must say so."""
     load = HttpLoad(LoadSpec("127.0.0.1", 9, [b""], rate=1.0))
@@ -198,4 +193,17 @@ def test_a_connection_lost_before_its_first_answer_is_an_error_not_retried(serve
     with HttpLoad(LoadSpec("127.0.0.1", server, drop, rate=20, connections=1)) as load:
         time.sleep(0.3)
     assert load.samples and {s.status for s in load.samples} == {TRANSPORT_ERROR}
+    assert load.stale_retries == 0
+
+
+def test_an_answer_that_closes_its_connection_is_followed_by_a_new_one(server: int) -> None:
+    """``connection: close`` (a front door's refusal) is obeyed: the next request opens a new
+    connection instead of finding the old one closed."""
+    door = [http_request("127.0.0.1", server, "/us-east/v1/features", b'{"door":1}', {})]
+    with HttpLoad(LoadSpec("127.0.0.1", server, door, concurrency=1)) as load:
+        deadline = time.monotonic() + 30
+        while len(load.samples) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(load.samples) >= 4
+    assert {(s.status, s.served_by) for s in load.samples} == {(503, "front-door")}
     assert load.stale_retries == 0

@@ -1,6 +1,6 @@
 """serve-overload's diagnostic splits of shed latency: 503s sent while a replica was being
-replaced are told apart from the rest, on the timeline's clock, and each gate's 503s from the
-others'."""
+replaced are told apart from the rest, on the timeline's clock, and each layer's 503s (front
+door, Serve, our gates) and each gate's from the others'."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ from chaos.load import Sample
 from chaos.report import Verdict
 
 
-def _shed(sent_s: float, latency_ms: float, shed_by: str = "loop-lag") -> Sample:
+def _shed(
+    sent_s: float, latency_ms: float, shed_by: str = "loop-lag", served_by: str = "us-east"
+) -> Sample:
     return Sample(
-        sent_s, latency_ms / 1e3, 503, retry_after=1.0, error="overloaded", shed_by=shed_by
+        sent_s,
+        latency_ms / 1e3,
+        503,
+        retry_after=1.0,
+        error="overloaded",
+        shed_by=shed_by,
+        served_by=served_by,
     )
 
 
@@ -35,18 +43,22 @@ def test_a_replica_never_replaced_leaves_no_window() -> None:
     assert verdict.figures["shed_p99_outside_replacement_ms"] == 30.0
 
 
-def test_shed_latency_is_split_by_the_gate_that_refused() -> None:
+def test_shed_latency_is_split_by_the_layer_and_the_gate_that_refused() -> None:
     shed = [
         _shed(1.0, 120.0, "loop-lag"),
         _shed(1.1, 5.0, "in-flight"),
         _shed(1.2, 7.0, "in-flight"),
         _shed(1.3, 400.0, "late-read"),
         _shed(1.4, 2.0, ""),  # Serve's own backpressure answer names no gate
+        _shed(1.5, 101.0, "", served_by="front-door"),  # the door's own refusal
+        _shed(1.6, 103.0, "", served_by="front-door"),
     ]
     verdict = Verdict()
     _report_shed_by_gate(verdict, shed)
     figures = verdict.figures
+    assert (figures["shed_front_door_count"], figures["shed_front_door_p99_ms"]) == (2, 103.0)
+    assert (figures["shed_serve_count"], figures["shed_serve_p99_ms"]) == (1, 2.0)
+    assert (figures["shed_gates_count"], figures["shed_gates_p99_ms"]) == (4, 400.0)
     assert (figures["shed_loop_lag_count"], figures["shed_loop_lag_p99_ms"]) == (1, 120.0)
     assert (figures["shed_in_flight_count"], figures["shed_in_flight_p99_ms"]) == (2, 7.0)
     assert (figures["shed_late_read_count"], figures["shed_late_read_p99_ms"]) == (1, 400.0)
-    assert (figures["shed_serve_count"], figures["shed_serve_p99_ms"]) == (1, 2.0)

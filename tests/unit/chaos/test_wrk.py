@@ -57,3 +57,17 @@ def test_counts_answers_by_status_and_retry_after(port: int) -> None:
     assert sum(summary.statuses.values()) == summary.requests - summary.socket_errors
     assert 0 < summary.retry_after < summary.statuses[503]
     assert set(_Handler.paths) == set(paths)
+
+
+def test_a_flood_that_honours_retry_after_waits_after_each_refusal(port: int) -> None:
+    """Every answer here is a 503 asking for 1 s: in 3 s two clients that honour it send at most
+    4 requests each (a slower machine sends fewer, never more); clients that do not honour it
+    send hundreds."""
+    request = http_request("127.0.0.1", port, "/shed", b"{}", {})
+    _Handler.paths.clear()
+    with WrkFlood(
+        f"http://127.0.0.1:{port}", [request], connections=2, max_s=30, honor_retry_after=True
+    ) as flood:
+        time.sleep(3)
+    assert 1 <= len(_Handler.paths) <= 8
+    assert flood.summary.retry_after == flood.summary.statuses[503]
