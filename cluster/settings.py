@@ -140,9 +140,12 @@ class FrontDoorSettings(BaseModel):
 
     # One listener per region, home region first (the order of the topology).
     ports: tuple[int, ...] = Field(default=(8101, 8102), min_length=1)
-    # Requests in flight to Serve's ingress per region: the replicas' admission (serve_apps
-    # overload gates) admits about this many at once on the local 2-core box.
-    maxconn: int = Field(default=32, ge=1, le=100_000)
+    # Requests in flight to Serve's ingress per region: about four per replica, enough to keep
+    # a replica's core busy (a read is ~1 ms of CPU and a Redis round trip). More only queue
+    # inside the replicas' Python loops, where a starved loop refuses late (serve-overload: 32
+    # let our gates shed 10-160 reads per run at p99 220-710 ms; 8 left every refusal to the
+    # door, in C).
+    maxconn: int = Field(default=8, ge=1, le=100_000)
     queue_ms: int = Field(default=100, ge=1, le=10_000)
     # The seconds a client is told to wait by a front-door refusal.
     retry_after_s: int = Field(default=1, ge=1, le=3600)

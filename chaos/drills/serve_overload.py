@@ -32,7 +32,7 @@ from chaos.wrk import WrkFlood, WrkSummary
 
 REGION = "us-east"
 # Twice what the region's two replicas admit by default (32 in flight + 32 queued each,
-# serve_apps.config.Limits), and eight times what its front door lets through (maxconn 32).
+# serve_apps.config.Limits), and many times what its front door lets through (maxconn 8).
 OVERLOAD_CONCURRENCY = 256
 
 
