@@ -12,7 +12,9 @@ demo catalog's pipeline as a real Ray job and measures, in one run:
 3. freshness p50/p99 while producing at a fixed rate (5,000 events/s by default) to the caught-up
    pipeline: event time -> written in the region's Redis (servable), the worst Redis sink's
    percentile; beside it the DynamoDB sinks' (``durable_freshness_*``), every sink's, and the
-   consumers' share (``changelog_visible_*``: event time -> changelog transaction committed);
+   consumers' share (``changelog_visible_*``: event time -> changelog transaction committed).
+   Each window is an actor's last 20,000 samples; below 20,000 ``freshness_phase_samples`` the
+   backlog's older samples are in it too (a ``--quick`` phase ends after 30 s);
 4. ``processing_us_per_event``: in this process, on one core, the CPU time per event of one
    partition's ``PartitionProcessor.process`` + ``drain_changes`` + changelog encoding over
    batches of ``max_poll_records`` of the same events (no Kafka: the consumers' own share).
@@ -235,7 +237,9 @@ def _freshness_phase(
     poller: _Status, bootstrap: str, rate: int, max_s: float, start_seq: int
 ) -> tuple[dict[str, Any], int]:
     """Produce at ``rate`` until every sink's and consumer's recent-freshness window (each keeps
-    its last 20,000 samples) holds only samples of this phase, so the backlog cannot leak in."""
+    its last 20,000 samples) holds only samples of this phase, so the backlog cannot leak in, or
+    until ``max_s``: ``freshness_phase_samples`` (the fewest of this phase in any window) then
+    says how much of a window is this phase's, the rest being the backlog's."""
     before = _window_inputs(_status(poller))
     sent, started = 0, time.monotonic()
     while True:
@@ -244,7 +248,8 @@ def _freshness_phase(
         status = _status(poller)
         fresh = min(n - before.get(k, 0) for k, n in _window_inputs(status).items())
         if fresh >= FRESHNESS_WINDOW or time.monotonic() - started > max_s:
-            return _freshness(status), sent
+            phase = {"freshness_phase_samples": min(fresh, FRESHNESS_WINDOW)}
+            return _freshness(status) | phase, sent
 
 
 FRESHNESS_WINDOW = 20_000
