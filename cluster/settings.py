@@ -86,6 +86,11 @@ class RaySettings(BaseModel):
     # Logical CPUs: actors are mostly I/O bound, so we advertise more slots than cores.
     num_cpus: int = Field(default=4, ge=1, le=512)
     object_store_mb: int = Field(default=512, ge=78, le=65536)
+    # Extra Ray nodes the local stack starts on this machine beside the head (cluster/services/
+    # ray_worker.py), each with the head's num_cpus and object store: how a multi-node placement
+    # and a node's death are exercised without a second machine. A real cluster's workers come
+    # from `ray up` or KubeRay, so its deploy files keep 0.
+    worker_nodes: int = Field(default=0, ge=0, le=8)
     temp_dir: Path | None = None
     # Ray's default worker range (10002-19999) covers our Kafka and Redis ports; move it away.
     min_worker_port: int = Field(default=20000, ge=1024, le=65535)
@@ -332,6 +337,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_RAY_AGENT_PORT", "ray.dashboard_agent_port", "int"),
     EnvVar("FRESHLINE_RAY_NUM_CPUS", "ray.num_cpus", "int"),
     EnvVar("FRESHLINE_RAY_OBJECT_STORE_MB", "ray.object_store_mb", "int"),
+    EnvVar("FRESHLINE_RAY_WORKER_NODES", "ray.worker_nodes", "int"),
     EnvVar("FRESHLINE_RAY_AUTH_MODE", "ray.auth_mode", "str"),
     EnvVar("FRESHLINE_SERVE_INGRESS", "ray.ingress", "str"),
     EnvVar("FRESHLINE_SERVE_REPLICAS", "ray.serve_replicas", "int"),

@@ -20,6 +20,7 @@ from cluster.services.haproxy import FrontDoorService
 from cluster.services.kafka import KafkaService
 from cluster.services.offline import OfflineStoreService
 from cluster.services.ray_head import RayHeadService, head_process
+from cluster.services.ray_worker import worker_services
 from cluster.services.redis import RedisService
 from cluster.serving import ServingService
 from cluster.settings import Secrets, StackSettings
@@ -52,6 +53,7 @@ class Stack:
         services.append(OfflineStoreService(settings))
         if settings.with_ray:
             services.append(RayHeadService(settings))
+            services += worker_services(settings)  # they join the head, and stop before it
         if settings.with_serving:
             services.append(ServingService(settings, head_process(settings)))
         if settings.with_ray:

@@ -24,6 +24,17 @@ def head_process(settings: StackSettings) -> ManagedProcess:
     return ManagedProcess("ray-head", settings.run_dir, settings.log_dir)
 
 
+def ray_binary() -> str:
+    """The ``ray`` CLI of the interpreter running Freshline."""
+    beside = Path(sys.executable).parent / "ray"
+    ray = str(beside) if beside.exists() else shutil.which("ray")
+    if ray is None:
+        raise MissingTool(
+            "ray", "install the project: `pip install -e .` (it brings ray[serve,data])"
+        )
+    return ray
+
+
 class RayHeadService(ProcessService):
     kind = "ray"
     ready_timeout_s = 120.0
@@ -54,21 +65,15 @@ class RayHeadService(ProcessService):
         return f"GCS {self._ray.address}, {self._ray.num_cpus} CPUs, ingress {self._ray.ingress}"
 
     def launch(self) -> None:
-        self._proc.spawn(self._argv(), env=self._env())
+        self._proc.spawn(self._argv(), env=self.node_env())
 
     def purge(self) -> None:
         shutil.rmtree(self._settings.ray_temp_dir, ignore_errors=True)
 
     def _argv(self) -> list[str]:
-        beside = Path(sys.executable).parent / "ray"
-        ray = str(beside) if beside.exists() else shutil.which("ray")
-        if ray is None:
-            raise MissingTool(
-                "ray", "install the project: `pip install -e .` (it brings ray[serve,data])"
-            )
         r = self._ray
         return [
-            ray,
+            ray_binary(),
             "start",
             "--head",
             "--block",
@@ -88,7 +93,9 @@ class RayHeadService(ProcessService):
             f"--temp-dir={self._settings.ray_temp_dir}",
         ]
 
-    def _env(self) -> dict[str, str]:
+    def node_env(self) -> dict[str, str]:
+        """The environment of every Ray node of this stack, the head and the worker nodes beside
+        it (cluster/services/ray_worker.py): actors and replicas run wherever Ray places them."""
         import os
 
         env = {**os.environ, **self._ray.client_env()}

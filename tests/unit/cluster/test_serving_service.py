@@ -52,7 +52,7 @@ def test_the_head_starts_with_the_ingress_switches(
 ) -> None:
     monkeypatch.setattr(ray_head.shutil, "which", lambda name: f"/opt/bin/{name}")
     head = RayHeadService(StackSettings(state_dir=tmp_path))
-    env = head._env()
+    env = head.node_env()
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/bin/haproxy"

@@ -156,6 +156,7 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             auth_mode="token",
             num_cpus=6,
             object_store_mb=640,
+            worker_nodes=2,
             ingress="proxy",
             serve_replicas=3,
             haproxy_stats_port=28404,
