@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.records import BatchOutcome, SourceRecord
+from actors.records import AcceptedEvents, BatchOutcome, SourceRecord
 from features.batch_fold import BatchColumns, EntityTiles, fold_view
 from features.batch_validation import BatchValidator
 from features.errors import EventRejected, RejectReason
@@ -85,7 +85,11 @@ class ColumnarPath:
             rows = rows.select(kept)
         for view in p._views:
             self._fold(view, rows)
-        return BatchOutcome(letters, int(on_time.sum()), reasons)
+        accepted = int(on_time.sum())
+        handed = AcceptedEvents(
+            batch.rows, batch.columns, None if accepted == len(on_time) else on_time
+        )
+        return BatchOutcome(letters, accepted, reasons, handed)
 
     def _fold(self, view: _View, rows: BatchColumns) -> None:
         p = self._processor

@@ -22,6 +22,10 @@ EVENTS_TOPIC: Final = demo.TOPIC
 EVENTS_PARTITIONS: Final = demo.card_transactions_catalog().source(demo.SOURCE).partitions
 CHANGELOG_TOPIC: Final = "fl.tiles.changelog"
 DLQ_TOPIC: Final = "fl.dlq"
+# The accepted events of each poll batch, as Arrow IPC, handed from the consumers to the offline
+# writer in the same transaction as the batch's tiles (``actors.offline_feed``); partitions are
+# numbered like the source's.
+OFFLINE_TOPIC: Final = "fl.offline.accepted"
 # Applied catalog versions (``cluster.registry``): one partition, so the log orders versions.
 REGISTRY_TOPIC: Final = "fl.registry"
 # Consumer actors sharing the source partitions (every --consumers option defaults to it).
@@ -63,6 +67,9 @@ class ConsumerConfig(StreamSettings):
     """One stream consumer's settings (``actors.consumer.StreamConsumer``)."""
 
     max_poll_records: int = Field(default=5000, ge=1)
+    # Where to hand each batch's accepted events to the offline writer; None when no offline
+    # writer runs (a consumer outside a pipeline, a pipeline with ``offline`` off).
+    offline_topic: str | None = None
 
 
 class PipelineConfig(StreamSettings):
@@ -75,6 +82,7 @@ class PipelineConfig(StreamSettings):
     redis_users: RedisUsers
     # Offline store: exactly one writer may run (Iceberg's optimistic commits reject a second one).
     offline: bool = True
+    offline_topic: str = OFFLINE_TOPIC
     iceberg_catalog_uri: str = ""
     iceberg_warehouse: str = ""
     offline_batch_records: int = Field(default=5000, ge=1)
@@ -94,7 +102,8 @@ class PipelineConfig(StreamSettings):
 
     def consumer_config(self) -> ConsumerConfig:
         """The settings of this pipeline's consumers: the shared fields, copied, never re-typed."""
-        return ConsumerConfig(**self.model_dump(include=set(StreamSettings.model_fields)))
+        shared = self.model_dump(include=set(StreamSettings.model_fields))
+        return ConsumerConfig(**shared, offline_topic=self.offline_topic if self.offline else None)
 
     def stream_runtime_env(self) -> dict[str, dict[str, str]]:
         """Merged into the job's runtime env by Ray (its env_vars are kept)."""

@@ -1,8 +1,9 @@
 """A stream consumer: owns some partitions of a source topic and turns them into tile changes.
 
-Exactly-once from the source to the changelog and the dead-letter topic rests on one Kafka
-transaction per commit (see :meth:`StreamConsumer.commit`). The transactional id is derived from
-the owned partitions, so a restarted consumer fences its dead predecessor's open transaction.
+Exactly-once from the source to the changelog, the dead-letter topic and the offline topic (the
+accepted events handed to the offline writer) rests on one Kafka transaction per commit (see
+:meth:`StreamConsumer.commit`). The transactional id is derived from the owned partitions, so a
+restarted consumer fences its dead predecessor's open transaction.
 
 A commit has a deadline, :data:`TRANSACTION_TIMEOUT_MS`: kafka-python waits for
 ``send_offsets_to_transaction`` and ``commit_transaction`` without a timeout, and its sender drops
@@ -27,6 +28,7 @@ from kafka.structs import OffsetAndMetadata
 from actors.changelog import ChangelogDecodeError, ChangelogRecord, decode, encode
 from actors.config import ConsumerConfig as ConsumerConfig  # noqa: PLC0414 - re-exported
 from actors.kafka_io import read_committed_consumer
+from actors.offline_feed import FeedEncoder
 from actors.processor import PartitionProcessor
 from features.catalog import Catalog
 from features.commit_pacing import CommitPacing
@@ -108,6 +110,9 @@ class StreamConsumer:
         )
         self._window_events = self._window_full_polls = 0  # polled since the last commit
         self._pending_dead: list[tuple[int, Any]] = []
+        source = catalog.source(config.source)
+        self._feed = FeedEncoder(source) if config.offline_topic else None
+        self._pending_offline: list[tuple[int, bytes]] = []  # (source partition, IPC value)
         self._uncommitted = False
         self.stats = ConsumerStats(commit_interval_ms=config.commit_interval_ms)
         self._consumer: Any = None
@@ -162,6 +167,9 @@ class StreamConsumer:
                     self.stats.dead_lettered.get(reason.value, 0) + n
                 )
             self._pending_dead.extend((tp.partition, d) for d in outcome.dead_letters)
+            if self._feed is not None:
+                handed = self._feed.encode(tp.partition, records, outcome.accepted_events)
+                self._pending_offline.extend((tp.partition, value) for value in handed)
             self._uncommitted = True
         self.stats.events_in += count
         self._window_events += count
@@ -180,7 +188,8 @@ class StreamConsumer:
         """The commit protocol. Each step must finish before the next one starts:
 
         1. Begin a transaction: everything below becomes visible together, or not at all.
-        2. Produce the dead letters: inside the transaction, so a replay never duplicates them.
+        2. Produce the dead letters, and the accepted events for the offline writer
+           (``actors.offline_feed``): inside the transaction, so a replay never duplicates them.
         3. Produce the changed tiles (absolute states) to the changelog partition numbered like
            the source partition, which is what a restart reads back.
         4. Add the source offsets, with each partition's watermark in the offset metadata, so the
@@ -201,6 +210,8 @@ class StreamConsumer:
                     value=letter.value,
                     headers=letter.headers,
                 )
+            for partition, value in self._pending_offline:  # 2, accepted events
+                producer.send(self.config.offline_topic, value=value, partition=partition)
             offsets = {}
             event_times: list[int] = []
             for partition, processor in self._processors.items():  # 3
@@ -228,6 +239,7 @@ class StreamConsumer:
             visible_at = self._now_ms()
             self.stats.visible_ms.extend(float(visible_at - t) for t in event_times)
             self._pending_dead.clear()
+            self._pending_offline.clear()
             self._uncommitted = False
             self._last_commit = self._monotonic()
             self.stats.commit_ms.append((self._last_commit - began) * 1000)

@@ -3,16 +3,16 @@
 Exactly-once rests on one invariant: **the Kafka position of each table lives in that table's own
 snapshot summary**, written by the same Iceberg commit that appends the rows. Each commit carries,
 for every partition the table has ever covered, ``freshline.offsets.<topic>.<partition>`` = the next
-offset to read (cumulative, not just this batch), plus the source partitions' watermark state. A
-restarted writer reads the current snapshot and seeks there; Kafka group offsets are never read.
-A crash before the Iceberg commit loses nothing (the range is read again); a crash after it
-skips the range (the rows are in the table). There is no third state.
+offset to read (cumulative, not just this batch). A restarted writer reads the current snapshot and
+seeks there; Kafka group offsets are never read. A crash before the Iceberg commit loses nothing
+(the range is read again); a crash after it skips the range (the rows are in the table). There is
+no third state.
 
-Raw events are re-judged here with the stream's own rules (``features.validation`` then
-``features.watermark``, per partition in offset order). ``now`` for the future-skew check is the
-record's Kafka timestamp, so the decision is a function of the log alone (the oracle uses the same
-reference); the stream uses its wall clock moments later, which differs only for events within
-milliseconds of the skew limit.
+Raw events come from the offline topic, never from the source: the consumers hand on each poll
+batch's accepted events as Arrow IPC in the transaction that folds them into tiles
+(``actors.offline_feed``), so the offline topic read ``read_committed`` holds exactly the events
+the stream accepted, each once. The writer neither parses nor validates them: it adds the derived
+columns (``_event_time``, ``_event_date``, ``_ingested_at_ms``) and appends.
 
 One writer per table: Iceberg's optimistic commit would reject a concurrent writer's stale base.
 """
@@ -20,24 +20,21 @@ One writer per table: Iceberg's optimistic commit would reject a concurrent writ
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors import changelog
+from actors import changelog, offline_feed
 from actors.offline_tables import TILE_SCHEMA, OfflineTable, raw_schema
 from features import demo
 from features.catalog import EventSource
-from features.errors import EventRejected
-from features.validation import EventValidator
-from features.watermark import WatermarkPolicy, WatermarkState
 
 OFFSET_PREFIX = "freshline.offsets."
-WATERMARK_PREFIX = "freshline.watermark."
 
 
 class Record(NamedTuple):
@@ -53,56 +50,83 @@ class Record(NamedTuple):
 
 @dataclass
 class _Position:
-    """What one table's latest commit says: next offset and watermark per partition."""
+    """What one table's latest commit says: the next offset per partition of its topic."""
 
     offsets: dict[int, int] = field(default_factory=dict)
-    watermarks: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, topic: str, props: dict[str, str]) -> _Position:
-        pos = cls()
         prefix = f"{OFFSET_PREFIX}{topic}."
-        for k, v in props.items():
-            if k.startswith(prefix):
-                pos.offsets[int(k[len(prefix) :])] = int(v)
-            elif k.startswith(WATERMARK_PREFIX):
-                pos.watermarks[int(k[len(WATERMARK_PREFIX) :])] = int(v)
-        return pos
+        return cls(
+            {int(k[len(prefix) :]): int(v) for k, v in props.items() if k.startswith(prefix)}
+        )
 
     def properties(self, topic: str) -> dict[str, str]:
-        props = {f"{OFFSET_PREFIX}{topic}.{p}": str(o) for p, o in sorted(self.offsets.items())}
-        props.update({f"{WATERMARK_PREFIX}{p}": str(w) for p, w in self.watermarks.items()})
-        return props
+        return {f"{OFFSET_PREFIX}{topic}.{p}": str(o) for p, o in sorted(self.offsets.items())}
 
 
-class _RawJudge:
-    """Re-applies validation and per-partition lateness; state is only the watermarks."""
+class _RawBatch:
+    """Handed-on batches (``actors.offline_feed``) waiting for one Iceberg commit."""
 
-    def __init__(self, source: EventSource, entity_keys: Sequence[str]) -> None:
+    def __init__(self, source: EventSource) -> None:
         self._source = source
-        self._now = 0
-        self._validator = EventValidator(source, entity_keys, lambda: self._now)
-        self._policy = WatermarkPolicy(source.out_of_orderness_ms, source.allowed_lateness_ms)
-        self.watermarks: dict[int, WatermarkState] = {}
+        self._parts: list[pa.Table] = []
+        self._ingested_at: list[int] = []
+        self.rows = self.records = 0
 
-    def accept(self, record: Record) -> dict[str, Any] | None:
-        self._now = record.timestamp
-        try:
-            event = self._validator.validate(record.value)
-        except EventRejected:
-            return None
-        state = self.watermarks.setdefault(record.partition, WatermarkState())
-        return event if self._policy.observe(state, event[self._source.event_time_field]) else None
-
-
-class _Batch:
-    def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.rows: list[dict[str, Any]] = []
-        self.records = 0
+    def add(self, record: Record, now_ms: int) -> None:
+        part = offline_feed.decode(record.value)
+        self._parts.append(part)
+        self._ingested_at.append(now_ms)
+        self.rows += part.num_rows
+        self.records += 1
 
     def table(self) -> pa.Table:
-        return pa.Table.from_pylist(self.rows, schema=self.schema)
+        """The rows in ``raw_schema``: declared fields by name (a field the writing catalog did
+        not declare is null), the event time as a UTC timestamp and its date, the lineage."""
+        schema = raw_schema(self._source)
+        got = pa.concat_tables(self._parts, promote_options="default")
+        millis = got.column(self._source.event_time_field).cast(pa.int64())
+        event_time = pc.multiply(millis, 1000).cast(pa.timestamp("us", tz="UTC"))
+        derived = {
+            "_event_time": event_time,
+            "_event_date": event_time.cast(pa.date32()),
+            "_ingested_at_ms": pa.array(
+                np.repeat(self._ingested_at, [p.num_rows for p in self._parts]), pa.int64()
+            ),
+        }
+        columns = [derived.get(f.name) or _declared(got, f) for f in schema]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _TileBatch:
+    """Changelog records waiting for one Iceberg commit, one row each."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self.rows = self.records = 0
+
+    def add(self, record: Record, now_ms: int) -> None:
+        rec = changelog.decode(record.key or b"", record.value)
+        w = rec.write
+        self._rows.append(
+            {
+                "key": w.key,
+                "field": w.field,
+                "version": w.version,
+                "event_time_ms": rec.event_time_ms,
+                "ttl_ms": w.ttl_ms,
+                "deleted": w.value is None,
+                "payload": w.value,
+                "_partition": record.partition,
+                "_offset": record.offset,
+                "_ingested_at_ms": now_ms,
+            }
+        )
+        self.rows = self.records = len(self._rows)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self._rows, schema=TILE_SCHEMA)
 
 
 class OfflineWriterConfig(BaseModel):
@@ -110,8 +134,9 @@ class OfflineWriterConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source_topic: str
+    offline_topic: str
     changelog_topic: str
+    # Rows (events or tile records) that make a table's batch due before its interval.
     batch_records: int = Field(default=5_000, ge=1)
     batch_interval_ms: int = Field(default=2_000, ge=10)
     bootstrap: str = ""
@@ -125,15 +150,13 @@ class OfflineWriter:
     """Reads both topics and appends to both tables. Not thread-safe; one actor owns it.
 
     Invariants: a row is appended at most once per (topic, partition, offset), because the
-    position moves only inside the commit that appends; ``step`` never commits an empty range
-    unless offsets advanced (rejected-only batches still move the position).
+    position moves only inside the commit that appends; ``flush`` never commits an empty range.
     """
 
     def __init__(
         self,
         config: OfflineWriterConfig,
         source: EventSource,
-        entity_keys: Sequence[str],
         *,
         raw_table: OfflineTable,
         tile_table: OfflineTable,
@@ -142,18 +165,17 @@ class OfflineWriter:
     ) -> None:
         self._config = config
         self._source = source
-        self._judge = _RawJudge(source, entity_keys)
-        self._tables = {config.source_topic: raw_table, config.changelog_topic: tile_table}
+        self._tables = {config.offline_topic: raw_table, config.changelog_topic: tile_table}
         self.consumer = consumer
         self._now_ms = now_ms
         self._positions: dict[str, _Position] = {}
-        self._batches = {
-            config.source_topic: _Batch(raw_schema(source)),
-            config.changelog_topic: _Batch(TILE_SCHEMA),
-        }
+        self._batches = {t: self._new_batch(t) for t in self._tables}
         self._pending: dict[str, dict[int, int]] = {t: {} for t in self._tables}
         self._last_flush = now_ms()
         self.rows_written = {t: 0 for t in self._tables}
+
+    def _new_batch(self, topic: str) -> _RawBatch | _TileBatch:
+        return _RawBatch(self._source) if topic == self._config.offline_topic else _TileBatch()
 
     def start(self, partitions: Mapping[str, Iterable[int]]) -> None:
         """Assigns partitions and seeks each to the position its table last committed."""
@@ -162,10 +184,7 @@ class OfflineWriter:
         tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
         self.consumer.assign(tps)
         for topic, table in self._tables.items():
-            pos = _Position.parse(topic, table.committed())
-            self._positions[topic] = pos
-            if topic == self._config.source_topic:
-                self._judge.watermarks = {p: WatermarkState(w) for p, w in pos.watermarks.items()}
+            self._positions[topic] = _Position.parse(topic, table.committed())
         for tp in tps:
             offset = self._positions[tp.topic].offsets.get(tp.partition)
             if offset is None:
@@ -185,18 +204,14 @@ class OfflineWriter:
         return count
 
     def add(self, record: Record) -> None:
-        batch = self._batches[record.topic]
-        row = self._row(record)
-        if row is not None:
-            batch.rows.append(row)
-        batch.records += 1
+        self._batches[record.topic].add(record, self._now_ms())
         self._pending[record.topic][record.partition] = record.offset + 1
 
     def maybe_flush(self) -> None:
         now = self._now_ms()
         due = now - self._last_flush >= self._config.batch_interval_ms
         for topic, batch in self._batches.items():
-            if batch.records and (due or batch.records >= self._config.batch_records):
+            if batch.records and (due or batch.rows >= self._config.batch_records):
                 self.flush(topic)
         if due:
             self._last_flush = now
@@ -207,49 +222,18 @@ class OfflineWriter:
         if not batch.records:
             return  # nothing consumed: an empty snapshot would only bloat the table history
         pos = self._positions.setdefault(topic, _Position())
-        offsets = {**pos.offsets, **self._pending[topic]}
-        watermarks = dict(pos.watermarks)
-        if topic == self._config.source_topic:
-            watermarks = {p: s.max_event_time_ms for p, s in self._judge.watermarks.items()}
-        new = _Position(offsets, watermarks)
+        new = _Position({**pos.offsets, **self._pending[topic]})
         self._tables[topic].append(batch.table(), new.properties(topic))
         self._positions[topic] = new
-        self.rows_written[topic] += len(batch.rows)
-        self._batches[topic] = _Batch(batch.schema)
+        self.rows_written[topic] += batch.rows
+        self._batches[topic] = self._new_batch(topic)
         self._pending[topic] = {}
 
     def positions(self) -> dict[str, dict[int, int]]:
         return {t: dict(p.offsets) for t, p in self._positions.items()}
 
-    def _row(self, record: Record) -> dict[str, Any] | None:
-        if record.topic == self._config.source_topic:
-            event = self._judge.accept(record)
-            if event is None:
-                return None
-            row = {name: event.get(name) for name in self._source.fields}
-            row["_kafka_timestamp_ms"] = record.timestamp
-            event_time = _utc(event[self._source.event_time_field])
-            row.update(_event_time=event_time, _event_date=event_time.date())
-        else:
-            row = self._tile_row(record)
-        row.update(_partition=record.partition, _offset=record.offset)
-        row["_ingested_at_ms"] = self._now_ms()
-        return row
 
-    @staticmethod
-    def _tile_row(record: Record) -> dict[str, Any]:
-        rec = changelog.decode(record.key or b"", record.value)
-        w = rec.write
-        return {
-            "key": w.key,
-            "field": w.field,
-            "version": w.version,
-            "event_time_ms": rec.event_time_ms,
-            "ttl_ms": w.ttl_ms,
-            "deleted": w.value is None,
-            "payload": w.value,
-        }
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _declared(rows: pa.Table, column: pa.Field) -> pa.ChunkedArray | pa.Array:
+    if column.name in rows.column_names:
+        return rows.column(column.name).cast(column.type)
+    return pa.nulls(rows.num_rows, column.type)

@@ -29,12 +29,11 @@ def _die(exc: BaseException) -> None:
 def build_writer(config: OfflineWriterConfig, catalog: Catalog) -> OfflineWriter:
     """The production writer: read_committed, no group offsets (position lives in Iceberg)."""
     source = catalog.source(config.source)
-    keys = [v.key_field(catalog) for v in catalog.views if v.source == config.source]
     consumer = read_committed_consumer(config.bootstrap, None, max_poll_records=5_000)
     raw, tiles = open_tables(
         config.iceberg_catalog_uri, config.iceberg_warehouse, config.namespace, source
     )
-    return OfflineWriter(config, source, keys, raw_table=raw, tile_table=tiles, consumer=consumer)
+    return OfflineWriter(config, source, raw_table=raw, tile_table=tiles, consumer=consumer)
 
 
 class _OfflineWriterActor:
@@ -50,7 +49,7 @@ class _OfflineWriterActor:
     def _run(self) -> None:
         try:
             writer = build_writer(self._config, self._catalog)
-            topics = (self._config.source_topic, self._config.changelog_topic)
+            topics = (self._config.offline_topic, self._config.changelog_topic)
             writer.start(topic_partitions(writer.consumer, topics))
             self._writer = writer
             self.ready.set()

@@ -47,12 +47,17 @@ class OfflineTable(Protocol):
     def append(self, rows: pa.Table, properties: dict[str, str]) -> None: ...
 
 
+def declared_fields(source: EventSource) -> list[pa.Field]:
+    """The source's declared fields, typed, nullable (a value Arrow cannot hold is stored null,
+    ``actors.offline_feed``); undeclared extras are not stored."""
+    return [pa.field(name, _ARROW_TYPES[kind]) for name, kind in source.fields.items()]
+
+
 def raw_schema(source: EventSource) -> pa.Schema:
-    """Declared fields typed (nullable: undeclared extras are not stored), then Kafka lineage."""
-    columns = [pa.field(name, _ARROW_TYPES[kind]) for name, kind in source.fields.items()]
+    """Declared fields typed, then the event time and the Kafka lineage."""
     return pa.schema(
         [
-            *columns,
+            *declared_fields(source),
             pa.field("_event_time", pa.timestamp("us", tz="UTC"), nullable=False),
             pa.field("_event_date", pa.date32(), nullable=False),
             pa.field("_partition", pa.int32(), nullable=False),

@@ -42,7 +42,7 @@ import orjson
 from actors.changelog import HELD_PREFIX, ChangelogRecord
 from actors.columnar import ColumnarPath
 from actors.dlq import DeadLetter, dead_letter
-from actors.records import BatchOutcome, SourceRecord
+from actors.records import AcceptedEvents, BatchOutcome, SourceRecord
 from actors.records import RawRecord as RawRecord  # noqa: PLC0414 - re-exported
 from features.blocks import (
     BlockLayout,
@@ -165,7 +165,8 @@ class PartitionProcessor:
         validate, observe = self._validator.validate, self._policy.observe
         watermark, time_field = self.state.watermark, self.source.event_time_field
         offset = self.state.last_offset
-        for record in records:
+        positions: list[int] = []
+        for position, record in enumerate(records):
             offset = record.offset
             try:
                 event = validate(record.value)
@@ -177,6 +178,7 @@ class PartitionProcessor:
                 dead.append(self._dead_letter(record, rejected))
                 continue
             accepted.append((event, event_time, offset))
+            positions.append(position)
         self.state.last_offset = offset
         self.release_due()
         now = self._now_ms()
@@ -188,7 +190,10 @@ class PartitionProcessor:
                 self._defer(view, future)
         for view in self._views:
             self._fold_view(view, ready)
-        return BatchOutcome(dead, len(accepted), reasons)
+        handed = AcceptedEvents.of_events(
+            positions, [item[0] for item in accepted], tuple(self.source.fields)
+        )
+        return BatchOutcome(dead, len(accepted), reasons, handed)
 
     def _defer(self, view: _View, future: list[_Accepted]) -> None:
         """Hold events stamped after the clock out of the tiles until it reaches them: a block

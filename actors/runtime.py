@@ -287,7 +287,7 @@ class _Supervisor:
 
         c = self._config
         writer_config = OfflineWriterConfig(
-            source_topic=self._catalog.source(c.source).topic,
+            offline_topic=c.offline_topic,
             changelog_topic=c.changelog_topic,
             bootstrap=c.bootstrap,
             source=c.source,

@@ -15,9 +15,14 @@ demo catalog's pipeline as a real Ray job and measures, in one run:
    consumers' share (``changelog_visible_*``: event time -> changelog transaction committed).
    Each window is an actor's last 20,000 samples; below 20,000 ``freshness_phase_samples`` the
    backlog's older samples are in it too (a ``--quick`` phase ends after 30 s);
-4. ``processing_us_per_event``: in this process, on one core, the CPU time per event of one
+4. ``cpu_us_per_event``: during the drain (step 2), the CPU time of each process group (the
+   consumer actors, the Redis sinks, the DynamoDB sinks, the offline writer, the broker, the
+   moto servers), from ``/proc/<pid>/stat`` before and after, per event drained;
+5. ``processing_us_per_event``: in this process, on one core, the CPU time per event of one
    partition's ``PartitionProcessor.process`` + ``drain_changes`` + changelog encoding over
-   batches of ``max_poll_records`` of the same events (no Kafka: the consumers' own share).
+   batches of ``max_poll_records`` of the same events (no Kafka: the consumers' own share);
+   ``handoff_us_per_event`` beside it: encoding the same batches' accepted events for the
+   offline writer (``actors.offline_feed``), which the consumers also do.
 
 Prints its figures last as one JSON line and appends them to `benchmarks/results/ingest.jsonl`.
 """
@@ -43,7 +48,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from actors.changelog import encode
 from actors.config import DEFAULT_CONSUMERS, ConsumerConfig
+from actors.offline_feed import FeedEncoder
 from actors.processor import PartitionProcessor, RawRecord
+from actors.records import AcceptedEvents
 from actors.runtime import NAMESPACE, SUPERVISOR
 from cluster import pipeline as pipeline_job
 from cluster.isolated import isolated_settings
@@ -158,8 +165,56 @@ def _drained(status: dict[str, Any], target_events: int) -> bool:
     )
 
 
-def _measure_drain(poller: _Status, n: int, timeout_s: float) -> dict[str, float]:
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its live descendants (None: it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    own = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return own + sum(_cpu_s(c) or 0.0 for c in children)
+
+
+def _process_groups(stack: Stack, status: dict[str, Any]) -> dict[str, list[int]]:
+    """The pids of each process group the pipeline's events cost CPU in."""
+    services = stack.status()
+    offline = status.get("offline") or {}
+    return {
+        "consumers": [c["pid"] for c in status["consumers"]],
+        "redis_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "redis"],
+        "dynamodb_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "dynamodb"],
+        "offline_writer": [offline["pid"]] if offline.get("pid") else [],
+        "broker": [s.pid for s in services if s.kind == "kafka" and s.pid],
+        "moto": [s.pid for s in services if s.kind == "dynamodb" and s.pid],
+    }
+
+
+def _cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float | None]:
+    """CPU seconds per group; None for a group one of whose processes is gone (restarted)."""
+    out: dict[str, float | None] = {}
+    for name, pids in groups.items():
+        each = [_cpu_s(pid) for pid in pids]
+        out[name] = None if not each or None in each else sum(e or 0.0 for e in each)
+    return out
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _measure_drain(stack: Stack, poller: _Status, n: int, timeout_s: float) -> dict[str, Any]:
+    """The drain's duration and each process group's CPU in it, from the first event taken."""
     first_at: float | None = None
+    groups: dict[str, list[int]] = {}
+    before: dict[str, float | None] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = poller.get()
@@ -167,9 +222,13 @@ def _measure_drain(poller: _Status, n: int, timeout_s: float) -> dict[str, float
             events = sum(c["events_in"] for c in status["consumers"])
             if first_at is None and events > 0:
                 first_at = time.perf_counter()
+                groups = _process_groups(stack, status)
+                before = _cpu_by_group(groups)
             if first_at is not None and _drained(status, n):
                 elapsed = time.perf_counter() - first_at
-                return {"events_in": events, "elapsed_s": elapsed}
+                after = _cpu_by_group(groups)
+                cpu = {name: _spent(before[name], after[name]) for name in groups}
+                return {"events_in": events, "elapsed_s": elapsed, "cpu_s": cpu}
         time.sleep(0.2)
     raise TimeoutError("pipeline did not drain the backlog in time")
 
@@ -255,19 +314,30 @@ def _freshness_phase(
 FRESHNESS_WINDOW = 20_000
 
 
-def processing_us_per_event(n: int) -> float:
-    """CPU microseconds per event from raw bytes to encoded changelog records, one partition."""
+def processing_us_per_event(n: int) -> tuple[float, float]:
+    """CPU microseconds per event from raw bytes to encoded changelog records, one partition;
+    and beside it, of encoding the same batches' accepted events for the offline writer."""
     now_ms = int(time.time() * 1000)
     rng = random.Random(7)
-    records = [RawRecord(i, *_event(rng, i, now_ms - n + i)) for i in range(n)]
-    processor = PartitionProcessor(card_transactions_catalog(), SOURCE, 0, lambda: now_ms)
+    records = [RawRecord(i, *_event(rng, i, now_ms - n + i), now_ms) for i in range(n)]
+    catalog = card_transactions_catalog()
+    processor = PartitionProcessor(catalog, SOURCE, 0, lambda: now_ms)
+    feed = FeedEncoder(catalog.source(SOURCE))
+    # pyarrow imports its conversion code on first use: a once-per-process cost, not per event.
+    first = orjson.loads(records[0].value)
+    feed.encode(0, records[:1], AcceptedEvents.of_events([0], [first], tuple(first)))
     batch = ConsumerConfig.model_fields["max_poll_records"].default
-    started = time.process_time()
+    processing = handoff = 0.0
     for i in range(0, n, batch):
-        processor.process(records[i : i + batch])
+        started = time.process_time()
+        outcome = processor.process(records[i : i + batch])
         for record in processor.drain_changes():
             encode(record)
-    return (time.process_time() - started) * 1e6 / n
+        encoded = time.process_time()
+        feed.encode(0, records[i : i + batch], outcome.accepted_events)
+        processing += encoded - started
+        handoff += time.process_time() - encoded
+    return processing * 1e6 / n, handoff * 1e6 / n
 
 
 def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict[str, Any]:
@@ -281,11 +351,16 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
         target=pipeline_job.submit, args=(stack.settings, "up"), kwargs={"consumers": consumers}
     )
     submitter.start()
-    drain = _measure_drain(poller, n, timeout_s=900)
+    drain = _measure_drain(stack, poller, n, timeout_s=900)
     submitter.join()
     eps = n / drain["elapsed_s"]
+    cpu_us = {
+        name: None if seconds is None else round(seconds * 1e6 / drain["events_in"], 1)
+        for name, seconds in drain["cpu_s"].items()
+    }
     freshness, sent = _freshness_phase(poller, bootstrap, rate, fresh_s, start_seq=n)
     final = _status(poller)
+    processing, handoff = processing_us_per_event(min(n, 100_000))
     return {
         "events_per_s": round(eps),
         "raw_consume_events_per_s": round(raw),
@@ -299,7 +374,12 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
         "consumers": consumers,
         "sinks_applied_records": _applied(final),
         "cpus": os.cpu_count(),
-        "processing_us_per_event": round(processing_us_per_event(min(n, 100_000)), 2),
+        # CPU per event drained, per process group, during the drain (step 2); the total
+        # against 2 cores' worth at events_per_s says how much of the box the pipeline had.
+        "cpu_us_per_event": cpu_us,
+        "cpu_us_per_event_total": round(sum(v for v in cpu_us.values() if v is not None), 1),
+        "processing_us_per_event": round(processing, 2),
+        "handoff_us_per_event": round(handoff, 2),
     }
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from actors.config import CHANGELOG_TOPIC as CHANGELOG_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
-from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC, REGISTRY_TOPIC
+from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC, OFFLINE_TOPIC, REGISTRY_TOPIC
 from features.errors import ConfigError
 from regions.config import RedisUsers, RegionTopology, default_topology
 from serve_apps.defaults import DEFAULT_REPLICAS
@@ -48,6 +48,7 @@ def default_topics(events_topic: str = DEFAULT_EVENTS_TOPIC) -> tuple[TopicSpec,
         TopicSpec(name=DLQ_TOPIC, partitions=4),
         TopicSpec(name=CHANGELOG_TOPIC, partitions=EVENTS_PARTITIONS, compacted=True),
         TopicSpec(name=REGISTRY_TOPIC, partitions=1, compacted=True),
+        TopicSpec(name=OFFLINE_TOPIC, partitions=EVENTS_PARTITIONS),
     )
 
 

@@ -30,6 +30,7 @@ class FakeRecord:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = -1  # ms, as kafka-python's records carry it
 
 
 class FakeConsumer:

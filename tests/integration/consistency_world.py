@@ -20,7 +20,6 @@ import httpx
 import orjson
 from kafka import KafkaProducer
 
-from actors.offline import OfflineWriterConfig
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events
 from cluster.stack import Stack
@@ -33,8 +32,9 @@ from regions.tiles import TileWrite
 from serve_apps.config import ApiKey, new_api_key
 from serve_apps.deploy import configs_for_stack, deploy
 from tests.integration.conftest import stack_env
+from tests.integration.offline_path import OfflinePath
 from tests.integration.serving_world import shutdown_serve, wait_ready
-from tests.integration.test_training import _ledger, _write_offline
+from tests.integration.test_training import _ledger
 
 CATALOG = card_transactions_catalog()
 READ_KEY = new_api_key()
@@ -85,7 +85,8 @@ def build_world(
     users: int,
     count: int,
 ) -> World:
-    """Events produced to a fresh topic and written to Iceberg by the offline writer."""
+    """Events produced to a fresh topic and written to Iceberg by a consumer and the offline
+    writer."""
     now = time.time_ns() // 1_000_000
     topic = topic_factory(partitions=4)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -95,19 +96,16 @@ def build_world(
     producer.close()
     ledger = _ledger(bootstrap, topic)
     namespace = f"t_{run}"
-    _write_offline(
-        OfflineWriterConfig(
-            source_topic=topic,
-            changelog_topic=topic_factory(1, compacted=True),
-            batch_records=1_000,
-            batch_interval_ms=200,
-            bootstrap=bootstrap,
-            iceberg_catalog_uri=stack.settings.iceberg_catalog_uri,
-            iceberg_warehouse=stack.settings.iceberg_warehouse,
-            namespace=namespace,
-        ),
-        ledger,
-    )
+    OfflinePath(
+        bootstrap,
+        topic_factory,
+        topic,
+        batch_records=1_000,
+        batch_interval_ms=200,
+        iceberg_catalog_uri=stack.settings.iceberg_catalog_uri,
+        iceberg_warehouse=stack.settings.iceberg_warehouse,
+        namespace=namespace,
+    ).ingest()
     ingested_by = time.time_ns() // 1_000_000
     return World([f"u_{run}_{i}" for i in range(users)], namespace, ledger, ingested_by)
 

@@ -1,6 +1,7 @@
 """Training sets against the real stack: generated events (out of order, late, malformed) go
-through Kafka and the offline writer into Iceberg; ``freshline training-set`` (on the stack's Ray)
-builds the set; every row equals the independent oracle (``chaos/oracle.py``)."""
+through Kafka, a stream consumer and the offline writer into Iceberg; ``freshline training-set``
+(on the stack's Ray) builds the set; every row equals the independent oracle
+(``chaos/oracle.py``)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,6 @@ import ray
 import ray.data
 from kafka import KafkaConsumer, TopicPartition
 
-from actors.kafka_io import topic_partitions
-from actors.offline import OfflineWriterConfig
-from actors.offline_actor import build_writer
 from actors.offline_tables import RAW_TABLE
 from chaos.oracle import LedgerEntry, accepted_events, expected_values
 from cluster.events.runner import Clock, run_generator
@@ -34,6 +32,7 @@ from cluster.stack import Stack
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 from tests.integration.conftest import stack_env
+from tests.integration.offline_path import OfflinePath
 from training.build import TrainingSetOptions, training_dataset
 
 pytestmark = pytest.mark.integration
@@ -88,21 +87,6 @@ def _ledger(bootstrap: str, topic: str) -> list[LedgerEntry]:
         return out
     finally:
         consumer.close()
-
-
-def _write_offline(config: OfflineWriterConfig, ledger: list[LedgerEntry]) -> None:
-    """The production offline writer, run until it has committed every record of ``ledger``."""
-    ends: dict[int, int] = {}
-    for entry in ledger:
-        ends[entry.partition] = max(ends.get(entry.partition, 0), entry.offset + 1)
-    writer = build_writer(config, CATALOG)
-    writer.start(topic_partitions(writer.consumer, [config.source_topic, config.changelog_topic]))
-    deadline = time.monotonic() + 90
-    while writer.positions().get(config.source_topic, {}) != ends:
-        assert time.monotonic() < deadline, "the offline writer did not catch up"
-        writer.step(timeout_ms=100)
-        writer.flush(config.source_topic)
-    writer.consumer.close()
 
 
 def _spine(accepted: list[dict[str, Any]], seed: int, until_ms: int) -> pa.Table:
@@ -188,21 +172,22 @@ def test_training_sets_equal_the_oracle_and_late_ingestion_does_not_leak(
     stack: Stack, kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
 ) -> None:
     topic = topic_factory(partitions=8)
-    config = OfflineWriterConfig(
-        source_topic=topic,
-        changelog_topic=topic_factory(1, compacted=True),
+    path = OfflinePath(
+        kafka_bootstrap,
+        topic_factory,
+        topic,
         batch_records=1_000,
         batch_interval_ms=200,
-        bootstrap=kafka_bootstrap,
         iceberg_catalog_uri=stack.settings.iceberg_catalog_uri,
         iceberg_warehouse=stack.settings.iceberg_warehouse,
         namespace=f"t_{uuid.uuid4().hex[:8]}",
     )
+    config = path.writer_config
     now = int(time.time() * 1000)
     start = now - 3_000 * STEP_MS
     _generate(kafka_bootstrap, topic, tmp_path, seed=1, start_ms=start, n=2_000)
     first = _ledger(kafka_bootstrap, topic)
-    _write_offline(config, first)
+    path.ingest()
     accepted_first = accepted_events(first, CATALOG, SOURCE)
     assert len(accepted_first) < len(first), "the stream holds refused (late, malformed) events"
 
@@ -218,7 +203,7 @@ def test_training_sets_equal_the_oracle_and_late_ingestion_does_not_leak(
     time.sleep(0.05)
     _generate(kafka_bootstrap, topic, tmp_path, seed=2, start_ms=start + 2_000 * STEP_MS, n=600)
     everything = _ledger(kafka_bootstrap, topic)
-    _write_offline(config, everything)
+    path.ingest()
     accepted_all = accepted_events(everything, CATALOG, SOURCE)
     assert len(accepted_all) > len(accepted_first)
 

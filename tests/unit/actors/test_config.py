@@ -10,6 +10,7 @@ import pytest
 from actors.config import (
     CHANGELOG_TOPIC,
     DLQ_TOPIC,
+    OFFLINE_TOPIC,
     REGISTRY_TOPIC,
     ConsumerConfig,
     PipelineConfig,
@@ -50,6 +51,13 @@ def test_the_consumers_get_every_shared_setting_of_the_pipeline() -> None:
     )
 
 
+def test_consumers_hand_accepted_batches_on_only_when_an_offline_writer_runs() -> None:
+    assert _pipeline().consumer_config().offline_topic == OFFLINE_TOPIC
+    assert _pipeline(offline_topic="x.offline").consumer_config().offline_topic == "x.offline"
+    assert _pipeline(offline=False).consumer_config().offline_topic is None
+    assert ConsumerConfig(bootstrap="k:9092").offline_topic is None
+
+
 def test_a_consumer_and_the_pipeline_have_the_same_defaults() -> None:
     alone = ConsumerConfig(bootstrap="k:9092")
     assert alone.model_dump(include=SHARED) == _pipeline().model_dump(include=SHARED)
@@ -61,10 +69,13 @@ def test_the_stack_creates_the_topics_the_pipeline_reads_and_writes() -> None:
     source = card_transactions_catalog().source(pipeline.source)
     topics = {t.name: t for t in default_topics(source.topic)}
     assert (pipeline.changelog_topic, pipeline.dlq_topic) == (CHANGELOG_TOPIC, DLQ_TOPIC)
-    assert {source.topic, CHANGELOG_TOPIC, DLQ_TOPIC, REGISTRY_TOPIC} == set(topics)
+    assert {source.topic, CHANGELOG_TOPIC, DLQ_TOPIC, REGISTRY_TOPIC, OFFLINE_TOPIC} == set(topics)
     assert StackSettings(state_dir=Path("s")).kafka.topics == tuple(topics.values())
     # A tile change goes to the changelog partition numbered like its source partition.
     assert topics[CHANGELOG_TOPIC].partitions == topics[source.topic].partitions
+    # So does a batch's hand-off to the offline writer, which must keep every event it is given.
+    assert topics[OFFLINE_TOPIC].partitions == topics[source.topic].partitions
+    assert not topics[OFFLINE_TOPIC].compacted
     assert topics[CHANGELOG_TOPIC].compacted and not topics[DLQ_TOPIC].compacted
     # Registry versions are read in order and the latest per tenant must survive compaction.
     assert topics[REGISTRY_TOPIC].compacted and topics[REGISTRY_TOPIC].partitions == 1

@@ -10,20 +10,21 @@ from typing import Any
 import orjson
 import pytest
 
-from actors.config import CHANGELOG_TOPIC, DLQ_TOPIC
+from actors.config import CHANGELOG_TOPIC, DLQ_TOPIC, OFFLINE_TOPIC
 from actors.consumer import (
     TRANSACTION_TIMEOUT_MS,
     CommitStalled,
     ConsumerConfig,
     StreamConsumer,
 )
+from actors.offline_feed import decode
 from features.demo import SOURCE, TOPIC, card_transactions_catalog
 from features.watermark import WatermarkState
 from tests.doubles.kafka import FakeConsumer, FakeProducer
 
 CATALOG = card_transactions_catalog()
 T0 = 1_764_000_000_000
-CHANGELOG, DLQ = CHANGELOG_TOPIC, DLQ_TOPIC
+CHANGELOG, DLQ, OFFLINE = CHANGELOG_TOPIC, DLQ_TOPIC, OFFLINE_TOPIC
 
 
 class Clock:
@@ -90,6 +91,39 @@ def test_one_transaction_holds_the_tiles_the_dead_letters_and_the_offsets() -> N
     assert restored.max_event_time_ms == T0 + 9_000
     assert consumer.stats.commits == 1 and len(consumer.stats.commit_ms) == 1
     assert {len(samples) for samples in consumer.stats.commit_phase_ms.values()} == {1}
+
+
+def test_the_accepted_events_are_handed_on_once_in_the_transaction_that_folds_them() -> None:
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock, offline_topic=OFFLINE)
+    _append(kafka, range(3))
+    _append(kafka, range(3, 4), malformed=True)
+    _append(kafka, range(4, 6))
+    clock.t += 1
+    consumer.step(poll_timeout_ms=0)
+    _append(kafka, range(6, 8))
+    clock.t += 1
+    consumer.step(poll_timeout_ms=0)
+    handed = [
+        [(r["seq"], r["_partition"], r["_offset"]) for r in decode(value).to_pylist()]
+        for t in producer.transactions
+        for topic, partition, _key, value in t.records
+        if topic == OFFLINE and partition == 0
+    ]
+    assert handed == [
+        [(0, 0, 0), (1, 0, 1), (2, 0, 2), (4, 0, 4), (5, 0, 5)],
+        [(6, 0, 6), (7, 0, 7)],
+    ]
+
+
+def test_without_an_offline_topic_nothing_is_handed_on() -> None:
+    kafka, producer, clock = FakeConsumer(), FakeProducer(), Clock()
+    consumer = _started(kafka, producer, clock)
+    _append(kafka, range(3))
+    clock.t += 1
+    consumer.step(poll_timeout_ms=0)
+    (txn,) = producer.transactions
+    assert {topic for topic, *_ in txn.records} == {CHANGELOG}
 
 
 def test_nothing_is_committed_within_the_interval_and_close_commits_the_rest() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,20 +11,18 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from actors import changelog
-from actors.offline import (
-    OfflineWriter,
-    OfflineWriterConfig,
-    Record,
-)
+from actors.offline import OfflineWriter, OfflineWriterConfig, Record
+from actors.offline_feed import FeedEncoder
 from actors.offline_tables import TILE_SCHEMA, IcebergTable, raw_schema
+from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events
 from features.demo import card_transactions_catalog
 from regions.tiles import TileWrite
 
-SRC, CL = "fl.card_tx", "fl.tiles.changelog"
+SRC, OFF, CL = "fl.card_tx", "fl.offline.accepted", "fl.tiles.changelog"
 CATALOG = card_transactions_catalog()
 SOURCE = CATALOG.source("card_tx")
-KEYS = ["user_id", "merchant_id"]
+NOW = 10_000_000
 
 
 class FakeConsumer:
@@ -46,7 +45,7 @@ class FakeConsumer:
         out: dict[Any, list[Record]] = {}
         for r in self.log:
             tp = (r.topic, r.partition)
-            if len(out.get(tp, [])) < 3 and r.offset == self.pos[tp]:
+            if len(out.get(tp, [])) < 1 and r.offset == self.pos[tp]:
                 out.setdefault(tp, []).append(r)
                 self.pos[tp] += 1
         return out
@@ -59,30 +58,50 @@ def _event(seq: int, t: int, **over: Any) -> bytes:
         "event_type": "card_tx",
         "user_id": f"u{seq % 3}",
         "merchant_id": "m1",
-        "amount": 1.5,
+        "amount": 1.5 + seq,
         "currency": "EUR",
         "event_time_ms": t,
     }
     return json.dumps({**e, **over}).encode()
 
 
-def _log() -> list[Record]:
-    now = 10_000_000
+def _source() -> dict[int, list[RawRecord]]:
+    """Raw events per source partition: valid, malformed, late, wrongly typed, future."""
     values = {
         0: [
-            _event(0, now),
-            _event(1, now + 1000),
+            _event(0, NOW),
+            _event(1, NOW + 1000),
             b"{bad",
-            _event(3, now - 60_000),
-            _event(4, now),
+            _event(3, NOW - 60_000),
+            _event(4, NOW, amount=7),
+            _event(8, NOW + 2),
+            _event(9, NOW + 30_000),  # ahead of the clock, within the skew: accepted, held
         ],
-        1: [_event(5, now), _event(6, now, amount="x"), _event(7, now + 10_000_000)],
+        1: [_event(5, NOW), _event(6, NOW, amount="x"), _event(7, NOW + 10_000_000)],
     }
-    log = [Record(SRC, p, o, now, None, v) for p, vs in values.items() for o, v in enumerate(vs)]
+    return {
+        p: [RawRecord(o, None, v, NOW + p) for o, v in enumerate(vs)] for p, vs in values.items()
+    }
+
+
+def _handed_on(batch: int) -> list[Record]:
+    """What consumers hand on for ``_source()`` (in poll batches of ``batch`` records), as the
+    offline topic holds it, then four changelog records."""
+    log: list[Record] = []
+    encoder = FeedEncoder(SOURCE)
+    for partition, records in _source().items():
+        processor = PartitionProcessor(CATALOG, "card_tx", partition, lambda: NOW)
+        offset = 0
+        for at in range(0, len(records), batch):
+            polled = records[at : at + batch]
+            outcome = processor.process(polled)
+            for value in encoder.encode(partition, polled, outcome.accepted_events):
+                log.append(Record(OFF, partition, offset, NOW, None, value))
+                offset += 1
     for o in range(4):
         w = TileWrite(f"k{o}", "count", None if o == 3 else b"\x01", o + 1, 60_000)
-        key, value = changelog.encode(changelog.ChangelogRecord(w, now + o))
-        log.append(Record(CL, 0, o, now, key, value))
+        key, value = changelog.encode(changelog.ChangelogRecord(w, NOW + o))
+        log.append(Record(CL, 0, o, NOW, key, value))
     return log
 
 
@@ -96,26 +115,25 @@ def _writer(catalog: SqlCatalog, log: list[Record], batch: int = 2) -> OfflineWr
     raw = IcebergTable(catalog, "freshline", "raw_events", raw_schema(SOURCE), "_event_date")
     tiles = IcebergTable(catalog, "freshline", "tile_snapshots", TILE_SCHEMA)
     config = OfflineWriterConfig(
-        source_topic=SRC, changelog_topic=CL, batch_records=batch, batch_interval_ms=10**9
+        offline_topic=OFF, changelog_topic=CL, batch_records=batch, batch_interval_ms=10**9
     )
     w = OfflineWriter(
         config,
         SOURCE,
-        KEYS,
         raw_table=raw,
         tile_table=tiles,
         consumer=FakeConsumer(log),
         now_ms=lambda: 1,
     )
-    w.start({SRC: [0, 1], CL: [0]})
+    w.start({OFF: [0, 1], CL: [0]})
     return w
 
 
-def _drain(w: OfflineWriter, steps: int = 10) -> None:
+def _drain(w: OfflineWriter, steps: int = 20) -> None:
     for _ in range(steps):
         w.step()
-    w.flush(SRC) if w._batches[SRC].records else None
-    w.flush(CL) if w._batches[CL].records else None
+    w.flush(OFF)
+    w.flush(CL)
 
 
 def _rows(catalog: SqlCatalog, name: str) -> list[dict[str, Any]]:
@@ -125,24 +143,31 @@ def _rows(catalog: SqlCatalog, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _expected() -> set[tuple[int, int]]:
+def _oracle() -> list[dict[str, Any]]:
     ledger = [
-        LedgerEntry(r.partition, r.offset, r.value, r.timestamp) for r in _log() if r.topic == SRC
+        LedgerEntry(p, r.offset, r.value, r.timestamp) for p, rs in _source().items() for r in rs
     ]
-    return {(e["_partition"], e["_offset"]) for e in accepted_events(ledger, CATALOG, "card_tx")}
+    return accepted_events(ledger, CATALOG, "card_tx")
 
 
-def test_accepted_events_match_the_oracle_and_tiles_match_the_changelog(
-    catalog: SqlCatalog,
+@pytest.mark.parametrize("poll", [1, 3, 10])
+def test_raw_rows_are_the_oracles_accepted_events_with_their_values_and_lineage(
+    catalog: SqlCatalog, poll: int
 ) -> None:
-    _drain(_writer(catalog, _log()))
-    raw = _rows(catalog, "raw_events")
-    assert (
-        {(r["_partition"], r["_offset"]) for r in raw}
-        == _expected()
-        == {(0, 0), (0, 1), (0, 4), (1, 0)}
-    )
-    assert len(raw) == 4
+    _drain(_writer(catalog, _handed_on(poll)))
+    raw = {(r["_partition"], r["_offset"]): r for r in _rows(catalog, "raw_events")}
+    want = {(e["_partition"], e["_offset"]): e for e in _oracle()}
+    assert set(raw) == set(want) == {(0, 0), (0, 1), (0, 4), (0, 5), (0, 6), (1, 0)}
+    for where, event in want.items():
+        row = raw[where]
+        assert {name: row[name] for name in SOURCE.fields} == {
+            name: event[name] for name in SOURCE.fields
+        }, where
+        assert type(row["amount"]) is float  # an int amount is stored as the float it counts as
+        at = datetime.fromtimestamp(event["event_time_ms"] / 1000, tz=UTC)
+        assert (row["_event_time"], row["_event_date"]) == (at, at.date())
+        assert row["_kafka_timestamp_ms"] == NOW + where[0]
+        assert row["_ingested_at_ms"] == 1
     tiles = sorted(_rows(catalog, "tile_snapshots"), key=lambda r: r["_offset"])
     assert [(t["key"], t["version"], t["deleted"]) for t in tiles] == [
         ("k0", 1, False),
@@ -153,42 +178,33 @@ def test_accepted_events_match_the_oracle_and_tiles_match_the_changelog(
 
 
 def test_crash_after_append_before_anything_else_never_duplicates(catalog: SqlCatalog) -> None:
-    log = _log()
-    first = _writer(catalog, log)
-    first.step()
-    first.step()  # some batches committed, some rows buffered: then the process "dies"
-    assert first.rows_written[SRC] > 0
+    log = _handed_on(2)
+    first = _writer(catalog, log, batch=2)
+    for _ in range(3):
+        first.step()  # some batches committed, some rows buffered: then the process "dies"
+    assert first.rows_written[OFF] > 0
     _drain(_writer(catalog, log))  # a fresh writer resumes from the snapshot properties
     raw = _rows(catalog, "raw_events")
     counts = Counter((r["_partition"], r["_offset"]) for r in raw)
-    assert set(counts) == _expected()
+    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
     assert max(counts.values()) == 1
     tiles = Counter(r["_offset"] for r in _rows(catalog, "tile_snapshots"))
     assert sorted(tiles) == [0, 1, 2, 3] and max(tiles.values()) == 1
 
 
-def test_restart_restores_watermarks_so_late_events_stay_late(catalog: SqlCatalog) -> None:
-    log = _log()
-    first = _writer(catalog, log, batch=2)
-    first.step()  # partition 0 offsets 0..2 consumed; the late event (offset 3) comes after
-    first.flush(SRC)
-    _drain(_writer(catalog, log))
-    offsets = {(r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events")}
-    assert (0, 3) not in offsets
-    assert offsets == _expected()
-
-
-def test_commits_carry_cumulative_offsets_and_watermarks_and_reopening_is_idempotent(
+def test_commits_carry_cumulative_offsets_of_the_offline_topic_and_reopening_is_idempotent(
     catalog: SqlCatalog,
 ) -> None:
-    bad_only = [Record(SRC, 0, o, 10_000_000, None, b"{bad") for o in range(3)]
-    w = _writer(catalog, bad_only, batch=3)
-    w.step()  # three rejected records: no rows, yet the position must move past them
-    _writer(catalog, bad_only)  # reopening neither recreates nor re-partitions the tables
+    log = [r for r in _handed_on(3) if r.topic == OFF]
+    w = _writer(catalog, log, batch=10**6)
+    _drain(w)
+    _writer(catalog, log)  # reopening neither recreates nor re-partitions the tables
     table = catalog.load_table(("freshline", "raw_events"))
-    assert len(table.scan().to_arrow()) == 0
     props = table.current_snapshot().summary.additional_properties  # type: ignore[union-attr]
-    assert props["freshline.offsets.fl.card_tx.0"] == "3"
+    ends = Counter(r.partition for r in log)
+    assert {k: v for k, v in props.items() if k.startswith("freshline.offsets.")} == {
+        f"freshline.offsets.{OFF}.{p}": str(n) for p, n in ends.items()
+    }
     assert [f.name for f in table.spec().fields] == ["event_date"]
     assert len(table.snapshots()) == 1
 
