@@ -30,6 +30,10 @@ DEFAULT_RETRY_ON: tuple[type[Exception], ...] = (StoreUnavailable, StoreTimeout)
 # fails half of its recent calls is skipped; open_s is short because a skipped local store means
 # slower cross-region reads, and one probe per open_s costs a healthy store next to nothing.
 DEFAULT_FAILURE_RATE_THRESHOLD = 0.5
+# Slow calls (answered, but after the caller had moved on) open the breaker only when every call
+# of the window was slow: a store that is always slower than its timeout costs each read that
+# timeout for nothing, while one that is sometimes slow (a busy machine) still answers most reads.
+DEFAULT_SLOW_CALL_RATE_THRESHOLD = 1.0
 DEFAULT_WINDOW_CALLS = 20
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_MIN_CALLS = 5
@@ -109,16 +113,24 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+class _Outcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SLOW = "slow"
+
+
 @dataclass(frozen=True)
 class BreakerPolicy:
     """When a breaker opens and how it recovers.
 
     The breaker opens when, over the calls of the last ``window_s`` seconds (at most the last
     ``window_calls`` of them), there are at least ``min_calls`` and the failure rate is at least
-    ``failure_rate_threshold``. It stays open ``open_s``, then admits ``half_open_probes`` calls.
+    ``failure_rate_threshold`` or the slow-call rate at least ``slow_call_rate_threshold``. It
+    stays open ``open_s``, then admits ``half_open_probes`` calls.
     """
 
     failure_rate_threshold: float = DEFAULT_FAILURE_RATE_THRESHOLD
+    slow_call_rate_threshold: float = DEFAULT_SLOW_CALL_RATE_THRESHOLD
     window_calls: int = DEFAULT_WINDOW_CALLS
     window_s: float = DEFAULT_WINDOW_S
     min_calls: int = DEFAULT_MIN_CALLS
@@ -128,6 +140,8 @@ class BreakerPolicy:
     def __post_init__(self) -> None:
         if not 0.0 < self.failure_rate_threshold <= 1.0:
             raise ConfigError("must be in (0, 1]", field="failure_rate_threshold")
+        if not 0.0 < self.slow_call_rate_threshold <= 1.0:
+            raise ConfigError("must be in (0, 1]", field="slow_call_rate_threshold")
         if not 1 <= self.min_calls <= self.window_calls:
             raise ConfigError("must be in 1..window_calls", field="min_calls")
         if self.window_s <= 0 or self.open_s <= 0:
@@ -145,15 +159,16 @@ class CircuitBreaker:
       breaker with an empty window, any failure re-opens it for another ``open_s``;
     - probes whose outcome is never recorded are forgotten after ``open_s``, so a lost probe cannot
       wedge the breaker half-open;
-    - the caller records exactly one outcome per allowed call: a success, a failure, or
-      :meth:`record_cancelled` when the caller gave up before the store answered.
+    - the caller records exactly one outcome per allowed call: a success, a failure, a slow call
+      (answered after the caller's timeout), or :meth:`record_cancelled` when the caller gave up
+      before the store answered.
     """
 
     def __init__(self, name: str, now: Clock, policy: BreakerPolicy | None = None) -> None:
         self.name = name
         self.policy = policy or BreakerPolicy()
         self._now = now
-        self._calls: deque[tuple[float, bool]] = deque(maxlen=self.policy.window_calls)
+        self._calls: deque[tuple[float, _Outcome]] = deque(maxlen=self.policy.window_calls)
         self._state = BreakerState.CLOSED
         self._changed_at = now()
         self._probes_issued = 0
@@ -193,7 +208,18 @@ class CircuitBreaker:
             if self._probes_passed >= self.policy.half_open_probes:
                 self._enter(BreakerState.CLOSED, self._now())
             return
-        self._record(ok=True)
+        self._record(_Outcome.OK)
+
+    def record_slow(self) -> None:
+        """The store answered, but only after the caller's timeout: alive, yet every read that
+        tries it first pays that timeout. A slow probe keeps the breaker open."""
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            self._enter(BreakerState.OPEN, self._now())
+        elif state is BreakerState.CLOSED:
+            self._record(_Outcome.SLOW)
+            if self._tripped():
+                self._enter(BreakerState.OPEN, self._now())
 
     def record_cancelled(self) -> None:
         """The allowed call was cancelled by its own caller (a client went away) before the
@@ -207,7 +233,7 @@ class CircuitBreaker:
         if state is BreakerState.HALF_OPEN:
             self._enter(BreakerState.OPEN, self._now())
         elif state is BreakerState.CLOSED:
-            self._record(ok=False)
+            self._record(_Outcome.FAILED)
             if self._tripped():
                 self._enter(BreakerState.OPEN, self._now())
 
@@ -227,17 +253,22 @@ class CircuitBreaker:
         self.record_success()
         return result
 
-    def _record(self, *, ok: bool) -> None:
+    def _record(self, outcome: _Outcome) -> None:
         now = self._now()
-        self._calls.append((now, ok))
+        self._calls.append((now, outcome))
         while self._calls and now - self._calls[0][0] > self.policy.window_s:
             self._calls.popleft()
 
     def _tripped(self) -> bool:
-        if len(self._calls) < self.policy.min_calls:
+        calls = len(self._calls)
+        if calls < self.policy.min_calls:
             return False
-        failures = sum(1 for _, ok in self._calls if not ok)
-        return failures / len(self._calls) >= self.policy.failure_rate_threshold
+        failed = sum(1 for _, o in self._calls if o is _Outcome.FAILED)
+        slow = sum(1 for _, o in self._calls if o is _Outcome.SLOW)
+        return (
+            failed / calls >= self.policy.failure_rate_threshold
+            or slow / calls >= self.policy.slow_call_rate_threshold
+        )
 
     def _enter(self, state: BreakerState, now: float) -> None:
         self._state = state

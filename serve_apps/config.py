@@ -34,6 +34,7 @@ from regions.resilience import (
     DEFAULT_HALF_OPEN_PROBES,
     DEFAULT_MIN_CALLS,
     DEFAULT_OPEN_S,
+    DEFAULT_SLOW_CALL_RATE_THRESHOLD,
     DEFAULT_WINDOW_CALLS,
     DEFAULT_WINDOW_S,
     BreakerPolicy,
@@ -116,9 +117,11 @@ class Limits(_Frozen):
 
 class BreakerSettings(_Frozen):
     """The per-store circuit breaker (see ``regions.resilience.BreakerPolicy``, whose defaults
-    these are): a store that fails half of its last calls is skipped for ``open_s``."""
+    these are): a store that fails half of its last calls, or answers every one of them only
+    after the read had moved on, is skipped for ``open_s``."""
 
     failure_rate_threshold: float = Field(default=DEFAULT_FAILURE_RATE_THRESHOLD, gt=0, le=1)
+    slow_call_rate_threshold: float = Field(default=DEFAULT_SLOW_CALL_RATE_THRESHOLD, gt=0, le=1)
     window_calls: int = Field(default=DEFAULT_WINDOW_CALLS, ge=1)
     window_s: float = Field(default=DEFAULT_WINDOW_S, gt=0)
     min_calls: int = Field(default=DEFAULT_MIN_CALLS, ge=1)

@@ -7,8 +7,10 @@ Invariants:
 - a store whose circuit breaker refuses is skipped without being touched; every allowed call
   records exactly one outcome on that breaker (a transport error is a failure); a call abandoned
   at its timeout (``AbandonedCall``) is recorded when its fate is known, at the latest
-  ``verdict_after_s`` later: a failure if it failed or is still silent, a success if the store
-  answered (slow is not dead; the request itself has moved on down the chain);
+  ``verdict_after_s`` later: a failure if it failed or is still silent, a slow call if the store
+  answered (slow is not dead; the request itself has moved on down the chain), and only a window
+  of nothing but slow calls opens the breaker (a store always slower than its timeout costs every
+  read that timeout for nothing);
 - a step's timeout is ``min(step cap, share * remaining budget)``, the last step getting the whole
   remainder, so the chain never outlives the request's deadline by more than scheduling noise; the
   cap grows with the number of keys (a healthy Redis answering many entities' tiles under load
@@ -262,11 +264,12 @@ class FallbackChain:
         return ChainResult(None, DEFAULTS, tried)
 
     def _judge_when_answered(self, breaker: CircuitBreaker, store: str, exc: AbandonedCall) -> None:
-        """Record the abandoned call on ``breaker`` once its fate is known: a success when the
-        store answers within ``verdict_after_s`` of the timeout (slow, alive: the request already
-        went on down the chain), a failure when it fails or is still silent by then (dead or
-        hung). Judged at the timeout instead, a box short of CPU for a moment would open every
-        breaker and the replica would answer defaults."""
+        """Record the abandoned call on ``breaker`` once its fate is known: a slow call when the
+        store answers within ``verdict_after_s`` of the timeout (alive: the request already went
+        on down the chain; only a window of nothing but slow calls opens the breaker), a failure
+        when it fails or is still silent by then (dead or hung). Judged at the timeout instead, a
+        box short of CPU for a moment would open every breaker and the replica would answer
+        defaults."""
         loop = asyncio.get_running_loop()
         judged = False
         give_up_at = self._clock() + 5 * self._verdict_after_s
@@ -280,7 +283,7 @@ class FallbackChain:
             timer[0].cancel()
             call = exc.pending
             if call.done() and not call.cancelled() and call.exception() is None:
-                breaker.record_success()
+                breaker.record_slow()
             else:
                 breaker.record_failure()
                 self._failures.failed(store, exc)

@@ -141,6 +141,40 @@ def test_breaker_opens_at_the_threshold_and_rejects() -> None:
     assert not breaker.allow()
 
 
+def test_breaker_opens_when_every_call_of_the_window_was_slow() -> None:
+    breaker = _breaker(FakeClock())
+    for _ in range(3):
+        breaker.record_slow()
+    assert _state(breaker) is BreakerState.CLOSED  # under min_calls
+    breaker.record_slow()
+    assert _state(breaker) is BreakerState.OPEN  # 4/4 slow: each read paid a timeout for nothing
+
+
+def test_breaker_stays_closed_while_some_calls_answer_in_time() -> None:
+    breaker = _breaker(FakeClock())
+    breaker.record_success()
+    for _ in range(9):
+        breaker.record_slow()  # 9/10 slow: a busy machine, and the store still answers in time
+    assert _state(breaker) is BreakerState.CLOSED
+    breaker.record_slow()  # the one success has left the 10-call window
+    assert _state(breaker) is BreakerState.OPEN
+
+
+def test_breaker_slow_probe_reopens() -> None:
+    clock = FakeClock()
+    breaker = _breaker(clock)
+    _trip(breaker)
+    clock.advance(5.0)
+    assert breaker.allow()
+    breaker.record_slow()
+    assert _state(breaker) is BreakerState.OPEN
+
+
+def test_breaker_slow_threshold_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        BreakerPolicy(slow_call_rate_threshold=0.0)
+
+
 def test_breaker_half_opens_after_open_duration_then_success_closes() -> None:
     clock = FakeClock()
     breaker = _breaker(clock)

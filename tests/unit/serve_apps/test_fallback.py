@@ -297,19 +297,24 @@ class _AbandoningStore:
         raise AbandonedCall(f"{self.name}: no answer in {timeout_s}s", call)
 
 
-def test_an_abandoned_call_is_judged_by_its_fate_slow_is_not_dead() -> None:
-    """Judged at the timeout, a box short of CPU for 100 ms opened every breaker for 2 s and the
-    replica answered defaults. A store that answers late is alive; one silent past the verdict
-    delay, or failing, is not."""
-    clock = FakeClock()
+def _abandoning_chain(clock: FakeClock) -> tuple[FallbackChain, _AbandoningStore]:
     policy = BreakerSettings(min_calls=2, window_calls=4).policy()
     slow, backup = _AbandoningStore("redis-us-east"), FakeStore("dynamodb-us-east")
     steps = [
         Step(slow, CircuitBreaker(slow.name, clock, policy), 0.05, 0.34),  # type: ignore[arg-type]
         Step(backup, CircuitBreaker(backup.name, clock, policy), 0.5, 0.34),
     ]
-    chain = FallbackChain(steps, clock, verdict_after_s=0.05)
-    breaker = steps[0].breaker
+    return FallbackChain(steps, clock, verdict_after_s=0.05), slow
+
+
+def test_an_abandoned_call_is_judged_by_its_fate_slow_is_not_dead() -> None:
+    """Judged at the timeout, a box short of CPU for 100 ms opened every breaker for 2 s and the
+    replica answered defaults. A store that answers late is alive while it also answers in time
+    now and then; one silent past the verdict delay, or failing, is not."""
+    clock = FakeClock()
+    chain, slow = _abandoning_chain(clock)
+    breaker = chain.steps[0].breaker
+    breaker.record_success()  # an answer in time, just before the machine got busy
 
     async def scenario() -> None:
         for _ in range(3):  # each request moves on to the next store at once
@@ -328,6 +333,28 @@ def test_an_abandoned_call_is_judged_by_its_fate_slow_is_not_dead() -> None:
 
     asyncio.run(scenario())
     assert chain.timeouts == 5
+
+
+def test_a_store_slower_than_its_timeout_on_every_call_is_skipped() -> None:
+    """A Redis 150 ms away (a degraded link) answers every read, each one after the read moved
+    on: every request paid its timeout first. A window of nothing but slow calls opens the
+    breaker, and the next reads go straight to the next store."""
+    clock = FakeClock()
+    chain, slow = _abandoning_chain(clock)
+    breaker = chain.steps[0].breaker
+
+    async def scenario() -> None:
+        for _ in range(2):
+            await chain.read(["k"], Deadline(1.0, clock))
+        for call in slow.pending:
+            call.set_result([])
+        await asyncio.sleep(0.1)
+        assert breaker.state is BreakerState.OPEN
+        result = await chain.read(["k"], Deadline(1.0, clock))
+        assert result.tried[0] == ("redis-us-east", "circuit_open")
+        assert result.store == "dynamodb-us-east"
+
+    asyncio.run(scenario())
 
 
 def test_reads_cancelled_while_a_store_hangs_do_not_heal_its_breaker() -> None:
