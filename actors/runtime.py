@@ -32,6 +32,12 @@ from features.registry import digest
 
 NAMESPACE = "freshline"
 SUPERVISOR = "fl-supervisor"
+# Consumers, sinks and the offline writer are spread over the cluster's nodes, one placement at a
+# time round the nodes that have room, never pinned: a restart after a node's death goes to any
+# node that survives. The supervisor stays on the head with the job's driver that owns it, since
+# its children die with it (docs/pipeline.md, Placement).
+STREAM_PLACEMENT = "SPREAD"
+HEAD_NODE = {"node:__internal_head__": 0.001}
 log = logging.getLogger("freshline.actors")
 
 
@@ -295,17 +301,23 @@ class _Supervisor:
             iceberg_warehouse=c.iceberg_warehouse,
             batch_records=c.offline_batch_records,
         )
-        return OfflineWriterActor.options(name="fl-offline").remote(writer_config, self._catalog)
+        return OfflineWriterActor.options(
+            name="fl-offline", scheduling_strategy=STREAM_PLACEMENT
+        ).remote(writer_config, self._catalog)
 
     def _new_consumer(self, index: int) -> Any:
         partitions = self._config.assignments()[index]
         return ConsumerActor.options(
-            name=f"fl-consumer-{index}", runtime_env=self._config.stream_runtime_env()
+            name=f"fl-consumer-{index}",
+            runtime_env=self._config.stream_runtime_env(),
+            scheduling_strategy=STREAM_PLACEMENT,
         ).remote(self._config, self._catalog, partitions)
 
     def _new_sink(self, region: str, store: str) -> Any:
         return SinkActor.options(
-            name=f"fl-sink-{region}-{store}", runtime_env=self._config.stream_runtime_env()
+            name=f"fl-sink-{region}-{store}",
+            runtime_env=self._config.stream_runtime_env(),
+            scheduling_strategy=STREAM_PLACEMENT,
         ).remote(self._config, region, store, self._secrets)
 
     def _watch(self) -> None:
@@ -432,6 +444,6 @@ ConsumerActor: Any = _remote(
 SinkActor: Any = _remote(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0.25)(
     _SinkActor
 )
-Supervisor: Any = _remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8, num_cpus=0)(
-    _Supervisor
-)
+Supervisor: Any = _remote(
+    max_restarts=-1, max_task_retries=-1, max_concurrency=8, num_cpus=0, resources=HEAD_NODE
+)(_Supervisor)
