@@ -1,0 +1,59 @@
+"""The scaling benchmark's arithmetic: CPU read from /proc, per-event costs, its headline."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from benchmarks.scaling import cpu_seconds, per_event_us, summary
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(command: str, utime: int, stime: int) -> str:
+    # Fields 3.. of proc(5): state, ppid, pgrp, session, tty, tpgid, flags, minflt, cminflt,
+    # majflt, cmajflt, utime, stime, ...
+    rest = ["S", "1", "1", "1", "0", "-1", "0", "0", "0", "0", "0", str(utime), str(stime)]
+    return f"4242 ({command}) " + " ".join([*rest, "0", "0", "20", "0", "1", "0", "99"])
+
+
+def test_cpu_is_user_plus_system_time_even_when_the_command_name_has_parentheses() -> None:
+    assert cpu_seconds(_stat("ray::_ConsumerActor", 3 * TICKS, TICKS)) == 4.0
+    assert cpu_seconds(_stat("a) (b c) d", TICKS, 0)) == 1.0
+
+
+def test_cpu_of_this_process_grows_while_it_computes() -> None:
+    before = cpu_seconds(Path("/proc/self/stat").read_text())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        sum(range(10_000))
+    after = cpu_seconds(Path("/proc/self/stat").read_text())
+    assert after - before >= 0.2
+
+
+def test_per_event_cost_is_the_cpu_spent_over_the_events_and_none_when_a_process_was_lost() -> None:
+    before = {"consumers": 10.0, "broker": 5.0, "moto": None}
+    after = {"consumers": 12.5, "broker": 5.5, "moto": 9.0}
+    assert per_event_us(before, after, 100_000) == {
+        "consumers": 25.0,
+        "broker": 5.0,
+        "moto": None,
+    }
+
+
+def test_summary_keys_each_case_by_nodes_and_consumers_and_takes_medians() -> None:
+    def case(nodes: int, consumers: int, eps: int, us: float | None) -> dict[str, object]:
+        cost = {"consumers": us, "broker": 4.0}
+        return {
+            "nodes": nodes,
+            "consumers": consumers,
+            "events_per_s": eps,
+            "cpu_us_per_event": cost,
+        }
+
+    cases = [case(1, 1, 10_000, 20.0), case(1, 2, 18_000, 22.0), case(2, 1, 9_000, None)]
+    result = summary(cases)  # type: ignore[arg-type]
+    assert result["events_per_s"] == {"1n1c": 10_000, "1n2c": 18_000, "2n1c": 9_000}
+    assert result["consumer_us_per_event"]["2n1c"] is None
+    assert result["median_cpu_us_per_event"] == {"broker": 4.0, "consumers": 21.0}
