@@ -4,6 +4,7 @@ the drill injects and what it must show; ``docs/runbooks/<name>.md`` is the oper
 from __future__ import annotations
 
 from chaos.drills import (
+    alerts,
     broker_restart,
     consumer_kill,
     dynamodb_down,
@@ -49,6 +50,12 @@ _ALL = (
         "region-partition",
         "a region's Redis slowed, then cut off, from serving",
         region_partition,
+        False,
+    ),
+    (
+        "alerts",
+        "the shipped alert rules in a real Prometheus: a Redis hang, a stalled sink",
+        alerts,
         False,
     ),
 )
