@@ -126,7 +126,7 @@ def test_drill_selection() -> None:
         "poison-flood",
         "index-kill",
     ]
-    assert len(drill_names("all")) == 11
+    assert len(drill_names("all")) == 12
     assert drill_names("broker-restart") == ["broker-restart"]
     with pytest.raises(UnknownDrill, match="drills: all, ci, redis-kill"):
         drill_names("redis-kil")
