@@ -6,11 +6,21 @@ ports, its own Redis and DynamoDB endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
 
 from cluster.process import port_is_free
-from cluster.settings import FrontDoorSettings, KafkaSettings, RaySettings, StackSettings
+from cluster.settings import (
+    KAFKA_PORT_STRIDE,
+    FrontDoorSettings,
+    KafkaSettings,
+    RaySettings,
+    StackSettings,
+)
 from regions.config import default_topology
 
 # All below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
@@ -70,3 +80,17 @@ def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
         front_door=FrontDoorSettings(ports=(p[12], p[13])),
         with_ray=with_ray,
     )
+
+
+def with_brokers(settings: StackSettings, brokers: Literal[1, 3]) -> StackSettings:
+    """``settings`` with a Kafka of ``brokers`` nodes on a run of free ports (node n at
+    ``base + 2(n-1)``, its controller one above) that no other port of ``settings`` uses."""
+    span = KAFKA_PORT_STRIDE * brokers
+    rng = random.Random()  # noqa: S311 - spreads port picks, guards nothing
+    while True:
+        base = rng.choice(range(_ISOLATED_PORTS.start, _ISOLATED_PORTS.stop - span))
+        if not all(port_is_free("127.0.0.1", p) for p in range(base, base + span)):
+            continue
+        kafka = KafkaSettings(port=base, controller_port=base + 1, brokers=brokers)
+        with contextlib.suppress(ValidationError):  # a port another service of settings has
+            return StackSettings.model_validate({**settings.model_dump(), "kafka": kafka})

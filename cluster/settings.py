@@ -52,19 +52,75 @@ def default_topics(events_topic: str = DEFAULT_EVENTS_TOPIC) -> tuple[TopicSpec,
     )
 
 
+KAFKA_PORT_STRIDE: Final = 2
+"""Node n (1-based) of a multi-broker profile listens on ``port + 2(n-1)`` and its controller on
+``controller_port + 2(n-1)``: the default ports (19092, 19093) interleave without colliding."""
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node of the local stack: a broker and a quorum voter in one JVM."""
+
+    node_id: int
+    port: int
+    controller_port: int
+
+
 class KafkaSettings(BaseModel):
+    """The local Kafka: one broker, or three (``brokers``) with every partition and internal
+    topic on all three and ``min.insync.replicas`` 2, so that one broker may die with no
+    acknowledged write lost and producers with ``acks=all`` going on."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
     host: str = "127.0.0.1"
     port: int = Field(default=19092, ge=1, le=65535)
     controller_port: int = Field(default=19093, ge=1, le=65535)
+    # Three, not two: a 3-voter KRaft quorum survives one node, and min ISR 2 of 3 replicas keeps
+    # acks=all writes going with one broker down. Each node gets heap_mb.
+    brokers: Literal[1, 3] = 1
     heap_mb: int = Field(default=512, ge=128, le=8192)
     topics: tuple[TopicSpec, ...] = Field(default_factory=default_topics)
 
+    @model_validator(mode="after")
+    def _node_ports_exist(self) -> KafkaSettings:
+        last = max(self.port, self.controller_port) + KAFKA_PORT_STRIDE * (self.brokers - 1)
+        if last > 65535:
+            raise ValueError(f"{self.brokers} brokers need ports up to {last}, past 65535")
+        return self
+
+    @property
+    def nodes(self) -> tuple[KafkaNode, ...]:
+        """Every node, node id 1 first."""
+        return tuple(
+            KafkaNode(
+                node_id=i + 1,
+                port=self.port + KAFKA_PORT_STRIDE * i,
+                controller_port=self.controller_port + KAFKA_PORT_STRIDE * i,
+            )
+            for i in range(self.brokers)
+        )
+
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Every broker, so that a client starting while one is down still connects."""
+        return ",".join(f"{self.host}:{node.port}" for node in self.nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        return self.brokers
+
+    @property
+    def quorum(self) -> int:
+        """Nodes that must run for the KRaft controllers to elect a leader: a majority."""
+        return self.brokers // 2 + 1
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """A majority of the replicas: an acknowledged write of the 3-broker profile is on at
+        least two brokers before the producer hears of it."""
+        return self.quorum
 
 
 class RaySettings(BaseModel):
@@ -219,12 +275,8 @@ class StackSettings(BaseModel):
     def _ports_unique(self) -> StackSettings:
         """No two listeners on one host share a port (stores on other hosts may use the same
         port: each region's Redis on its own machine at 6379)."""
-        local = [
-            self.kafka.port,
-            self.kafka.controller_port,
-            self.ray.port,
-            self.ray.dashboard_port,
-        ]
+        local = [port for n in self.kafka.nodes for port in (n.port, n.controller_port)]
+        local += [self.ray.port, self.ray.dashboard_port]
         local += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
         local += [self.ray.dashboard_agent_port]
         local += list(self.front_door.ports) if self.with_ray else []
@@ -322,6 +374,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_KAFKA_HOST", "kafka.host", "str"),
     EnvVar("FRESHLINE_KAFKA_PORT", "kafka.port", "int"),
     EnvVar("FRESHLINE_KAFKA_CONTROLLER_PORT", "kafka.controller_port", "int"),
+    EnvVar("FRESHLINE_KAFKA_BROKERS", "kafka.brokers", "int"),
     EnvVar("FRESHLINE_KAFKA_HEAP_MB", "kafka.heap_mb", "int"),
     EnvVar("FRESHLINE_KAFKA_VERSION", "kafka.version", "str"),
     # Every region, as a JSON list of regions/config.RegionConfig (home region first): N regions

@@ -17,7 +17,7 @@ from cluster.secrets import load_or_create_secrets, read_secrets
 from cluster.services.base import Service, ServiceStatus
 from cluster.services.dynamodb import DynamoDBService
 from cluster.services.haproxy import FrontDoorService
-from cluster.services.kafka import KafkaService
+from cluster.services.kafka import kafka_services
 from cluster.services.offline import OfflineStoreService
 from cluster.services.ray_head import RayHeadService, head_process
 from cluster.services.ray_worker import worker_services
@@ -46,7 +46,7 @@ class Stack:
         env = os.environ if environ is None else environ
         load = load_or_create_secrets if create_secrets else read_secrets
         secrets = load(settings.secrets_file, env)
-        services: list[Service] = [KafkaService(settings)]
+        services: list[Service] = [*kafka_services(settings)]
         for region in settings.topology:
             services.append(RedisService(settings, region, secrets))
             services.append(DynamoDBService(settings, region))

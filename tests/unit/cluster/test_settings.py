@@ -144,7 +144,12 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
     return StackSettings(
         state_dir=tmp_path / "state",
         kafka=KafkaSettings(
-            version="3.9.1", host="kafka.internal", port=29092, controller_port=29093, heap_mb=640
+            version="3.9.1",
+            host="kafka.internal",
+            port=29092,
+            controller_port=29093,
+            brokers=3,
+            heap_mb=640,
         ),
         ray=RaySettings(
             port=26390,
