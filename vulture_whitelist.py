@@ -22,6 +22,7 @@ _._serving_needs_ray  # @model_validator, cluster/settings.py
 _._ports_unique  # @model_validator, cluster/settings.py
 _._a_front_door_per_region  # @model_validator, cluster/settings.py
 _._ingress_range  # @model_validator, cluster/settings.py
+_._node_ports_exist  # @model_validator, cluster/settings.py
 _._dns_safe  # @field_validator, regions/config.py
 _._unique  # @model_validator, regions/config.py
 _._ordered_intervals  # @model_validator, actors/config.py
