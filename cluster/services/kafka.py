@@ -258,8 +258,13 @@ def _describe_cluster(bootstrap: str) -> set[int] | str:
     from kafka.admin import KafkaAdminClient
 
     try:
+        # Bounded bootstrap too: by default it retries for 30 s, so a node that listens a moment
+        # after the first try would be seen ready only a probe later.
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="freshline-probe", request_timeout_ms=5000
+            bootstrap_servers=bootstrap,
+            client_id="freshline-probe",
+            request_timeout_ms=5000,
+            bootstrap_timeout_ms=5000,
         )
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"

@@ -48,6 +48,10 @@ def _identity(kafka: KafkaSettings, node: KafkaNode, data_dir: Path) -> dict[str
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir),
+        # A node of a cold cluster waits for a quorum of the others, whose starts (storage format
+        # and JVM) came more than the default 60 s after it on a loaded 2-core box; it then gave
+        # up and exited.
+        "initial.broker.registration.timeout.ms": "300000",
     }
 
 
