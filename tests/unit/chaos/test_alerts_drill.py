@@ -99,6 +99,8 @@ def test_every_alert_that_fired_is_reported_against_its_fault() -> None:
     log = AlertLog()
     _poll(log, 21.0, ("FreshlineBreakerOpen", "firing", BREAKER_LABELS))
     _poll(log, 25.0)
+    _poll(log, 45.0, ("FreshlineBreakerOpen", "firing", {"region": "us-east", "store": "d"}))
+    _poll(log, 47.5)
     _poll(log, 62.0, ("FreshlineFreshnessTargetMissed", "firing", {"region": "eu-west"}))
     verdict = Verdict()
     _report_all(
@@ -110,6 +112,8 @@ def test_every_alert_that_fired_is_reported_against_its_fault() -> None:
     assert verdict.notes == [
         "FreshlineBreakerOpen{region=us-east,store=redis-us-east}: fired 1.0 s into the Redis "
         "hang, gone 3.0 s after recovery",
+        "FreshlineBreakerOpen{region=us-east,store=d}: fired 5.0 s into the stall, gone 2.5 s "
+        "after firing, in the fault",
         "FreshlineFreshnessTargetMissed{region=eu-west}: fired 22.0 s into the stall, still "
         "firing at the end",
     ]
