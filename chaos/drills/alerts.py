@@ -62,10 +62,10 @@ INGEST_RATE = 5_000.0
 INGEST_CHUNK = 10_000  # events per generator run while the sink stalls; checked between runs
 # The sink's lag counts changelog records (one per tile changed in a commit), not events: with
 # the 150 users of the other drills' streams, 300,000 events at 5,000/s stayed under 46,000
-# records, since commits of up to 1 s fold each user's events into a few records. More users make
-# more records per event; 2,000 keep the oracle of later drills on the same stack cheap.
-STALL_USERS = 2_000
-STALL_MERCHANTS = 200
+# records, since commits of up to 1 s fold each user's events into a few records; with 2,000
+# users, 80,000 events made 49,000. The stall streams the demo's own population instead.
+STALL_USERS = 10_000
+STALL_MERCHANTS = 500
 PROM_LAG = "prometheus: max sink lag"
 PROM_BREAKER = "prometheus: max breaker open"
 PROM_FIRING = "prometheus: alerts firing"
