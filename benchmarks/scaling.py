@@ -7,14 +7,16 @@ For each node count a private stack on free ports; in it, for each consumer coun
 pipeline down:
 
 1. ``--events`` valid demo events are produced to ``fl.card_tx`` (8 partitions), a backlog;
-2. the pipeline starts with that many consumers (spread over the nodes, docs/pipeline.md) and is
-   timed from the first event taken to no lag anywhere (consumers and all four sinks):
+2. the pipeline starts with that many consumers (spread over the nodes, docs/pipeline.md) and the
+   backlog's drain is timed from the moment the consumers had restored (their own clocks:
+   ``started_at + restore_s``) until nothing lags (consumers and all four sinks):
    ``events_per_s``, ``drain_s``;
-3. meanwhile, from ``/proc/<pid>/stat`` at the first event and at the end, the CPU of every
-   process the events cost: the consumer actors, the Redis and DynamoDB sinks, the offline
-   writer, the broker, each region's Redis and moto. Divided by the events drained:
-   ``cpu_us_per_event`` per group, the figures docs/scale.md sizes a deployment from;
-   ``consumer_cores`` is the consumers' CPU over the drain's wall time (how many cores they used);
+3. then, on the caught-up pipeline, ``--rate`` events/s are produced for ``--seconds``, and the CPU
+   every process spent on them is read from ``/proc/<pid>/stat`` before and once they are all
+   applied: the consumer actors, the Redis and DynamoDB sinks, the offline writer, the broker,
+   each region's Redis and moto. Divided by the events: ``cpu_us_per_event`` per group, the
+   figures docs/scale.md sizes a deployment from; ``consumer_cores`` is the consumers' CPU over
+   that phase's wall time;
 4. the pipeline is stopped (``freshline pipeline down``) before the next consumer count.
 
 On two nodes the same two cores serve both: the two-node figures show what the placement costs
@@ -37,7 +39,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.ingest import _drained, _produce_backlog
+from benchmarks.ingest import _drained, _produce_backlog, _produce_paced
 from cluster import pipeline as pipeline_job
 from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
@@ -141,59 +143,77 @@ def _applied_redis(status: dict[str, Any]) -> int:
     return sum(s["applied_records"] for s in status["sinks"] if s["store"] == "redis")
 
 
-def _drain(pipeline: _Pipeline, n: int, timeout_s: float) -> dict[str, Any]:
-    """From the first event the consumers take until nothing lags: the time, the events, each
-    group's CPU seconds and the changelog records one region's Redis applied."""
-    first_at: float | None = None
-    groups: dict[str, list[int]] = {}
-    cpu0: dict[str, float | None] = {}
-    applied0 = 0
+def _wait_drained(pipeline: _Pipeline, n: int, timeout_s: float) -> dict[str, Any]:
+    """The supervisor's status once its consumers took ``n`` events and nothing lags."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = pipeline.status()
-        if status and status["consumers"]:
-            events = sum(c["events_in"] for c in status["consumers"])
-            if first_at is None and events > 0:
-                first_at = time.perf_counter()
-                groups = pipeline.groups(status)
-                cpu0, applied0 = _cpu_by_group(groups), _applied_redis(status)
-            if first_at is not None and _drained(status, n):
-                elapsed = time.perf_counter() - first_at
-                regions = sum(1 for s in status["sinks"] if s["store"] == "redis")
-                return {
-                    "events": events,
-                    "elapsed_s": elapsed,
-                    "cpu_before": cpu0,
-                    "cpu_after": _cpu_by_group(groups),
-                    "changelog_records": (_applied_redis(status) - applied0) / max(1, regions),
-                }
+        if status and status["consumers"] and _drained(status, n):
+            return status
         time.sleep(0.2)
     raise TimeoutError(f"the pipeline did not drain {n} events in {timeout_s:.0f} s")
 
 
-def run_case(stack: Stack, pipeline: _Pipeline, n: int, consumers: int, seq: int) -> dict[str, Any]:
+def _drain_s(pipeline: _Pipeline, n: int) -> float:
+    """Seconds from the consumers' restore (their own clocks) to no lag anywhere."""
+    status = _wait_drained(pipeline, n, timeout_s=900)
+    ended = time.time()
+    restored = min(c["started_at"] + (c["restore_s"] or 0.0) for c in status["consumers"])
+    return float(ended - restored)
+
+
+def _cpu_phase(
+    pipeline: _Pipeline, bootstrap: str, phase: tuple[int, float], seq: int
+) -> dict[str, Any]:
+    """CPU per event of each group while events stream into the caught-up pipeline at
+    ``phase = (events/s, seconds)``."""
+    status = pipeline.status()
+    if status is None:
+        raise RuntimeError("the pipeline's supervisor does not answer")
+    groups = pipeline.groups(status)
+    taken = sum(c["events_in"] for c in status["consumers"])
+    applied = _applied_redis(status)
+    cpu0, started = _cpu_by_group(groups), time.perf_counter()
+    sent = _produce_paced(bootstrap, phase[0], phase[1], start_seq=seq)
+    final = _wait_drained(pipeline, taken + sent, timeout_s=600)
+    wall = time.perf_counter() - started
+    cpu1 = _cpu_by_group(groups)
+    regions = sum(1 for s in final["sinks"] if s["store"] == "redis")
+    consumer_s = _spent(cpu0["consumers"], cpu1["consumers"])
+    return {
+        "cpu_events": sent,
+        "cpu_us_per_event": per_event_us(cpu0, cpu1, sent),
+        "consumer_cores": None if consumer_s is None else round(consumer_s / wall, 2),
+        "changelog_records_per_event": round(
+            (_applied_redis(final) - applied) / max(1, regions) / sent, 4
+        ),
+    }
+
+
+def run_case(
+    stack: Stack, pipeline: _Pipeline, n: int, consumers: int, *, phase: tuple[int, float], seq: int
+) -> dict[str, Any]:
     """One consumer count on a running stack, the pipeline down before and after."""
-    produce_rate = _produce_backlog(stack.settings.kafka.bootstrap, n, start_seq=seq)
+    bootstrap = stack.settings.kafka.bootstrap
+    produce_rate = _produce_backlog(bootstrap, n, start_seq=seq)
     submitter = threading.Thread(target=pipeline_job.up, args=(stack.settings, consumers))
     submitter.start()
     try:
-        drain = _drain(pipeline, n, timeout_s=900)
+        drain_s = _drain_s(pipeline, n)
     finally:
         submitter.join()
+    cpu = _cpu_phase(pipeline, bootstrap, phase, seq=seq + n)
     placement = pipeline.consumers_by_node()
     pipeline_job.down(stack.settings)
-    cpu = per_event_us(drain["cpu_before"], drain["cpu_after"], drain["events"])
-    consumer_s = _spent(drain["cpu_before"]["consumers"], drain["cpu_after"]["consumers"])
+    per_event = cpu["cpu_us_per_event"]
     return {
         "nodes": 1 + stack.settings.ray.worker_nodes,
         "consumers": consumers,
-        "events": drain["events"],
-        "events_per_s": round(drain["events"] / drain["elapsed_s"]),
-        "drain_s": round(drain["elapsed_s"], 2),
-        "cpu_us_per_event": cpu,
-        "cpu_us_per_event_total": round(sum(v for v in cpu.values() if v is not None), 2),
-        "consumer_cores": None if consumer_s is None else round(consumer_s / drain["elapsed_s"], 2),
-        "changelog_records_per_event": round(drain["changelog_records"] / drain["events"], 4),
+        "events": n,
+        "events_per_s": round(n / drain_s),
+        "drain_s": round(drain_s, 2),
+        **cpu,
+        "cpu_us_per_event_total": round(sum(v for v in per_event.values() if v is not None), 2),
         "consumers_by_node": placement,
         "produce_events_per_s": round(produce_rate),
     }
@@ -203,7 +223,9 @@ def _spent(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else after - before
 
 
-def run_nodes(nodes: int, n: int, consumer_counts: list[int]) -> list[dict[str, Any]]:
+def run_nodes(
+    nodes: int, n: int, consumer_counts: list[int], phase: tuple[int, float]
+) -> list[dict[str, Any]]:
     """Every consumer count on one private stack of ``nodes`` Ray nodes."""
     with tempfile.TemporaryDirectory(prefix="fl-scaling-") as tmp:
         settings = isolated_settings(Path(tmp) / "state", with_ray=True)
@@ -215,7 +237,7 @@ def run_nodes(nodes: int, n: int, consumer_counts: list[int]) -> list[dict[str, 
             pipeline = _Pipeline(stack)
             try:
                 return [
-                    run_case(stack, pipeline, n, c, seq=i * n)
+                    run_case(stack, pipeline, n, c, phase=phase, seq=i * 10 * n)
                     for i, c in enumerate(consumer_counts)
                 ]
             finally:
@@ -244,22 +266,26 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="30,000 events per case")
+    parser.add_argument("--quick", action="store_true", help="50,000 events per case")
     parser.add_argument("--events", type=int, default=None, help="backlog per case")
     parser.add_argument("--consumers", default="1,2,4", help="consumer counts, comma-separated")
     parser.add_argument("--nodes", default="1,2", help="Ray node counts, comma-separated")
+    parser.add_argument("--rate", type=int, default=5000, help="events/s of the CPU phase")
+    parser.add_argument("--seconds", type=float, default=None, help="length of the CPU phase")
     args = parser.parse_args()
-    n = args.events or (30_000 if args.quick else 200_000)
+    n = args.events or (50_000 if args.quick else 200_000)
     consumer_counts = [int(c) for c in args.consumers.split(",")]
+    phase = (args.rate, args.seconds or (6.0 if args.quick else 20.0))
     cases = [
         case
         for nodes in (int(x) for x in args.nodes.split(","))
-        for case in run_nodes(nodes, n, consumer_counts)
+        for case in run_nodes(nodes, n, consumer_counts, phase)
     ]
     result = {
         **summary(cases),
         "cases": cases,
         "events_per_case": n,
+        "cpu_phase": {"events_per_s": phase[0], "seconds": phase[1]},
         "cpus": os.cpu_count(),
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
     }
