@@ -1,7 +1,7 @@
 """``alerts``: the shipped alert rules, evaluated by a real Prometheus on the metrics it scrapes
 from the stack, fire for two real faults and resolve after them.
 
-Prometheus (``chaos/prometheus.py``) scrapes the Ray metrics endpoint every second and evaluates a
+Prometheus (``chaos/prometheus.py``) scrapes the Ray metrics endpoint every 2 s and evaluates a
 copy of ``cluster/observability/alerts.yml`` whose ``for:`` durations are divided by 60 (at least
 1 s); every expression, label and annotation is byte-identical to the shipped file, and the drill
 checks that first. With 100 reads/s on us-east throughout:
@@ -54,7 +54,9 @@ SERVED = "us-east"  # its Redis hangs under the drill's reads
 STALLED = "eu-west"  # its Redis refuses the sink's writes
 SPEEDUP = 60  # for: 5m -> 5s, 1m -> 1s
 FLOOR_MS = 1_000
-SCRAPE_S = 1.0
+# A scrape of Ray's endpoint takes 0.15-0.35 s on a quiet box and over 1 s at load 40, when a
+# 1 s timeout marked the target down and every series went stale (no alert can fire on those).
+SCRAPE_S = 2.0
 EVAL_S = 1.0
 POLL_S = 0.5
 READ_RATE = 100.0
@@ -69,6 +71,8 @@ STALL_MERCHANTS = 500
 PROM_LAG = "prometheus: max sink lag"
 PROM_BREAKER = "prometheus: max breaker open"
 PROM_FIRING = "prometheus: alerts firing"
+PROM_UP = "prometheus: target up"
+PROM_SCRAPE = "prometheus: scrape duration s"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,9 @@ def run(ctx: DrillContext, timeline: Timeline, verdict: Verdict) -> None:
     _judge(verdict, log, LAG, stall, during=during, fire_within_s=pick(ctx, 90, 180))
     verdict.figure("events_during_stall", produced)
     verdict.figure("prometheus_peak_sink_lag", gauge_max(timeline, PROM_LAG, *_span(stall)))
+    verdict.figure("scrape_max_s", gauge_max(timeline, PROM_SCRAPE, 0.0, timeline.now_s()))
+    down = [v for _, v in timeline.gauges.get(PROM_UP, []) if v == 0.0]
+    verdict.figure("target_down_samples", len(down))
     verdict.figure("read_error_pct", 100 * error_rate(timeline.samples))
     verdict.figure("reads", sum(1 for s in timeline.samples if s.status == OK))
     _report_all(verdict, log, hang, stall)
@@ -175,6 +182,9 @@ def _probe(ctx: DrillContext, prom: Prometheus) -> Callable[[], Mapping[str, flo
         out[PROM_LAG] = lag[0][1] if lag else math.nan
         out[PROM_BREAKER] = breaker[0][1] if breaker else math.nan
         out[PROM_FIRING] = float(sum(1 for a in prom.alerts() if a.state == "firing"))
+        for name, promql in ((PROM_UP, "up"), (PROM_SCRAPE, "scrape_duration_seconds")):
+            found = prom.query(promql)
+            out[name] = found[0][1] if found else math.nan
         return out
 
     return probe
