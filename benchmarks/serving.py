@@ -23,7 +23,14 @@ It deploys both regions' Serve applications with ``serve_apps.deploy.deploy``, t
    ``batch100_columns_p99_ms``, ``batch100_columns_closed_rps``;
 5. the floors: Serve's own constant app on the same ingress, closed loop, 16 connections ->
    ``serve_const_rps``, ``ratio_to_serve_const = single_closed_rps / serve_const_rps``; a bare
-   Starlette app on uvicorn -> ``floor_rps``, ``ratio_to_floor``.
+   Starlette app on uvicorn -> ``floor_rps``, ``ratio_to_floor``;
+6. the front door's cost: us-east's front door (HAProxy, ``cluster/services/haproxy.py``) is
+   started only now, so steps 1-5 run without its health checks, and the step-1 read at the
+   same 500 req/s goes alternately through the door and straight at Serve's ingress, in
+   :data:`DOOR_ROUNDS` rounds of one block each, ordered door-direct then direct-door (so a
+   trend in the box's load falls on both) -> ``front_door_p50_ms``, ``front_door_p99_ms``,
+   ``direct_p50_ms``, ``direct_p99_ms`` and the door's cost ``front_door_cost_p50_ms``,
+   ``front_door_cost_p99_ms`` (door minus direct).
 
 Every step's summary counts which store answered (``stores``); ``single_local_share`` and
 ``batch100_local_share`` are the fractions the local Redis served, so a latency measured on
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -146,6 +154,8 @@ def _requests(port: int, ids: list[list[str]], refs: list[str], **extra: Any) ->
 
 
 SINGLES = [[user_id(u)] for u in range(USERS)]
+SINGLE_RATE = 500  # req/s of the headline single-entity read (step 1) and of the door's step
+DOOR_ROUNDS = 4  # of the front door's step: each round one block through the door, one direct
 HALVES = [[user_id(u) for u in range(h, h + USERS // 2)] for h in (0, USERS // 2)]
 
 
@@ -161,7 +171,7 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     await closed_loop("127.0.0.1", port, single, 4, 1.0)  # warm connections and imports
     await closed_loop("127.0.0.1", port, batch, 2, 1.0)
-    at500 = await open_loop("127.0.0.1", port, single, 500, step * 2)
+    at500 = await open_loop("127.0.0.1", port, single, SINGLE_RATE, step * 2)
     out["single_500"] = at500.summary()
     ladder = []
     best = 0
@@ -220,6 +230,60 @@ async def _measure(port: int, floor_port: int, quick: bool) -> dict[str, Any]:
     )
     out["_reads"] = {"single": _reads(at500, SINGLES), "batch100": _reads(b, HALVES)}
     return out
+
+
+async def _front_door_cost(door_port: int, port: int, quick: bool) -> dict[str, Any]:
+    """Single reads at :data:`SINGLE_RATE` through the front door and straight at Serve's ingress,
+    alternated block by block (door-direct, direct-door, ...), each path's blocks pooled."""
+    block_s = 1.5 if quick else 5.0
+    refs = [f"bench_user:{a}_{w}" for w in WINDOWS for a in AGGS]
+    paths = {"front_door": door_port, "direct": port}
+    requests = {name: _requests(p, SINGLES, refs) for name, p in paths.items()}
+    blocks: dict[str, list[Result]] = {name: [] for name in paths}
+    for name, p in paths.items():
+        await closed_loop("127.0.0.1", p, requests[name], 4, 1.0)  # warm both paths alike
+    for i in range(DOOR_ROUNDS):
+        order = ("front_door", "direct") if i % 2 == 0 else ("direct", "front_door")
+        for name in order:
+            r = await open_loop("127.0.0.1", paths[name], requests[name], SINGLE_RATE, block_s)
+            blocks[name].append(r)
+    door, direct = _pooled(blocks["front_door"]), _pooled(blocks["direct"])
+    return {
+        "front_door_500": door.summary(),
+        "direct_500": direct.summary(),
+        "front_door_p50_ms": round(door.pct(0.50), 3),
+        "front_door_p99_ms": round(door.pct(0.99), 3),
+        "direct_p50_ms": round(direct.pct(0.50), 3),
+        "direct_p99_ms": round(direct.pct(0.99), 3),
+        "front_door_cost_p50_ms": round(door.pct(0.50) - direct.pct(0.50), 3),
+        "front_door_cost_p99_ms": round(door.pct(0.99) - direct.pct(0.99), 3),
+        "front_door_local_share": _local_share(door),
+        "direct_local_share": _local_share(direct),
+    }
+
+
+def _pooled(results: list[Result]) -> Result:
+    """One path's blocks as one result (latencies, statuses, stores, refusals; no offsets: each
+    block's are from its own start)."""
+    pooled = Result()
+    for r in results:
+        pooled.latencies_s += r.latencies_s
+        pooled.errors += r.errors
+        pooled.elapsed_s += r.elapsed_s
+        pooled.statuses = dict(Counter(pooled.statuses) + Counter(r.statuses))
+        pooled.stores = dict(Counter(pooled.stores) + Counter(r.stores))
+        pooled.refusals = dict(Counter(pooled.refusals) + Counter(r.refusals))
+    return pooled
+
+
+def _start_front_door(stack: Stack, region: str) -> int:
+    """Start ``region``'s front door and wait until it forwards to the region's app; its port."""
+    service = stack.service(f"front-door-{region}")
+    service.start()
+    index = stack.settings.topology.names.index(region)
+    door_port = stack.settings.front_door.ports[index]
+    _wait(f"http://127.0.0.1:{door_port}/{region}/v1/ready")
+    return door_port
 
 
 def _reads(result: Result, ids: list[list[str]]) -> list[tuple[float, list[int]]]:
@@ -357,6 +421,8 @@ def main() -> None:
         import uvloop
 
         figures = uvloop.run(_measure(port, floor_port, args.quick))
+        door_port = _start_front_door(stack, "us-east")
+        figures.update(uvloop.run(_front_door_cost(door_port, port, args.quick)))
         stop.set()
         feed.join(60)
         reads = figures.pop("_reads")
