@@ -354,9 +354,7 @@ def run(stack: Stack, n: int, rate: int, fresh_s: float, consumers: int) -> dict
     poller = _Status(stack)
     produce_rate = _produce_backlog(bootstrap, n, start_seq=0)
     raw = _raw_consume_rate(bootstrap, dict.fromkeys(range(8), 0), n)
-    submitter = threading.Thread(
-        target=pipeline_job.submit, args=(stack.settings, "up"), kwargs={"consumers": consumers}
-    )
+    submitter = threading.Thread(target=pipeline_job.up, args=(stack.settings, consumers))
     submitter.start()
     drain = _measure_drain(stack, poller, n, timeout_s=900)
     submitter.join()

@@ -82,7 +82,7 @@ class DrillContext:
 
         try:
             self.stack.up()
-            pipeline.submit(self.settings, "up", self.consumers)
+            pipeline.up(self.settings, self.consumers)
             serving.serve_up(self.settings)
             self.api_key = serving.load_or_create_api_key(self.settings)
             for region in self.settings.topology.names:

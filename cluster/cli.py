@@ -188,7 +188,7 @@ def _pipeline_up(args: argparse.Namespace, settings: StackSettings, console: Con
     from cluster import pipeline
 
     with console.status("submitting the pipeline job and waiting for its consumers"):
-        pipeline.submit(settings, "up", args.consumers)
+        pipeline.up(settings, args.consumers)
     return _pipeline_status(argparse.Namespace(json=False), settings, console)
 
 
@@ -210,8 +210,9 @@ def _pipeline_status(args: argparse.Namespace, settings: StackSettings, console:
 def _pipeline_down(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
     from cluster import pipeline
 
-    pipeline.submit(settings, "down")
-    console.print("pipeline stopped")
+    with console.status("stopping the pipeline job (it drains every actor first)"):
+        jobs = pipeline.down(settings)
+    console.print(f"stopped: {', '.join(jobs)}" if jobs else "no pipeline job was running")
     return 0
 
 

@@ -49,7 +49,7 @@ def run_demo(
         stack.up(lambda s: spin.update(f"{s.name}: {'ready' if s.healthy else 'down'}"))
     console.print(status_table(stack.status()))
     with console.status("starting the pipeline: consumer and sink actors on Ray"):
-        pipeline.submit(settings, "up")
+        pipeline.up(settings)
     with console.status("streaming item embeddings; asking each region for similar items"):
         show_similar_items(settings, console)
     served = ServedFeatures(stack)

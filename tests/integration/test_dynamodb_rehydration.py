@@ -43,9 +43,9 @@ LOCAL_DYNAMO = f"dynamodb-{REGION}"
 
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack) -> Iterator[Stack]:
-    pipeline_job.submit(stack.settings, "up", consumers=2)
+    pipeline_job.up(stack.settings, consumers=2)
     yield stack
-    pipeline_job.submit(stack.settings, "down", consumers=2)
+    pipeline_job.down(stack.settings)
 
 
 def _wait_for_sink(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,8 +81,23 @@ def _produce(bootstrap: str, n: int, seed: int, start_seq: int) -> list[LedgerEn
     return ledger
 
 
-def _submit(stack: Stack, verb: str) -> str:
-    return pipeline_job.submit(stack.settings, verb, consumers=2)
+def _ray_job(stack: Stack, *args: str) -> str:
+    """``ray job ARGS`` against the stack's head, as an operator types it."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "job",
+            *args,
+            "--address",
+            stack.settings.ray.dashboard_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, **stack.settings.ray.client_env()},
+    )
+    return result.stdout
 
 
 def _wait_for_failures(sink: Any, more_than: int, timeout_s: float) -> dict[str, Any]:
@@ -112,9 +129,9 @@ def _earlier_ledger(bootstrap: str, exclude: set[tuple[int, int]]) -> list[Ledge
 
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack) -> Iterator[Stack]:
-    _submit(stack, "up")
+    pipeline_job.up(stack.settings, consumers=2)
     yield stack
-    _submit(stack, "down")
+    pipeline_job.down(stack.settings)
 
 
 def test_pipeline_values_equal_the_oracle_in_every_region_and_store(pipeline: Stack) -> None:
@@ -401,7 +418,7 @@ def test_offline_store_holds_every_accepted_event_exactly_once(pipeline: Stack) 
     assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"
 
 
-def test_down_then_up_leaves_exactly_the_configured_actors(pipeline: Stack) -> None:
+def test_the_pipeline_is_one_running_ray_job_that_ray_job_stop_drains(pipeline: Stack) -> None:
     def named() -> list[str]:
         ray.init(
             address=pipeline.settings.ray.address, namespace="freshline", ignore_reinit_error=True
@@ -412,10 +429,22 @@ def test_down_then_up_leaves_exactly_the_configured_actors(pipeline: Stack) -> N
             ray.shutdown()
         return sorted(a["name"] for a in actors if a["name"].startswith("fl-"))
 
-    _submit(pipeline, "down")
+    (job_id,) = pipeline_job.running(pipeline_job.client(pipeline.settings))
+    assert pipeline_job.up(pipeline.settings, consumers=2) == job_id, "up is idempotent"
+    assert job_id in _ray_job(pipeline, "list")
+    assert "RUNNING" in _ray_job(pipeline, "status", job_id)
+    assert pipeline_job.READY_LINE in _ray_job(pipeline, "logs", job_id)
+
+    _ray_job(pipeline, "stop", job_id)  # waits until the job has ended
+    assert "was stopped" in _ray_job(pipeline, "status", job_id)
+    status = pipeline_job.client(pipeline.settings).get_job_status(job_id)
+    assert str(getattr(status, "value", status)) == "STOPPED"
+    assert '"event": "drained"' in _ray_job(pipeline, "logs", job_id)
     time.sleep(5)  # longer than the supervisor's watch interval: a racing watcher would recreate
-    assert named() == [], "down must not leave (or let the watcher recreate) any actor"
-    _submit(pipeline, "up")
+    assert named() == [], "a stopped job must not leave (or let the watcher recreate) any actor"
+    assert pipeline_job.running(pipeline_job.client(pipeline.settings)) == []
+
+    pipeline_job.up(pipeline.settings, consumers=2)
     expected = sorted(
         ["fl-consumer-0", "fl-consumer-1", "fl-offline", "fl-supervisor"]
         + [f"fl-sink-{r}-{s}" for r in ("us-east", "eu-west") for s in ("redis", "dynamodb")]

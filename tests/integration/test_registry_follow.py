@@ -44,7 +44,7 @@ def test_the_pipeline_rolls_to_a_newer_registry_version_and_publishes_it(
 ) -> None:
     settings = stack.settings
     bootstrap = settings.kafka.bootstrap
-    pipeline_job.submit(settings, "up", consumers=2)
+    pipeline_job.up(settings, consumers=2)
     try:
         repo = tmp_path / "repo"
         shutil.copytree(EXAMPLE, repo)
@@ -64,7 +64,7 @@ def test_the_pipeline_rolls_to_a_newer_registry_version_and_publishes_it(
         assert _published_everywhere(stack, back.number)
         assert _supervisor_status(stack)["registry_version"] == back.number
     finally:
-        pipeline_job.submit(settings, "down", consumers=2)
+        pipeline_job.down(settings)
 
 
 def _published_everywhere(stack: Stack, number: int) -> bool:

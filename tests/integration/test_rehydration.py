@@ -33,9 +33,9 @@ REDIS_SINK = (REGION, "redis")
 
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack) -> Iterator[Stack]:
-    pipeline_job.submit(stack.settings, "up", consumers=2)
+    pipeline_job.up(stack.settings, consumers=2)
     yield stack
-    pipeline_job.submit(stack.settings, "down", consumers=2)
+    pipeline_job.down(stack.settings)
 
 
 def _sink_status(stack: Stack) -> dict[str, Any]:

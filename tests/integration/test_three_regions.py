@@ -70,7 +70,7 @@ def test_a_third_region_computes_serves_and_fails_over(three: Stack) -> None:
         "redis-eu-west",
         "redis-ap-south",
     ]
-    pipeline_job.submit(settings, "up", consumers=2)
+    pipeline_job.up(settings, consumers=2)
     try:
         ledger = _produce(settings.kafka.bootstrap, 1_000, seed=31, start_seq=0)
         accepted = accepted_events(ledger, card_transactions_catalog(), SOURCE)
@@ -90,7 +90,7 @@ def test_a_third_region_computes_serves_and_fails_over(three: Stack) -> None:
                 for name in ("redis-ap-south", "dynamodb-ap-south"):
                     three.service(name).process.signal(signal.SIGCONT)
     finally:
-        pipeline_job.submit(settings, "down", consumers=2)
+        pipeline_job.down(settings)
 
 
 def _store(http: httpx.Client, region: str, user: str) -> Any:

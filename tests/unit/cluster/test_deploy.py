@@ -166,6 +166,13 @@ def test_the_rayjob_entrypoint_is_the_pipeline_job_cli_with_valid_arguments() ->
     assert result.returncode == 0, result.stderr
 
 
+def test_the_rayjob_gives_its_driver_the_drain_time_freshline_pipeline_up_gives() -> None:
+    from cluster.pipeline import DRAIN_S
+
+    env = yaml.safe_load(_yaml("rayjob.yaml")["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == str(DRAIN_S)
+
+
 def test_every_serve_application_resolves_and_its_config_validates() -> None:
     service = _yaml("rayservice.yaml")
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
