@@ -177,14 +177,17 @@ def _probe(ctx: DrillContext, prom: Prometheus) -> Callable[[], Mapping[str, flo
 
     def probe() -> dict[str, float]:
         out = dict(pipeline())
-        lag = prom.query("max(ray_freshline_sink_lag)")
-        breaker = prom.query("max(ray_freshline_serving_breaker_open)")
-        out[PROM_LAG] = lag[0][1] if lag else math.nan
-        out[PROM_BREAKER] = breaker[0][1] if breaker else math.nan
-        out[PROM_FIRING] = float(sum(1 for a in prom.alerts() if a.state == "firing"))
-        for name, promql in ((PROM_UP, "up"), (PROM_SCRAPE, "scrape_duration_seconds")):
+        queries = (
+            (PROM_LAG, "max(ray_freshline_sink_lag)"),
+            (PROM_BREAKER, "max(ray_freshline_serving_breaker_open)"),
+            (PROM_UP, "up"),
+            (PROM_SCRAPE, "scrape_duration_seconds"),
+        )
+        for name, promql in queries:
             found = prom.query(promql)
-            out[name] = found[0][1] if found else math.nan
+            if found:  # absent, not NaN: a NaN sample would poison gauge_max
+                out[name] = found[0][1]
+        out[PROM_FIRING] = float(sum(1 for a in prom.alerts() if a.state == "firing"))
         return out
 
     return probe
