@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling ingest.py, as a script
 
-from benchmarks.ingest import _drained, _produce_backlog, _produce_paced
+from ingest import _drained, _produce_backlog, _produce_paced
+
 from cluster import pipeline as pipeline_job
 from cluster.isolated import isolated_settings
 from cluster.results import current_command, record_run
