@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -198,11 +199,14 @@ def _process_groups(stack: Stack, status: dict[str, Any]) -> dict[str, list[int]
     }
 
 
-def _cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float | None]:
-    """CPU seconds per group; None for a group one of whose processes is gone (restarted)."""
+def _cpu_by_group(
+    groups: dict[str, list[int]], cpu: Callable[[int], float | None] = _cpu_s
+) -> dict[str, float | None]:
+    """CPU seconds per group (``cpu`` of each pid); None for a group one of whose processes is
+    gone (restarted)."""
     out: dict[str, float | None] = {}
     for name, pids in groups.items():
-        each = [_cpu_s(pid) for pid in pids]
+        each = [cpu(pid) for pid in pids]
         out[name] = None if not each or None in each else sum(e or 0.0 for e in each)
     return out
 

@@ -40,7 +40,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling ingest.py, as a script
 
-from ingest import _drained, _produce_backlog, _produce_paced
+from ingest import _cpu_by_group, _drained, _process_groups, _produce_backlog, _produce_paced
 
 from cluster import pipeline as pipeline_job
 from cluster.isolated import isolated_settings
@@ -103,17 +103,9 @@ class _Pipeline:
 
     def groups(self, status: dict[str, Any]) -> dict[str, list[int]]:
         """The pids of each process group the events cost CPU in."""
-        services = self._stack.status()
-        offline = status.get("offline") or {}
-        return {
-            "consumers": [c["pid"] for c in status["consumers"]],
-            "redis_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "redis"],
-            "dynamodb_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "dynamodb"],
-            "offline_writer": [offline["pid"]] if offline.get("pid") else [],
-            "broker": [s.pid for s in services if s.kind == "kafka" and s.pid],
-            "redis": [s.pid for s in services if s.kind == "redis" and s.pid],
-            "moto": [s.pid for s in services if s.kind == "dynamodb" and s.pid],
-        }
+        groups = _process_groups(self._stack, status)
+        redis = [s.pid for s in self._stack.status() if s.kind == "redis" and s.pid]
+        return {**groups, "redis": redis}
 
     def consumers_by_node(self) -> dict[str, int]:
         """How many consumer actors run on each node (``head`` or its ``freshline-node``)."""
@@ -131,14 +123,6 @@ class _Pipeline:
                 node = nodes.get(str(actor.node_id), str(actor.node_id))
                 counts[node] = counts.get(node, 0) + 1
         return counts
-
-
-def _cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for name, pids in groups.items():
-        each = [_cpu_of(pid) for pid in pids]
-        out[name] = None if not each or None in each else sum(e or 0.0 for e in each)
-    return out
 
 
 def _applied_redis(status: dict[str, Any]) -> int:
@@ -175,11 +159,11 @@ def _cpu_phase(
     groups = pipeline.groups(status)
     taken = sum(c["events_in"] for c in status["consumers"])
     applied = _applied_redis(status)
-    cpu0, started = _cpu_by_group(groups), time.perf_counter()
+    cpu0, started = _cpu_by_group(groups, _cpu_of), time.perf_counter()
     sent = _produce_paced(bootstrap, phase[0], phase[1], start_seq=seq)
     final = _wait_drained(pipeline, taken + sent, timeout_s=600)
     wall = time.perf_counter() - started
-    cpu1 = _cpu_by_group(groups)
+    cpu1 = _cpu_by_group(groups, _cpu_of)
     regions = sum(1 for s in final["sinks"] if s["store"] == "redis")
     consumer_s = _spent(cpu0["consumers"], cpu1["consumers"])
     return {
