@@ -25,10 +25,10 @@ def stack_env(settings: StackSettings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_stack(state_dir: Path) -> Iterator[Stack]:
-    """A private stack with Ray, up for the block, then stopped and purged; the exit fails if
-    any process it started is still alive."""
-    settings = isolated_settings(state_dir, with_ray=True)
+def running_stack(state_dir: Path, settings: StackSettings | None = None) -> Iterator[Stack]:
+    """A private stack (with Ray unless ``settings`` say otherwise), up for the block, then
+    stopped and purged; the exit fails if any process it started is still alive."""
+    settings = settings or isolated_settings(state_dir, with_ray=True)
     # Tests call ray.init in this process; it must use the same auth mode as the head.
     os.environ.update(settings.ray.client_env())
     running = Stack.build(settings, environ={})

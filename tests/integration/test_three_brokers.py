@@ -19,6 +19,7 @@ from cluster.isolated import isolated_settings, with_brokers
 from cluster.process import wait_until
 from cluster.settings import DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
+from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.heavy
 
@@ -28,17 +29,10 @@ OFFSETS = "__consumer_offsets"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = with_brokers(
-        isolated_settings(tmp_path_factory.mktemp("three-brokers"), with_ray=False), 3
-    )
-    running = Stack.build(settings, environ={})
-    try:
-        running.up()
+    state_dir = tmp_path_factory.mktemp("three-brokers")
+    settings = with_brokers(isolated_settings(state_dir, with_ray=False), 3)
+    with running_stack(state_dir, settings) as running:
         yield running
-    finally:
-        running.down(purge=True)
-        leftovers = [s.name for s in running.services if s.status().pid is not None]
-        assert not leftovers, f"processes left running after the stack: {leftovers}"
 
 
 @pytest.fixture(scope="module")
