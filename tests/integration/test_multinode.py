@@ -28,6 +28,7 @@ from cluster.process import wait_until
 from cluster.services.ray_worker import NODE_LABEL, RayWorkerService
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
+from tests.integration.conftest import running_stack
 from tests.integration.test_pipeline import _produce
 
 pytestmark = pytest.mark.heavy
@@ -39,18 +40,11 @@ BATCH = 400  # events per produced batch; a batch about every second while strea
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = isolated_settings(tmp_path_factory.mktemp("multinode"), with_ray=True)
+    state_dir = tmp_path_factory.mktemp("multinode")
+    settings = isolated_settings(state_dir, with_ray=True)
     ray_settings = settings.ray.model_copy(update={"worker_nodes": 1})
-    settings = settings.model_copy(update={"ray": ray_settings})
-    os.environ.update(settings.ray.client_env())
-    stack = Stack.build(settings, environ={})
-    try:
-        stack.up()
+    with running_stack(state_dir, settings.model_copy(update={"ray": ray_settings})) as stack:
         yield stack
-    finally:
-        stack.down(purge=True)
-        leftovers = [s.name for s in stack.services if s.status().pid is not None]
-        assert not leftovers, f"processes left running after the stack: {leftovers}"
 
 
 _PIPELINE = ("fl-consumer-", "fl-sink-", "fl-offline", "fl-supervisor")
