@@ -93,7 +93,7 @@ class ColumnarPath:
 
     def _fold(self, view: _View, rows: BatchColumns) -> None:
         p = self._processor
-        name = view.view.name
+        name = view.ident
         tiles = p.state.tiles
 
         def tiles_of(entity: Any) -> EntityTiles:

@@ -75,10 +75,16 @@ class _View:
     groups: tuple[TileGroup, ...]
     max_id_bytes: int
     layout: BlockLayout
+    # The view version's name in the processor's state: two versions of one view (a rollout,
+    # ``features.rollout``) are computed side by side and never share state.
+    ident: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ident = view_ident(self.view.name, self.view.version)
 
 
-EntityId = tuple[str, str]  # view, entity id
-TileId = tuple[str, str, int | None, int | None]  # view, entity id, tile_ms, tile start
+EntityId = tuple[str, str]  # view ident (view_ident), entity id
+TileId = tuple[str, str, int | None, int | None]  # view ident, entity id, tile_ms, tile start
 _Change = tuple[int, int]  # (version: newest offset folded in, newest event time folded in)
 _Accepted = tuple[dict[str, Any], int, int]  # (event, event time, offset)
 # Bounds the encoded-key cache; it is only a cache, so clearing it when full is always correct.
@@ -127,7 +133,7 @@ class PartitionProcessor:
                 catalog.entity(v.entity).max_id_bytes,
                 BlockLayout.for_view(v),
             )
-            for v in catalog.views
+            for v in catalog.computed_views
             if v.source == source_name
         ]
         keys = [v.key_field for v in self._views]
@@ -137,8 +143,8 @@ class PartitionProcessor:
         self._policy = WatermarkPolicy(
             self.source.out_of_orderness_ms, self.source.allowed_lateness_ms
         )
-        self._views_by_name = {v.view.name: v for v in self._views}
-        self._group_index = {(v.view.name, g.tile_ms): g for v in self._views for g in v.groups}
+        self._views_by_name = {v.ident: v for v in self._views}
+        self._group_index = {(v.ident, g.tile_ms): g for v in self._views for g in v.groups}
         self._spans = {k: g.span_ms or 0 for k, g in self._group_index.items()}
         self.state = ProcessorState()
         self._changed: dict[EntityId, _Change] = {}
@@ -201,7 +207,7 @@ class PartitionProcessor:
         stamped after ``t`` (the head tile would otherwise hold events from up to the allowed
         future skew ahead). They travel in the changelog (:func:`pending_field`), so a restart
         keeps them."""
-        name, key_field = view.view.name, view.key_field
+        name, key_field = view.ident, view.key_field
         for item in future:
             entity_id = (name, item[0][key_field])
             self.state.pending.setdefault(entity_id, []).append(item)
@@ -254,7 +260,7 @@ class PartitionProcessor:
                 by_entity[entity] = [item]
             else:
                 bucket.append(item)
-        name = view.view.name
+        name = view.ident
         for entity, items in by_entity.items():
             entity_id = (name, entity)
             tiles = self.state.tiles.get(entity_id)
@@ -405,12 +411,12 @@ class PartitionProcessor:
         return self._views_by_name[name]
 
     def _key(self, view: _View, entity: str) -> str:
-        cached = self._keys.get((view.view.name, entity))
+        cached = self._keys.get((view.ident, entity))
         if cached is None:
             if len(self._keys) >= _KEY_CACHE_MAX:
                 self._keys.clear()
             online = OnlineKey(TENANT, view.view.name, view.view.version, entity)
-            cached = self._keys[(view.view.name, entity)] = online.encode(
+            cached = self._keys[(view.ident, entity)] = online.encode(
                 max_id_bytes=view.max_id_bytes
             )
         return cached
@@ -439,12 +445,13 @@ class PartitionProcessor:
     def _restore_one(self, write: TileWrite, views: dict[str, _View]) -> EntityId | None:
         """Apply one changelog write to the state; the entity if it was an older-layout one."""
         key = OnlineKey.parse(write.key)
-        view = views.get(key.view)
-        if view is None or view.view.version != key.version:
-            return None  # another view version's tiles: not ours to rebuild
-        entity_id = (key.view, key.entity_id)
+        ident = view_ident(key.view, key.version)
+        view = views.get(ident)
+        if view is None:
+            return None  # a view version this catalog does not compute: not ours to rebuild
+        entity_id = (ident, key.entity_id)
         if write.version > self.state.last_offset:
-            self.state.versions[(key.view, key.entity_id, write.field)] = write.version
+            self.state.versions[(ident, key.entity_id, write.field)] = write.version
         if write.field == pending_field(self.partition):
             self._restore_pending(entity_id, write.value)
             return None
@@ -497,6 +504,11 @@ class PartitionProcessor:
         self.state.pending[entity_id] = held
         for item in held:  # an entry already in the heap only makes a release find nothing
             heapq.heappush(self.state.due, (item[1], entity_id))
+
+
+def view_ident(view: str, version: int) -> str:
+    """``<view>@v<version>``: the key of one view version's state."""
+    return f"{view}@v{version}"
 
 
 def pending_field(partition: int) -> str:

@@ -66,18 +66,23 @@ def publish_to_regions(
     secrets: RedisPasswords,
     tenant: str,
     version: RegistryVersion,
+    *,
+    after_parent: bool = False,
 ) -> list[str]:
     """Make ``version`` the one each region's Serve replicas follow (``regions.registry_mirror``);
     the regions where it was new. Called by the pipeline once its consumers compute it, so a
-    replica never serves a catalog the pipeline does not run."""
+    replica never serves a catalog the pipeline does not run; ``after_parent`` (a rollout step,
+    which computes nothing new) writes only where the parent version is served."""
     from regions.redis_store import RedisRole, redis_client
-    from regions.registry_mirror import publish
+    from regions.registry_mirror import publish, publish_after_parent
+
+    write = publish_after_parent if after_parent else publish
 
     written = []
     for region in topology.regions:
         client = redis_client(region, RedisRole.WRITER, users, secrets)
         try:
-            if publish(client, tenant, version):
+            if write(client, tenant, version):
                 written.append(region.name)
         finally:
             client.close()

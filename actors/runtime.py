@@ -28,7 +28,7 @@ from actors.registry_feed import latest, publish_to_regions
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
-from features.registry import digest
+from features.registry import computation_digest
 
 NAMESPACE = "freshline"
 SUPERVISOR = "fl-supervisor"
@@ -347,10 +347,11 @@ class _Supervisor:
         with self._children:
             if self._stopping.is_set():
                 return None
-            same = digest(current.catalog) == digest(self._catalog)
+            same = computation_digest(current.catalog) == computation_digest(self._catalog)
             self._catalog = current.catalog
-            # The same definitions under a new number (a repository applied for the first time
-            # over the catalog the pipeline started from) need no restart, only the publish.
+            # The same computation under a new number (a repository applied for the first time
+            # over the catalog the pipeline started from, a rollout share, a service) needs no
+            # restart, only the publish.
             for i in range(0 if same else len(self._consumers)):
                 self._consumers[i] = self._renew(
                     self._consumers[i], lambda i=i: self._new_consumer(i)

@@ -30,7 +30,7 @@ import yaml
 from actors.config import REGISTRY_TOPIC
 from actors.registry_feed import RegistryUnavailable, latest
 from features.catalog import Catalog
-from features.errors import ConfigError
+from features.errors import CatalogError, ConfigError
 from features.registry import (
     Change,
     RegistryVersion,
@@ -39,6 +39,7 @@ from features.registry import (
     digest,
     plan,
 )
+from features.rollout import merge_repository
 
 _SUFFIXES = (".yaml", ".yml")
 
@@ -91,9 +92,23 @@ class Plan:
 
 
 def make_plan(bootstrap: str, tenant: str, path: Path) -> Plan:
-    catalog = load_repository(path)
+    """The plan of applying the repository at ``path``: a view whose version changed starts a
+    rollout (``features.rollout.merge_repository``) instead of replacing the served version."""
+    proposed = load_repository(path)  # an invalid repository is refused before Kafka is asked
     current = latest(bootstrap, tenant)
-    return Plan(current, catalog, plan(current.catalog if current else None, catalog))
+    before = current.catalog if current else None
+    catalog = merge_repository(before, proposed)
+    return Plan(current, catalog, plan(before, catalog))
+
+
+def plan_change(bootstrap: str, tenant: str, change: Callable[[Catalog], Catalog]) -> Plan:
+    """The plan of publishing ``change(latest catalog)`` (a rollout step), against the latest
+    version; :class:`RegistryError` when nothing was applied yet."""
+    current = latest(bootstrap, tenant)
+    if current is None:
+        raise CatalogError("nothing is applied yet: apply a repository first")
+    catalog = change(current.catalog)
+    return Plan(current, catalog, plan(current.catalog, catalog))
 
 
 # A transactional call of an apply waits at most this long; the broker aborts the transaction

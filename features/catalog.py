@@ -225,13 +225,27 @@ class FeatureService(_Model):
     features: tuple[str, ...] = Field(min_length=1)
 
 
+class Rollout(_Model):
+    """A view moving to a new version. The catalog's view of this name is the *candidate*;
+    ``previous`` is the definition it replaces, still computed from the same stream, and serving
+    every entity outside the candidate's ``share`` (percent of entities, by a sticky hash of the
+    entity id, ``features.rollout.canary_bucket``). 0 is shadow (computed, read by nobody), 100
+    promoted (kept computed so that a rollback is instant until it is retired)."""
+
+    view: Name
+    previous: FeatureView
+    share: int = Field(default=0, ge=0, le=100)
+
+
 class Catalog(_Model):
-    """A validated catalog. Lookups raise :class:`CatalogError` for unknown names."""
+    """A validated catalog. Lookups raise :class:`CatalogError` for unknown names.
+    ``rollouts`` is registry state (``freshline rollout``), never part of a repository."""
 
     entities: tuple[Entity, ...] = ()
     sources: tuple[EventSource, ...] = ()
     views: tuple[FeatureView, ...] = ()
     services: tuple[FeatureService, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
@@ -249,7 +263,18 @@ class Catalog(_Model):
             _check_view(self, view)
         for service in self.services:
             _check_service(self, service)
+        for rollout in self.rollouts:
+            _check_rollout(self, rollout)
         return self
+
+    @property
+    def computed_views(self) -> tuple[FeatureView, ...]:
+        """Every view version the pipeline computes: the views, then each rollout's previous."""
+        return self.views + tuple(r.previous for r in self.rollouts)
+
+    def rollout(self, view: str) -> Rollout | None:
+        """The rollout of ``view`` in progress, if any."""
+        return next((r for r in self.rollouts if r.view == view), None)
 
     @cached_property
     def _index(self) -> dict[str, dict[str, Any]]:
@@ -307,8 +332,8 @@ def _check_unique(catalog: Catalog) -> None:
             seen.add(item.name)
 
 
-def _check_view(catalog: Catalog, view: FeatureView) -> None:
-    at = f"views[{view.name}]"
+def _check_view(catalog: Catalog, view: FeatureView, at: str = "") -> None:
+    at = at or f"views[{view.name}]"
     entity = catalog._index["entities"].get(view.entity)
     if entity is None:
         raise CatalogError(f"unknown entity {view.entity!r}", field=f"{at}.entity")
@@ -374,6 +399,41 @@ def _check_service(catalog: Catalog, service: FeatureService) -> None:
             catalog.resolve(ref)
         except CatalogError as exc:
             raise CatalogError(str(exc).partition(": ")[2] or str(exc), field=at) from None
+
+
+def _check_rollout(catalog: Catalog, rollout: Rollout) -> None:
+    at = f"rollouts[{rollout.view}]"
+    if sum(r.view == rollout.view for r in catalog.rollouts) > 1:
+        raise CatalogError("a view has one rollout at a time", field=f"{at}.view")
+    candidate = catalog._index["views"].get(rollout.view)
+    if candidate is None:
+        raise CatalogError(f"unknown view {rollout.view!r}", field=f"{at}.view")
+    previous = rollout.previous
+    if previous.name != rollout.view:
+        raise CatalogError(f"must be a version of {rollout.view!r}", field=f"{at}.previous.name")
+    if previous.version == candidate.version:
+        raise CatalogError(
+            f"equals the candidate's version {candidate.version}", field=f"{at}.previous.version"
+        )
+    if previous.entity != candidate.entity:
+        raise CatalogError(
+            f"a new version may change how view {rollout.view!r} is computed, not its entity "
+            f"({previous.entity!r} -> {candidate.entity!r})",
+            field=f"{at}.previous.entity",
+        )
+    _check_view(catalog, previous, f"{at}.previous")
+    if rollout.share == 100:
+        return
+    for service in catalog.services:
+        for ref in service.features:
+            view_name, _, feature = ref.partition(":")
+            if view_name == rollout.view and all(f.name != feature for f in previous.features):
+                raise CatalogError(
+                    f"{rollout.view} v{previous.version} still serves {100 - rollout.share} % of "
+                    f"entities and has no feature {feature!r}: promote v{candidate.version} "
+                    "(share 100) before a service uses it",
+                    field=f"services[{service.name}].features[{ref}]",
+                )
 
 
 def _message(error: Mapping[str, Any]) -> str:

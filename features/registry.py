@@ -26,7 +26,13 @@ from features.catalog import Catalog
 from features.errors import CatalogError
 
 KINDS = ("entities", "sources", "views", "services")
-_SINGULAR = {"entities": "entity", "sources": "source", "views": "view", "services": "service"}
+_SINGULAR = {
+    "entities": "entity",
+    "sources": "source",
+    "views": "view",
+    "services": "service",
+    "rollouts": "rollout of view",
+}
 
 
 class RepositoryError(CatalogError):
@@ -92,15 +98,36 @@ def _blame(field: str, origin: Mapping[tuple[str, str], str]) -> str:
     return origin.get((kind, rest.rstrip("]")), "")
 
 
+def catalog_json(catalog: Catalog) -> dict[str, Any]:
+    """The catalog as JSON data. An empty ``rollouts`` is left out, so a catalog without one has
+    the digest it had before rollouts existed and older registry records still verify."""
+    data = catalog.model_dump(mode="json")
+    if not data["rollouts"]:
+        del data["rollouts"]
+    return data
+
+
 def canonical(catalog: Catalog) -> bytes:
     """The catalog as canonical JSON (sorted keys, no spaces): equal catalogs, equal bytes."""
-    return json.dumps(
-        catalog.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-    ).encode()
+    return json.dumps(catalog_json(catalog), sort_keys=True, separators=(",", ":")).encode()
 
 
 def digest(catalog: Catalog) -> str:
     return hashlib.sha256(canonical(catalog)).hexdigest()
+
+
+def computation_digest(catalog: Catalog) -> str:
+    """A digest of what the pipeline computes from a catalog (entities, sources and every
+    computed view version), blind to what only serving reads (services, rollout shares): two
+    catalogs with equal ones need no consumer restart between them."""
+    views = sorted(catalog.computed_views, key=lambda v: (v.name, v.version))
+    data = {
+        "entities": [e.model_dump(mode="json") for e in catalog.entities],
+        "sources": [s.model_dump(mode="json") for s in catalog.sources],
+        "views": [v.model_dump(mode="json") for v in views],
+    }
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -130,7 +157,7 @@ class RegistryVersion:
                 "parent": self.parent,
                 "digest": self.digest,
                 "applied_at": self.applied_at.astimezone(UTC).isoformat(),
-                "catalog": self.catalog.model_dump(mode="json"),
+                "catalog": catalog_json(self.catalog),
             },
             sort_keys=True,
         ).encode()
@@ -183,6 +210,21 @@ def plan(current: Catalog | None, proposed: Catalog) -> list[Change]:
                 changes.append(Change("-", kind, name, _version_of(kind, old)))
             elif old != new:
                 changes.append(_changed(kind, name, old, new))
+    return changes + _rollout_changes(current, proposed)
+
+
+def _rollout_changes(current: Catalog | None, proposed: Catalog) -> list[Change]:
+    before = {r.view: r for r in current.rollouts} if current is not None else {}
+    after = {r.view: r for r in proposed.rollouts}
+    changes = []
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if new is None:
+            changes.append(Change("-", "rollouts", name, "rollout ended"))
+        elif old != new:
+            candidate = proposed.view(name).version
+            what = f"v{new.previous.version} -> v{candidate}, share {new.share} %"
+            changes.append(Change("+" if old is None else "~", "rollouts", name, what))
     return changes
 
 

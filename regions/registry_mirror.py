@@ -29,6 +29,16 @@ return 1
 """
 
 
+# The same, but only over exactly ARGV[3] (the version's parent): a rollout step published by the
+# CLI reaches a region only once the pipeline has rolled it to the step's parent.
+_PUBLISH_AFTER = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'number') or '0')
+if current ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[1], 'record', ARGV[2])
+return 1
+"""
+
+
 def registry_key(tenant: str) -> str:
     """The hash of ``tenant``'s served registry version in a region's Redis."""
     return f"fl:{tenant}:registry"
@@ -40,6 +50,14 @@ def publish(client: Any, tenant: str, version: RegistryVersion) -> bool:
     client of a user allowed to write ``fl:*`` keys."""
     written = client.eval(_PUBLISH, 1, registry_key(tenant), version.number, version.encode())
     return bool(written)
+
+
+def publish_after_parent(client: Any, tenant: str, version: RegistryVersion) -> bool:
+    """Like :func:`publish`, but only where the region serves ``version``'s parent: a step that
+    changes what is read and not what is computed (a rollout share, a retire) may then skip the
+    pipeline's next refresh, while a region still behind waits for the pipeline."""
+    keys_and_args = (registry_key(tenant), version.number, version.encode(), version.parent)
+    return bool(client.eval(_PUBLISH_AFTER, 1, *keys_and_args))
 
 
 async def served_number(client: Any, tenant: str) -> int | None:

@@ -33,7 +33,8 @@ def _old_layout_log(
     and the fields a store of that layout holds at the end, per (view, entity)."""
     log: list[ChangelogRecord] = []
     stored: dict[tuple[str, str], dict[str, bytes]] = {}
-    for (view_name, entity), tiles in sorted(processor.state.tiles.items()):
+    for (ident, entity), tiles in sorted(processor.state.tiles.items()):
+        view_name = ident.partition("@")[0]
         view = CATALOG.view(view_name)
         key = OnlineKey("default", view_name, view.version, entity).encode()
         groups = {g.tile_ms: g for g in tile_groups(view)}
