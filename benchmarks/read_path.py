@@ -183,7 +183,7 @@ def old_read(
         [list(r[3]) for r in rows],
         STORE,
     )
-    views = {VIEW: ViewValues(info, plan.refs, tuple(by_id), columns)}
+    views = {VIEW: ViewValues(info, plan.refs, tuple(by_id), columns, plan_versions(plan))}
     result = ReadResult(as_of, STORE, [(STORE, "ok")], views)
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
@@ -206,7 +206,7 @@ def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> byte
     served = evaluate_view(
         info.layout, info.view.ttl_ms, features, replies, as_of_ms=as_of, store=STORE
     )
-    views = {VIEW: ViewValues(info, plan.refs, ids, served)}
+    views = {VIEW: ViewValues(info, plan.refs, ids, served, plan_versions(plan))}
     result = ReadResult(as_of, STORE, [(STORE, "ok")], views)
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
 
@@ -262,7 +262,9 @@ class Plan:
         found = self.cache.get(ids)
         if found is None:
             refs = [self.reader.index.ref(f"{VIEW}:{n}") for n in self.reader.names]
-            found = build_plan(refs, {"user": ids}, Limits(max_entities=max(self.size, 1)), None)
+            found = build_plan(
+                self.reader.index, refs, {"user": ids}, Limits(max_entities=max(self.size, 1)), None
+            )
             self.cache[ids] = found
         return found
 
@@ -337,3 +339,8 @@ def _record(figures: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def plan_versions(plan: ReadPlan) -> tuple[int, ...]:
+    """The version answering each id of the benchmark's one view (what the service reports)."""
+    return tuple(info.view.version for info in plan.answering[VIEW])

@@ -89,9 +89,15 @@ _ENVELOPE: Schema = {
     "fallback": _array(_obj({"store": _STR, "outcome": _STR})),
     "view_versions": {
         "type": "object",
-        "additionalProperties": _INT,
-        "description": "the version of each view read: every value of a view is of that version",
+        "additionalProperties": _array(_INT),
+        "description": "per view, the versions that answered (two while a canary splits the "
+        "entities); each entity's values of a view come from one version",
     },
+}
+_VERSIONS = {
+    "type": "object",
+    "additionalProperties": _INT,
+    "description": "the version of each view that answered for this entity",
 }
 _ROWS = _obj(
     {
@@ -101,6 +107,7 @@ _ROWS = _obj(
                 {
                     "entity": _STR,
                     "id": _STR,
+                    "versions": _VERSIONS,
                     "features": {
                         "type": "object",
                         "additionalProperties": {"$ref": "#/components/schemas/Value"},
@@ -122,6 +129,7 @@ _COLUMNS = _obj(
                     "entity": _STR,
                     "features": _array(_STR),
                     "ids": _array(_STR),
+                    "versions": _array(_INT, description="the view version answering each id"),
                     "values": _GRID,
                     "statuses": _GRID,
                     "event_time_ms": _GRID,
@@ -133,7 +141,9 @@ _COLUMNS = _obj(
 )
 _FEAST_OK = _obj(
     {
-        "metadata": _obj({"feature_names": _array(_STR)}),
+        "metadata": _obj(
+            {"feature_names": _array(_STR), "view_versions": _ENVELOPE["view_versions"]}
+        ),
         "results": _array(
             _obj(
                 {
@@ -156,6 +166,14 @@ _CATALOG = _obj(
                 {
                     "name": _STR,
                     "version": _INT,
+                    "rollout": {
+                        "oneOf": [
+                            {"type": "null"},
+                            _obj({"previous": _INT, "share": _INT}),
+                        ],
+                        "description": "a rollout of this version: the previous version answers "
+                        "every entity outside the share (percent, by entity hash)",
+                    },
                     "entity": _STR,
                     "ttl_ms": _INT,
                     "freshness_target_ms": _INT,

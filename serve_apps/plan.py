@@ -7,7 +7,10 @@ lookups and entity-id validation remain. Invariants:
   ``max_id_bytes`` before it becomes part of a key, so no id can address another key, view, version
   or tenant (refused ids raise :class:`~features.exceptions.InvalidEntityId`, a 422);
 - a plan never holds more than ``limits.max_entities`` ids nor ``limits.max_features`` refs;
-- keys are deduplicated: an id asked twice, or a view used by several refs, is fetched once.
+- keys are deduplicated: an id asked twice, or a view used by several refs, is fetched once;
+- during a rollout (``features.rollout``) each entity id is answered by exactly one version of each
+  view, the one :class:`Serving` picks by the id's canary bucket, and a ref is served only when
+  every version answering some entity has that feature.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.blocks import BlockLayout
-from features.catalog import Catalog, Entity, Feature, FeatureView
+from features.catalog import Catalog, Entity, Feature, FeatureView, Rollout
 from features.durations import to_ms
 from features.errors import CatalogError
 from features.keys import encode_entity_id, view_prefix
+from features.rollout import BUCKETS, canary_bucket
 from serve_apps.config import Limits
 from serve_apps.exceptions import BadRequest, TooManyEntities
 
@@ -34,6 +38,43 @@ class ViewInfo:
     layout: BlockLayout
     prefix: str
 
+    @classmethod
+    def of(cls, catalog: Catalog, view: FeatureView, tenant: str) -> ViewInfo:
+        entity = catalog.entity(view.entity)
+        prefix = view_prefix(tenant, view.name, view.version)
+        return cls(view, entity, BlockLayout.for_view(view), prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Which version of one view answers for which entity: ``base`` for every entity, except,
+    while a canary runs, ``canary`` for those whose bucket is below ``share``."""
+
+    base: ViewInfo
+    canary: ViewInfo | None = None
+    share: int = 0
+
+    def answering(self, ids: Sequence[str]) -> tuple[ViewInfo, ...]:
+        """The version answering each id, in order."""
+        canary = self.canary
+        if canary is None:
+            return (self.base,) * len(ids)
+        name, share, base = self.base.view.name, self.share, self.base
+        return tuple(canary if canary_bucket(name, i) < share else base for i in ids)
+
+    @classmethod
+    def of(cls, catalog: Catalog, candidate: ViewInfo, tenant: str) -> Serving:
+        rollout = catalog.rollout(candidate.view.name)
+        if rollout is None or rollout.share == BUCKETS:
+            return cls(candidate)
+        previous = ViewInfo.of(catalog, rollout.previous, tenant)
+        if rollout.share == 0:
+            return cls(previous)
+        return cls(previous, candidate, rollout.share)
+
+    def versions(self) -> tuple[ViewInfo, ...]:
+        return (self.base,) if self.canary is None else (self.base, self.canary)
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureRef:
@@ -45,15 +86,14 @@ class FeatureRef:
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     """``ids[entity]`` are the requested ids (validated, request order, no duplicates);
-    ``keys`` the distinct store keys to fetch, in a stable order."""
+    ``keys`` the distinct store keys to fetch, in a stable order; ``answering[view]`` the version
+    answering each id of the view's entity (aligned with ``ids``)."""
 
     refs: tuple[FeatureRef, ...]
     ids: Mapping[str, tuple[str, ...]]
     keys: tuple[str, ...]
     deadline_ms: int
-
-    def key(self, info: ViewInfo, entity_id: str) -> str:
-        return info.prefix + encoded_id(entity_id, info.entity.max_id_bytes)
+    answering: Mapping[str, tuple[ViewInfo, ...]]
 
 
 class CatalogIndex:
@@ -62,24 +102,31 @@ class CatalogIndex:
     def __init__(self, catalog: Catalog, tenant: str) -> None:
         self.catalog = catalog
         self.tenant = tenant
-        self.views: dict[str, ViewInfo] = {}
-        for view in catalog.views:
-            self.views[view.name] = ViewInfo(
-                view,
-                catalog.entity(view.entity),
-                BlockLayout.for_view(view),
-                view_prefix(tenant, view.name, view.version),
-            )
+        # Refs resolve against the catalog's view (a rollout's candidate); ``serving`` says which
+        # version answers for each entity.
+        self.views = {v.name: ViewInfo.of(catalog, v, tenant) for v in catalog.views}
+        self.serving = {n: Serving.of(catalog, i, tenant) for n, i in self.views.items()}
         self.by_join_key = {e.join_key: e for e in catalog.entities}
         self._refs: dict[str, FeatureRef] = {}
+        self._unserved: dict[str, str] = {}
         for info in self.views.values():
+            answering = self.serving[info.view.name].versions()
             for feature in info.view.features:
                 ref = f"{info.view.name}:{feature.name}"
-                self._refs[ref] = FeatureRef(ref, info, feature)
+                lacking = [a.view.version for a in answering if feature.name not in _names(a)]
+                if lacking:
+                    self._unserved[ref] = (
+                        f"{ref} is not served while {info.view.name} rolls out: version "
+                        f"{lacking[0]} still answers for some entities and has no such feature"
+                    )
+                else:
+                    self._refs[ref] = FeatureRef(ref, info, feature)
 
     def ref(self, ref: object) -> FeatureRef:
         found = self._refs.get(ref) if isinstance(ref, str) else None
         if found is None:
+            if isinstance(ref, str) and ref in self._unserved:
+                raise BadRequest("feature_not_served", self._unserved[ref])
             raise BadRequest("unknown_feature", f"unknown feature reference {ref!r}")
         return found
 
@@ -102,18 +149,25 @@ class CatalogIndex:
                 {"name": e.name, "join_key": e.join_key, "max_id_bytes": e.max_id_bytes}
                 for e in self.catalog.entities
             ],
-            "views": [_describe_view(info) for info in self.views.values()],
+            "views": [_describe_view(i, self.catalog.rollout(n)) for n, i in self.views.items()],
             "services": [
                 {"name": s.name, "features": list(s.features)} for s in self.catalog.services
             ],
         }
 
 
-def _describe_view(info: ViewInfo) -> dict[str, Any]:
+def _names(info: ViewInfo) -> frozenset[str]:
+    return frozenset(f.name for f in info.view.features)
+
+
+def _describe_view(info: ViewInfo, rollout: Rollout | None) -> dict[str, Any]:
     view = info.view
     return {
         "name": view.name,
         "version": view.version,
+        "rollout": None
+        if rollout is None
+        else {"previous": rollout.previous.version, "share": rollout.share},
         "entity": view.entity,
         "ttl_ms": view.ttl_ms,
         "freshness_target_ms": to_ms(view.freshness_target),
@@ -178,24 +232,29 @@ def validated_ids(entity: Entity, raw: object) -> tuple[str, ...]:
 
 
 def build_plan(
+    index: CatalogIndex,
     refs: Sequence[FeatureRef],
     ids: Mapping[str, tuple[str, ...]],
     limits: Limits,
     deadline_ms: object,
 ) -> ReadPlan:
-    """Check the ids cover every ref's entity and the caps hold; list the keys to fetch."""
+    """Check the ids cover every ref's entity and the caps hold; pick the version answering each
+    id and list the keys to fetch."""
     total = sum(len(v) for v in ids.values())
     if total > limits.max_entities:
         raise TooManyEntities(total, limits.max_entities)
     keys: dict[str, None] = {}
+    answering: dict[str, tuple[ViewInfo, ...]] = {}
     views = {ref.info.view.name: ref for ref in refs}
-    for ref in views.values():
+    for name, ref in views.items():
         entity_ids = ids.get(ref.info.entity.name)
         if entity_ids is None:
             raise BadRequest("missing_entity", f"{ref.ref} needs ids of {ref.info.entity.name!r}")
-        for entity_id in entity_ids:
-            keys.setdefault(ref.info.prefix + encoded_id(entity_id, ref.info.entity.max_id_bytes))
-    return ReadPlan(tuple(refs), ids, tuple(keys), _deadline(deadline_ms, limits))
+        max_id_bytes = ref.info.entity.max_id_bytes
+        infos = answering[name] = index.serving[name].answering(entity_ids)
+        for info, entity_id in zip(infos, entity_ids, strict=True):
+            keys.setdefault(info.prefix + encoded_id(entity_id, max_id_bytes))
+    return ReadPlan(tuple(refs), ids, tuple(keys), _deadline(deadline_ms, limits), answering)
 
 
 def _deadline(raw: object, limits: Limits) -> int:

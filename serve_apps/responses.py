@@ -79,7 +79,7 @@ def native_plan(index: CatalogIndex, body: Mapping[str, Any], limits: Limits) ->
         if entity is None:
             raise BadRequest("unknown_entity", f"unknown entity {name!r}")
         ids[name] = validated_ids(entity, raw)
-    return build_plan(refs, ids, limits, body.get("deadline_ms"))
+    return build_plan(index, refs, ids, limits, body.get("deadline_ms"))
 
 
 def native_response(
@@ -89,14 +89,17 @@ def native_response(
     for view in result.views.values():
         entity = view.info.entity.name
         names = [ref.ref for ref in view.refs]
-        for entity_id, served in view.by_id().items():
+        view_name = view.info.view.name
+        for (entity_id, served), version in zip(view.by_id().items(), view.versions, strict=True):
             row = rows.get((entity, entity_id))
             if row is None:
                 row = rows[(entity, entity_id)] = {
                     "entity": entity,
                     "id": entity_id,
+                    "versions": {},
                     "features": {},
                 }
+            row["versions"][view_name] = version
             out = row["features"]
             for name, (value, status, event_time, age, store) in zip(names, served, strict=True):
                 out[name] = {
@@ -118,8 +121,14 @@ def _envelope(result: ReadResult, region: str, request_id: str) -> dict[str, Any
         "as_of_ms": result.as_of_ms,
         "store": result.store,
         "fallback": [{"store": s, "outcome": o} for s, o in result.tried],
-        "view_versions": {name: v.info.view.version for name, v in result.views.items()},
+        "view_versions": view_versions(result),
     }
+
+
+def view_versions(result: ReadResult) -> dict[str, list[int]]:
+    """Per view, the versions that answered some entity of this read (one, unless a canary
+    split the entities), ascending."""
+    return {name: sorted(set(v.versions)) for name, v in result.views.items()}
 
 
 def columnar_response(
@@ -135,6 +144,7 @@ def columnar_response(
                 "entity": view.info.entity.name,
                 "features": [ref.ref for ref in view.refs],
                 "ids": list(view.ids),
+                "versions": list(view.versions),
                 "values": columns.values,
                 "statuses": columns.statuses,
                 "event_time_ms": columns.event_times,
@@ -165,7 +175,7 @@ def feast_plan(
             raise BadRequest("unknown_entity", f"no entity has join key {join_key!r}")
         ids[entity.name] = validated_ids(entity, raw)
         rows[join_key] = [str(v) for v in raw]
-    return build_plan(refs, ids, limits, body.get("deadline_ms")), rows
+    return build_plan(index, refs, ids, limits, body.get("deadline_ms")), rows
 
 
 def feast_response(
@@ -191,7 +201,8 @@ def feast_response(
                     "event_timestamps": [_iso(s[2]) for s in served],
                 }
             )
-    return {"metadata": {"feature_names": names}, "results": columns}
+    metadata = {"feature_names": names, "view_versions": view_versions(result)}
+    return {"metadata": metadata, "results": columns}
 
 
 def _feast_status(status: str, value: Any) -> str:

@@ -148,8 +148,8 @@ def test_a_new_catalog_serves_from_the_next_request_and_a_read_in_flight_keeps_i
     assert [key.split(":")[3] for call in store.calls for key in call] == ["v1", "v2"]
     # Each answer names the version of every view it read, and only that version's values.
     assert (first["view_versions"], second["view_versions"]) == (
-        {"user_spend": 1},
-        {"user_spend": 2},
+        {"user_spend": [1]},
+        {"user_spend": [2]},
     )
     assert catalog["registry_version"] == 2
     assert {v["name"]: v["version"] for v in catalog["views"]}["user_spend"] == 2
