@@ -13,28 +13,33 @@ When the store fails, the sink seeks back to the batch's first offsets, pauses i
 (it keeps polling, so the group stays healthy and memory stays at one batch) and resumes after a
 backoff.
 
-Rehydration (a store that can say whether it is complete: Redis and DynamoDB, each with a marker
-``fl:meta:epoch``, see ``regions.redis_store`` and ``regions.dynamodb_store``): a store on a
-replaced node, a lost disk or a restarted moto comes back *empty*, while this sink's committed
-offsets say it applied everything. The sink checks the marker when it starts and every
-``check_interval_s``. Redis's guarded writes are also refused atomically when the marker is
-missing; DynamoDB's cannot be (BatchWriteItem has no condition), so a batch may land in the emptied
-table before the next check, which is harmless: readers see no marker, and the replay covers it.
-Then:
-1. mark the store ``rehydrating`` (readers go to the next store of the chain; writes are accepted);
+Rehydration (a store that can say whether it is complete: Redis and DynamoDB, with markers, see
+``regions.redis_store`` and ``regions.dynamodb_store``): a store on a replaced node, a lost disk
+or a restarted moto comes back *empty*, while this sink's committed offsets say it applied
+everything. Completeness is per *bucket*: DynamoDB and one Redis server are one bucket; a Redis
+Cluster has ``regions.redis_layout.CLUSTER_BUCKETS``, so a master that comes back empty loses only
+its own buckets' markers. The sink checks the markers when it starts and every
+``check_interval_s``. Redis's guarded writes are also refused per bucket when its marker is
+missing (the batch is then read again); DynamoDB's cannot be (BatchWriteItem has no condition), so
+a batch may land in the emptied table before the next check, which is harmless: readers see no
+marker, and the replay covers it. Then, for the lost buckets only:
+1. mark them ``rehydrating`` (readers of them go to the next store of the chain; writes are
+   accepted);
 2. note the end offsets of the assignment and seek to the beginning of the compacted changelog,
    which holds the latest absolute, versioned state of every tile (replay is safe: idempotent);
-3. apply and commit as usual; once every partition's position reached the noted end offsets,
-   mark the store ``ready`` again, only if the marker is still the one step 1 set (a store emptied
-   again in between starts over instead of being declared complete).
-``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``) and ``stats.rehydrations``
-show it in the sink actor's ``status()``.
+3. apply and commit as usual, but up to the offsets this sink had already applied, skip the writes
+   of buckets that did not lose their data; once every partition's position reached the noted end
+   offsets, mark the buckets ``ready`` again, only if their markers are still the ones step 1 set
+   (a bucket emptied again in between starts over instead of being declared complete).
+The complete buckets keep serving throughout; their new writes wait behind the replay.
+``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``), ``stats.rehydrations``
+and ``stats.rehydrating_buckets`` show it in the sink actor's ``status()``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,11 +58,46 @@ class StoreWriter(Protocol):
 
 @runtime_checkable
 class Rehydratable(Protocol):
-    """A store that records whether it holds the complete state (both tile writers)."""
+    """A store that records whether it holds the complete state (the DynamoDB writer)."""
 
     def store_state(self) -> bytes | None: ...
     def begin_rehydration(self) -> None: ...
     def mark_ready(self) -> bool: ...
+
+
+@runtime_checkable
+class BucketedStore(Protocol):
+    """A store that records completeness per bucket of its keys (the Redis writer)."""
+
+    def bucket_states(self) -> Mapping[int, bytes | None]: ...
+    def bucket_of(self, key: str) -> int: ...
+    def begin_rehydration(self, buckets: Collection[int]) -> None: ...
+    def mark_ready(self, buckets: Collection[int]) -> bool: ...
+
+
+class _WholeStore:
+    """A store with one marker, seen as a store of one bucket."""
+
+    def __init__(self, store: Rehydratable) -> None:
+        self._store = store
+
+    def bucket_states(self) -> Mapping[int, bytes | None]:
+        return {0: self._store.store_state()}
+
+    def bucket_of(self, key: str) -> int:
+        return 0
+
+    def begin_rehydration(self, buckets: Collection[int]) -> None:
+        self._store.begin_rehydration()
+
+    def mark_ready(self, buckets: Collection[int]) -> bool:
+        return self._store.mark_ready()
+
+
+def _bucketed(writer: object) -> BucketedStore | None:
+    if isinstance(writer, BucketedStore):
+        return writer
+    return _WholeStore(writer) if isinstance(writer, Rehydratable) else None
 
 
 @dataclass
@@ -69,6 +109,7 @@ class SinkStats:
     paused: bool = False
     store_state: str = NOT_APPLICABLE
     rehydrations: int = 0
+    rehydrating_buckets: int = 0  # buckets the running rehydration replays (0: none running)
     assigned_partitions: int = 0  # changelog partitions assigned (every one: see actors.runtime)
     last_error: str = ""
     freshness_ms: list[float] = field(default_factory=list)  # drained by the metrics exporter
@@ -103,11 +144,16 @@ class SinkWorker:
         self._failures_in_a_row = 0
         self._resume_at: float | None = None
         self.stats = SinkStats()
-        self._store = writer if isinstance(writer, Rehydratable) else None
+        self._store = _bucketed(writer)
         self._check_interval_s = check_interval_s
         self._next_check = 0.0  # check before the first batch
-        self._lost = False  # the store lost its data; rehydrate once partitions are assigned
+        self._lost: set[int] = set()  # buckets that lost their data; rehydrate them next step
+        self._rehydrating: frozenset[int] = frozenset()
         self._targets: dict[Any, int] | None = None  # end offsets to reach while rehydrating
+        # Per partition, the offset below which every record was applied and committed: a
+        # rehydration skips those records' writes to the buckets that kept their data.
+        self._applied: dict[Any, int] = {}
+        self._skip_below: dict[Any, int] = {}
         # A store that is slow per item (DynamoDB) applies at most one batch per interval while
         # it keeps up: what arrives meanwhile is polled as one batch, whose repeated writes of a
         # hot tile coalesce. Behind (a full batch), it reads on without waiting.
@@ -127,7 +173,7 @@ class SinkWorker:
         if self._lost:
             self._start_rehydration()  # the polled records are read again from the beginning
             return 0
-        records = [r for batch in polled.values() for r in batch]
+        records = [(tp, r) for tp, batch in polled.items() for r in batch]
         if not records:
             self._maybe_finish_rehydration()
             return 0
@@ -136,12 +182,18 @@ class SinkWorker:
             if writes:
                 self._writer.apply(writes)
         except StoreNotReady:
-            self._lost = True  # refused atomically: nothing of the batch was written
+            # A bucket lost its data: its writes were refused (the others' applied, idempotent).
+            # Read the batch again and look at the markers now to learn which buckets.
+            self._seek_back(polled)
+            self._next_check = 0.0
             return 0
         except (TransportError, BackpressureError) as exc:
             self._back_off(polled, exc)
             return 0
         self._consumer.commit()
+        for tp, batch in polled.items():
+            if batch:
+                self._applied[tp] = batch[-1].offset + 1
         # A full batch means more is waiting: read on at once, or a sink that may take only
         # max_records per interval would fall behind for good under a higher rate.
         full = len(records) >= self._max_records
@@ -163,31 +215,39 @@ class SinkWorker:
             return
         self._next_check = self._monotonic() + self._check_interval_s
         try:
-            state = self._store.store_state()
+            states = self._store.bucket_states()
         except TransportError as exc:
             self.stats.last_error = type(exc).__name__
             return
-        rehydrating = self._targets is not None
-        if state is None or (state != b"ready" and not rehydrating):
-            self._lost = True  # emptied, or a rehydration a previous incarnation did not finish
-        elif not rehydrating:
+        # Emptied, or left rehydrating by a previous incarnation that did not finish.
+        self._lost = {
+            bucket
+            for bucket, state in states.items()
+            if state is None or (state != b"ready" and bucket not in self._rehydrating)
+        }
+        if not self._lost and self._targets is None:
             self.stats.store_state = READY
 
     def _start_rehydration(self) -> None:
+        """Replay the changelog into the lost buckets (and into any a running rehydration had
+        not finished: it starts over with them)."""
         store = self._store
         assigned = list(self._consumer.assignment())
         if store is None or not assigned:
             return  # the group has not assigned partitions yet
+        buckets = frozenset(self._lost | self._rehydrating)
         try:
-            store.begin_rehydration()
+            store.begin_rehydration(buckets)
         except TransportError as exc:
             self.stats.last_error = type(exc).__name__
             return
         self._targets = dict(self._consumer.end_offsets(assigned))
+        self._skip_below = dict(self._applied)
         self._consumer.seek_to_beginning(*assigned)
-        self._lost = False
+        self._rehydrating, self._lost = buckets, set()
         self.stats.store_state = REHYDRATING
         self.stats.rehydrations += 1
+        self.stats.rehydrating_buckets = len(buckets)
 
     def _maybe_finish_rehydration(self) -> None:
         targets = self._targets
@@ -196,19 +256,21 @@ class SinkWorker:
         if any(self._consumer.position(tp) < end for tp, end in targets.items()):
             return
         try:
-            ready = self._store.mark_ready()
+            ready = self._store.mark_ready(self._rehydrating)
         except TransportError as exc:
             self.stats.last_error = type(exc).__name__
             return
-        self._targets = None
+        self._targets, self._skip_below = None, {}
+        self._rehydrating = frozenset()
+        self.stats.rehydrating_buckets = 0
         if ready:
             self.stats.store_state = READY
         else:
-            self._lost = True  # emptied again while we replayed: start over
+            self._next_check = 0.0  # one was emptied again while we replayed: the check finds it
 
-    def _decode(self, records: list[Any]) -> tuple[list[TileWrite], list[int]]:
+    def _decode(self, records: list[tuple[Any, Any]]) -> tuple[list[TileWrite], list[int]]:
         writes, event_times = [], []
-        for record in records:
+        for tp, record in records:
             try:
                 decoded = decode(record.key, record.value)
             except ChangelogDecodeError:
@@ -217,13 +279,25 @@ class SinkWorker:
                 continue
             if is_restore_state(decoded.write.field):
                 continue  # held events: the processor's restore state, never read from a store
+            if self._already_applied(tp, record.offset, decoded.write.key):
+                continue
             writes.append(decoded.write)
             event_times.append(decoded.event_time_ms)
         return writes, event_times
 
-    def _back_off(self, polled: dict[Any, list[Any]], exc: Exception) -> None:
+    def _already_applied(self, tp: Any, offset: int, key: str) -> bool:
+        """A replayed record this sink applied before, to a bucket that kept its data."""
+        if offset >= self._skip_below.get(tp, 0) or self._store is None:
+            return False
+        return self._store.bucket_of(key) not in self._rehydrating
+
+    def _seek_back(self, polled: dict[Any, list[Any]]) -> None:
         for tp, batch in polled.items():
-            self._consumer.seek(tp, batch[0].offset)
+            if batch:
+                self._consumer.seek(tp, batch[0].offset)
+
+    def _back_off(self, polled: dict[Any, list[Any]], exc: Exception) -> None:
+        self._seek_back(polled)
         # Pause everything assigned, not just the failed batch's partitions: the store is down
         # for all of them, and un-paused partitions would keep hammering it.
         self._consumer.pause(*set(self._consumer.assignment()) | set(polled))

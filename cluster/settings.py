@@ -19,7 +19,7 @@ from actors.config import CHANGELOG_TOPIC as CHANGELOG_TOPIC  # noqa: PLC0414 - 
 from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC, OFFLINE_TOPIC, REGISTRY_TOPIC
 from features.errors import ConfigError
-from regions.config import RedisUsers, RegionTopology, default_topology
+from regions.config import RedisUsers, RegionConfig, RegionTopology, default_topology
 from serve_apps.defaults import DEFAULT_REPLICAS
 
 # The topic names are defined in actors.config (the pipeline reads and writes them); the stack
@@ -227,6 +227,25 @@ class RedisSettings(RedisUsers):
     maxmemory_mb: int = Field(default=512, ge=16)
 
 
+REDIS_BUS_OFFSET: Final = 100
+"""A Redis Cluster node listens for clients on its port and for its peers on port + 100 (Redis's
+own default, + 10000, lands in Ray's worker port range)."""
+
+
+def redis_node_ports(region: RegionConfig) -> tuple[int, ...]:
+    """The client port of each master of ``region``'s Redis: node n (0-based) at
+    ``redis_port + n``; one server is just ``redis_port``."""
+    return tuple(region.redis_port + n for n in range(region.redis_shards))
+
+
+def redis_listen_ports(region: RegionConfig) -> tuple[int, ...]:
+    """Every port ``region``'s Redis binds: its nodes' client ports, and their cluster bus ports
+    when it is a cluster."""
+    nodes = redis_node_ports(region)
+    buses = tuple(p + REDIS_BUS_OFFSET for p in nodes) if region.redis_shards > 1 else ()
+    return nodes + buses
+
+
 class Secrets(BaseModel):
     """Passwords of the Redis ACL users. Never printed; ``repr`` shows ``**********``."""
 
@@ -283,7 +302,9 @@ class StackSettings(BaseModel):
         pinned = (self.ray.haproxy_stats_port, self.ray.haproxy_metrics_port)
         local += [p for p in (*pinned, self.ray.fallback_proxy_port) if p]
         listeners = [(_LOCALHOST, port) for port in local]
-        listeners += [(_host(r.redis_host), r.redis_port) for r in self.topology]
+        listeners += [
+            (_host(r.redis_host), port) for r in self.topology for port in redis_listen_ports(r)
+        ]
         listeners += [
             (_host(r.dynamodb_endpoint_host), r.dynamodb_port)
             for r in self.topology
@@ -381,6 +402,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     # and each store's host; the port and mode variables below override what it says.
     EnvVar("FRESHLINE_REGIONS", "topology.regions", "regions"),
     EnvVar("FRESHLINE_REDIS_PORTS", "topology.redis_ports", "ports"),
+    # Masters per region: 1 is one redis-server, 3 a local Redis Cluster (docs/scale.md).
+    EnvVar("FRESHLINE_REDIS_SHARDS", "topology.redis_shards", "int"),
     EnvVar("FRESHLINE_DYNAMODB_PORTS", "topology.dynamodb_ports", "ports"),
     EnvVar("FRESHLINE_DYNAMODB_MODE", "topology.dynamodb_mode", "str"),
     EnvVar("FRESHLINE_RAY_PORT", "ray.port", "int"),
@@ -473,9 +496,10 @@ def _topology(given: dict[str, Any]) -> RegionTopology:
                 )
             for override, port in zip(overrides, given[key], strict=True):
                 override[field] = port
-    if "dynamodb_mode" in given:
-        for override in overrides:
-            override["dynamodb_mode"] = given["dynamodb_mode"]
+    for setting in ("dynamodb_mode", "redis_shards"):
+        if setting in given:
+            for override in overrides:
+                override[setting] = given[setting]
     merged = [{**r, **o} for r, o in zip(regions, overrides, strict=True)]
     return RegionTopology.model_validate({"regions": merged})
 

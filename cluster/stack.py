@@ -21,7 +21,7 @@ from cluster.services.kafka import kafka_services
 from cluster.services.offline import OfflineStoreService
 from cluster.services.ray_head import RayHeadService, head_process
 from cluster.services.ray_worker import worker_services
-from cluster.services.redis import RedisService
+from cluster.services.redis import redis_services
 from cluster.serving import ServingService
 from cluster.settings import Secrets, StackSettings
 
@@ -48,7 +48,7 @@ class Stack:
         secrets = load(settings.secrets_file, env)
         services: list[Service] = [*kafka_services(settings)]
         for region in settings.topology:
-            services.append(RedisService(settings, region, secrets))
+            services += redis_services(settings, region, secrets)
             services.append(DynamoDBService(settings, region))
         services.append(OfflineStoreService(settings))
         if settings.with_ray:

@@ -32,6 +32,9 @@ class RegionConfig(BaseModel):
     aws_region: str = Field(description="AWS region name boto3 signs requests for, e.g. us-east-1")
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(ge=1, le=65535)
+    # Masters of the region's Redis: 1 is one server; more is a Redis Cluster reached through
+    # its node at redis_host:redis_port (clients discover the others; regions/redis_layout.py).
+    redis_shards: int = Field(default=1, ge=1, le=16)
     dynamodb_endpoint_host: str = "127.0.0.1"
     dynamodb_port: int = Field(ge=1, le=65535)
     dynamodb_table: str = "freshline_online"
@@ -93,6 +96,12 @@ class RegionTopology(BaseModel):
         return self.regions[0].dynamodb_mode
 
     @property
+    def redis_shards(self) -> int:
+        """Masters of each region's Redis: one profile for the whole deployment (the first
+        region's)."""
+        return self.regions[0].redis_shards
+
+    @property
     def redis_ports(self) -> tuple[int, ...]:
         """Each region's Redis port, in region order (home first)."""
         return tuple(r.redis_port for r in self.regions)
@@ -130,6 +139,7 @@ def default_topology(
     redis_ports: tuple[int, int] = (16379, 16389),
     dynamodb_ports: tuple[int, int] = (14566, 14567),
     dynamodb_mode: DynamoDBMode = DEFAULT_DYNAMODB_MODE,
+    redis_shards: int = 1,
 ) -> RegionTopology:
     """The two-region layout: ``us-east`` (home) and ``eu-west``; ``dynamodb_mode="aws"`` points
     both regions at real DynamoDB (``us-east-1``, ``eu-west-1``) instead of local endpoints."""
@@ -139,6 +149,7 @@ def default_topology(
                 name="us-east",
                 aws_region="us-east-1",
                 redis_port=redis_ports[0],
+                redis_shards=redis_shards,
                 dynamodb_port=dynamodb_ports[0],
                 dynamodb_mode=dynamodb_mode,
                 coordinates=(38.9, -77.0),
@@ -147,6 +158,7 @@ def default_topology(
                 name="eu-west",
                 aws_region="eu-west-1",
                 redis_port=redis_ports[1],
+                redis_shards=redis_shards,
                 dynamodb_port=dynamodb_ports[1],
                 dynamodb_mode=dynamodb_mode,
                 coordinates=(53.3, -6.3),

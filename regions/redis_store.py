@@ -1,46 +1,50 @@
-"""A region's Redis: role-scoped clients, the version-guarded tile writer and the serving reader.
+"""A region's Redis: the version-guarded tile writer and the serving reader, on one server or a
+Redis Cluster (clients and error mapping: ``regions.redis_clients``; key layout:
+``regions.redis_layout``).
 
-On-store layout: one Redis hash per tile key (``key`` must match the ACL pattern ``fl:*``); each
-hash field holds ``version (8 bytes, big-endian unsigned) | tag (1 byte) | payload`` where the tag
-is 1 for a value and 2 for a version floor (0 marks a legacy tombstone). A delete really removes the
-field (HDEL) and raises the floor of the field's (key, source partition), a field ``~p<n>``
-(``regions.tiles.floor_field``): an absent field refuses any write not above that floor, so a
-delayed older write can never resurrect a deleted field, and a hash holds its live tiles plus one
-small floor per partition that ever deleted, instead of a tombstone per evicted tile. Readers
-never return floors or tombstones.
+On-store layout: one Redis hash per tile key (``key`` must match the ACL pattern ``fl:*``; in a
+cluster the stored key carries its bucket's hash tag); each hash field holds ``version (8 bytes,
+big-endian unsigned) | tag (1 byte) | payload`` where the tag is 1 for a value and 2 for a version
+floor (0 marks a legacy tombstone). A delete really removes the field (HDEL) and raises the floor
+of the field's (key, source partition), a field ``~p<n>`` (``regions.tiles.floor_field``): an
+absent field refuses any write not above that floor, so a delayed older write can never resurrect
+a deleted field, and a hash holds its live tiles plus one small floor per partition that ever
+deleted, instead of a tombstone per evicted tile. Readers never return floors or tombstones.
 
-Completeness marker: ``fl:meta:epoch`` (no TTL, so never evicted) is ``ready`` when the store holds
-the complete changelog state and ``rehydrating`` while a sink replays the changelog into it; a
-Redis that came back empty has no marker. Guarded writers refuse to write without it, and
-:meth:`AsyncRedisTileReader.get_all_ready` (serving) raises ``StoreNotReady`` unless it is
-``ready``, reading it in the same pipelined round trip as the tiles.
-
-Error mapping (every public call): connection refused/reset -> ``StoreUnavailable``; no answer
-within the socket timeout (including a paused or stopped server) -> ``StoreTimeout``; an error reply
-(ACL, script) -> ``StoreRejected``. redis-py's own retries are disabled: the caller's
-``RetryPolicy`` decides, within its deadline, so one call never silently costs several timeouts.
+Completeness markers, one per bucket (one server: the one bucket's ``fl:meta:epoch``; a cluster:
+``fl:meta:epoch:{tag}`` beside the bucket's keys), no TTL, so never evicted: ``ready`` when the
+bucket holds the complete changelog state and ``rehydrating`` while a sink replays the changelog
+into it; a bucket whose master came back empty has no marker. Guarded writes refuse a bucket
+without it, and :meth:`AsyncRedisTileReader.get_all_ready` (serving) raises ``StoreNotReady``
+unless every bucket it reads is ``ready``, reading their markers in the same pipelined round trip
+as the tiles. A master that comes back empty so loses only its own buckets' markers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import redis
-import redis.asyncio
 import redis.exceptions as rex
-from pydantic import SecretStr
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from features.errors import StoreTimeout, StoreUnavailable
-from regions.config import RegionConfig
-from regions.exceptions import AbandonedCall, StoreNotReady, StoreRejected, consume_outcome
+from regions.exceptions import AbandonedCall, StoreNotReady, consume_outcome
+from regions.redis_clients import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SOCKET_TIMEOUT_S,
+    RedisPasswords,
+    RedisRole,
+    RedisTimeouts,
+    RedisUsers,
+    async_redis_client,
+    check_budget,
+    layout_of,
+    mapped,
+    redis_client,
+    store_errors,
+)
 from regions.resilience import Deadline
 from regions.tiles import (
     HEADER_BYTES,
@@ -55,138 +59,31 @@ from regions.tiles import (
 
 T = TypeVar("T")
 
-DEFAULT_CONNECT_TIMEOUT_S = 0.5
-DEFAULT_SOCKET_TIMEOUT_S = 0.5
-DEFAULT_MAX_CONNECTIONS = 32
+# The clients moved to regions.redis_clients; their importers keep importing them from here.
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_SOCKET_TIMEOUT_S",
+    "RedisPasswords",
+    "RedisRole",
+    "RedisTimeouts",
+    "RedisUsers",
+    "async_redis_client",
+    "redis_client",
+]
+_store_errors = store_errors  # regions.redis_vectors maps its errors with it
 
 Fields = dict[str, bytes]
 
 
-class RedisRole(StrEnum):
-    WRITER = "writer"
-    READER = "reader"
-    ADMIN = "admin"
-
-
-class RedisUsers(Protocol):
-    """The ACL user names (``cluster.settings.RedisSettings`` satisfies this)."""
-
-    @property
-    def admin_user(self) -> str: ...
-    @property
-    def writer_user(self) -> str: ...
-    @property
-    def reader_user(self) -> str: ...
-
-
-class RedisPasswords(Protocol):
-    """The ACL passwords (``cluster.settings.Secrets`` satisfies this)."""
-
-    @property
-    def redis_admin_password(self) -> SecretStr: ...
-    @property
-    def redis_writer_password(self) -> SecretStr: ...
-    @property
-    def redis_reader_password(self) -> SecretStr: ...
-
-
-@dataclass(frozen=True)
-class RedisTimeouts:
-    """Per-connection limits. ``socket_s`` bounds every command, so it is the worst-case latency
-    of one call on a hung server. The defaults are the writers' and tools'; serving reads run
-    under their own shorter timeouts and set these as backstops
-    (``serve_apps.config.ServingConfig.redis_timeouts``)."""
-
-    connect_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    socket_s: float = DEFAULT_SOCKET_TIMEOUT_S
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-
-
-def _credentials(
-    role: RedisRole, users: RedisUsers, secrets: RedisPasswords
-) -> tuple[str, SecretStr]:
-    if role is RedisRole.WRITER:
-        return users.writer_user, secrets.redis_writer_password
-    if role is RedisRole.READER:
-        return users.reader_user, secrets.redis_reader_password
-    return users.admin_user, secrets.redis_admin_password
-
-
-def _client_kwargs(
-    region: RegionConfig,
-    role: RedisRole,
-    users: RedisUsers,
-    secrets: RedisPasswords,
-    timeouts: RedisTimeouts,
-) -> dict[str, Any]:
-    username, password = _credentials(role, users, secrets)
-    return {
-        "host": region.redis_host,
-        "port": region.redis_port,
-        "username": username,
-        "password": password.get_secret_value(),
-        "socket_timeout": timeouts.socket_s,
-        "socket_connect_timeout": timeouts.connect_s,
-        "max_connections": timeouts.max_connections,
-        "client_name": f"freshline-{region.name}-{role.value}",
-    }
-
-
-def redis_client(
-    region: RegionConfig,
-    role: RedisRole,
-    users: RedisUsers,
-    secrets: RedisPasswords,
-    timeouts: RedisTimeouts | None = None,
-) -> redis.Redis:
-    """A pooled, thread-safe client of ``region``'s Redis as ``role``; no built-in retry."""
-    kwargs = _client_kwargs(region, role, users, secrets, timeouts or RedisTimeouts())
-    return redis.Redis(**kwargs, retry=Retry(NoBackoff(), 0))
-
-
-def async_redis_client(
-    region: RegionConfig,
-    role: RedisRole,
-    users: RedisUsers,
-    secrets: RedisPasswords,
-    timeouts: RedisTimeouts | None = None,
-) -> redis.asyncio.Redis:
-    """The asyncio twin of :func:`redis_client`, for the serving path; bound to one event loop."""
-    kwargs = _client_kwargs(region, role, users, secrets, timeouts or RedisTimeouts())
-    return redis.asyncio.Redis(**kwargs, retry=AsyncRetry(NoBackoff(), 0))
-
-
-def _mapped(store: str, exc: Exception) -> Exception:
-    # Order matters: auth errors subclass ConnectionError but are configuration, not transport.
-    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.ResponseError):
-        return StoreRejected(f"{store}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, rex.TimeoutError | asyncio.TimeoutError):
-        return StoreTimeout(f"{store}: no answer in time")
-    return StoreUnavailable(f"{store}: {type(exc).__name__}: {exc}")
-
-
-@contextmanager
-def _store_errors(store: str) -> Iterator[None]:
-    try:
-        yield
-    except (rex.RedisError, OSError) as exc:
-        raise _mapped(store, exc) from exc
-
-
-def _check_budget(deadline: Deadline | None) -> None:
-    if deadline is not None:
-        # Raises DeadlineExceeded when spent; the socket timeout bounds the rest.
-        deadline.timeout_for(1.0)
-
-
-# Where a region's Redis says whether it holds the complete changelog state (see STORE_READY).
-MARKER_KEY = "fl:meta:epoch"
+# What a bucket's marker (regions.redis_layout) says of the bucket.
 STORE_READY = b"ready"
 STORE_REHYDRATING = b"rehydrating"
 
-# KEYS[1]: the marker; KEYS[2..]: the distinct tile keys. ARGV[1]: "guard" (refuse, returning -1,
-# when the marker is missing: the store lost its data) or "seed" (set the marker to ready if it is
-# missing: a seeding tool declares what it writes complete). Then, per tile key in KEYS order:
+# One bucket's writes. KEYS[1]: the bucket's marker; KEYS[2..]: the distinct tile keys, all in one
+# slot. ARGV[1]: "guard" (refuse, returning -1, when the marker is missing: the bucket lost its
+# data) or "seed" (set the marker to ready if it is missing: a seeding tool declares what it
+# writes complete). Then, per tile key in KEYS order:
 # ttl_ms, n, n (field, encoded, floor field) triples.
 # Versions are compared as two 32-bit halves because Lua numbers are doubles (exact to 2**53 only).
 # A field's guard is its own stored version when present, else its partition's floor (pre-batch:
@@ -246,8 +143,8 @@ end
 return applied
 """
 
-# Marks a rehydrated store ready only if it is still the rehydration this sink started (or is
-# already ready): a store emptied again in between (the marker is gone) must not be declared
+# Marks a rehydrated bucket ready only if it is still the rehydration this sink started (or is
+# already ready): a bucket emptied again in between (the marker is gone) must not be declared
 # complete.
 _MARK_READY_LUA = """
 local state = redis.call('GET', KEYS[1])
@@ -266,64 +163,121 @@ class ApplyResult:
 
 
 class RedisTileWriter:
-    """Applies tile batches to one region's Redis, one EVALSHA per batch.
+    """Applies tile batches to one region's Redis, one EVALSHA per bucket the batch touches.
 
-    Invariants: one network round trip per non-empty batch (after the script is cached on the
-    server: the very first call, or the first after a restart, costs two more to load it); atomic
-    (Redis runs the script alone); monotone and idempotent per (key, field) as in ``regions.tiles``:
-    a delete removes the field and raises its partition's floor, and an absent field refuses any
-    write not above that floor, so replaying any prefix of the changelog changes nothing.
-    TTL: each key that had a field written gets ``PEXPIRE`` of the largest ``ttl_ms`` of its writes
-    in the batch, unless the key already lives longer (a TTL is extended, never shortened).
+    Invariants: one network round trip per non-empty batch on one server (one bucket); on a
+    cluster, the buckets' calls go in one pipeline, one round trip per master, in parallel (after
+    the script is cached on a server: the first call, or the first after a restart, costs more to
+    load it); atomic per bucket (Redis runs each script alone); monotone and idempotent per (key,
+    field) as in ``regions.tiles``: a delete removes the field and raises its partition's floor,
+    and an absent field refuses any write not above that floor, so replaying any prefix of the
+    changelog changes nothing. TTL: each key that had a field written gets ``PEXPIRE`` of the
+    largest ``ttl_ms`` of its writes in the batch, unless the key already lives longer.
 
-    ``guarded`` (the sinks): a batch is refused with ``StoreNotReady`` when the store's marker is
-    missing, i.e. the store lost its data; the caller must rehydrate it from the changelog before
-    writing again (:meth:`begin_rehydration`, :meth:`mark_ready`). Unguarded (seeding tools and
-    tests that write a complete state directly): the first batch marks the store ready.
+    ``guarded`` (the sinks): the writes of a bucket whose marker is missing (its master lost its
+    data) are refused, and the batch raises ``StoreNotReady`` after the other buckets' writes
+    were applied; the caller must rehydrate the lost buckets from the changelog before writing
+    them again (:meth:`bucket_states`, :meth:`begin_rehydration`, :meth:`mark_ready`). Unguarded
+    (seeding tools and tests that write a complete state directly): the first write to a bucket
+    marks it ready.
     """
 
     def __init__(
-        self, client: redis.Redis, store: str, *, guarded: bool = False, marker: str = MARKER_KEY
+        self, client: Any, store: str, *, guarded: bool = False, marker: str | None = None
     ) -> None:
         self._client = client
         self._store = store
-        self._marker = marker
+        self._layout = layout_of(client, marker)
         self._mode = "guard" if guarded else "seed"
         self._script = client.register_script(_APPLY_LUA)
         self._mark_ready = client.register_script(_MARK_READY_LUA)
+
+    @property
+    def buckets(self) -> range:
+        return self._layout.all_buckets
+
+    def bucket_of(self, key: str) -> int:
+        return self._layout.bucket_of(key)
 
     def apply(self, batch: Sequence[TileWrite], deadline: Deadline | None = None) -> ApplyResult:
         writes = coalesce(batch)
         if not writes:
             return ApplyResult(0, 0)
-        _check_budget(deadline)
-        keys, args = _script_arguments(writes)
-        with _store_errors(self._store):
-            applied = int(self._script(keys=[self._marker, *keys], args=[self._mode, *args]))
-        if applied < 0:
-            raise StoreNotReady(f"{self._store}: store marker missing, the store lost its data")
+        check_budget(deadline)
+        groups = self._layout.group(writes)
+        calls = [self._arguments(bucket, group) for bucket, group in groups.items()]
+        with store_errors(self._store):
+            replies = [int(r) for r in self._run(calls)]
+        lost = [bucket for bucket, reply in zip(groups, replies, strict=True) if reply < 0]
+        if lost:
+            raise StoreNotReady(
+                f"{self._store}: marker of {len(lost)} bucket(s) missing, they lost their data"
+            )
+        applied = sum(replies)
         return ApplyResult(applied, len(writes) - applied)
 
+    def _arguments(self, bucket: int, writes: Sequence[TileWrite]) -> tuple[list[str], list[Any]]:
+        keys, args = _script_arguments(writes, self._layout.stored_key)
+        return [self._layout.marker_key(bucket), *keys], [self._mode, *args]
+
+    def _run(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        if len(calls) == 1:  # redis-py's Script loads the script itself when the server lacks it
+            keys, args = calls[0]
+            return [self._script(keys=keys, args=args)]
+        try:
+            return self._pipelined(calls)
+        except rex.NoScriptError:  # a master restarted since the script was loaded
+            self._client.script_load(_APPLY_LUA)
+            return self._pipelined(calls)
+
+    def _pipelined(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+        return list(pipe.execute())
+
+    def bucket_states(self) -> dict[int, bytes | None]:
+        """Each bucket's marker: ``STORE_READY``, ``STORE_REHYDRATING`` or ``None`` (lost)."""
+        with store_errors(self._store):
+            pipe = self._client.pipeline(transaction=False)
+            for bucket in self.buckets:
+                pipe.get(self._layout.marker_key(bucket))
+            replies = pipe.execute()
+        pairs = zip(self.buckets, replies, strict=True)
+        return {bucket: None if v is None else bytes(v) for bucket, v in pairs}
+
     def store_state(self) -> bytes | None:
-        """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new)."""
-        with _store_errors(self._store):
-            value: Any = self._client.get(self._marker)
-        return None if value is None else bytes(value)
+        """The store's state as one marker: ``None`` when any bucket lost its data, else
+        ``STORE_REHYDRATING`` when any is being rehydrated, else ``STORE_READY``."""
+        states = set(self.bucket_states().values())
+        if None in states:
+            return None
+        return STORE_REHYDRATING if STORE_REHYDRATING in states else STORE_READY
 
-    def begin_rehydration(self) -> None:
-        """Mark the store incomplete: readers go elsewhere and guarded writes are accepted."""
-        with _store_errors(self._store):
-            self._client.set(self._marker, STORE_REHYDRATING)
+    def begin_rehydration(self, buckets: Collection[int] | None = None) -> None:
+        """Mark ``buckets`` (default: all) incomplete: readers of them go elsewhere and guarded
+        writes to them are accepted."""
+        with store_errors(self._store):
+            pipe = self._client.pipeline(transaction=False)
+            for bucket in self.buckets if buckets is None else buckets:
+                pipe.set(self._layout.marker_key(bucket), STORE_REHYDRATING)
+            pipe.execute()
 
-    def mark_ready(self) -> bool:
-        """Declare a rehydrated store complete; ``False`` (nothing changed) when the marker is no
-        longer the one :meth:`begin_rehydration` set, i.e. the store was emptied again."""
-        with _store_errors(self._store):
-            done = self._mark_ready(keys=[self._marker], args=[STORE_REHYDRATING, STORE_READY])
-        return int(done) == 1
+    def mark_ready(self, buckets: Collection[int] | None = None) -> bool:
+        """Declare rehydrated ``buckets`` (default: all) complete; ``False`` when the marker of
+        one of them is no longer the one :meth:`begin_rehydration` set (it was emptied again;
+        the others are marked ready all the same)."""
+        done = []
+        with store_errors(self._store):
+            for bucket in self.buckets if buckets is None else buckets:
+                keys = [self._layout.marker_key(bucket)]
+                done.append(self._mark_ready(keys=keys, args=[STORE_REHYDRATING, STORE_READY]))
+        return all(int(d) == 1 for d in done)
 
 
-def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[bytes | str | int]]:
+def _script_arguments(
+    writes: Sequence[TileWrite], stored: Callable[[str], str]
+) -> tuple[list[str], list[bytes | str | int]]:
     by_key: dict[str, list[TileWrite]] = {}
     for write in writes:
         by_key.setdefault(write.key, []).append(write)
@@ -332,7 +286,7 @@ def _script_arguments(writes: Sequence[TileWrite]) -> tuple[list[str], list[byte
         args += [max(w.ttl_ms for w in group), len(group)]
         for write in group:
             args += [write.field, encode_field(write), floor_field(write.field)]
-    return list(by_key), args
+    return [stored(key) for key in by_key], args
 
 
 def _live(raw: Mapping[bytes, bytes]) -> Fields:
@@ -357,23 +311,26 @@ def _picked(fields: Sequence[str], raw: Sequence[bytes | None]) -> Fields:
 
 
 class RedisTileReader:
-    """Serving-path reads with read-only commands (the ``reader`` role suffices).
+    """Serving-path reads with read-only commands (the ``reader`` role suffices), by online key
+    (the layout's stored key is the reader's business).
 
-    Invariants: one round trip per call (a non-transactional pipeline); every requested key is in
-    the result (an empty dict when absent); versions are stripped and tombstones never returned.
+    Invariants: one round trip per call (a non-transactional pipeline; on a cluster, one per
+    master, in parallel); every requested key is in the result (an empty dict when absent);
+    versions are stripped and tombstones never returned.
     """
 
-    def __init__(self, client: redis.Redis, store: str) -> None:
+    def __init__(self, client: Any, store: str) -> None:
         self._client = client
         self._store = store
+        self._layout = layout_of(client)
 
     def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
         """Every live field of each key (HGETALL)."""
-        _check_budget(deadline)
-        with _store_errors(self._store):
+        check_budget(deadline)
+        with store_errors(self._store):
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.hgetall(key)
+                pipe.hgetall(self._layout.stored_key(key))
             replies = pipe.execute()
         return {key: _live(raw) for key, raw in zip(keys, replies, strict=True)}
 
@@ -381,12 +338,12 @@ class RedisTileReader:
         self, wanted: Mapping[str, Sequence[str]], deadline: Deadline | None = None
     ) -> dict[str, Fields]:
         """The named fields of each key (HMGET); absent or deleted fields are left out."""
-        _check_budget(deadline)
+        check_budget(deadline)
         items = [(key, list(fields)) for key, fields in wanted.items() if fields]
-        with _store_errors(self._store):
+        with store_errors(self._store):
             pipe = self._client.pipeline(transaction=False)
             for key, fields in items:
-                pipe.hmget(key, fields)
+                pipe.hmget(self._layout.stored_key(key), fields)
             replies = pipe.execute()
         out: dict[str, Fields] = {key: {} for key in wanted}
         for (key, fields), raw in zip(items, replies, strict=True):
@@ -397,34 +354,41 @@ class RedisTileReader:
 class AsyncRedisTileReader:
     """The asyncio twin of :class:`RedisTileReader`; a deadline bounds the whole call."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, store: str, *, marker: str = MARKER_KEY
-    ) -> None:
+    def __init__(self, client: Any, store: str, *, marker: str | None = None) -> None:
         self._client = client
         self._store = store
-        self._marker = marker
+        self._layout = layout_of(client, marker)
 
     async def get_all_ready(
         self, keys: Sequence[str], deadline: Deadline | None = None
     ) -> dict[str, Fields]:
-        """Like :meth:`get_all`, but raises ``StoreNotReady`` unless the store's marker says it is
-        complete; the marker travels in the same pipelined round trip as the tiles."""
+        """Like :meth:`get_all`, but raises ``StoreNotReady`` unless the marker of every bucket
+        the keys live in says it is complete (one server: the store's one marker); the markers
+        travel in the same pipelined round trip as the tiles, so a read of entities whose
+        masters are all complete is served while another master is being rehydrated."""
+        buckets = self._layout.buckets_of(keys)
         pipe = self._client.pipeline(transaction=False)
-        pipe.get(self._marker)
+        for bucket in buckets:
+            pipe.get(self._layout.marker_key(bucket))
         for key in keys:
-            pipe.hgetall(key)
+            pipe.hgetall(self._layout.stored_key(key))
         replies = await self._execute(pipe, deadline)
-        if replies[0] != STORE_READY:
-            state = "missing" if replies[0] is None else repr(replies[0])
-            raise StoreNotReady(f"{self._store}: store marker {state}, not complete")
-        return {key: _live(raw) for key, raw in zip(keys, replies[1:], strict=True)}
+        markers, tiles = replies[: len(buckets)], replies[len(buckets) :]
+        incomplete = [m for m in markers if m != STORE_READY]
+        if incomplete:
+            state = "missing" if incomplete[0] is None else repr(incomplete[0])
+            raise StoreNotReady(
+                f"{self._store}: store marker {state} ({len(incomplete)} of "
+                f"{len(buckets)} bucket(s) read), not complete"
+            )
+        return {key: _live(raw) for key, raw in zip(keys, tiles, strict=True)}
 
     async def get_all(
         self, keys: Sequence[str], deadline: Deadline | None = None
     ) -> dict[str, Fields]:
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
-            pipe.hgetall(key)
+            pipe.hgetall(self._layout.stored_key(key))
         replies = await self._execute(pipe, deadline)
         return {key: _live(raw) for key, raw in zip(keys, replies, strict=True)}
 
@@ -434,7 +398,7 @@ class AsyncRedisTileReader:
         items = [(key, list(fields)) for key, fields in wanted.items() if fields]
         pipe = self._client.pipeline(transaction=False)
         for key, fields in items:
-            pipe.hmget(key, fields)
+            pipe.hmget(self._layout.stored_key(key), fields)
         replies = await self._execute(pipe, deadline)
         out: dict[str, Fields] = {key: {} for key in wanted}
         for (key, fields), raw in zip(items, replies, strict=True):
@@ -462,12 +426,12 @@ class AsyncRedisTileReader:
             failure = call.exception()
             if failure is None:
                 return list(call.result())
-            raise _mapped(self._store, failure) from failure
+            raise mapped(self._store, failure) from failure
         except (rex.RedisError, OSError) as exc:
-            raise _mapped(self._store, exc) from exc
+            raise mapped(self._store, exc) from exc
 
 
 def guarded(call: Callable[[], T], store: str) -> T:
     """Run an arbitrary client call with this module's error mapping (for ad-hoc admin calls)."""
-    with _store_errors(store):
+    with store_errors(store):
         return call()

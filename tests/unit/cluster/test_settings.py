@@ -179,7 +179,10 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             live_timeout_ms=250,
         ),
         topology=default_topology(
-            redis_ports=(26379, 26389), dynamodb_ports=(24566, 24567), dynamodb_mode="aws"
+            redis_ports=(26379, 26383),
+            dynamodb_ports=(24566, 24567),
+            dynamodb_mode="aws",
+            redis_shards=3,
         ),
         jar_cache_dir=tmp_path / "jars",
         with_ray=with_ray,

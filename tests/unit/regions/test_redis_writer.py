@@ -73,7 +73,7 @@ def test_script_arguments_group_by_key_with_the_longest_ttl() -> None:
         TileWrite("fl:b", "f", None, 2, ttl_ms=700),
         TileWrite("fl:a", "g", b"2", 1, ttl_ms=900),
     ]
-    keys, args = _script_arguments(writes)
+    keys, args = _script_arguments(writes, str)
     assert keys == ["fl:a", "fl:b"]
     assert args == [
         900,
