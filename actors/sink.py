@@ -32,8 +32,8 @@ marker, and the replay covers it. Then, for the lost buckets only:
    offsets, mark the buckets ``ready`` again, only if their markers are still the ones step 1 set
    (a bucket emptied again in between starts over instead of being declared complete).
 The complete buckets keep serving throughout; their new writes wait behind the replay.
-``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``), ``stats.rehydrations``
-and ``stats.rehydrating_buckets`` show it in the sink actor's ``status()``.
+``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``) and ``stats.rehydrations``
+show it in the sink actor's ``status()``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,6 @@ class SinkStats:
     paused: bool = False
     store_state: str = NOT_APPLICABLE
     rehydrations: int = 0
-    rehydrating_buckets: int = 0  # buckets the running rehydration replays (0: none running)
     assigned_partitions: int = 0  # changelog partitions assigned (every one: see actors.runtime)
     last_error: str = ""
     freshness_ms: list[float] = field(default_factory=list)  # drained by the metrics exporter
@@ -247,7 +246,6 @@ class SinkWorker:
         self._rehydrating, self._lost = buckets, set()
         self.stats.store_state = REHYDRATING
         self.stats.rehydrations += 1
-        self.stats.rehydrating_buckets = len(buckets)
 
     def _maybe_finish_rehydration(self) -> None:
         targets = self._targets
@@ -262,7 +260,6 @@ class SinkWorker:
             return
         self._targets, self._skip_below = None, {}
         self._rehydrating = frozenset()
-        self.stats.rehydrating_buckets = 0
         if ready:
             self.stats.store_state = READY
         else:
