@@ -393,11 +393,14 @@ class _Supervisor:
             self._replaced += 1
 
     def status(self) -> dict[str, Any]:
-        consumers = ray.get([a.status.remote() for a in self._consumers], timeout=30)
-        sinks = ray.get([a.status.remote() for a in self._sinks.values()], timeout=30)
+        assignments = self._config.assignments()
+        consumers = _statuses(self._consumers, [{"partitions": p} for p in assignments])
+        sinks = _statuses(
+            list(self._sinks.values()), [{"region": r, "store": s} for r, s in self._sinks]
+        )
         offline = None
         if self._offline is not None:
-            offline = ray.get(self._offline.status.remote(), timeout=30)
+            offline = _statuses([self._offline], [{}])[0]
         return {
             "consumers": consumers,
             "sinks": sinks,
@@ -412,6 +415,20 @@ class _Supervisor:
         for actor in [*self._consumers, *self._sinks.values(), *extra]:
             ray.get(actor.stop.remote(), timeout=30)
             ray.kill(actor, no_restart=True)
+
+
+def _statuses(actors: list[Any], identities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each child's status; a child that died or is being replaced (a registry roll kills one
+    consumer at a time) reports its identity with ``alive`` and ``ready`` false instead of
+    failing the whole pipeline's status."""
+    pending = [a.status.remote() for a in actors]
+    out: list[dict[str, Any]] = []
+    for ref, identity in zip(pending, identities, strict=True):
+        try:
+            out.append(ray.get(ref, timeout=30))
+        except ray.exceptions.RayActorError:
+            out.append({**identity, "alive": False, "ready": False})
+    return out
 
 
 def _start_when_name_free(new: Any) -> Any:

@@ -27,6 +27,9 @@ def pipeline_tables(state: dict[str, Any]) -> list[Table]:
     for column in ("partitions", "pid", "events in", "accepted", "dead-lettered", "lag", "commits"):
         consumers.add_column(column)
     for c in state["consumers"]:
+        if not c.get("alive", True):  # being replaced (a registry roll) or restarting
+            consumers.add_row(",".join(map(str, c["partitions"])), "restarting", *["-"] * 5)
+            continue
         dead = ", ".join(f"{k}={v}" for k, v in sorted(c["dead_lettered"].items())) or "0"
         consumers.add_row(
             ",".join(map(str, c["partitions"])),
@@ -42,6 +45,9 @@ def pipeline_tables(state: dict[str, Any]) -> list[Table]:
     for column in (*columns, "last step", "last error"):
         sinks.add_column(column)
     for s in state["sinks"]:
+        if not s.get("alive", True):
+            sinks.add_row(s["region"], s["store"], *["-"] * 4, "restarting", *["-"] * 3)
+            continue
         stepped = s.get("since_last_step_s")
         sinks.add_row(
             s["region"],

@@ -67,3 +67,25 @@ def test_the_status_table_tells_a_foreign_port_from_a_service_that_is_down() -> 
     assert "healthy" in rows["kafka"] and "101" in rows["kafka"]
     assert "foreign" in rows["redis-us-east"] and "pid 4242" in rows["redis-us-east"]
     assert "down" in rows["redis-eu-west"] and "healthy" not in rows["redis-eu-west"]
+
+
+def test_a_consumer_being_replaced_shows_as_restarting_beside_the_live_ones() -> None:
+    """A registry roll replaces one consumer at a time; status must still answer meanwhile."""
+    live = {
+        "partitions": [1, 3],
+        "pid": 77,
+        "events_in": 10,
+        "accepted": 9,
+        "dead_lettered": {"late": 1},
+        "lag": {"1": 0},
+        "commits": 3,
+    }
+    state = {
+        "consumers": [{"partitions": [0, 2], "alive": False, "ready": False}, live],
+        "sinks": [{"region": "eu-west", "store": "dynamodb", "alive": False, "ready": False}],
+    }
+    text = _render(state)
+    replaced = next(line for line in text.splitlines() if "0,2" in line)
+    assert "restarting" in replaced
+    assert "late=1" in next(line for line in text.splitlines() if "1,3" in line)
+    assert "restarting" in next(line for line in text.splitlines() if "eu-west" in line)
