@@ -3,7 +3,9 @@
 Exactly-once from the source to the changelog, the dead-letter topic and the offline topic (the
 accepted events handed to the offline writer) rests on one Kafka transaction per commit (see
 :meth:`StreamConsumer.commit`). The transactional id is derived from the owned partitions, so a
-restarted consumer fences its dead predecessor's open transaction.
+restarted consumer fences its dead predecessor's open transaction. A view version a partition never
+committed (a rollout's candidate) is backfilled from the offline table at start, and listed in the
+offset metadata by the commit that publishes it (``actors.backfill``).
 
 A commit has a deadline, :data:`TRANSACTION_TIMEOUT_MS`: kafka-python waits for
 ``send_offsets_to_transaction`` and ``commit_transaction`` without a timeout, and its sender drops
@@ -15,25 +17,33 @@ watchdog, which exits the process for Ray to restart it (``actors.runtime``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from kafka import KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from actors.backfill import (
+    AcceptedHistory,
+    offset_metadata,
+    parse_offset_metadata,
+    to_backfill,
+    warm_start,
+)
 from actors.changelog import ChangelogDecodeError, ChangelogRecord, decode, encode
 from actors.config import ConsumerConfig as ConsumerConfig  # noqa: PLC0414 - re-exported
 from actors.kafka_io import read_committed_consumer
 from actors.offline_feed import FeedEncoder
-from actors.processor import PartitionProcessor
+from actors.processor import PartitionProcessor, view_ident
 from features.catalog import Catalog
 from features.commit_pacing import CommitPacing
 from features.errors import RejectReason, TransportError
-from features.watermark import WatermarkState
+
+log = logging.getLogger("freshline.consumer")
 
 # The producer's transaction timeout, and so the deadline of one commit: the coordinator aborts a
 # transaction open longer than this, after which its commit can only fail. Far above a healthy
@@ -63,6 +73,9 @@ class ConsumerStats:
     changelog_records: int = 0
     restored_records: int = 0
     restore_s: float = 0.0
+    # Events folded into new view versions at start (``actors.backfill``), and the time it took.
+    backfilled_events: int = 0
+    backfill_s: float = 0.0
     watermark_ms: dict[int, int] = field(default_factory=dict)
     lag: dict[int, int] = field(default_factory=dict)
     # Event time -> changelog committed (visible to the region sinks), per changed tile field: the
@@ -92,7 +105,10 @@ class StreamConsumer:
         monotonic: Callable[[], float] = time.monotonic,
         clients: Callable[[ConsumerConfig, str], tuple[Any, Any]] | None = None,
         commit_deadline_s: float = TRANSACTION_TIMEOUT_MS / 1000,
+        history: AcceptedHistory | None = None,
     ) -> None:
+        """``history``: the offline table that new view versions are backfilled from
+        (``actors.backfill.offline_history``); without one they start empty."""
         self.config = config
         self._clients = clients or kafka_clients
         self._topic = catalog.source(config.source).topic
@@ -100,6 +116,15 @@ class StreamConsumer:
         self._processors = {
             p: PartitionProcessor(catalog, config.source, p, now_ms) for p in partitions
         }
+        self._catalog, self._history = catalog, history
+        # The view versions every commit lists as computed (``actors.backfill``), and per
+        # partition those left off because their backfill must wait for a later start.
+        self._computed = tuple(
+            view_ident(v.name, v.version)
+            for v in catalog.computed_views
+            if v.source == config.source
+        )
+        self._unlisted: dict[int, frozenset[str]] = {}
         self._now_ms = now_ms
         self._monotonic = monotonic
         self._last_commit = monotonic()
@@ -129,29 +154,49 @@ class StreamConsumer:
         return f"{self.config.group_id}.{self._topic}.{owned}"
 
     def start(self) -> None:
-        """Fence any predecessor, rebuild state from the changelog, seek to committed offsets."""
+        """Fence any predecessor, rebuild state from the changelog, seek to committed offsets,
+        then backfill the view versions a partition never committed (``actors.backfill``)."""
         started = self._monotonic()
         self._producer, self._consumer = self._clients(self.config, self.transactional_id)
         self._producer.init_transactions()  # aborts and fences a crashed predecessor's transaction
         tps = [TopicPartition(self._topic, p) for p in self._partitions]
         self._consumer.assign(tps)
-        for tp in tps:
-            self._restore(tp)
+        needed = {tp.partition: self._restore(tp) for tp in tps}
         self.stats.restore_s = self._monotonic() - started
+        if any(needed.values()):
+            self._backfill({p: idents for p, idents in needed.items() if idents})
 
-    def _restore(self, tp: TopicPartition) -> None:
+    def _restore(self, tp: TopicPartition) -> tuple[str, ...]:
+        """Restore one partition; the view versions it must backfill."""
         committed = self._consumer.committed(tp, metadata=True)
         processor = self._processors[tp.partition]
         if committed is None:
             self._consumer.seek_to_beginning(tp)
-            return
-        watermark = _watermark_from(committed.metadata)
+            return ()  # every version is computed from the partition's first event
+        metadata = parse_offset_metadata(committed.metadata)
         records = read_changelog_partition(
             self.config.bootstrap, self.config.changelog_topic, tp.partition
         )
-        processor.restore(records, watermark, committed.offset - 1)
+        processor.restore(records, metadata.watermark, committed.offset - 1)
         self.stats.restored_records += len(records)
         self._consumer.seek(tp, committed.offset)
+        return to_backfill(self._computed, metadata)
+
+    def _backfill(self, needed: dict[int, tuple[str, ...]]) -> None:
+        if self._history is None:
+            log.warning(
+                "no offline table to backfill from: %s start empty on partitions %s",
+                sorted({i for idents in needed.values() for i in idents}),
+                sorted(needed),
+            )
+            return
+        warmed = warm_start(self._catalog, self._processors, needed, self._history)
+        self._unlisted = {p: frozenset(idents) for p, idents in warmed.left.items()}
+        self.stats.backfilled_events = sum(warmed.folded.values())
+        self.stats.backfill_s = warmed.seconds
+        # The first commit publishes the backfilled blocks and lists their versions, even when
+        # no event arrives: until it does, a restart backfills again.
+        self._uncommitted = True
 
     def step(self, poll_timeout_ms: int = 100) -> int:
         """Poll once, process, and commit when the interval has passed; returns events polled."""
@@ -192,8 +237,9 @@ class StreamConsumer:
            (``actors.offline_feed``): inside the transaction, so a replay never duplicates them.
         3. Produce the changed tiles (absolute states) to the changelog partition numbered like
            the source partition, which is what a restart reads back.
-        4. Add the source offsets, with each partition's watermark in the offset metadata, so the
-           restored watermark always matches the restored tiles.
+        4. Add the source offsets, with each partition's watermark and the view versions it
+           computes in the offset metadata, so the restored watermark always matches the restored
+           tiles, and a backfilled version is listed exactly when its blocks are committed.
         5. Commit the transaction. Region sinks read the changelog ``read_committed`` and only now
            see the tiles; a crash before this line aborts it all and the restart replays from the
            previous commit's offsets onto the previous commit's state.
@@ -224,7 +270,11 @@ class StreamConsumer:
                     self.stats.changelog_records += 1
                 position = processor.state.last_offset + 1
                 if position > 0:
-                    metadata = orjson.dumps(processor.state.watermark.to_dict()).decode()
+                    unlisted = self._unlisted.get(partition, frozenset())
+                    metadata = offset_metadata(
+                        processor.state.watermark,
+                        (ident for ident in self._computed if ident not in unlisted),
+                    )
                     offsets[TopicPartition(self._topic, partition)] = OffsetAndMetadata(
                         position, metadata, -1
                     )
@@ -316,12 +366,6 @@ def kafka_clients(config: ConsumerConfig, transactional_id: str) -> tuple[Any, A
         fetch_max_bytes=16 * 1024 * 1024,
     )
     return producer, consumer
-
-
-def _watermark_from(metadata: str | None) -> WatermarkState:
-    if not metadata:
-        return WatermarkState()
-    return WatermarkState.from_dict(orjson.loads(metadata))
 
 
 def read_changelog_partition(bootstrap: str, topic: str, partition: int) -> list[ChangelogRecord]:

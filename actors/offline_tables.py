@@ -20,6 +20,8 @@ removal); they are small, one per commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -164,9 +166,38 @@ class IcebergTable:
     def snapshot_count(self) -> int:
         return len(self._table.metadata.snapshots)
 
+    def accepted(
+        self,
+        partition: int,
+        upto_offset: int,
+        columns: Sequence[str],
+        *,
+        time_field: str,
+        since_ms: int | None = None,
+    ) -> pa.Table:
+        """The raw events of one source partition with ``_offset <= upto_offset`` (and, when
+        ``since_ms`` is given, ``time_field >= since_ms``, whole days before it never opened),
+        ``columns`` and ``_offset``, in offset order: what a backfill folds
+        (``actors.backfill``)."""
+        row_filter = f"_partition == {int(partition)} and _offset <= {int(upto_offset)}"
+        if since_ms is not None:
+            first_day = datetime.fromtimestamp(since_ms / 1000, tz=UTC).date().isoformat()
+            row_filter += f" and _event_date >= '{first_day}' and {time_field} >= {int(since_ms)}"
+        selected = tuple(dict.fromkeys((*columns, time_field, "_offset")))
+        self._table.refresh()
+        if self._table.current_snapshot() is None:
+            return raw_like(self._table.schema().as_arrow(), selected)
+        rows = self._table.scan(row_filter=row_filter, selected_fields=selected).to_arrow()
+        return rows.sort_by("_offset")
+
     def scan(self) -> pa.Table:
         self._table.refresh()
         return self._table.scan().to_arrow()
+
+
+def raw_like(schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
+    """An empty table of ``columns`` typed as in ``schema``."""
+    return schema.empty_table().select(list(dict.fromkeys(columns)))
 
 
 def open_tables(

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from actors.changelog import HELD_PREFIX, ChangelogRecord
@@ -44,6 +45,7 @@ from actors.columnar import ColumnarPath
 from actors.dlq import DeadLetter, dead_letter
 from actors.records import AcceptedEvents, BatchOutcome, SourceRecord
 from actors.records import RawRecord as RawRecord  # noqa: PLC0414 - re-exported
+from features.batch_fold import BatchColumns
 from features.blocks import (
     BlockLayout,
     TileKey,
@@ -420,6 +422,43 @@ class PartitionProcessor:
                 max_id_bytes=view.max_id_bytes
             )
         return cached
+
+    def backfill(self, ident: str, rows: BatchColumns) -> int:
+        """Fold already-accepted events of this partition (``rows``, in offset order, all at or
+        below the last offset) into the one view version ``ident``, replacing whatever this
+        partition held for it: no validation, no watermark (they were accepted once), so the
+        version's tiles become those of a processor that computed it from the first of them.
+        Events stamped after the clock are held as the live path holds them; the next drain
+        publishes every block it changed (``actors.backfill``). Returns the events folded."""
+        view, total = self._view(ident), len(rows)
+        stale = [e for e in self.state.tiles if e[0] == ident]
+        stale += [e for e in self.state.pending if e[0] == ident]
+        for entity_id in stale:  # an earlier incarnation of this version: replaced, not added to
+            self.state.tiles.pop(entity_id, None)
+            if self.state.pending.pop(entity_id, None) is not None:
+                self._pending_changed.add(entity_id)
+        due = rows.times <= self._now_ms()
+        if not due.all():
+            self._defer(view, self._items(view, rows, np.flatnonzero(~due)))
+            rows = rows.select(np.flatnonzero(due))
+        if len(rows):  # the consumer's fold, for a processor on the per-event path too
+            (self._columnar or ColumnarPath(self))._fold(view, rows)
+        above = self.state.last_offset + 1  # above any write of the replaced state
+        for entity_id in stale:
+            change = self._changed.get(entity_id)
+            self._changed[entity_id] = (above, self.watermark_ms if change is None else change[1])
+        return total
+
+    def _items(self, view: _View, rows: BatchColumns, picked: Iterable[int]) -> list[_Accepted]:
+        """Rows as the per-event path's (event, event time, offset) items, holding the fields
+        the view reads."""
+        features = (f.column for f in view.view.features if f.column)
+        names = list(dict.fromkeys([view.key_field, self.source.event_time_field, *features]))
+        columns = {name: rows.values(name) for name in names}
+        return [
+            ({n: columns[n][i] for n in names}, int(rows.times[i]), int(rows.offsets[i]))
+            for i in picked
+        ]
 
     def restore(
         self, records: Sequence[ChangelogRecord], watermark: WatermarkState, last_offset: int
