@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from actors.config import DEFAULT_CONSUMERS
-from cluster import embeddings_cli, registry_cli, training_job, validator_job
+from cluster import embeddings_cli, registry_cli, shadow_cli, training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
 from cluster.settings import StackSettings, settings_from_env
@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_modules(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands whose handlers live in a module of their own."""
     registry_cli.add_commands(verbs)
+    shadow_cli.add_commands(verbs)
     embeddings_cli.add_commands(verbs)
 
 
