@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import redis
+import redis.exceptions as rex
 from redis.crc import key_slot
 
+from features.errors import StoreUnavailable
 from features.keys import OnlineKey
+from regions.exceptions import StoreRejected
+from regions.redis_clients import layout_of, mapped
 from regions.redis_layout import CLUSTER, CLUSTER_BUCKETS, SINGLE, RedisLayout, bucket_tags
 from regions.tiles import TileWrite
 
@@ -61,3 +66,17 @@ def test_a_batch_groups_by_bucket_in_batch_order() -> None:
         assert all(CLUSTER.bucket_of(w.key) == bucket for w in group)
         assert group == [w for w in writes if CLUSTER.bucket_of(w.key) == bucket]
     assert list(SINGLE.group(writes)) == [0]
+
+
+def test_a_down_cluster_is_unavailable_not_a_rejection() -> None:
+    assert isinstance(mapped("redis-x", rex.ClusterDownError("CLUSTERDOWN")), StoreUnavailable)
+    assert isinstance(mapped("redis-x", rex.RedisClusterException("no node")), StoreUnavailable)
+    assert isinstance(mapped("redis-x", rex.NoPermissionError("acl")), StoreRejected)
+
+
+def test_the_client_kind_picks_the_layout() -> None:
+    single = redis.Redis()
+    assert layout_of(single) == SINGLE
+    assert layout_of(single, "fl:test:m").marker_key(0) == "fl:test:m"
+    cluster = redis.RedisCluster.__new__(redis.RedisCluster)  # no connection needed to judge
+    assert layout_of(cluster) == CLUSTER
