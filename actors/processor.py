@@ -428,7 +428,8 @@ class PartitionProcessor:
         below the last offset) into the one view version ``ident``, replacing whatever this
         partition held for it: no validation, no watermark (they were accepted once), so the
         version's tiles become those of a processor that computed it from the first of them.
-        Events stamped after the clock are held as the live path holds them; the next drain
+        Events stamped after the clock are held as the live path holds them (with only the fields
+        the view reads: the offline table has no others to give); the next drain
         publishes every block it changed (``actors.backfill``). Returns the events folded."""
         view, total = self._view(ident), len(rows)
         stale = [e for e in self.state.tiles if e[0] == ident]
