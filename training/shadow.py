@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,14 @@ class FeatureShadow:
     mean_abs_diff_previous: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "feature": self.feature,
+            "entities": self.entities,
+            "equal_offline": self.equal_offline,
+            "mean_abs_diff_offline": self.mean_abs_diff_offline,
+            "equal_previous": self.equal_previous,
+            "mean_abs_diff_previous": self.mean_abs_diff_previous,
+        }
 
 
 def recent_entities(events: pa.Table, key: str, time: str, count: int) -> list[Any]:
