@@ -52,6 +52,7 @@ import pyarrow as pa
 from actors.processor import _EVICTION_SLACK_MS, PartitionProcessor, view_ident
 from features.batch_fold import BatchColumns
 from features.catalog import Catalog, FeatureView
+from features.errors import TransportError
 from features.tile_groups import tile_groups
 from features.watermark import WatermarkState
 
@@ -66,6 +67,19 @@ log = logging.getLogger("freshline.backfill")
 BACKFILL_WAIT_S: Final = 120.0
 _POLL_S: Final = 0.5
 _VIEWS: Final = "views"  # the list's key in the offset metadata
+_TAIL_READ_S: Final = 60.0  # reading a partition's last records takes a few round trips
+
+
+class OfflineTopicUnreadable(TransportError):
+    """The tail of a partition of the offline topic could not be read in time: without its last
+    record, whether the table is complete cannot be told. The consumer exits and Ray restarts it
+    (crash-only), which tries again."""
+
+    def __init__(self, topic: str, partition: int, seconds: float) -> None:
+        super().__init__(
+            f"could not read the tail of {topic}[{partition}] in {seconds:.0f} s: "
+            "the backfill cannot tell whether the offline table is complete"
+        )
 
 
 class AcceptedHistory(Protocol):
@@ -274,6 +288,7 @@ def last_committed_offset(bootstrap: str, topic: str, partition: int) -> int | N
 
     consumer = read_committed_consumer(bootstrap, None)
     tp = TopicPartition(topic, partition)
+    give_up = time.monotonic() + _TAIL_READ_S
     try:
         consumer.assign([tp])
         first = consumer.beginning_offsets([tp])[tp]
@@ -284,6 +299,8 @@ def last_committed_offset(bootstrap: str, topic: str, partition: int) -> int | N
             consumer.seek(tp, start)
             last = None
             while consumer.position(tp) < end:
+                if time.monotonic() > give_up:
+                    raise OfflineTopicUnreadable(topic, partition, _TAIL_READ_S)
                 for batch in consumer.poll(timeout_ms=500, max_records=500).values():
                     last = max([last or -1, *(r.offset for r in batch)])
             if last is not None or start == first:
