@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 
+from actors.backfill import offline_history
 from actors.config import PipelineConfig
 from actors.consumer import StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
@@ -50,7 +51,9 @@ def _die(what: str, exc: BaseException) -> None:
 
 class _ConsumerActor:
     def __init__(self, config: PipelineConfig, catalog: Catalog, partitions: list[int]) -> None:
-        self._consumer = StreamConsumer(config.consumer_config(), catalog, partitions)
+        self._consumer = StreamConsumer(
+            config.consumer_config(), catalog, partitions, history=offline_history(config, catalog)
+        )
         self._partitions = partitions
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -104,6 +107,9 @@ class _ConsumerActor:
             "commit_running_s": self._consumer.commit_running_s(),
             "restored_records": stats.restored_records,
             "restore_s": stats.restore_s,
+            # Events folded into new view versions at start (actors.backfill), and how long.
+            "backfilled_events": stats.backfilled_events,
+            "backfill_s": stats.backfill_s,
             "watermark_ms": dict(stats.watermark_ms),
             "lag": dict(stats.lag),
             # Event time -> changelog committed: the consumer's share of the sinks' freshness.
