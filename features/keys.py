@@ -15,10 +15,10 @@ Invariants:
 * Refused ids raise :class:`InvalidEntityId`: empty, not a ``str``, longer than ``max_id_bytes``
   UTF-8 bytes, containing control characters (category Cc, e.g. newline, NUL) or lone surrogates.
 
-These keys carry no hash tag. On a Redis Cluster the Redis layer appends one (``regions.redis_layout``:
-a bucket derived from the entity id), so one entity's views and its bucket's readiness marker share
-a slot; one view of one entity is a single hash whose fields are its tile groups' tiles
-(``features.tile_groups``).
+These keys carry no hash tag. On a Redis Cluster the Redis layer appends one
+(``regions.redis_layout``: a bucket derived from the entity id), so one entity's views and its
+bucket's readiness marker share a slot; one view of one entity is a single hash whose fields are
+its tile groups' tiles (``features.tile_groups``).
 """
 
 from __future__ import annotations
