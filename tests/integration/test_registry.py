@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def test_the_cli_plans_and_applies_and_names_the_culprit_of_a_bad_repository(
     bootstrap = stack.settings.kafka.bootstrap
 
     def freshline(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [".venv/bin/freshline", *args]
+        # The CLI beside this interpreter: the checkout's own .venv may not exist (a worktree).
+        argv = [str(Path(sys.executable).parent / "freshline"), *args]
         return subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=120, check=False
         )
