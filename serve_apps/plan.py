@@ -37,12 +37,16 @@ class ViewInfo:
     entity: Entity
     layout: BlockLayout
     prefix: str
+    # This version's own definition of each feature, by name: during a rollout a ref resolved
+    # against the candidate is evaluated with the definition of the version that answers.
+    features: Mapping[str, Feature]
 
     @classmethod
     def of(cls, catalog: Catalog, view: FeatureView, tenant: str) -> ViewInfo:
         entity = catalog.entity(view.entity)
         prefix = view_prefix(tenant, view.name, view.version)
-        return cls(view, entity, BlockLayout.for_view(view), prefix)
+        by_name = {f.name: f for f in view.features}
+        return cls(view, entity, BlockLayout.for_view(view), prefix, by_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,7 @@ class CatalogIndex:
             answering = self.serving[info.view.name].versions()
             for feature in info.view.features:
                 ref = f"{info.view.name}:{feature.name}"
-                lacking = [a.view.version for a in answering if feature.name not in _names(a)]
+                lacking = [a.view.version for a in answering if feature.name not in a.features]
                 if lacking:
                     self._unserved[ref] = (
                         f"{ref} is not served while {info.view.name} rolls out: version "
@@ -154,10 +158,6 @@ class CatalogIndex:
                 {"name": s.name, "features": list(s.features)} for s in self.catalog.services
             ],
         }
-
-
-def _names(info: ViewInfo) -> frozenset[str]:
-    return frozenset(f.name for f in info.view.features)
 
 
 def _describe_view(info: ViewInfo, rollout: Rollout | None) -> dict[str, Any]:

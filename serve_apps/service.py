@@ -104,8 +104,7 @@ class ReadService:
         as_of: int,
     ) -> Columns:
         """The values of ``ids`` from one view version (its own definition of each feature)."""
-        by_name = {f.name: f for f in info.view.features}
-        features = [by_name[r.feature.name] for r in refs]
+        features = [info.features[r.feature.name] for r in refs]
         if result.fields is None:
             return defaults(features, len(ids), result.store)
         stored, max_id_bytes = result.fields, info.entity.max_id_bytes
@@ -137,7 +136,12 @@ class ReadService:
         newest: list[int] = []
         for info, positions in groups.values():
             part = self._evaluate(info, refs, [ids[p] for p in positions], result, as_of)
-            columns = (part.values, part.statuses, part.event_times, part.ages)
+            columns: tuple[list[Any], ...] = (
+                part.values,
+                part.statuses,
+                part.event_times,
+                part.ages,
+            )
             for out, column in zip(fields, columns, strict=True):
                 for j, p in enumerate(positions):
                     out[p] = column[j]
