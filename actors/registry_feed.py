@@ -74,15 +74,13 @@ def publish_to_regions(
     replica never serves a catalog the pipeline does not run; ``after_parent`` (a rollout step,
     which computes nothing new) writes only where the parent version is served."""
     from regions.redis_store import RedisRole, redis_client
-    from regions.registry_mirror import publish, publish_after_parent
-
-    write = publish_after_parent if after_parent else publish
+    from regions.registry_mirror import publish
 
     written = []
     for region in topology.regions:
         client = redis_client(region, RedisRole.WRITER, users, secrets)
         try:
-            if write(client, tenant, version):
+            if publish(client, tenant, version, after_parent=after_parent):
                 written.append(region.name)
         finally:
             client.close()

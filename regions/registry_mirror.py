@@ -19,21 +19,13 @@ from typing import Any
 
 from features.registry import RegistryVersion
 
-# KEYS[1] the hash; ARGV[1] the number, ARGV[2] the record. 1 when written, 0 when the hash
-# already holds this number or a higher one.
+# KEYS[1] the hash; ARGV[1] the number, ARGV[2] the record, ARGV[3] the number the hash must hold
+# ('' for any lower one). 1 when written, 0 when the hash already holds this number or a higher
+# one, or not the one ARGV[3] asks for.
 _PUBLISH = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'number') or '0')
 if current >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'number', ARGV[1], 'record', ARGV[2])
-return 1
-"""
-
-
-# The same, but only over exactly ARGV[3] (the version's parent): a rollout step published by the
-# CLI reaches a region only once the pipeline has rolled it to the step's parent.
-_PUBLISH_AFTER = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'number') or '0')
-if current ~= tonumber(ARGV[3]) then return 0 end
+if ARGV[3] ~= '' and current ~= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'number', ARGV[1], 'record', ARGV[2])
 return 1
 """
@@ -44,20 +36,17 @@ def registry_key(tenant: str) -> str:
     return f"fl:{tenant}:registry"
 
 
-def publish(client: Any, tenant: str, version: RegistryVersion) -> bool:
+def publish(
+    client: Any, tenant: str, version: RegistryVersion, *, after_parent: bool = False
+) -> bool:
     """Make ``version`` the one ``tenant``'s replicas in this region follow, unless the region
-    already serves it or a newer one; True when written. ``client`` is a synchronous redis-py
-    client of a user allowed to write ``fl:*`` keys."""
-    written = client.eval(_PUBLISH, 1, registry_key(tenant), version.number, version.encode())
-    return bool(written)
-
-
-def publish_after_parent(client: Any, tenant: str, version: RegistryVersion) -> bool:
-    """Like :func:`publish`, but only where the region serves ``version``'s parent: a step that
-    changes what is read and not what is computed (a rollout share, a retire) may then skip the
-    pipeline's next refresh, while a region still behind waits for the pipeline."""
-    keys_and_args = (registry_key(tenant), version.number, version.encode(), version.parent)
-    return bool(client.eval(_PUBLISH_AFTER, 1, *keys_and_args))
+    already serves it or a newer one; True when written. ``after_parent``: only where the region
+    serves ``version``'s parent, so a rollout step published by the CLI (it changes what is read,
+    not what is computed) reaches a region only once the pipeline has rolled it to that parent.
+    ``client`` is a synchronous redis-py client of a user allowed to write ``fl:*`` keys."""
+    parent = version.parent if after_parent else ""
+    args = (registry_key(tenant), version.number, version.encode(), parent)
+    return bool(client.eval(_PUBLISH, 1, *args))
 
 
 async def served_number(client: Any, tenant: str) -> int | None:
