@@ -114,7 +114,8 @@ class StreamConsumer:
         self._topic = catalog.source(config.source).topic
         self._partitions = sorted(partitions)
         self._processors = {
-            p: PartitionProcessor(catalog, config.source, p, now_ms) for p in partitions
+            p: PartitionProcessor(catalog, config.source, p, now_ms, tenant=config.tenant)
+            for p in partitions
         }
         self._catalog, self._history = catalog, history
         # The view versions every commit lists as computed (``actors.backfill``), and per

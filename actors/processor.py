@@ -57,14 +57,13 @@ from features.blocks import (
 from features.catalog import Catalog, FeatureView
 from features.errors import EventRejected, RejectReason
 from features.exceptions import CorruptState
-from features.keys import OnlineKey
+from features.keys import DEFAULT_TENANT, OnlineKey
 from features.tile_groups import TileGroup, parse_field, tile_groups
 from features.tiles import tile_start
 from features.validation import EventValidator
 from features.watermark import WatermarkPolicy, WatermarkState
 from regions.tiles import TileWrite
 
-TENANT = "default"
 # Tiles are kept a little past their last useful moment so that a late-but-accepted event still
 # finds its tile: allowed lateness plus the watermark delay, plus one minute of slack.
 _EVICTION_SLACK_MS = 60_000
@@ -122,10 +121,12 @@ class PartitionProcessor:
         now_ms: Callable[[], int],
         *,
         columnar: bool = True,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """``columnar=False`` processes every batch event by event: the reference the columnar
-        path (``actors.columnar``) is tested against."""
+        path (``actors.columnar``) is tested against. ``tenant`` is the key space written."""
         self.source = catalog.source(source_name)
+        self.tenant = tenant
         self.partition = partition
         self._views = [
             _View(
@@ -417,7 +418,7 @@ class PartitionProcessor:
         if cached is None:
             if len(self._keys) >= _KEY_CACHE_MAX:
                 self._keys.clear()
-            online = OnlineKey(TENANT, view.view.name, view.view.version, entity)
+            online = OnlineKey(self.tenant, view.view.name, view.view.version, entity)
             cached = self._keys[(view.ident, entity)] = online.encode(
                 max_id_bytes=view.max_id_bytes
             )

@@ -24,7 +24,6 @@ from actors.backfill import offline_history
 from actors.config import PipelineConfig
 from actors.consumer import StreamConsumer
 from actors.metrics import ConsumerMetrics, SinkMetrics
-from actors.processor import TENANT
 from actors.registry_feed import latest, publish_to_regions
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
@@ -345,7 +344,7 @@ class _Supervisor:
         """Roll to the latest registry version if it is newer than the one computed, and publish
         it to every region; the number rolled to, or None."""
         c = self._config
-        current = latest(c.bootstrap, TENANT)
+        current = latest(c.bootstrap, c.tenant)
         if current is None or (
             self._registry_version is not None and current.number <= self._registry_version
         ):
@@ -365,7 +364,7 @@ class _Supervisor:
             if self._offline is not None and not same:
                 self._offline = self._renew(self._offline, self._new_offline)
             self._registry_version = current.number
-        publish_to_regions(c.topology, c.redis_users, self._secrets, TENANT, current)
+        publish_to_regions(c.topology, c.redis_users, self._secrets, c.tenant, current)
         log.warning("pipeline rolled to registry version %d and published it", current.number)
         return current.number
 

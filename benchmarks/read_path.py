@@ -50,10 +50,10 @@ from live_feed import PARTITIONS, history, partition_of, user_id
 from old_values import cached_groups, evaluate
 from serving import USERS, benchmark_catalog
 
-from actors.processor import TENANT, PartitionProcessor, RawRecord
+from actors.processor import PartitionProcessor, RawRecord
 from features.catalog import Catalog
 from features.demo import SOURCE
-from features.keys import OnlineKey
+from features.keys import DEFAULT_TENANT, OnlineKey
 from features.tile_groups import TileGroup, tile_groups
 from regions.tiles import HEADER_BYTES, TAG_OFFSET, TAG_VALUE, TileWrite, encode_field
 from serve_apps.config import Limits
@@ -152,7 +152,7 @@ class Reader:
     @classmethod
     def of(cls, catalog: Catalog) -> Reader:
         view = catalog.view(VIEW)
-        return cls(CatalogIndex(catalog, TENANT), tuple(f.name for f in view.features))
+        return cls(CatalogIndex(catalog, DEFAULT_TENANT), tuple(f.name for f in view.features))
 
 
 def old_read(

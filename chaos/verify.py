@@ -87,7 +87,7 @@ def served_views(
     view = CATALOG.view(view_name)
     max_id = CATALOG.entity(view.entity).max_id_bytes
     keys = {
-        OnlineKey("default", view.name, view.version, e).encode(max_id_bytes=max_id): e
+        OnlineKey(settings.tenant, view.name, view.version, e).encode(max_id_bytes=max_id): e
         for e in entities
     }
     cfg = settings.topology.get(region)

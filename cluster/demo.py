@@ -83,6 +83,7 @@ class ServedFeatures:
         from regions.redis_store import RedisRole, RedisTileReader, redis_client
 
         self._view = card_transactions_catalog().view("user_spend")
+        self._tenant = stack.settings.tenant
         self._layout = BlockLayout.for_view(self._view)
         self._readers = {
             region.name: RedisTileReader(
@@ -100,7 +101,8 @@ class ServedFeatures:
         from features.keys import OnlineKey
 
         keys = {
-            OnlineKey("default", self._view.name, self._view.version, u).encode(): u for u in users
+            OnlineKey(self._tenant, self._view.name, self._view.version, u).encode(): u
+            for u in users
         }
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for region, reader in self._readers.items():

@@ -21,6 +21,7 @@ from cluster.settings import (
     RaySettings,
     StackSettings,
 )
+from features.keys import DEFAULT_TENANT
 from regions.config import default_topology
 
 # All below the kernel's ephemeral range (32768+), which outgoing connections draw from, and above
@@ -60,11 +61,14 @@ def free_ingress_block() -> tuple[int, int]:
     return blocks[0], blocks[0] + _INGRESS_BLOCK_PORTS  # every block busy: share one
 
 
-def isolated_settings(state_dir: Path, *, with_ray: bool) -> StackSettings:
+def isolated_settings(
+    state_dir: Path, *, with_ray: bool, tenant: str = DEFAULT_TENANT
+) -> StackSettings:
     """Settings of a stack that shares nothing with the default one but the jar cache."""
     p = free_ports(14)
     return StackSettings(
         state_dir=state_dir,
+        tenant=tenant,
         kafka=KafkaSettings(port=p[0], controller_port=p[1]),
         ray=RaySettings(
             port=p[2],

@@ -26,7 +26,6 @@ import ray
 
 from actors import job
 from actors.config import DEFAULT_CONSUMERS, PipelineConfig
-from actors.processor import TENANT
 from actors.registry_feed import latest, publish_to_regions
 from actors.runtime import NAMESPACE
 from cluster.embeddings import (
@@ -59,6 +58,7 @@ LIVENESS = Liveness()
 def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
     return PipelineConfig(
         bootstrap=settings.kafka.bootstrap,
+        tenant=settings.tenant,
         consumers=consumers,
         topology=settings.topology,
         iceberg_catalog_uri=settings.iceberg_catalog_uri,
@@ -72,14 +72,14 @@ def start(settings: StackSettings, consumers: int, secrets: Any) -> Any:
     supervisor's handle, which the driver holds for the pipeline's life (see ``job.up``)."""
     config = pipeline_config(settings, consumers)
     # The latest applied registry version; the demo catalog until a repository is applied.
-    current = latest(settings.kafka.bootstrap, TENANT)
+    current = latest(settings.kafka.bootstrap, settings.tenant)
     catalog = card_transactions_catalog() if current is None else current.catalog
     version = None if current is None else current.number
     supervisor, result = job.up(config, catalog, secrets, version)
     if current is not None and result["registry_version"] == current.number:
         # The consumers compute it now: each region's Serve replicas may follow it. (A pipeline
         # already running an older version rolls to it and publishes it itself.)
-        publish_to_regions(settings.topology, settings.redis, secrets, TENANT, current)
+        publish_to_regions(settings.topology, settings.redis, secrets, settings.tenant, current)
     views = item_embedding_views()
     fleet = fleet_config(
         settings.topology,

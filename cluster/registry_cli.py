@@ -25,7 +25,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from actors.processor import TENANT
 from actors.registry_feed import publish_to_regions
 from cluster import registry
 from cluster.secrets import node_secrets
@@ -77,26 +76,26 @@ def _step(
     console: Console,
     change: Callable[[Catalog], Catalog],
 ) -> int:
-    planned = registry.plan_change(settings.kafka.bootstrap, TENANT, change)
-    applied = registry.apply(settings.kafka.bootstrap, TENANT, planned)
+    planned = registry.plan_change(settings.kafka.bootstrap, settings.tenant, change)
+    applied = registry.apply(settings.kafka.bootstrap, settings.tenant, planned)
     if applied is not None:
         secrets = node_secrets(settings.secrets_file, os.environ)
         publish_to_regions(
-            settings.topology, settings.redis, secrets, TENANT, applied, after_parent=True
+            settings.topology, settings.redis, secrets, settings.tenant, applied, after_parent=True
         )
     _show(args, console, planned, applied=applied.number if applied else None)
     return 0
 
 
 def _plan(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    planned = registry.make_plan(settings.kafka.bootstrap, TENANT, args.path)
+    planned = registry.make_plan(settings.kafka.bootstrap, settings.tenant, args.path)
     _show(args, console, planned, applied=None)
     return 0
 
 
 def _apply(args: argparse.Namespace, settings: StackSettings, console: Console) -> int:
-    planned = registry.make_plan(settings.kafka.bootstrap, TENANT, args.path)
-    applied = registry.apply(settings.kafka.bootstrap, TENANT, planned)
+    planned = registry.make_plan(settings.kafka.bootstrap, settings.tenant, args.path)
+    applied = registry.apply(settings.kafka.bootstrap, settings.tenant, planned)
     _show(args, console, planned, applied=applied.number if applied else None)
     return 0
 

@@ -12,7 +12,6 @@ import secrets
 import urllib.request
 from pathlib import Path
 
-from actors.processor import TENANT
 from actors.registry_feed import latest
 from cluster.process import ManagedProcess
 from cluster.services.base import Port, ServiceStatus, status_without_process, wait_ready
@@ -51,7 +50,7 @@ def serve_up(settings: StackSettings) -> list[str]:
         LOCAL_CREDENTIALS["aws_secret_access_key"],
     )
     # The latest applied registry version, as the pipeline computes it; else the demo catalog.
-    current = latest(settings.kafka.bootstrap, TENANT)
+    current = latest(settings.kafka.bootstrap, settings.tenant)
     configs = configs_for_stack(
         settings,
         [key],

@@ -19,6 +19,7 @@ from actors.config import CHANGELOG_TOPIC as CHANGELOG_TOPIC  # noqa: PLC0414 - 
 from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC, OFFLINE_TOPIC, REGISTRY_TOPIC
 from features.errors import ConfigError
+from features.keys import DEFAULT_TENANT, NAME_PATTERN
 from regions.config import RedisUsers, RegionConfig, RegionTopology, default_topology
 from serve_apps.defaults import DEFAULT_REPLICAS
 
@@ -266,6 +267,9 @@ class StackSettings(BaseModel):
     front_door: FrontDoorSettings = Field(default_factory=FrontDoorSettings)
     topology: RegionTopology = Field(default_factory=default_topology)
     jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
+    # Names the deployment's key space in every store and its registry records; one tenant per
+    # deployment (its topics, consumer group and Ray actor names are the deployment's own).
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=NAME_PATTERN)
     with_ray: bool = True
     # Deploy the region Serve applications in ``Stack.up`` (after the Ray head). Off by default
     # for code that builds settings itself (the test stack deploys its own apps); on by default
@@ -392,6 +396,7 @@ class EnvVar:
 # The one table of variables: settings_from_env reads these, StackSettings.to_env writes them.
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_STATE_DIR", "state_dir", "path"),
+    EnvVar("FRESHLINE_TENANT", "tenant", "str"),
     EnvVar("FRESHLINE_KAFKA_HOST", "kafka.host", "str"),
     EnvVar("FRESHLINE_KAFKA_PORT", "kafka.port", "int"),
     EnvVar("FRESHLINE_KAFKA_CONTROLLER_PORT", "kafka.controller_port", "int"),

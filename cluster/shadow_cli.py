@@ -32,7 +32,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from actors.processor import TENANT
 from actors.registry_feed import latest
 from cluster.secrets import node_secrets
 from cluster.settings import Secrets, StackSettings
@@ -97,7 +96,7 @@ def shadow_report(
     from training.asof import Columns, as_of_values
     from training.shadow import compare, of_entities, recent_entities
 
-    current = latest(settings.kafka.bootstrap, TENANT)
+    current = latest(settings.kafka.bootstrap, settings.tenant)
     if current is None:
         raise ConfigError("no registry version is applied: nothing rolls out")
     catalog = current.catalog
@@ -181,7 +180,7 @@ def _served(store: _Store, view: FeatureView, entities: Sequence[Any]) -> dict[s
     settings, as_of = store.settings, store.as_of
     max_id = store.catalog.entity(view.entity).max_id_bytes
     keys = [
-        OnlineKey(TENANT, view.name, view.version, str(e)).encode(max_id_bytes=max_id)
+        OnlineKey(settings.tenant, view.name, view.version, str(e)).encode(max_id_bytes=max_id)
         for e in entities
     ]
     region = settings.topology.get(store.region)

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SKEW_SHARE = 0.0
 DEFAULT_INTERVAL = "60s"
 DEFAULT_SETTLE = "30s"
-TENANT = "default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +219,7 @@ def _one_shot(
     for region in _regions(settings, args.region):
         client = _client(settings, region)
         try:
-            entries += read_answers(client, stream_key(TENANT), since_ms=start_ms)
+            entries += read_answers(client, stream_key(settings.tenant), since_ms=start_ms)
         finally:
             client.close()
     tallies, snapshot = validate(args, settings, catalog, entries)
@@ -305,7 +304,7 @@ def cycle_once(
         try:
             got, last = read_answers_after(
                 client,
-                stream_key(TENANT),
+                stream_key(settings.tenant),
                 after=state.cursors.get(region),
                 since_ms=start_ms,
                 until_ms=until_ms,

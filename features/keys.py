@@ -34,8 +34,12 @@ from features.exceptions import CorruptState, InvalidEntityId
 KEY_PREFIX = "fl"
 ENCODED_MARKER = "~"
 DEFAULT_MAX_ID_BYTES = 128
+# A deployment's tenant names its whole key space (online keys, registry records, answer log);
+# it is configuration (``FRESHLINE_TENANT``), this is only its default.
+DEFAULT_TENANT = "default"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_NAME = re.compile(NAME_PATTERN)
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]+")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -59,6 +59,8 @@ class StackLike(Protocol):
     """What :func:`configs_for_stack` reads (``cluster.settings.StackSettings`` satisfies it)."""
 
     @property
+    def tenant(self) -> str: ...
+    @property
     def topology(self) -> RegionTopology: ...
     @property
     def redis(self) -> _RedisNames: ...
@@ -86,6 +88,7 @@ def configs_for_stack(
     return [
         ServingConfig(
             region=region.name,
+            tenant=settings.tenant,
             topology=settings.topology,
             redis_reader_user=settings.redis.reader_user,
             redis_password=password,

@@ -43,7 +43,10 @@ def running_stack(state_dir: Path, settings: StackSettings | None = None) -> Ite
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+    # A tenant other than the default: every test on this stack then proves that the tenant is
+    # configuration, followed by the pipeline, the sinks, serving, the CLI and the validator.
+    settings = isolated_settings(tmp_path_factory.mktemp("stack"), with_ray=True, tenant="itest")
+    with running_stack(settings.state_dir, settings) as running:
         yield running
 
 

@@ -110,13 +110,17 @@ def build_world(
     return World([f"u_{run}_{i}" for i in range(users)], namespace, ledger, ingested_by)
 
 
-def online_writes(ledger: list[LedgerEntry], now_ms: int, batch: int) -> list[TileWrite]:
+def online_writes(
+    ledger: list[LedgerEntry], now_ms: int, tenant: str, batch: int
+) -> list[TileWrite]:
     """What the pipeline's processors write for ``ledger``, partition by partition, draining
     every ``batch`` records as the actor does after a poll (so an entity gets a write, at a new
     version, per batch it appears in)."""
     writes: list[TileWrite] = []
     for partition in sorted({e.partition for e in ledger}):
-        processor = PartitionProcessor(CATALOG, SOURCE, partition, now_ms=lambda: now_ms)
+        processor = PartitionProcessor(
+            CATALOG, SOURCE, partition, now_ms=lambda: now_ms, tenant=tenant
+        )
         mine = sorted((e for e in ledger if e.partition == partition), key=lambda e: e.offset)
         for at in range(0, len(mine), batch):
             processor.process(RawRecord(e.offset, None, e.value) for e in mine[at : at + batch])
@@ -151,14 +155,14 @@ def empty_answer_logs(stack: Stack) -> None:
     there (and nowhere else) comes from the stack's own ACL (cluster/services/redis.py)."""
     for region in stack.settings.topology.names:
         client = admin(stack, region)
-        client.delete(stream_key("default"))
+        client.delete(stream_key(stack.settings.tenant))
         client.close()
 
 
 def logged(stack: Stack, region: str) -> list[AnswerEntry]:
     client = admin(stack, region)
     try:
-        return read_answers(client, stream_key("default"))
+        return read_answers(client, stream_key(stack.settings.tenant))
     finally:
         client.close()
 
@@ -173,7 +177,7 @@ def wait_logged(stack: Stack, region: str, count: int) -> None:
     client = admin(stack, region)
     deadline = time.monotonic() + 30
     try:
-        while client.xlen(stream_key("default")) < count:
+        while client.xlen(stream_key(stack.settings.tenant)) < count:
             assert time.monotonic() < deadline, f"{region} logged too few answers"
             time.sleep(0.1)
     finally:

@@ -69,10 +69,12 @@ def _partition(user: str) -> int:
     return zlib.crc32(user.encode()) % PARTITIONS
 
 
-def _tile_writes(catalog: Catalog, events: list[dict[str, Any]], now_ms: int) -> list[TileWrite]:
+def _tile_writes(
+    catalog: Catalog, events: list[dict[str, Any]], now_ms: int, tenant: str
+) -> list[TileWrite]:
     writes: list[TileWrite] = []
     for p in range(PARTITIONS):
-        processor = PartitionProcessor(catalog, SOURCE, p, now_ms=lambda: now_ms)
+        processor = PartitionProcessor(catalog, SOURCE, p, now_ms=lambda: now_ms, tenant=tenant)
         mine = [e for e in events if _partition(e["user_id"]) == p]
         processor.process(
             RawRecord(i, e["user_id"].encode(), orjson.dumps(e)) for i, e in enumerate(mine)
@@ -95,7 +97,8 @@ def serving_world(stack: Stack, run: str = RUN) -> Iterator[dict[str, Any]]:
             event_time_ms=now - 9 * DAY_MS,
         )
     ]
-    writes = _tile_writes(CATALOG, events, now) + _tile_writes(CATALOG, quiet, now)
+    tenant = stack.settings.tenant
+    writes = _tile_writes(CATALOG, events, now, tenant) + _tile_writes(CATALOG, quiet, now, tenant)
     for region in stack.settings.topology:
         client = redis_client(region, RedisRole.WRITER, stack.settings.redis, stack.secrets)
         RedisTileWriter(client, f"redis-{region.name}").apply(writes)

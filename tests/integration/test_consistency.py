@@ -62,7 +62,7 @@ def _tampered_blocks(stack: Stack, region: str, user: str, amount: float) -> lis
     layout = BlockLayout.for_view(view)
     assert layout.unwindowed is not None
     index = [f.name for f in layout.unwindowed.features].index("last_amount")
-    key = OnlineKey("default", "user_spend", view.version, user).encode(
+    key = OnlineKey(stack.settings.tenant, "user_spend", view.version, user).encode(
         max_id_bytes=CATALOG.entity("user").max_id_bytes
     )
     client = admin(stack, region)
@@ -99,7 +99,7 @@ def test_clean_serving_is_equal_and_a_wrong_tile_is_real_skew_on_its_feature(
     run = uuid.uuid4().hex[:8]
     world = build_world(stack, kafka_bootstrap, topic_factory, run, users=6, count=400)
     users = [*world.users, f"u_{run}_ghost"]
-    writes = online_writes(world.ledger, world.ingested_by_ms, batch=10_000)
+    writes = online_writes(world.ledger, world.ingested_by_ms, stack.settings.tenant, batch=10_000)
     for region in stack.settings.topology.names:
         apply_writes(stack, region, writes)
     empty_answer_logs(stack)
@@ -211,7 +211,7 @@ def test_a_lossy_sink_and_a_changed_aggregation_are_real_skew_on_exactly_the_aff
 ) -> None:
     run = uuid.uuid4().hex[:8]
     world = build_world(stack, kafka_bootstrap, topic_factory, run, users=40, count=800)
-    writes = online_writes(world.ledger, world.ingested_by_ms, batch=25)
+    writes = online_writes(world.ledger, world.ingested_by_ms, stack.settings.tenant, batch=25)
     lossy, changed = stack.settings.topology.names[:2]
     lost = [w for w in writes if skipped(w, 0.3)]
     assert 0 < len(lost) < len(writes)

@@ -132,7 +132,9 @@ def _changelog_values(
     view = catalog.view(VIEW)
     layout = BlockLayout.for_view(view)
     max_id = catalog.entity(view.entity).max_id_bytes
-    keys = [OnlineKey("default", VIEW, view.version, u).encode(max_id_bytes=max_id) for u in users]
+    keys = [
+        OnlineKey(config.tenant, VIEW, view.version, u).encode(max_id_bytes=max_id) for u in users
+    ]
     blocks = [blocks_of(layout, fields.get(key, {})) for key in keys]
     merged = merge_blocks(layout, blocks, as_of_ms)
     return {user: merged.entity(i) for i, user in enumerate(users)}

@@ -66,11 +66,11 @@ def _wait_for_sink(
     raise AssertionError(f"the eu-west DynamoDB sink never got there: {sink}")
 
 
-def _keys(users: list[str]) -> list[str]:
+def _keys(tenant: str, users: list[str]) -> list[str]:
     view = CATALOG.view("user_spend")
     max_id = CATALOG.entity(view.entity).max_id_bytes
     return [
-        OnlineKey("default", view.name, view.version, u).encode(max_id_bytes=max_id) for u in users
+        OnlineKey(tenant, view.name, view.version, u).encode(max_id_bytes=max_id) for u in users
     ]
 
 
@@ -126,7 +126,7 @@ def test_a_dynamodb_endpoint_back_empty_is_never_served_partial_and_is_rehydrate
     _produce(bootstrap, 1_000, seed=47, start_seq=70_000)
     accepted = verify.accepted_in_topic(bootstrap)  # earlier tests' events count in the windows
     users = sorted({e["user_id"] for e in accepted})[:20]
-    keys = _keys(users)
+    keys = _keys(pipeline.settings.tenant, users)
     targets = [DYNAMO_SINK, (OTHER, "dynamodb")]
     problems = verify.wait_for_oracle(
         pipeline.settings, pipeline.secrets, accepted, timeout_s=240, targets=targets

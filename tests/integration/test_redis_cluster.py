@@ -29,7 +29,7 @@ from cluster.services.redis_cluster import slot_range
 from cluster.settings import REDIS_BUS_OFFSET, StackSettings
 from cluster.stack import Stack
 from features.demo import card_transactions_catalog
-from features.keys import OnlineKey
+from features.keys import DEFAULT_TENANT, OnlineKey
 from regions.config import RegionTopology
 from regions.redis_layout import CLUSTER
 from regions.redis_store import RedisRole, redis_client
@@ -83,7 +83,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _key(user: str) -> str:
     view = CATALOG.view("user_spend")
     max_id = CATALOG.entity(view.entity).max_id_bytes
-    return OnlineKey("default", view.name, view.version, user).encode(max_id_bytes=max_id)
+    return OnlineKey(DEFAULT_TENANT, view.name, view.version, user).encode(max_id_bytes=max_id)
 
 
 def _node_of_bucket(bucket: int) -> int:

@@ -19,6 +19,7 @@ import redis
 from actors.processor import PartitionProcessor, RawRecord
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
+from features.keys import DEFAULT_TENANT
 from regions.redis_store import RedisRole, RedisTileWriter, redis_client
 from regions.tiles import TileWrite
 from tests.integration.conftest import isolated_settings
@@ -48,7 +49,7 @@ def _tile_writes(now_ms: int) -> list[TileWrite]:
 
 
 def _contents(admin: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
-    return {key: admin.hgetall(key) for key in admin.keys("fl:default:*")}
+    return {key: admin.hgetall(key) for key in admin.keys(f"fl:{DEFAULT_TENANT}:*")}
 
 
 def test_a_restarted_redis_keeps_every_tile_the_script_wrote(tmp_path: Path) -> None:

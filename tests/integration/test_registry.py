@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.processor import TENANT
 from actors.registry_feed import history, latest, publish_to_regions
 from cluster import registry
 from cluster.registry import Publisher, RegistryConflict, apply, make_plan
@@ -129,7 +128,7 @@ def test_the_cli_plans_and_applies_and_names_the_culprit_of_a_bad_repository(
     assert refused.returncode == 1
     assert "views/user_spend.yaml: views[user_spend].ttl:" in refused.stderr
     assert "Traceback" not in refused.stderr
-    before = history(bootstrap, TENANT)
+    before = history(bootstrap, stack.settings.tenant)
     shown = freshline("plan", "--json", str(EXAMPLE))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["applied"] is None
@@ -137,9 +136,9 @@ def test_the_cli_plans_and_applies_and_names_the_culprit_of_a_bad_repository(
     assert applied.returncode == 0, applied.stderr
     expected = None if before else 1  # applying the same repository again changes nothing
     assert json.loads(applied.stdout)["applied"] == expected
-    current = latest(bootstrap, TENANT)
+    current = latest(bootstrap, stack.settings.tenant)
     assert current is not None
-    assert current.number == len(history(bootstrap, TENANT)) >= 1
+    assert current.number == len(history(bootstrap, stack.settings.tenant)) >= 1
     assert plan(card_transactions_catalog(), current.catalog) == []
 
 

@@ -15,7 +15,6 @@ import orjson
 import ray
 from kafka import KafkaProducer
 
-from actors.processor import TENANT
 from cluster import pipeline as pipeline_job
 from cluster.registry import apply, make_plan
 from cluster.settings import DEFAULT_EVENTS_TOPIC
@@ -49,7 +48,7 @@ def test_the_pipeline_rolls_to_a_newer_registry_version_and_publishes_it(
         repo = tmp_path / "repo"
         shutil.copytree(EXAMPLE, repo)
         (repo / "views" / "probe_counts.yaml").write_text(PROBE_VIEW)
-        added = apply(bootstrap, TENANT, make_plan(bootstrap, TENANT, repo))
+        added = apply(bootstrap, settings.tenant, make_plan(bootstrap, settings.tenant, repo))
         assert added is not None
         assert _published_everywhere(stack, added.number)
         status = _supervisor_status(stack)
@@ -58,8 +57,8 @@ def test_the_pipeline_rolls_to_a_newer_registry_version_and_publishes_it(
         # The new view is computed from the events after the roll (it starts empty).
         user = f"u_probe_{uuid.uuid4().hex[:8]}"
         _produce(bootstrap, user, count=3)
-        assert _view_written(stack, f"fl:{TENANT}:probe_counts:v1:{user}")
-        back = apply(bootstrap, TENANT, make_plan(bootstrap, TENANT, EXAMPLE))
+        assert _view_written(stack, f"fl:{settings.tenant}:probe_counts:v1:{user}")
+        back = apply(bootstrap, settings.tenant, make_plan(bootstrap, settings.tenant, EXAMPLE))
         assert back is not None and back.number == added.number + 1
         assert _published_everywhere(stack, back.number)
         assert _supervisor_status(stack)["registry_version"] == back.number
@@ -81,7 +80,7 @@ def _published_everywhere(stack: Stack, number: int) -> bool:
 def _published(stack: Stack, region: Any) -> int:
     client = redis_client(region, RedisRole.READER, stack.settings.redis, stack.secrets)
     try:
-        return int(client.hget(registry_key(TENANT), "number") or 0)
+        return int(client.hget(registry_key(stack.settings.tenant), "number") or 0)
     finally:
         client.close()
 

@@ -61,7 +61,8 @@ def _serving_read(stack: Stack, users: list[str]) -> tuple[str, list[tuple[str, 
     view = CATALOG.view("user_spend")
     max_id = CATALOG.entity(view.entity).max_id_bytes
     keys = [
-        OnlineKey("default", view.name, view.version, u).encode(max_id_bytes=max_id) for u in users
+        OnlineKey(stack.settings.tenant, view.name, view.version, u).encode(max_id_bytes=max_id)
+        for u in users
     ]
 
     async def read() -> tuple[str, list[tuple[str, str]]]:

@@ -21,7 +21,6 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from actors.processor import TENANT
 from chaos.oracle import expected_values
 from cluster import pipeline as pipeline_job
 from cluster.settings import DEFAULT_EVENTS_TOPIC
@@ -204,7 +203,9 @@ def _stored(stack: Stack, view: str, version: int, user: str) -> dict[bytes, byt
     region = stack.settings.topology.get("us-east")
     client = redis_client(region, RedisRole.READER, stack.settings.redis, stack.secrets)
     try:
-        fields: dict[bytes, bytes] = client.hgetall(OnlineKey(TENANT, view, version, user).encode())
+        fields: dict[bytes, bytes] = client.hgetall(
+            OnlineKey(stack.settings.tenant, view, version, user).encode()
+        )
         return fields
     finally:
         client.close()

@@ -22,7 +22,6 @@ from kafka import KafkaProducer
 from pyiceberg.exceptions import NoSuchTableError
 
 from actors.offline_tables import RAW_TABLE
-from actors.processor import TENANT
 from chaos.oracle import expected_values
 from chaos.verify import accepted_in_topic, close_enough
 from cluster import pipeline as pipeline_job
@@ -63,7 +62,7 @@ def test_a_new_view_version_is_backfilled_from_the_offline_table(
     bootstrap = settings.kafka.bootstrap
     pipeline_job.up(settings, consumers=2)
     try:
-        base = apply(bootstrap, TENANT, make_plan(bootstrap, TENANT, EXAMPLE))
+        base = apply(bootstrap, settings.tenant, make_plan(bootstrap, settings.tenant, EXAMPLE))
         assert base is not None and _published_everywhere(stack, base.number)
         now = int(time.time() * 1000)
         # Before the apply: events up to 100 minutes old, which v2's 2 h window counts and
@@ -76,7 +75,7 @@ def test_a_new_view_version_is_backfilled_from_the_offline_table(
         text = view.read_text()
         assert V1_WINDOW in text
         view.write_text(text.replace("version: 1", "version: 2", 1).replace(V1_WINDOW, V2_WINDOW))
-        rolled = apply(bootstrap, TENANT, make_plan(bootstrap, TENANT, repo))
+        rolled = apply(bootstrap, settings.tenant, make_plan(bootstrap, settings.tenant, repo))
         assert rolled is not None and _published_everywhere(stack, rolled.number)
         consumers = _supervisor_status(stack)["consumers"]
         assert all(c["ready"] for c in consumers)
@@ -165,7 +164,10 @@ def _v2_mismatches(stack: Stack, catalog: Catalog, accepted: list[dict[str, Any]
     view = catalog.view("user_spend")
     as_of = max(e["event_time_ms"] for e in accepted)
     max_id = catalog.entity(view.entity).max_id_bytes
-    keys = {OnlineKey(TENANT, view.name, 2, u).encode(max_id_bytes=max_id): u for u in USERS}
+    keys = {
+        OnlineKey(stack.settings.tenant, view.name, 2, u).encode(max_id_bytes=max_id): u
+        for u in USERS
+    }
     region = stack.settings.topology.get("us-east")
     client = redis_client(region, RedisRole.READER, stack.settings.redis, stack.secrets)
     try:

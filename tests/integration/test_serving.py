@@ -359,11 +359,14 @@ def test_replicas_follow_the_registry_version_published_in_their_region(
         for region in stack.settings.topology
     }
     try:
-        base = max(int(c.hget(registry_key("default"), "number") or 0) for c in clients.values())
+        base = max(
+            int(c.hget(registry_key(stack.settings.tenant), "number") or 0)
+            for c in clients.values()
+        )
         changed = _registry_version(base + 1, _bumped_user_spend())
         for client in clients.values():
-            assert publish(client, "default", changed)
-            assert not publish(client, "default", changed)  # the same number again
+            assert publish(client, stack.settings.tenant, changed)
+            assert not publish(client, stack.settings.tenant, changed)  # the same number again
         for region in clients:
             catalog = _catalog_at(world, region, base + 1)
             assert {v["name"]: v["version"] for v in catalog["views"]}["user_spend"] == 2
@@ -373,8 +376,8 @@ def test_replicas_follow_the_registry_version_published_in_their_region(
         assert body["results"][0]["features"]["user_spend:tx_count_1h"]["status"] == "not_found"
         rollback = _registry_version(base + 2, CATALOG)
         for client in clients.values():
-            assert publish(client, "default", rollback)
-            assert not publish(client, "default", changed)  # never backwards
+            assert publish(client, stack.settings.tenant, rollback)
+            assert not publish(client, stack.settings.tenant, changed)  # never backwards
         for region in clients:
             _catalog_at(world, region, base + 2)
             _check_against_oracle(world, _read(world, region, FRAUD).json(), f"redis-{region}")

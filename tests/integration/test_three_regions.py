@@ -53,7 +53,9 @@ def _three_regions(settings: StackSettings) -> StackSettings:
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = _three_regions(isolated_settings(tmp_path_factory.mktemp("three"), with_ray=True))
+    settings = _three_regions(
+        isolated_settings(tmp_path_factory.mktemp("three"), with_ray=True, tenant="acme")
+    )
     os.environ.update(settings.ray.client_env())
     stack = Stack.build(settings, environ={})
     try:

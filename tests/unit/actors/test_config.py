@@ -32,6 +32,7 @@ def _pipeline(**overrides: object) -> PipelineConfig:
 
 def test_the_consumers_get_every_shared_setting_of_the_pipeline() -> None:
     pipeline = _pipeline(
+        tenant="acme",
         source="other_source",
         changelog_topic="x.changelog",
         dlq_topic="x.dlq",

@@ -245,3 +245,17 @@ def test_an_event_stamped_after_the_clock_is_counted_only_from_its_time_on() -> 
     assert _count_1h(log, T0 + 30_000) == 2
     assert restarted.state.pending == {}
     assert not restarted.has_due()
+
+
+def test_a_configured_tenant_owns_every_key_the_processor_writes() -> None:
+    records = _stream(300)
+    default = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: NOW)
+    acme = PartitionProcessor(CATALOG, SOURCE, 0, now_ms=lambda: NOW, tenant="acme")
+    default.process(records)
+    acme.process(records)
+    theirs = [c.write for c in default.drain_changes()]
+    ours = [c.write for c in acme.drain_changes()]
+    assert ours and all(OnlineKey.parse(w.key).tenant == "acme" for w in ours)
+    # The same tiles, only under the tenant's key space.
+    moved = [(w.key.replace("fl:default:", "fl:acme:", 1), w.field, w.value) for w in theirs]
+    assert moved == [(w.key, w.field, w.value) for w in ours]

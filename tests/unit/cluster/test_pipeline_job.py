@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cluster import pipeline_job
 from cluster.pipeline import READY_LINE
 from cluster.pipeline_job import Liveness, summary, supervise
+from cluster.settings import settings_from_env
 
 FAST = Liveness(poll_s=0.0, report_s=10.0, fatal_after_s=60.0)
 
@@ -111,3 +114,9 @@ def test_summary_sums_consumers_and_names_each_sink() -> None:
     line = summary(state)
     assert (line["consumers_ready"], line["consumers"], line["lag"]) == (1, 2, 10)
     assert line["events_in"] == 20
+
+
+def test_the_pipeline_computes_for_the_stack_tenant(tmp_path: Path) -> None:
+    settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path), "FRESHLINE_TENANT": "acme"})
+    config = pipeline_job.pipeline_config(settings, consumers=2)
+    assert config.tenant == config.consumer_config().tenant == "acme"

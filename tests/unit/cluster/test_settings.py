@@ -52,6 +52,9 @@ def test_environment_overrides_ports(tmp_path: Path) -> None:
         ({"FRESHLINE_REDIS_PORTS": "16379"}, "FRESHLINE_REDIS_PORTS"),
         ({"FRESHLINE_KAFKA_VERSION": "latest"}, "kafka.version"),
         ({"FRESHLINE_SERVE_INGRESS_PORTS": "31000,30000"}, "ray"),
+        # A tenant is part of every key: a ':' or glob character would let it address another's.
+        ({"FRESHLINE_TENANT": "acme:prod"}, "tenant"),
+        ({"FRESHLINE_TENANT": "Acme"}, "tenant"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_field(env: dict[str, str], field: str) -> None:
@@ -143,6 +146,7 @@ def test_every_settings_field_is_either_in_the_env_table_or_deliberately_not() -
 def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
     return StackSettings(
         state_dir=tmp_path / "state",
+        tenant="acme",
         kafka=KafkaSettings(
             version="3.9.1",
             host="kafka.internal",

@@ -70,6 +70,7 @@ def test_4xx_is_not_retried_anywhere() -> None:
 
 
 class _Stack:
+    tenant = "acme"
     topology = default_topology()
     secrets_file = Path("/state/secrets.json")
 
@@ -81,6 +82,7 @@ def test_serve_config_has_one_app_per_region_and_no_secret() -> None:
     configs = configs_for_stack(_Stack(), [ApiKey.from_raw("c", "raw-key")])
     doc = serve_config(configs, 8000)
     assert [a["route_prefix"] for a in doc["applications"]] == ["/us-east", "/eu-west"]
+    assert {c.tenant for c in configs} == {"acme"}  # the stack's tenant, not the default
     text = orjson.dumps(doc).decode()
     assert "raw-key" not in text and hash_api_key("raw-key") in text
     assert doc["applications"][0]["args"]["config"]["redis_password_file"] == "/state/secrets.json"
