@@ -16,7 +16,11 @@ pipeline down:
    applied: the consumer actors, the Redis and DynamoDB sinks, the offline writer, the broker,
    each region's Redis and moto. Divided by the events: ``cpu_us_per_event`` per group, the
    figures docs/scale.md sizes a deployment from; ``consumer_cores`` is the consumers' CPU over
-   that phase's wall time;
+   that phase's wall time. Just before it, the same processes are read over as many seconds with
+   no event arriving: ``idle_cores`` per group (polls, heartbeats, empty commits), and
+   ``marginal_us_per_event`` is the phase's CPU less that idle rate over the phase, per event.
+   A gross figure at one rate mixes the two; the sizing model needs them apart, since the idle
+   part grows with the number of processes and the marginal part with the event rate;
 4. the pipeline is stopped (``freshline pipeline down``) before the next consumer count.
 
 On two nodes the same two cores serve both: the two-node figures show what the placement costs
@@ -159,6 +163,7 @@ def _cpu_phase(
     groups = pipeline.groups(status)
     taken = sum(c["events_in"] for c in status["consumers"])
     applied = _applied_redis(status)
+    idle = idle_cores(groups, phase[1])
     cpu0, started = _cpu_by_group(groups, _cpu_of), time.perf_counter()
     sent = _produce_paced(bootstrap, phase[0], phase[1], start_seq=seq)
     final = _wait_drained(pipeline, taken + sent, timeout_s=600)
@@ -169,11 +174,42 @@ def _cpu_phase(
     return {
         "cpu_events": sent,
         "cpu_us_per_event": per_event_us(cpu0, cpu1, sent),
+        "idle_cores": idle,
+        "marginal_us_per_event": marginal_us(cpu0, cpu1, idle, wall, sent),
         "consumer_cores": None if consumer_s is None else round(consumer_s / wall, 2),
         "changelog_records_per_event": round(
             (_applied_redis(final) - applied) / max(1, regions) / sent, 4
         ),
     }
+
+
+def idle_cores(groups: dict[str, list[int]], seconds: float) -> dict[str, float | None]:
+    """Cores each group spends with no event arriving, over ``seconds``."""
+    cpu0, started = _cpu_by_group(groups, _cpu_of), time.perf_counter()
+    time.sleep(seconds)
+    cpu1, wall = _cpu_by_group(groups, _cpu_of), time.perf_counter() - started
+    return {
+        g: None if (s := _spent(cpu0[g], cpu1.get(g))) is None else round(s / wall, 4) for g in cpu0
+    }
+
+
+def marginal_us(
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+    idle: dict[str, float | None],
+    wall_s: float,
+    events: int,
+) -> dict[str, float | None]:
+    """CPU microseconds per event of each group beyond its idle rate over ``wall_s``."""
+    out: dict[str, float | None] = {}
+    for name, start in before.items():
+        spent, base = _spent(start, after.get(name)), idle.get(name)
+        out[name] = (
+            None
+            if spent is None or base is None
+            else round((spent - base * wall_s) * 1e6 / events, 2)
+        )
+    return out
 
 
 def run_case(
@@ -235,18 +271,23 @@ def run_nodes(
 def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     """The run's headline figures: events/s and consumer CPU per event by (nodes, consumers), and
     the median per-event CPU of each group over every case (what a sizing model multiplies)."""
-    groups = {g for case in cases for g in case["cpu_us_per_event"]}
-    medians = {
-        g: round(statistics.median(v), 2)
-        for g in sorted(groups)
-        if (v := [c["cpu_us_per_event"][g] for c in cases if c["cpu_us_per_event"][g] is not None])
-    }
     return {
         "events_per_s": {f"{c['nodes']}n{c['consumers']}c": c["events_per_s"] for c in cases},
         "consumer_us_per_event": {
             f"{c['nodes']}n{c['consumers']}c": c["cpu_us_per_event"]["consumers"] for c in cases
         },
-        "median_cpu_us_per_event": medians,
+        "median_cpu_us_per_event": _median_by_group(cases, "cpu_us_per_event"),
+        "median_marginal_us_per_event": _median_by_group(cases, "marginal_us_per_event"),
+        "median_idle_cores": _median_by_group(cases, "idle_cores", digits=4),
+    }
+
+
+def _median_by_group(cases: list[dict[str, Any]], key: str, digits: int = 2) -> dict[str, float]:
+    groups = sorted({g for case in cases for g in case[key]})
+    return {
+        g: round(statistics.median(v), digits)
+        for g in groups
+        if (v := [c[key][g] for c in cases if c[key].get(g) is not None])
     }
 
 

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.scaling import cpu_seconds, per_event_us, summary
+from benchmarks.scaling import cpu_seconds, marginal_us, per_event_us, summary
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,6 +50,8 @@ def test_summary_keys_each_case_by_nodes_and_consumers_and_takes_medians() -> No
             "consumers": consumers,
             "events_per_s": eps,
             "cpu_us_per_event": cost,
+            "marginal_us_per_event": {k: None if v is None else v / 2 for k, v in cost.items()},
+            "idle_cores": {"consumers": 0.01 * consumers, "broker": 0.05},
         }
 
     cases = [case(1, 1, 10_000, 20.0), case(1, 2, 18_000, 22.0), case(2, 1, 9_000, None)]
@@ -57,3 +59,13 @@ def test_summary_keys_each_case_by_nodes_and_consumers_and_takes_medians() -> No
     assert result["events_per_s"] == {"1n1c": 10_000, "1n2c": 18_000, "2n1c": 9_000}
     assert result["consumer_us_per_event"]["2n1c"] is None
     assert result["median_cpu_us_per_event"] == {"broker": 4.0, "consumers": 21.0}
+    assert result["median_marginal_us_per_event"] == {"broker": 2.0, "consumers": 10.5}
+    assert result["median_idle_cores"] == {"broker": 0.05, "consumers": 0.01}
+
+
+def test_marginal_cost_leaves_out_what_the_group_spends_with_no_event() -> None:
+    # 10 s at 0.2 idle cores is 2 CPU-seconds of the 3 spent; 1 s over 100,000 events is 10 µs.
+    before = {"broker": 1.0, "moto": None}
+    after = {"broker": 4.0, "moto": 2.0}
+    idle = {"broker": 0.2, "moto": 0.1}
+    assert marginal_us(before, after, idle, 10.0, 100_000) == {"broker": 10.0, "moto": None}
