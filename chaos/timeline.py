@@ -41,6 +41,9 @@ class SecondStats:
     # Answers not served by the first store (another store or defaults), by why the first one
     # was passed over ("redis-x=outcome").
     passed_over: Mapping[str, int] = field(default_factory=dict)
+    # 503 answers by the gate that shed them (loop-lag, in-flight, late-read; "serve" for
+    # Serve's own backpressure, which names none).
+    shed_by: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float:
@@ -64,7 +67,10 @@ def per_second(samples: Iterable[Sample]) -> list[SecondStats]:
         group = buckets[t]
         stores: dict[str, int] = defaultdict(int)
         why: dict[str, int] = defaultdict(int)
+        gates: dict[str, int] = defaultdict(int)
         for s in group:
+            if s.status == SHED:
+                gates[s.shed_by or "serve"] += 1
             if s.store:
                 stores[s.store] += 1
             if s.fallback:
@@ -80,6 +86,7 @@ def per_second(samples: Iterable[Sample]) -> list[SecondStats]:
                 p99_ms=percentile(latencies, 0.99),
                 stores=dict(stores),
                 passed_over=dict(why),
+                shed_by=dict(gates),
             )
         )
     return out

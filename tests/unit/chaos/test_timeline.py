@@ -30,10 +30,12 @@ def test_per_second_counts_errors_shed_and_stores_and_times_only_successes() -> 
         Sample(0.1, 0.002, 200, "redis-us-east"),
         Sample(0.5, 0.004, 200, "dynamodb-us-east"),
         Sample(0.9, 1.500, 503, "", retry_after=True),
+        Sample(0.95, 0.001, 503, "", shed_by="loop-lag"),
         Sample(1.2, 0.003, TRANSPORT_ERROR),
     ]
     first, second = per_second(samples)
-    assert (first.t_s, first.requests, first.errors, first.shed) == (0, 3, 1, 1)
+    assert (first.t_s, first.requests, first.errors, first.shed) == (0, 4, 2, 2)
+    assert first.shed_by == {"serve": 1, "loop-lag": 1}, "which gate shed, Serve's own unnamed"
     assert first.stores == {"redis-us-east": 1, "dynamodb-us-east": 1}
     assert first.p99_ms == 4.0, "a shed 503's latency is not a served latency"
     assert (second.requests, second.errors, second.error_rate) == (1, 1, 1.0)
