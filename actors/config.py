@@ -12,7 +12,8 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features import demo
-from features.keys import DEFAULT_TENANT, NAME_PATTERN
+from features.catalog import Name
+from features.keys import DEFAULT_TENANT
 from regions.config import RedisUsers, RegionTopology
 
 # The source topic is named by the catalog (a source's ``topic``); the demo catalog's is the
@@ -40,7 +41,7 @@ class StreamSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap: str
-    tenant: str = Field(default=DEFAULT_TENANT, pattern=NAME_PATTERN)
+    tenant: Name = DEFAULT_TENANT
     source: str = Field(default=demo.SOURCE, description="catalog name of the event source")
     changelog_topic: str = CHANGELOG_TOPIC
     dlq_topic: str = DLQ_TOPIC

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from actors.config import CHANGELOG_TOPIC as CHANGELOG_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import DLQ_TOPIC as DLQ_TOPIC  # noqa: PLC0414 - re-exported
 from actors.config import EVENTS_PARTITIONS, EVENTS_TOPIC, OFFLINE_TOPIC, REGISTRY_TOPIC
+from features.catalog import Name
 from features.errors import ConfigError
-from features.keys import DEFAULT_TENANT, NAME_PATTERN
+from features.keys import DEFAULT_TENANT
 from regions.config import RedisUsers, RegionConfig, RegionTopology, default_topology
 from serve_apps.defaults import DEFAULT_REPLICAS
 
@@ -269,7 +270,7 @@ class StackSettings(BaseModel):
     jar_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "freshline")
     # Names the deployment's key space in every store and its registry records; one tenant per
     # deployment (its topics, consumer group and Ray actor names are the deployment's own).
-    tenant: str = Field(default=DEFAULT_TENANT, pattern=NAME_PATTERN)
+    tenant: Name = DEFAULT_TENANT
     with_ray: bool = True
     # Deploy the region Serve applications in ``Stack.up`` (after the Ray head). Off by default
     # for code that builds settings itself (the test stack deploys its own apps); on by default

@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from features.durations import Duration, to_ms
 from features.errors import CatalogError
+from features.keys import NAME_PATTERN
 from features.tiles import TileSpec, tile_ms_for
 
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """Catalog names are key-safe identifiers (they appear in online-store keys)."""
 
 FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]

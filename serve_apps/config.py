@@ -25,8 +25,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from features.catalog import Catalog
-from features.keys import DEFAULT_TENANT, NAME_PATTERN
+from features.catalog import Catalog, Name
+from features.keys import DEFAULT_TENANT
 from regions.answer_log import DEFAULT_SAMPLE_SHARE
 from regions.config import RegionTopology
 from regions.redis_store import DEFAULT_CONNECT_TIMEOUT_S, RedisTimeouts
@@ -185,7 +185,7 @@ class ServingConfig(_Frozen):
     # newer versions published in their region's Redis every registry_refresh_s (0: never).
     registry_version: int | None = Field(default=None, ge=1)
     registry_refresh_s: float = Field(default=5.0, ge=0, le=3600)
-    tenant: str = Field(default=DEFAULT_TENANT, pattern=NAME_PATTERN)
+    tenant: Name = DEFAULT_TENANT
     api_keys: tuple[ApiKey, ...] = ()
     limits: Limits = Field(default_factory=Limits)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
