@@ -74,11 +74,7 @@ def per_event_us(
     before: dict[str, float | None], after: dict[str, float | None], events: int
 ) -> dict[str, float | None]:
     """CPU microseconds per event of each group; None where a process was lost in between."""
-    out: dict[str, float | None] = {}
-    for name, start in before.items():
-        end = after.get(name)
-        out[name] = None if start is None or end is None else round((end - start) * 1e6 / events, 2)
-    return out
+    return marginal_us(before, after, dict.fromkeys(before, 0.0), 0.0, events)
 
 
 class _Pipeline:
