@@ -8,10 +8,11 @@ A line is one object::
 
 Files are append-only: a run adds its line and never rewrites another's, so a file is the run
 history of one benchmark or drill, and the docs show its last line. ``commit`` and ``dirty`` are
-null when git cannot tell (no git, not a checkout); ``dirty`` is true when tracked files differ
-from HEAD, i.e. the figures may not belong to the commit named. Non-finite floats are written as
-null, and keys or values JSON cannot hold as text, so every line is valid JSON and a finished run
-is never lost over a figure's type.
+null when git cannot tell (no git, not a checkout); ``dirty`` is true when tracked files other
+than the results themselves differ from HEAD, i.e. the figures may not belong to the commit named
+(a run's own line, appended to a tracked results file, does not make the next run dirty).
+Non-finite floats are written as null, and keys or values JSON cannot hold as text, so every line
+is valid JSON and a finished run is never lost over a figure's type.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 RESULTS_DIR_ENV = "FRESHLINE_RESULTS_DIR"  # overrides DEFAULT_RESULTS_DIR, e.g. for a CI artifact
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _GIT_TIMEOUT_S = 10.0
+# Results are data, not code: lines appended by earlier runs do not change what the code measures.
+_NOT_CODE = (DEFAULT_RESULTS_DIR.relative_to(REPO_ROOT).as_posix(),)
 
 
 def record_run(
@@ -87,15 +90,18 @@ def current_command(argv: Sequence[str] | None = None) -> str:
     return shlex.join(_relative(a) for a in args)
 
 
-def git_state(repo: Path) -> tuple[str | None, bool | None]:
-    """``(HEAD sha, tracked files differ from HEAD)`` of ``repo``; ``(None, None)`` when git is
-    missing or ``repo`` is not a checkout."""
+def git_state(repo: Path, ignore: Sequence[str] = _NOT_CODE) -> tuple[str | None, bool | None]:
+    """``(HEAD sha, tracked files outside ``ignore`` differ from HEAD)`` of ``repo``;
+    ``(None, None)`` when git is missing or ``repo`` is not a checkout."""
     git = shutil.which("git")
     if git is None:
         return None, None
     try:
         head = _git(git, repo, "rev-parse", "HEAD")
-        changes = _git(git, repo, "status", "--porcelain", "--untracked-files=no")
+        excluded = [f":(exclude){path}" for path in ignore]
+        changes = _git(
+            git, repo, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded
+        )
     except (OSError, subprocess.SubprocessError):
         return None, None
     return head, bool(changes)

@@ -124,6 +124,23 @@ def test_git_state_names_head_and_whether_tracked_files_changed(tmp_path: Path) 
     assert git_state(tmp_path) == (head, True)
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_runs_own_results_line_does_not_make_the_next_run_dirty(tmp_path: Path) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    results_dir = tmp_path / "benchmarks" / "results"
+    results_dir.mkdir(parents=True)
+    (results_dir / "x.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("one")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], env=env, check=True)
+    with (results_dir / "x.jsonl").open("a") as out:
+        out.write("{}\n")
+    assert git_state(tmp_path)[1] is False, "an appended results line is data, not code"
+    (tmp_path / "code.py").write_text("two")
+    assert git_state(tmp_path)[1] is True, "a changed code file still makes the figures dirty"
+
+
 def test_current_command_can_be_typed_again_from_the_repository_root() -> None:
     script = str(results.REPO_ROOT / "benchmarks" / "ingest.py")
     command = current_command([script, "--events", "300000"])
