@@ -173,6 +173,11 @@ class RaySettings(BaseModel):
     # needs a range of its own: Serve hands out the lowest free port, so a replica of another
     # head would take a killed replica's port while this head's ingress still routes to it.
     ingress_ports: tuple[int, int] = (30000, 31000)
+    # Seconds a stopping ingress replica keeps answering, so that the load balancer in front can
+    # take it out of rotation first (Serve's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S).
+    # None: Serve's own default (30 s). Every replica stop waits this long, `serve shutdown`
+    # included; HAProxy retries a refused connection, so a throwaway stack can set a few seconds.
+    serve_drain_s: int | None = Field(default=None, ge=0, le=600)
 
     @model_validator(mode="after")
     def _ingress_range(self) -> RaySettings:
@@ -428,6 +433,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("FRESHLINE_HAPROXY_METRICS_PORT", "ray.haproxy_metrics_port", "int"),
     EnvVar("FRESHLINE_SERVE_INGRESS_PORTS", "ray.ingress_ports", "ports"),
     EnvVar("FRESHLINE_SERVE_FALLBACK_PORT", "ray.fallback_proxy_port", "int"),
+    EnvVar("FRESHLINE_SERVE_DRAIN_S", "ray.serve_drain_s", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_PORTS", "front_door.ports", "ports"),
     EnvVar("FRESHLINE_FRONT_DOOR_MAXCONN", "front_door.maxconn", "int"),
     EnvVar("FRESHLINE_FRONT_DOOR_QUEUE_MS", "front_door.queue_ms", "int"),

@@ -110,7 +110,8 @@ class RayHeadService(ProcessService):
         the controller and replicas, which inherit the head's environment). HAProxy's stats and
         metrics ports are this head's own, so that two heads on one machine both start, and so are
         the replicas' port range and the fallback proxy's port, so that neither head's ingress
-        routes to the other's replicas or proxy."""
+        routes to the other's replicas or proxy. ``serve_drain_s``, when set, is how long a stopping
+        replica keeps answering behind the ingress."""
         from serve_apps.deploy import INGRESS_MODES
 
         env = dict(INGRESS_MODES[self._ray.ingress])
@@ -125,6 +126,8 @@ class RayHeadService(ProcessService):
             env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] = str(r.fallback_proxy_port or free_port())
             env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(r.ingress_ports[0])
             env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(r.ingress_ports[1])
+        if self._ray.serve_drain_s is not None:
+            env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(self._ray.serve_drain_s)
         return env
 
     def probe(self) -> str | None:

@@ -18,6 +18,8 @@ from cluster.isolated import isolated_settings
 from cluster.settings import StackSettings
 from cluster.stack import Stack
 
+TEST_SERVE_DRAIN_S = 3
+
 
 def stack_env(settings: StackSettings) -> dict[str, str]:
     """The environment that makes the CLI or a Ray client address this stack."""
@@ -29,6 +31,11 @@ def running_stack(state_dir: Path, settings: StackSettings | None = None) -> Ite
     """A private stack (with Ray unless ``settings`` say otherwise), up for the block, then
     stopped and purged; the exit fails if any process it started is still alive."""
     settings = settings or isolated_settings(state_dir, with_ray=True)
+    if settings.ray.serve_drain_s is None:
+        # A throwaway stack has no load balancer to wait for: Serve's 30 s drain would make each
+        # module that shuts Serve down wait half a minute (HAProxy retries refused connections).
+        ray = settings.ray.model_copy(update={"serve_drain_s": TEST_SERVE_DRAIN_S})
+        settings = settings.model_copy(update={"ray": ray})
     # Tests call ray.init in this process; it must use the same auth mode as the head.
     os.environ.update(settings.ray.client_env())
     running = Stack.build(settings, environ={})

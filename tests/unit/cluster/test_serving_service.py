@@ -41,6 +41,11 @@ def test_ingress_comes_from_the_environment(tmp_path: Path) -> None:
     pinned = settings_from_env(env | {"FRESHLINE_HAPROXY_STATS_PORT": "18404"})
     assert pinned.ray.haproxy_stats_port == 18404
     assert settings_from_env(pinned.to_env()) == pinned
+    drained = settings_from_env(env | {"FRESHLINE_SERVE_DRAIN_S": "3"})
+    assert drained.ray.serve_drain_s == 3
+    assert settings_from_env(drained.to_env()) == drained
+    with pytest.raises(ConfigError):
+        settings_from_env(env | {"FRESHLINE_SERVE_DRAIN_S": "-1"})
     assert settings_from_env(env).ray.ingress == "haproxy-throughput"
     assert settings_from_env(env | {"FRESHLINE_SERVE_INGRESS": "proxy"}).ray.ingress == "proxy"
     with pytest.raises(ConfigError):
@@ -77,6 +82,10 @@ def test_the_head_starts_with_the_ingress_switches(
         env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
         env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"],
     ) == ("30000", "31000")
+    # A stopping replica drains for Serve's own default unless the settings say.
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in env
+    short = RayHeadService(StackSettings(state_dir=tmp_path, ray=RaySettings(serve_drain_s=3)))
+    assert short.ingress_env()["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "3"
     own = RaySettings(ingress_ports=(32064, 32096))
     block = RayHeadService(StackSettings(state_dir=tmp_path, ray=own)).ingress_env()
     assert (

@@ -172,6 +172,7 @@ def _everything_changed(tmp_path: Path, *, with_ray: bool) -> StackSettings:
             haproxy_metrics_port=29101,
             ingress_ports=(32000, 32032),
             fallback_proxy_port=28500,
+            serve_drain_s=4,
         ),
         redis=RedisSettings(maxmemory_mb=256),
         front_door=FrontDoorSettings(
