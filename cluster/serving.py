@@ -127,7 +127,7 @@ class ServingService:
         log = self._settings.log_dir / "serving.log"
         wait_ready(self.name, self._probe, 60.0, log)
 
-    def stop(self) -> bool:
+    def stop(self, *, graceful: bool = True) -> bool:
         return self._probe() is None
 
     def purge(self) -> None:

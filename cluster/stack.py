@@ -80,8 +80,12 @@ class Stack:
         return statuses
 
     def down(self, *, purge: bool = False) -> list[str]:
-        """Stop what the stack started (by pid file), in reverse order; return the stopped names."""
-        stopped = [s.name for s in reversed(self.services) if s.stop()]
+        """Stop what the stack started (by pid file), in reverse order; return the stopped names.
+
+        With ``purge`` the services are killed rather than shut down: their data is deleted next,
+        so a graceful stop (Ray's drain of up to 30 s, Kafka's controlled shutdown, Redis's final
+        save) would only delay the purge."""
+        stopped = [s.name for s in reversed(self.services) if s.stop(graceful=not purge)]
         if purge:
             for service in self.services:
                 service.purge()

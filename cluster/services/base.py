@@ -69,7 +69,10 @@ class Service(Protocol):
 
     def start(self) -> None: ...
 
-    def stop(self) -> bool: ...
+    def stop(self, *, graceful: bool = True) -> bool:
+        """Stop it; ``graceful=False`` when its data is about to be purged: nothing it could
+        flush or hand over on the way down would be kept, so it is killed at once."""
+        ...
 
     def purge(self) -> None: ...
 
@@ -195,5 +198,5 @@ class ProcessService(ABC):
             )
         self.after_ready()
 
-    def stop(self) -> bool:
-        return self._proc.stop(timeout_s=self.stop_timeout_s)
+    def stop(self, *, graceful: bool = True) -> bool:
+        return self._proc.stop(timeout_s=self.stop_timeout_s if graceful else 0.0)

@@ -114,7 +114,7 @@ class KafkaService(ProcessService):
         self._wait(self.probe_cluster)
         self.ensure_topics()
 
-    def stop(self) -> bool:
+    def stop(self, *, graceful: bool = True) -> bool:
         """Stop this node. When it is one of the last majority, the others are told to stop at
         the same moment: a node left without a quorum cannot finish its controlled shutdown
         (it waits for a controller) and would be SIGKILLed at ``stop_timeout_s``."""
@@ -122,7 +122,7 @@ class KafkaService(ProcessService):
         if self._proc.pid() is not None and 0 < len(others) < self._kafka.quorum:
             for proc in others:
                 proc.signal(signal.SIGTERM)
-        return self._proc.stop(timeout_s=self.stop_timeout_s)
+        return self._proc.stop(timeout_s=self.stop_timeout_s if graceful else 0.0)
 
     def purge(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)

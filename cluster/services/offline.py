@@ -63,7 +63,7 @@ class OfflineStoreService:
     def start(self) -> None:
         iceberg_catalog(self._settings).create_namespace_if_not_exists(NAMESPACE)
 
-    def stop(self) -> bool:
+    def stop(self, *, graceful: bool = True) -> bool:
         return False
 
     def purge(self) -> None:

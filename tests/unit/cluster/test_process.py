@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from cluster.exceptions import PortInUse
 from cluster.process import ManagedProcess, require_free_port, wait_until
+from cluster.services.base import Port, ProcessService, Service
+from cluster.settings import Secrets, StackSettings
+from cluster.stack import Stack
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -73,3 +77,57 @@ def test_a_taken_port_is_reported_with_the_service_name() -> None:
         port = squatter.getsockname()[1]
         with pytest.raises(PortInUse, match=f"redis-us-east needs port {port}"):
             require_free_port("redis-us-east", "127.0.0.1", port)
+
+
+class _Recording:
+    """A stand-in for ManagedProcess that records how long it was told to wait."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        self.timeouts.append(timeout_s)
+        return True
+
+
+class _Slow(ProcessService):
+    kind = "test"
+    ready_timeout_s = 1.0
+    stop_timeout_s = 45.0  # Ray's head drains up to 30 s on SIGTERM
+    purged = False
+
+    @property
+    def endpoint(self) -> str:
+        return "nowhere"
+
+    def ports(self) -> list[Port]:
+        return []
+
+    def launch(self) -> None:
+        raise AssertionError("not started in this test")
+
+    def probe(self) -> str | None:
+        return None
+
+    def purge(self) -> None:
+        self.purged = True
+
+
+def test_a_purged_stack_kills_its_services_instead_of_waiting_for_their_shutdown(
+    tmp_path: Path,
+) -> None:
+    procs = [_Recording(), _Recording()]
+    services = tuple(_Slow(f"s{i}", proc) for i, proc in enumerate(procs))  # type: ignore[arg-type]
+    stack_services: tuple[Service, ...] = services
+    settings = StackSettings(state_dir=tmp_path)
+    secrets = Secrets(
+        redis_admin_password=SecretStr("a"),
+        redis_writer_password=SecretStr("w"),
+        redis_reader_password=SecretStr("r"),
+    )
+    stack = Stack(settings, secrets, stack_services)
+    assert stack.down() == ["s1", "s0"], "stopped in reverse start order"
+    assert [p.timeouts for p in procs] == [[45.0], [45.0]], "a plain down waits for a clean stop"
+    stack.down(purge=True)
+    assert [p.timeouts[-1] for p in procs] == [0.0, 0.0], "data about to be deleted: no grace"
+    assert all(service.purged for service in services)
