@@ -22,7 +22,8 @@ from actors.config import DEFAULT_CONSUMERS
 from cluster import embeddings_cli, registry_cli, shadow_cli, training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
-from cluster.settings import StackSettings, settings_from_env
+from cluster.settings import StackSettings
+from cluster.settings_env import settings_from_env
 from cluster.stack import Stack
 from features.errors import FreshlineError
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.config import DEFAULT_CONSUMERS
 from cluster.settings import StackSettings
+from cluster.settings_env import settings_to_env
 from features.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def up(
 def _submit(client: Any, settings: StackSettings, consumers: int, deadline: float) -> str:
     runtime_env = {
         "working_dir": str(REPO_ROOT),
-        "env_vars": {**settings.to_env(), "RAY_JOB_STOP_WAIT_TIME_S": str(DRAIN_S)},
+        "env_vars": {**settings_to_env(settings), "RAY_JOB_STOP_WAIT_TIME_S": str(DRAIN_S)},
     }
     while True:
         try:

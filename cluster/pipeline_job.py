@@ -37,7 +37,8 @@ from cluster.embeddings import (
 )
 from cluster.pipeline import READY_LINE
 from cluster.secrets import node_secrets
-from cluster.settings import StackSettings, settings_from_env
+from cluster.settings import StackSettings
+from cluster.settings_env import settings_from_env
 from features.demo import card_transactions_catalog, item_embedding_views
 
 

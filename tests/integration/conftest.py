@@ -16,6 +16,7 @@ import pytest
 
 from cluster.isolated import isolated_settings
 from cluster.settings import StackSettings
+from cluster.settings_env import settings_to_env
 from cluster.stack import Stack
 
 TEST_SERVE_DRAIN_S = 3
@@ -23,7 +24,7 @@ TEST_SERVE_DRAIN_S = 3
 
 def stack_env(settings: StackSettings) -> dict[str, str]:
     """The environment that makes the CLI or a Ray client address this stack."""
-    return {**os.environ, **settings.to_env(), **settings.ray.client_env()}
+    return {**os.environ, **settings_to_env(settings), **settings.ray.client_env()}
 
 
 @contextlib.contextmanager

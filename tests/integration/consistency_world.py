@@ -22,6 +22,7 @@ from kafka import KafkaProducer
 
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events
+from cluster.settings_env import settings_to_env
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
 from features.tiles import MINUTE_MS
@@ -215,7 +216,7 @@ def ray_job(stack: Stack, verb: str, *argv: str) -> str:
 
 def submit_validator(stack: Stack, job_id: str, *argv: str) -> None:
     """The continuous validator submitted as a Ray job, as docs/training.md shows."""
-    runtime = json.dumps({"env_vars": stack.settings.to_env()})
+    runtime = json.dumps({"env_vars": settings_to_env(stack.settings)})
     repo = str(Path(__file__).resolve().parents[2])
     ray_job(stack, "submit", "--no-wait", "--submission-id", job_id, "--working-dir", repo,
             "--runtime-env-json", runtime, "--", "python", "-m", "cluster.cli", "validate",

@@ -20,7 +20,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from cluster.secrets import SECRET_ENV_VARS, node_secrets
-from cluster.settings import ENV_VARS, settings_from_env
+from cluster.settings_env import ENV_VARS, settings_from_env
 from features.errors import ConfigError
 from serve_apps.config import ServingConfig
 

@@ -11,7 +11,8 @@ import pytest
 from cluster.process import ManagedProcess, wait_until
 from cluster.services.kafka import kafka_services
 from cluster.services.kafka_config import broker_properties, render, topic_configs
-from cluster.settings import KafkaSettings, StackSettings, TopicSpec, settings_from_env
+from cluster.settings import KafkaSettings, StackSettings, TopicSpec
+from cluster.settings_env import settings_from_env
 from features.errors import ConfigError
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -14,7 +14,7 @@ import pytest
 from cluster import pipeline_job
 from cluster.pipeline import READY_LINE
 from cluster.pipeline_job import Liveness, summary, supervise
-from cluster.settings import settings_from_env
+from cluster.settings_env import settings_from_env
 
 FAST = Liveness(poll_s=0.0, report_s=10.0, fatal_after_s=60.0)
 

@@ -20,7 +20,8 @@ import pytest
 from cluster.isolated import isolated_settings
 from cluster.process import wait_until
 from cluster.services.ray_worker import NODE_LABEL, RayWorkerService, child_named
-from cluster.settings import ENV_VARS, StackSettings, settings_from_env
+from cluster.settings import StackSettings
+from cluster.settings_env import ENV_VARS, settings_from_env, settings_to_env
 from cluster.stack import Stack
 from features.errors import ConfigError
 
@@ -39,7 +40,7 @@ def test_no_worker_nodes_by_default_and_the_variable_round_trips(tmp_path: Path)
         {"FRESHLINE_STATE_DIR": str(tmp_path), "FRESHLINE_RAY_WORKER_NODES": "2"}
     )
     assert settings.ray.worker_nodes == 2
-    assert settings.to_env()["FRESHLINE_RAY_WORKER_NODES"] == "2"
+    assert settings_to_env(settings)["FRESHLINE_RAY_WORKER_NODES"] == "2"
     assert "FRESHLINE_RAY_WORKER_NODES" in {v.name for v in ENV_VARS}
 
 

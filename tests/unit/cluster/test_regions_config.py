@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cluster.services.haproxy import front_door_urls
-from cluster.settings import settings_from_env
+from cluster.settings_env import settings_from_env, settings_to_env
 from cluster.stack import Stack
 from features.errors import ConfigError
 from serve_apps.config import ApiKey
@@ -39,7 +39,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_three_regions_from_the_environment_build_three_of_everything(tmp_path: Path) -> None:
     settings = settings_from_env(_env(tmp_path))
     assert settings.topology.names == ("us-east", "eu-west", "ap-south")
-    assert settings_from_env(settings.to_env()) == settings  # a Ray job rebuilds the same
+    assert settings_from_env(settings_to_env(settings)) == settings  # a Ray job rebuilds the same
     names = [service.name for service in Stack.build(settings, environ={}).services]
     for kind in ("redis", "dynamodb"):
         assert [n for n in names if n.startswith(f"{kind}-")] == [

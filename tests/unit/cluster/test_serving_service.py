@@ -12,7 +12,8 @@ from cluster.exceptions import MissingTool
 from cluster.services import ray_head
 from cluster.services.ray_head import RayHeadService
 from cluster.serving import ServingService, base_urls
-from cluster.settings import IngressMode, RaySettings, StackSettings, settings_from_env
+from cluster.settings import IngressMode, RaySettings, StackSettings
+from cluster.settings_env import settings_from_env, settings_to_env
 from cluster.stack import Stack
 from features.errors import ConfigError
 from serve_apps.deploy import INGRESS_MODES
@@ -40,10 +41,10 @@ def test_ingress_comes_from_the_environment(tmp_path: Path) -> None:
     env = {"FRESHLINE_STATE_DIR": str(tmp_path)}
     pinned = settings_from_env(env | {"FRESHLINE_HAPROXY_STATS_PORT": "18404"})
     assert pinned.ray.haproxy_stats_port == 18404
-    assert settings_from_env(pinned.to_env()) == pinned
+    assert settings_from_env(settings_to_env(pinned)) == pinned
     drained = settings_from_env(env | {"FRESHLINE_SERVE_DRAIN_S": "3"})
     assert drained.ray.serve_drain_s == 3
-    assert settings_from_env(drained.to_env()) == drained
+    assert settings_from_env(settings_to_env(drained)) == drained
     with pytest.raises(ConfigError):
         settings_from_env(env | {"FRESHLINE_SERVE_DRAIN_S": "-1"})
     assert settings_from_env(env).ray.ingress == "haproxy-throughput"

@@ -8,14 +8,13 @@ from pydantic import BaseModel
 
 from cluster.secrets import load_or_create_secrets
 from cluster.settings import (
-    ENV_VARS,
     FrontDoorSettings,
     KafkaSettings,
     RaySettings,
     RedisSettings,
     StackSettings,
-    settings_from_env,
 )
+from cluster.settings_env import ENV_VARS, settings_from_env, settings_to_env
 from features.errors import ConfigError
 from regions.config import RegionTopology, default_topology
 
@@ -102,7 +101,7 @@ def test_to_env_round_trips_through_the_environment(tmp_path: Path) -> None:
     )
     assert settings.iceberg_warehouse == "s3://lake/freshline"
     assert settings.ray.serve_replicas == 3
-    assert settings_from_env(settings.to_env()) == settings
+    assert settings_from_env(settings_to_env(settings)) == settings
 
 
 def test_a_warehouse_that_is_not_a_uri_is_refused() -> None:
@@ -200,7 +199,7 @@ def test_every_variable_round_trips_settings_to_env_and_back(tmp_path: Path) -> 
     defaults = settings_from_env({})
     cases = [_everything_changed(tmp_path, with_ray=r) for r in (True, False)]
     for settings in cases:
-        env = settings.to_env()
+        env = settings_to_env(settings)
         assert set(env) == {var.name for var in ENV_VARS}
         assert settings_from_env(env) == settings
     # Each variable carried a value other than its default in at least one case, so none of
@@ -211,7 +210,7 @@ def test_every_variable_round_trips_settings_to_env_and_back(tmp_path: Path) -> 
 
 def test_unset_optional_fields_leave_their_variables_unset(tmp_path: Path) -> None:
     settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path)})
-    env = settings.to_env()
+    env = settings_to_env(settings)
     assert not {
         "FRESHLINE_HAPROXY_STATS_PORT",
         "FRESHLINE_HAPROXY_METRICS_PORT",

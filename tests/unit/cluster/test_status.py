@@ -28,6 +28,7 @@ from cluster.services.ray_head import head_process
 from cluster.services.redis import RedisService
 from cluster.serving import ServingService, api_key_file
 from cluster.settings import Secrets, StackSettings
+from cluster.settings_env import settings_to_env
 from cluster.stack import Stack
 from regions.config import default_topology
 
@@ -139,7 +140,7 @@ def test_the_status_command_writes_nothing_and_exits_3_when_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state_dir = tmp_path / "fresh"
-    for var, value in _settings(state_dir).to_env().items():
+    for var, value in settings_to_env(_settings(state_dir)).items():
         monkeypatch.setenv(var, value)
     assert cli.main(["stack", "status", "--json"]) == cli.EXIT_UNHEALTHY == 3
     rows = json.loads(capsys.readouterr().out)
