@@ -87,6 +87,18 @@ class RegionServer:
     async def check_health(self) -> None:
         """Serve's replica health check: the event loop answers (readiness is ``/v1/ready``)."""
 
+    # Serve awaits an async __del__ on a graceful stop (a redeploy, a scale-down, serve
+    # shutdown), after the replica's last request. The garbage collector's own later call only
+    # creates a coroutine it never runs.
+    async def __del__(self) -> None:
+        """Stop the background loops, then finish the sampled-answer writes already started: the
+        consistency validator reads them, and a rolling update must not drop the last ones."""
+        for task in (self._gauges, self._follow):
+            if task is not None:
+                task.cancel()
+        if self._http.answers is not None:
+            await self._http.answers.drain()
+
 
 def serve_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
     """The handler's headers without ``x-request-id``, which Serve's ingress adds itself."""
