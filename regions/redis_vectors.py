@@ -1,10 +1,11 @@
 """A region's copy of one embedding view version's vectors in its Redis, for lookup by entity id.
 
 On-store layout (``features.embeddings``): ``fl:emb:<view>:<version>:<entity id>`` holds the
-entity's current vector as float32 little-endian bytes, without a TTL (so ``volatile-ttl`` never
-evicts it). The marker ``fl:emb:<view>:<version>`` is ``ready`` when the store holds every vector
-of that version and ``syncing`` while a full copy is being written; a Redis that came back empty
-has no marker, which is how a writer learns it must copy everything again.
+entity's current vector as float32 little-endian bytes, without a TTL (the stack's Redis evicts
+nothing: ``maxmemory-policy noeviction``). The marker ``fl:emb:<view>:<version>`` is ``ready``
+when the store holds every vector of that version and ``syncing`` while a full copy is being
+written; a Redis that came back empty has no marker, which is how a writer learns it must copy
+everything again.
 
 Error mapping as in ``regions.redis_store``: connection refused or reset -> ``StoreUnavailable``,
 no answer in time -> ``StoreTimeout``, an error reply -> ``StoreRejected``. No retries here: the

@@ -153,8 +153,11 @@ class RedisService(ProcessService):
             "appendfsync everysec",
             'save ""',
             f"maxmemory {users.maxmemory_mb}mb",
-            # Only keys with a TTL (tiles) may be evicted; never silently drop un-expiring state.
-            "maxmemory-policy volatile-ttl",
+            # Never evict: Redis is the online store, not a cache. An evicted tile would be served
+            # as absent (its default) under a marker that says the store is complete. Full, it
+            # refuses writes (OOM): the sink backs off and retries, serving keeps every value it
+            # holds, and expiring TTLs and more memory or shards make room (docs/operations.md).
+            "maxmemory-policy noeviction",
             "enable-debug-command local",
             # Off: no connection can authenticate as `default`. Its permissions still matter:
             # Redis replays the AOF as `default`, and releases before 7.2.x (redis#14541, Debian's

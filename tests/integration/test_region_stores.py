@@ -260,6 +260,28 @@ def test_ttl_is_set_and_never_shortened(us_east: Any, key: str) -> None:
     assert admin.pttl(key) > 85_000
 
 
+def test_a_full_redis_refuses_new_tiles_and_evicts_none_it_holds(us_east: Any, key: str) -> None:
+    """The online store is not a cache: past maxmemory a write is refused (the sink backs off and
+    retries it, nothing lost), and no tile it acknowledged is dropped to make room."""
+    writer, _, admin = us_east
+    held = [_w(f"{key}:held:{i}", "f", 1, b"x" * 256) for i in range(50)]
+    writer.apply(held)
+    evicted = int(admin.info("stats")["evicted_keys"])
+    limit = admin.config_get("maxmemory")["maxmemory"]
+    used = int(admin.info("memory")["used_memory"])
+    try:
+        admin.config_set("maxmemory", used // 2)  # full, whatever else the stack holds
+        more = [_w(f"{key}:more:{i}", "f", 1, b"y" * 10_240) for i in range(100)]
+        with pytest.raises(StoreRejected, match="OutOfMemory"):
+            writer.apply(more)
+        assert int(admin.info("stats")["evicted_keys"]) == evicted, "tiles were evicted"
+    finally:
+        admin.config_set("maxmemory", limit)
+    assert all(admin.exists(w.key) for w in held), "an acknowledged tile is gone"
+    writer.apply(more)  # room again: the retried batch lands whole
+    assert all(admin.exists(w.key) for w in more)
+
+
 def test_a_batch_is_one_round_trip(us_east: Any, key: str, sends: list[int]) -> None:
     writer, reader, admin = us_east
     # Warm up: connect and authenticate both pools, and load the script if the server lacks it.
