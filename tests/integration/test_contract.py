@@ -149,7 +149,11 @@ def test_each_operation_keeps_its_contract(
         assert sum(served.values()) >= MAX_EXAMPLES // 2, served
         refused = _run(operation, GenerationMode.NEGATIVE, schema.hooks)
         assert sum(refused.values()) >= MAX_EXAMPLES // 2, refused
-        assert 422 in refused, refused
+        # Some invalid cases were refused as the client's error. Which status (400 for a body
+        # that is not a JSON object, 422 for one the API cannot serve) depends on the cases
+        # Hypothesis draws; each one's status was checked against the document above, and
+        # test_serving pins the 422s.
+        assert any(400 <= status < 500 for status in refused), refused
 
 
 def test_the_document_lists_every_route_and_every_example_is_served(world: dict[str, Any]) -> None:
