@@ -3,8 +3,8 @@ the worker node's raylet SIGKILLed mid-stream: the actors it ran come back on th
 region's Redis and DynamoDB equal the oracle (0 missing, 0 counted twice), every refused event
 dead-lettered exactly once.
 
-Marked ``heavy`` (a private stack with a second Ray node, about six minutes on two cores): ``make
-heavy`` runs it; CI's quick case is tests/unit/cluster/test_ray_worker.py.
+The kill is marked ``heavy`` (``make heavy``). CI's quick case runs on the same two-node stack:
+the pipeline's actors spread over both nodes, the supervisor on the head.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from features.demo import SOURCE, card_transactions_catalog
 from tests.integration.conftest import running_stack
 from tests.integration.test_pipeline import _produce
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
 WORKER = "ray-worker-1"
 HEAD = "head"
@@ -113,6 +113,25 @@ def _events_in(pid: int) -> int:
     return sum(c["events_in"] for c in consumers if c["pid"] == pid)
 
 
+def test_the_pipeline_spreads_over_both_nodes_and_its_supervisor_stays_on_the_head(
+    two_nodes: Stack,
+) -> None:
+    settings = two_nodes.settings
+    worker = two_nodes.service(WORKER)
+    assert isinstance(worker, RayWorkerService)
+    assert worker.status().state == "healthy"
+    pipeline_job.up(settings, consumers=2)
+    try:
+        placed = _placement(two_nodes)
+        consumers = {node for name, (node, _) in placed.items() if name.startswith("fl-consumer-")}
+        assert consumers == {HEAD, WORKER}, f"two consumers, one per node (SPREAD): {placed}"
+        assert placed["fl-supervisor"][0] == HEAD, "the supervisor stays with its driver"
+        assert {node for node, _ in placed.values()} == {HEAD, WORKER}
+    finally:
+        pipeline_job.down(settings)
+
+
+@pytest.mark.heavy
 def test_a_worker_nodes_raylet_killed_mid_stream_loses_and_doubles_nothing(
     two_nodes: Stack,
 ) -> None:

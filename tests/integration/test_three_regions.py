@@ -3,8 +3,9 @@ runs three Redis, three DynamoDB endpoints and three front doors; the pipeline w
 region's stores equal to the oracle; each region's Serve app answers from its own Redis, and the
 new region fails over to its nearest neighbour when its stores hang.
 
-Marked ``heavy`` (a whole second stack, about ten minutes on two cores): ``make heavy`` runs it;
-CI's quick case is ``tests/unit/cluster/test_regions_config.py``.
+The pipeline and serving test is marked ``heavy`` (``make heavy``). CI's quick case runs on the
+same stack: the third region's Redis, DynamoDB endpoint and front door are started from the
+configuration and healthy, with the region's own Redis users.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from cluster.settings import FrontDoorSettings, StackSettings
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog
 from regions.config import RegionConfig, RegionTopology
+from regions.redis_store import RedisRole, redis_client
 from serve_apps.config import ApiKey, new_api_key
 from serve_apps.deploy import configs_for_stack, deploy
 from tests.integration.test_pipeline import _produce
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.integration
 KEY = new_api_key()
 
 
@@ -65,6 +67,20 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.down(purge=True)
 
 
+def test_a_third_regions_services_start_from_configuration_and_are_healthy(three: Stack) -> None:
+    states = {status.name: status.state for status in three.status()}
+    third = ("redis-ap-south", "dynamodb-ap-south", "front-door-ap-south")
+    assert all(states.get(name) == "healthy" for name in third), states
+    region = three.settings.topology.get("ap-south")
+    for role in (RedisRole.WRITER, RedisRole.READER):
+        client = redis_client(region, role, three.settings.redis, three.secrets)
+        try:
+            assert client.ping(), f"the {role.value} user of ap-south's Redis"
+        finally:
+            client.close()
+
+
+@pytest.mark.heavy
 def test_a_third_region_computes_serves_and_fails_over(three: Stack) -> None:
     settings = three.settings
     assert [s.name for s in three.services if s.name.startswith("redis-")] == [
