@@ -113,13 +113,19 @@ def _events_in(pid: int) -> int:
     return sum(c["events_in"] for c in consumers if c["pid"] == pid)
 
 
+def _healthy_worker(stack: Stack) -> RayWorkerService:
+    """The stack's second Ray node, checked healthy before the pipeline is placed on it."""
+    worker = stack.service(WORKER)
+    assert isinstance(worker, RayWorkerService)
+    assert worker.status().state == "healthy"
+    return worker
+
+
 def test_the_pipeline_spreads_over_both_nodes_and_its_supervisor_stays_on_the_head(
     two_nodes: Stack,
 ) -> None:
     settings = two_nodes.settings
-    worker = two_nodes.service(WORKER)
-    assert isinstance(worker, RayWorkerService)
-    assert worker.status().state == "healthy"
+    _healthy_worker(two_nodes)
     pipeline_job.up(settings, consumers=2)
     try:
         placed = _placement(two_nodes)
@@ -136,9 +142,7 @@ def test_a_worker_nodes_raylet_killed_mid_stream_loses_and_doubles_nothing(
     two_nodes: Stack,
 ) -> None:
     settings = two_nodes.settings
-    worker = two_nodes.service(WORKER)
-    assert isinstance(worker, RayWorkerService)
-    assert worker.status().state == "healthy"
+    worker = _healthy_worker(two_nodes)
     pipeline_job.up(settings, consumers=2)
     ray.init(address=settings.ray.address, namespace="freshline", log_to_driver=False)
     try:
