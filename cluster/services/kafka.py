@@ -122,7 +122,7 @@ class KafkaService(ProcessService):
         if self._proc.pid() is not None and 0 < len(others) < self._kafka.quorum:
             for proc in others:
                 proc.signal(signal.SIGTERM)
-        return self._proc.stop(timeout_s=self.stop_timeout_s if graceful else 0.0)
+        return super().stop(graceful=graceful)
 
     def purge(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)
