@@ -20,12 +20,18 @@ Invariants:
 - when every step is skipped or fails, the result is ``None`` and the caller serves defaults:
   store failures never become client errors;
 - a timeout that fired more than ``late_tolerance_s`` after it was due says the replica's own
-  event loop is overloaded, not that the store is slow: the breaker records nothing, the chain
-  stops, and the request is shed (``Overloaded``, a 503 with Retry-After). Otherwise an
+  event loop is overloaded, not that the store is slow: the breaker records nothing. Otherwise an
   overloaded replica would open every breaker and answer with defaults;
 - so is a timeout while ``busy()`` says the loop is lagging: a call takes several turns of the
   loop (send, read, parse), so a loop a little late on each turn times out a healthy Redis's
-  reply although no single timer fires very late.
+  reply although no single timer fires very late;
+- such a timeout of the first store tried stops the chain and sheds the request (``Overloaded``,
+  a 503 with Retry-After): an overloaded replica adds no fallback reads. After an earlier store
+  was passed over for its own reasons (failed, open, not ready), the request is an outage's and
+  goes on down the chain: the outage's fallback reads are what lags the loop (DynamoDB's boto3
+  threads share the GIL with it), and shedding there turned a dead Redis into client errors,
+  which the chain exists to prevent. If no store answers such a request, it is shed, never
+  answered with defaults.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 Fields = dict[str, bytes]
 Clock = Callable[[], float]
 DEFAULTS = "defaults"
+# The outcome of a step whose timeout was this replica's lag, not the store's (nothing recorded).
+LOOP_LAGGED = "loop_lagged"
 
 
 class TileStore(Protocol):
@@ -218,6 +226,7 @@ class FallbackChain:
 
     async def read(self, keys: Sequence[str], deadline: Deadline) -> ChainResult:
         tried: list[tuple[str, str]] = []
+        own_lag: Overloaded | None = None  # a later step timed out because our loop lagged
         last = len(self.steps) - 1
         for n, step in enumerate(self.steps):
             name = step.store.name
@@ -241,7 +250,13 @@ class FallbackChain:
             except TransportError as exc:
                 if isinstance(exc, StoreTimeout):
                     self.timeouts += 1
-                    self._blame_own_loop(name, self._clock() - started - timeout, exc)
+                    lagged = self._own_loop_to_blame(name, self._clock() - started - timeout)
+                    if lagged is not None:
+                        if not tried:  # the first store: this replica's overload, not an outage
+                            raise lagged from exc
+                        own_lag = lagged
+                        tried.append((name, LOOP_LAGGED))
+                        continue
                 tried.append((name, type(exc).__name__))
                 if isinstance(exc, AbandonedCall):
                     self._judge_when_answered(step.breaker, name, exc)
@@ -261,6 +276,8 @@ class FallbackChain:
             step.breaker.record_success()
             tried.append((name, "ok"))
             return ChainResult(fields, name, tried)
+        if own_lag is not None:
+            raise own_lag  # defaults would be a wrong answer for our own slowness
         return ChainResult(None, DEFAULTS, tried)
 
     def _judge_when_answered(self, breaker: CircuitBreaker, store: str, exc: AbandonedCall) -> None:
@@ -299,10 +316,11 @@ class FallbackChain:
         timer.append(loop.call_later(self._verdict_after_s, silent_until_now))
         exc.pending.add_done_callback(verdict)
 
-    def _blame_own_loop(self, store: str, late_s: float, exc: StoreTimeout) -> None:
-        """Raise ``Overloaded`` when the timeout says more about this replica than the store."""
+    def _own_loop_to_blame(self, store: str, late_s: float) -> Overloaded | None:
+        """``Overloaded`` when the timeout says more about this replica than the store."""
         if late_s > self._late_tolerance_s:
             why = f"{store}: timeout fired {late_s * 1e3:.0f} ms late: loop overloaded"
-            raise Overloaded(1.0, why) from exc
+            return Overloaded(1.0, why)
         if self._busy():
-            raise Overloaded(1.0, f"{store}: timed out while the event loop lags") from exc
+            return Overloaded(1.0, f"{store}: timed out while the event loop lags")
+        return None

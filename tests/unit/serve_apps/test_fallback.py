@@ -284,6 +284,56 @@ def test_a_timeout_while_the_loop_lags_sheds_the_request_and_spares_the_breaker(
     assert steps[0].breaker.state is BreakerState.OPEN
 
 
+def _outage_chain(lagging: list[bool]) -> tuple[FallbackChain, list[FakeStore], FakeClock]:
+    """Local Redis dead (fails at once), local DynamoDB timing out, the other region healthy."""
+    clock = FakeClock()
+    policy = BreakerSettings(min_calls=1, window_calls=2).policy()
+    stores = [
+        FakeStore("redis-us-east", fail=True),
+        FakeStore("dynamodb-us-east", fail=True, error=StoreTimeout),
+        FakeStore("redis-eu-west"),
+    ]
+    steps = [Step(s, CircuitBreaker(s.name, clock, policy), 0.05, 0.34) for s in stores]
+    return FallbackChain(steps, clock, busy=lambda: lagging[0]), stores, clock
+
+
+def test_in_an_outage_a_timeout_while_the_loop_lags_goes_on_down_the_chain() -> None:
+    """redis-kill: the local Redis died, the local DynamoDB read timed out while the replica's
+    loop lagged (its boto3 threads share the GIL), and the replica shed the request although the
+    other region's Redis would have answered: a dead Redis became client errors. Now the request
+    goes on, and the lagged timeout is recorded on no breaker."""
+    chain, stores, clock = _outage_chain([True])
+    result = asyncio.run(chain.read(["k"], Deadline(1.0, clock)))
+    assert result.store == "redis-eu-west"
+    assert result.tried == [
+        ("redis-us-east", "StoreUnavailable"),
+        ("dynamodb-us-east", "loop_lagged"),
+        ("redis-eu-west", "ok"),
+    ]
+    breakers = chain.breakers()
+    assert breakers["dynamodb-us-east"] == BreakerState.CLOSED.value
+    assert breakers["redis-us-east"] == BreakerState.OPEN.value  # its own failure counts
+    # The next read skips the open local Redis: the DynamoDB timeout is still not the store's.
+    assert asyncio.run(chain.read(["k"], Deadline(1.0, clock))).store == "redis-eu-west"
+    assert chain.breakers()["dynamodb-us-east"] == BreakerState.CLOSED.value
+    assert len(stores[1].calls) == 2
+
+
+def test_in_an_outage_a_lagging_loop_with_no_store_answering_sheds_instead_of_defaults() -> None:
+    """Defaults would be a wrong answer caused by the replica's own slowness: it is a 503."""
+    chain, stores, clock = _outage_chain([True])
+    stores[2].fail, stores[2].error = True, StoreTimeout
+    with pytest.raises(Overloaded):
+        asyncio.run(chain.read(["k"], Deadline(1.0, clock)))
+    assert chain.breakers()["redis-eu-west"] == BreakerState.CLOSED.value
+    # On time, the same timeouts are the stores': nothing answers, so defaults, breakers open.
+    chain, stores, clock = _outage_chain([False])
+    stores[2].fail, stores[2].error = True, StoreTimeout
+    result = asyncio.run(chain.read(["k"], Deadline(1.0, clock)))
+    assert result.fields is None and result.store == "defaults"
+    assert chain.breakers()["dynamodb-us-east"] == BreakerState.OPEN.value
+
+
 class _AbandoningStore:
     """Times out every call, leaving a pending call the test resolves (or never does)."""
 
