@@ -8,13 +8,16 @@ so ``ray job submit --address http://127.0.0.1:8265`` works exactly as on a remo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sys
 import urllib.request
 from pathlib import Path
 
 from cluster.exceptions import MissingTool
-from cluster.process import ManagedProcess, free_port
+from cluster.process import ManagedProcess, free_port, port_holder, wait_until
 from cluster.services.base import Port, ProcessService
 from cluster.settings import StackSettings
 
@@ -66,6 +69,11 @@ class RayHeadService(ProcessService):
 
     def launch(self) -> None:
         self._proc.spawn(self._argv(), env=self.node_env())
+
+    def stop(self, *, graceful: bool = True) -> bool:
+        stopped = super().stop(graceful=graceful)
+        stop_orphaned_ingress(self._ray.serve_port)
+        return stopped
 
     def purge(self) -> None:
         shutil.rmtree(self._settings.ray_temp_dir, ignore_errors=True)
@@ -138,3 +146,26 @@ class RayHeadService(ProcessService):
                 return None if response.status == 200 else f"HTTP {response.status}"
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
+
+
+def stop_orphaned_ingress(serve_port: int) -> bool:
+    """Kill Serve's HAProxy if it still holds ``serve_port`` once the head is gone. Serve starts
+    it from an actor, outside the head's process group, and a reload re-executes it (``-sf``):
+    after ``stack down --purge`` killed the head, such a HAProxy lived on as an orphan holding
+    the port, and the next stack's Serve could not bind it. Only a process whose command line
+    names Serve's HAProxy config directory is touched. Returns whether one was killed."""
+    holder = port_holder("127.0.0.1", serve_port)
+    if holder is None or holder.pid is None:
+        return False
+    try:
+        argv = Path(f"/proc/{holder.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not argv or not argv[0].endswith(b"haproxy") or not any(_SERVE_HAPROXY in a for a in argv):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(holder.pid, signal.SIGKILL)
+    return wait_until(lambda: port_holder("127.0.0.1", serve_port) is None, 5.0)
+
+
+_SERVE_HAPROXY = b"/haproxy-serve/"  # where Ray Serve writes its HAProxy config
