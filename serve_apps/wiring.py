@@ -8,6 +8,7 @@ monotonic clock. Redis is always reached as the read-only ACL user.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,19 @@ _DYNAMODB_THREADS = 4
 _DYNAMODB_POOL_SIZE = 2 * _DYNAMODB_THREADS
 
 
+def started_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose ``threads`` threads all run already. ``ThreadPoolExecutor`` starts a
+    thread inside ``submit`` and waits there until it runs, on the caller's thread: the first
+    burst of DynamoDB reads (the moment the local Redis dies) started eight threads from the
+    replica's event loop, which stalled 60-200 ms with every request in flight on it, and the
+    replica shed them as its own overload."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+    gate = threading.Barrier(threads)  # each task holds its thread until all are started
+    for done in [pool.submit(gate.wait) for _ in range(threads)]:
+        done.result()
+    return pool
+
+
 def _client(config: ServingConfig, region: RegionConfig) -> Any:
     credentials = {
         name: secret.get_secret_value()
@@ -146,9 +160,7 @@ def build_chain(
             entries.append((redis_store(config, region, clock), t.redis_s, t.redis_per_key_s))
             # A pool per store (a bulkhead): calls abandoned on a hung table keep their threads
             # until boto's socket timeout, and must not queue the next region's reads behind them.
-            pool = ThreadPoolExecutor(
-                max_workers=_DYNAMODB_THREADS, thread_name_prefix=f"dynamodb-{region.name}"
-            )
+            pool = started_pool(_DYNAMODB_THREADS, f"dynamodb-{region.name}")
             dynamodb = dynamo_store(region, clock, pool, factory)
             entries.append((dynamodb, t.dynamodb_s, t.dynamodb_per_key_s))
     else:

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from features.errors import StoreTimeout
 from regions.dynamodb_store import STORE_READY
 from serve_apps.config import StoreTimeouts
-from serve_apps.wiring import build_chain, dynamo_factory
+from serve_apps.wiring import build_chain, dynamo_factory, started_pool
 from tests.unit.serve_apps.fakes import config
 
 
@@ -92,3 +92,18 @@ def test_a_hung_dynamodb_table_does_not_hold_up_the_next_regions_table() -> None
         assert asyncio.run(reads()) == {"user#u1": {}}
     finally:
         tables["us-east"].released.set()
+
+
+def test_a_started_pool_runs_all_its_threads_before_its_first_read() -> None:
+    """``ThreadPoolExecutor.submit`` starts a missing thread and waits for it on the caller: on
+    the replica's event loop, the first DynamoDB reads stalled every request in flight."""
+    before = threading.active_count()
+    pool = started_pool(4, "dynamodb-test")
+    try:
+        assert threading.active_count() == before + 4
+        reads = [pool.submit(time.sleep, 0.01) for _ in range(4)]
+        assert threading.active_count() == before + 4, "submit started a thread"
+        for read in reads:
+            read.result()
+    finally:
+        pool.shutdown()
