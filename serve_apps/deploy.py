@@ -12,10 +12,12 @@ the head; docs/serving.md compares the modes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from pydantic import SecretStr
 
 from features.embeddings import EmbeddingView
@@ -202,8 +204,69 @@ def deploy(
         )
         for config in configs
     ]
+    fingerprint = deployment_fingerprint(configs, embeddings)
+    regions = [c.region for c in configs]
+    if not blocking and _deployed_as(fingerprint, regions):
+        return [c.route_prefix for c in configs]
     serve.run_many(targets, blocking=blocking)
+    _record_deployed(fingerprint)
     return [c.route_prefix for c in configs]
+
+
+_CODE_PACKAGES = ("features", "regions", "serve_apps")  # what a replica imports of ours
+_FINGERPRINT_KEY = b"freshline/serve/fingerprint"
+
+
+def deployment_fingerprint(
+    configs: Sequence[ServingConfig], embeddings: Sequence[EmbeddingView] = ()
+) -> str:
+    """A digest of what the replicas would run: every config, the embedding views and the source
+    of the packages they import. Equal digests mean a redeploy would change nothing."""
+    digest = hashlib.sha256()
+    for config in configs:
+        fields = config.model_dump(mode="python")  # secrets unmasked: a new password redeploys
+        digest.update(orjson.dumps(fields, default=_plain, option=orjson.OPT_SORT_KEYS))
+        # A replica reads its password file when it starts: a rotated file redeploys too.
+        secret_file = config.redis_password_file
+        if secret_file is not None and secret_file.is_file():
+            digest.update(secret_file.read_bytes())
+    digest.update(orjson.dumps(_views(embeddings), option=orjson.OPT_SORT_KEYS))
+    root = Path(__file__).resolve().parent.parent
+    for package in _CODE_PACKAGES:
+        for source in sorted((root / package).rglob("*.py")):
+            digest.update(str(source.relative_to(root)).encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(v) for v in value)
+    return str(value)
+
+
+def _deployed_as(fingerprint: str, regions: Sequence[str]) -> bool:
+    """Every region's app is running what ``fingerprint`` describes. Serve redeploys an app given
+    as Python objects on every call, replacing each replica (seconds of cold replicas for
+    nothing), so an unchanged deploy is skipped here."""
+    from ray import serve
+    from ray.experimental.internal_kv import _internal_kv_get
+    from ray.serve.schema import ApplicationStatus
+
+    if _internal_kv_get(_FINGERPRINT_KEY) != fingerprint.encode():
+        return False
+    apps = serve.status().applications
+    return all(
+        region in apps and apps[region].status == ApplicationStatus.RUNNING for region in regions
+    )
+
+
+def _record_deployed(fingerprint: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(_FINGERPRINT_KEY, fingerprint.encode(), overwrite=True)
 
 
 def _views(embeddings: Sequence[EmbeddingView]) -> list[dict[str, Any]]:
@@ -213,6 +276,8 @@ def _views(embeddings: Sequence[EmbeddingView]) -> list[dict[str, Any]]:
 def undeploy(regions: Sequence[str]) -> None:
     """Delete the regions' applications (Serve itself keeps running)."""
     from ray import serve
+    from ray.experimental.internal_kv import _internal_kv_del
 
+    _internal_kv_del(_FINGERPRINT_KEY)
     for region in regions:
         serve.delete(region)

@@ -348,6 +348,29 @@ def test_the_stack_ingress_is_haproxy_and_the_serving_service_sees_the_apps(
     assert _read(world, "us-east", body).status_code == 200
 
 
+def test_an_unchanged_deploy_keeps_the_running_replicas(
+    world: dict[str, Any], stack: Stack
+) -> None:
+    """Serve replaces every replica of an app deployed from Python objects on each call, so each
+    drill's preparation and each repeated ``serve up`` cost seconds of cold replicas. A deploy
+    of what already runs now changes nothing."""
+    from ray.util.state import list_actors
+
+    from serve_apps.deploy import deploy
+
+    def replicas() -> set[str]:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+        return {a.actor_id for a in alive if a.class_name.startswith("ServeReplica:")}
+
+    before = replicas()
+    assert len(before) == len(world["configs"])  # one replica per region in this world
+    port = stack.settings.ray.serve_port
+    deploy(world["configs"], ray_address=stack.settings.ray.address, http_port=port)
+    assert replicas() == before
+    body = {"entities": {"user": USERS[:1]}, "features": ["user_spend:tx_count_1h"]}
+    assert _read(world, "us-east", body).status_code == 200
+
+
 def test_replicas_follow_the_registry_version_published_in_their_region(
     world: dict[str, Any], stack: Stack
 ) -> None:

@@ -14,7 +14,7 @@ from regions.config import default_topology
 from regions.resilience import ExponentialBackoff, no_jitter
 from serve_apps.client import FeatureClient, FeatureRequestRefused, FeatureServiceUnavailable
 from serve_apps.config import ApiKey, Limits, ServingConfig, hash_api_key
-from serve_apps.deploy import configs_for_stack, serve_config
+from serve_apps.deploy import configs_for_stack, deployment_fingerprint, serve_config
 from tests.unit.serve_apps.fakes import FakeClock
 
 OK = {"region": "eu-west", "results": [{"id": "u_1", "features": {"v:f": {"value": 3}}}]}
@@ -177,3 +177,35 @@ def test_when_every_region_asked_to_wait_the_call_fails_at_once() -> None:
     with pytest.raises(FeatureServiceUnavailable, match="retry later"):
         client.get_features({"user": ["u_1"]}, ["v:f"])
     assert len(calls) == 2
+
+
+def test_the_deployment_fingerprint_changes_with_any_config_and_only_then() -> None:
+    """``deploy`` skips a redeploy whose fingerprint is the running one: it must differ whenever
+    the replicas would run something else."""
+    configs = configs_for_stack(_Stack(), [ApiKey.from_raw("c", "raw-key")])
+    same = configs_for_stack(_Stack(), [ApiKey.from_raw("c", "raw-key")])
+    assert deployment_fingerprint(configs) == deployment_fingerprint(same)
+    tighter = [c.model_copy(update={"limits": Limits(max_in_flight=8)}) for c in configs]
+    other_key = configs_for_stack(_Stack(), [ApiKey.from_raw("c", "another-key")])
+    fingerprints = {
+        deployment_fingerprint(configs),
+        deployment_fingerprint(tighter),
+        deployment_fingerprint(other_key),
+        deployment_fingerprint(configs[:1]),
+    }
+    assert len(fingerprints) == 4
+    rotated = configs_for_stack(_Stack(), [], password=SecretStr("new"))
+    old = configs_for_stack(_Stack(), [], password=SecretStr("old"))
+    assert deployment_fingerprint(rotated) != deployment_fingerprint(old)
+
+
+def test_a_rotated_password_file_changes_the_fingerprint(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text('{"redis_reader_password": "old"}')
+    configs = [
+        c.model_copy(update={"redis_password_file": secrets})
+        for c in configs_for_stack(_Stack(), [])
+    ]
+    before = deployment_fingerprint(configs)
+    secrets.write_text('{"redis_reader_password": "new"}')
+    assert deployment_fingerprint(configs) != before
