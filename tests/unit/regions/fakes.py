@@ -40,6 +40,8 @@ class FakeDynamo:
     fail: dict[int, Exception] = field(default_factory=dict)
     write_calls: list[list[dict[str, Any]]] = field(default_factory=list)
     get_calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    page_size: int = 1_000  # items per Scan page
+    scan_calls: int = 0
 
     def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
         requests = kwargs["RequestItems"][self.table]
@@ -75,8 +77,23 @@ class FakeDynamo:
         rows = [item for (p, _), item in sorted(self.items.items()) if p == pk]
         return {"Items": rows}
 
+    def scan(self, **kwargs: Any) -> dict[str, Any]:
+        """Pages of ``page_size`` items in key order, resumed after ``ExclusiveStartKey``."""
+        ordered = [item for _, item in sorted(self.items.items())]
+        after = kwargs.get("ExclusiveStartKey")
+        if after is not None:
+            ordered = [i for i in ordered if _key_id(i) > _key_id(after)]
+        page = ordered[: self.page_size]
+        more = len(ordered) > self.page_size
+        self.scan_calls += 1
+        return {"Items": page, **({"LastEvaluatedKey": _only_key(page[-1])} if more else {})}
+
     def factory(self) -> Callable[[Any], FakeDynamo]:
         return lambda _region: self
+
+
+def _only_key(item: dict[str, Any]) -> dict[str, Any]:
+    return {"pk": item["pk"], "sk": item["sk"]}
 
 
 def _key_id(key: dict[str, Any]) -> tuple[str, str]:

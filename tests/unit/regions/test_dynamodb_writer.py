@@ -196,6 +196,19 @@ def test_reader_get_all_skips_expired_items() -> None:
     assert _reader(fake, clock, wall=WALL + 62).get_all(["fl:a"]) == {"fl:a": {}}
 
 
+def test_reader_scan_all_equals_get_all_in_a_few_pages() -> None:
+    """The oracle check reads whole tables: one paginated Scan, same answer as a Query per key
+    (expired items skipped, other keys ignored, every asked key present)."""
+    fake, clock = FakeDynamo(page_size=7), FakeClock()
+    _writer(fake, clock).apply([*_batch(20), _w("fl:a", "f", 1, b"1")])
+    keys = [f"fl:card:{i}" for i in range(0, 20, 2)] + ["fl:a", "fl:none"]
+    reader = _reader(fake, clock)
+    assert reader.scan_all(keys) == reader.get_all(keys)
+    assert fake.scan_calls == 3  # 21 items by 7
+    later = _reader(fake, clock, wall=WALL + 10**6)
+    assert later.scan_all(["fl:a"]) == {"fl:a": {}}
+
+
 # --- completeness marker, on moto's DynamoDB in this process ---------------------------------
 # Conditions are the point here, so they run on moto's implementation of DynamoDB rather than on
 # a hand-written fake of it.
