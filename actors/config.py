@@ -32,6 +32,8 @@ OFFLINE_TOPIC: Final = "fl.offline.accepted"
 REGISTRY_TOPIC: Final = "fl.registry"
 # Consumer actors sharing the source partitions (every --consumers option defaults to it).
 DEFAULT_CONSUMERS: Final = 2
+# Sink actors per (region, store), sharing the changelog partitions (every --sink-shards option).
+DEFAULT_SINK_SHARDS: Final = 1
 
 
 class StreamSettings(BaseModel):
@@ -82,6 +84,9 @@ class PipelineConfig(StreamSettings):
     )
     topology: RegionTopology
     stores: tuple[str, ...] = ("redis", "dynamodb")
+    # Each shard applies its own changelog partitions to the store; together they rehydrate a
+    # store that lost its data (regions.rehydration). At most one per changelog partition.
+    sink_shards: int = Field(default=DEFAULT_SINK_SHARDS, ge=1, le=64)
     redis_users: RedisUsers
     # Offline store: exactly one writer may run (Iceberg's optimistic commits reject a second one).
     offline: bool = True
@@ -102,6 +107,15 @@ class PipelineConfig(StreamSettings):
     # How often the supervisor looks for a newer registry version to roll its consumers to and
     # publish to the regions (0: never; the pipeline keeps the catalog it started with).
     registry_refresh_s: float = Field(default=10.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _a_partition_per_sink_shard(self) -> Self:
+        if self.sink_shards > self.partitions:
+            raise ValueError(
+                f"sink_shards ({self.sink_shards}) must not exceed partitions ({self.partitions}):"
+                " a shard without a partition could never do its part of a rehydration"
+            )
+        return self
 
     def consumer_config(self) -> ConsumerConfig:
         """The settings of this pipeline's consumers: the shared fields, copied, never re-typed."""

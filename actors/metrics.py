@@ -51,9 +51,9 @@ class ConsumerMetrics:
 
 
 class SinkMetrics:
-    def __init__(self, region: str, store: str) -> None:
-        self._tags = {"region": region, "store": store}
-        keys = ("region", "store")
+    def __init__(self, region: str, store: str, shard: int = 0) -> None:
+        self._tags = {"region": region, "store": store, "shard": str(shard)}
+        keys = ("region", "store", "shard")
         self._applied = metrics.Counter("freshline_sink_applied", "tile writes applied", keys)
         self._failures = metrics.Counter(
             "freshline_sink_store_failures", "failed store batches", keys

@@ -28,7 +28,9 @@ from actors.registry_feed import latest, publish_to_regions
 from actors.sink import SinkStats, SinkWorker
 from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
+from features.errors import ConfigError
 from features.registry import computation_digest
+from regions.rehydration import SinkShard
 
 NAMESPACE = "freshline"
 SUPERVISOR = "fl-supervisor"
@@ -126,8 +128,11 @@ class _ConsumerActor:
 
 
 class _SinkActor:
-    def __init__(self, config: PipelineConfig, region: str, store: str, secrets: Any) -> None:
+    def __init__(
+        self, config: PipelineConfig, region: str, store: str, shard: int, secrets: Any
+    ) -> None:
         self._region, self._store = region, store
+        self._shard = SinkShard(shard, config.sink_shards)
         # Built in the loop thread, never here: a constructor that raises (the broker is down
         # while Ray restarts this actor) leaves an actor Ray will not restart; a loop that
         # raises exits the process, which Ray restarts until the broker answers again.
@@ -145,18 +150,20 @@ class _SinkActor:
 
     def _loop(self) -> None:
         try:
-            worker = _build_sink(self._config, self._region, self._store, self._secrets)
+            worker = _build_sink(
+                self._config, self._region, self._store, self._shard, self._secrets
+            )
             self._worker = worker
             while not self._stop.is_set():
                 worker.step()
                 self._stepped_at = time.monotonic()
         except BaseException as exc:
-            _die(f"sink {self._region}/{self._store}", exc)
+            _die(f"sink {self._region}/{self._store}/{self._shard.index}", exc)
 
     def _measure(self) -> None:
         """Once a second: the committed lag and the metrics, from this thread, so that a loop
         blocked in a store call still shows its region falling behind (actors.sink_lag)."""
-        exporter = SinkMetrics(self._region, self._store)
+        exporter = SinkMetrics(self._region, self._store, self._shard.index)
         monitor: CommittedLag | None = None
         while not self._stop.wait(1.0):
             try:
@@ -164,6 +171,7 @@ class _SinkActor:
                     self._config.bootstrap,
                     sink_group(self._region, self._store),
                     self._config.changelog_topic,
+                    self._shard,
                 )
                 self._lag = monitor.measure()
             except Exception:  # the broker is down: keep the last figure, try again next second
@@ -181,11 +189,13 @@ class _SinkActor:
             "niceness": os.nice(0),
             "region": self._region,
             "store": self._store,
+            "shard": self._shard.index,
             "applied_records": s.applied_records,
             "batches": s.batches,
             "store_failures": s.store_failures,
             "paused": s.paused,
-            "store_state": s.store_state,  # "ready", "rehydrating" or "unknown" (see actors.sink)
+            # "ready", "rehydrating" (here or by another shard) or "unknown" (see actors.sink)
+            "store_state": s.store_state,
             "rehydrating": s.store_state == "rehydrating",  # what the redis-kill drill samples
             "rehydrations": s.rehydrations,
             "last_error": s.last_error,
@@ -215,13 +225,21 @@ def _percentiles(samples: deque[float]) -> dict[str, float] | None:
     return {"p50": pick(0.50), "p99": pick(0.99), "count": float(len(ordered))}
 
 
+def sink_actor_name(region: str, store: str, shard: int) -> str:
+    """Shard 0 keeps the name a sink had before shards existed (drills and tools look it up)."""
+    return f"fl-sink-{region}-{store}" + (f"-{shard}" if shard else "")
+
+
 def sink_group(region: str, store: str) -> str:
-    """The consumer group of one region's sink for one store: its committed offsets are what
-    that store has durably applied."""
+    """The consumer group of one region's sinks for one store: its committed offsets are what
+    that store has durably applied. Shared by the store's sink shards, each committing its own
+    partitions, so a change of ``sink_shards`` keeps every partition's position."""
     return f"freshline-sink-{region}-{store}"
 
 
-def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: Any) -> SinkWorker:
+def _build_sink(
+    config: PipelineConfig, region_name: str, store: str, shard: SinkShard, secrets: Any
+) -> SinkWorker:
     from kafka import TopicPartition
 
     from actors.kafka_io import read_committed_consumer, topic_partitions
@@ -238,21 +256,31 @@ def _build_sink(config: PipelineConfig, region_name: str, store: str, secrets: A
         # read_committed fetch as soon as a transaction commits, so a shorter wait adds no
         # freshness and only makes every idle sink spend CPU on empty fetches.
     )
-    # Assigned, not subscribed: a sink is the only member of its group, so a group protocol
-    # could only ever hand it every partition, and on a fresh stack a subscribed sink can be left
-    # with none until a watchdog restarts it, its region stale all that time. The group still
-    # keeps its committed offsets.
+    # Assigned, not subscribed: each shard owns a fixed share of the partitions, which a group
+    # rebalance could hand out otherwise, and on a fresh stack a subscribed sink can be left with
+    # none until a watchdog restarts it, its region stale all that time. The group still keeps
+    # the committed offsets. A shard without partitions could never finish its part of a
+    # rehydration, so it is an error, not an idle actor.
     changelog = topic_partitions(consumer, [config.changelog_topic])[config.changelog_topic]
-    consumer.assign([TopicPartition(config.changelog_topic, p) for p in changelog])
+    mine = shard.partitions(list(changelog))
+    if not mine:
+        raise ConfigError(
+            f"sink shard {shard.index} of {shard.count}: {config.changelog_topic} has only "
+            f"{len(changelog)} partitions"
+        )
+    consumer.assign([TopicPartition(config.changelog_topic, p) for p in mine])
     if store == "redis":
         client = redis_client(region, RedisRole.WRITER, config.redis_users, secrets)
         # Guarded: a Redis that came back empty refuses writes until the sink rehydrated it.
-        return SinkWorker(consumer, RedisTileWriter(client, f"redis-{region_name}", guarded=True))
+        cache = RedisTileWriter(client, f"redis-{region_name}", guarded=True, shard=shard)
+        return SinkWorker(consumer, cache)
     from regions.aws import dynamodb_client
 
     # Not seeding: its batches never mark the table ready, since one may land in a table that
     # just lost its data; the worker's marker checks rehydrate such a table instead.
-    writer = DynamoTileWriter(region, region.dynamodb_table, dynamodb_client, seeding=False)
+    writer = DynamoTileWriter(
+        region, region.dynamodb_table, dynamodb_client, seeding=False, shard=shard
+    )
     return SinkWorker(
         consumer, writer, min_batch_interval_s=config.durable_batch_interval_ms / 1000
     )
@@ -279,9 +307,10 @@ class _Supervisor:
         self._children = threading.Lock()
         self._consumers = [self._new_consumer(i) for i in range(len(config.assignments()))]
         self._sinks = {
-            (r.name, store): self._new_sink(r.name, store)
+            (r.name, store, shard): self._new_sink(r.name, store, shard)
             for r in config.topology
             for store in config.stores
+            for shard in range(config.sink_shards)
         }
         self._offline = self._new_offline() if config.offline else None
         self._replaced = 0
@@ -318,12 +347,12 @@ class _Supervisor:
             scheduling_strategy=STREAM_PLACEMENT,
         ).remote(self._config, self._catalog, partitions)
 
-    def _new_sink(self, region: str, store: str) -> Any:
+    def _new_sink(self, region: str, store: str, shard: int) -> Any:
         return SinkActor.options(
-            name=f"fl-sink-{region}-{store}",
+            name=sink_actor_name(region, store, shard),
             runtime_env=self._config.stream_runtime_env(),
             scheduling_strategy=STREAM_PLACEMENT,
-        ).remote(self._config, region, store, self._secrets)
+        ).remote(self._config, region, store, shard, self._secrets)
 
     def _watch(self) -> None:
         while not self._stopping.wait(2.0):
@@ -400,9 +429,8 @@ class _Supervisor:
     def status(self) -> dict[str, Any]:
         assignments = self._config.assignments()
         consumers = _statuses(self._consumers, [{"partitions": p} for p in assignments])
-        sinks = _statuses(
-            list(self._sinks.values()), [{"region": r, "store": s} for r, s in self._sinks]
-        )
+        identities = [{"region": r, "store": s, "shard": i} for r, s, i in self._sinks]
+        sinks = _statuses(list(self._sinks.values()), identities)
         offline = None
         if self._offline is not None:
             offline = _statuses([self._offline], [{}])[0]

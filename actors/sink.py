@@ -24,13 +24,16 @@ missing (the batch is then read again); DynamoDB's cannot be (BatchWriteItem has
 a batch may land in the emptied table before the next check, which is harmless: readers see no
 marker, and the replay covers it. Then, for the lost buckets only:
 1. mark them ``rehydrating`` (readers of them go to the next store of the chain; writes are
-   accepted);
+   accepted), or join the rehydration another shard of this (region, store) began: with
+   ``sink_shards`` > 1 each sink replays its own partitions, and a bucket is ready once every
+   shard has (``regions.rehydration``);
 2. note the end offsets of the assignment and seek to the beginning of the compacted changelog,
    which holds the latest absolute, versioned state of every tile (replay is safe: idempotent);
 3. apply and commit as usual, but up to the offsets this sink had already applied, skip the writes
    of buckets that did not lose their data; once every partition's position reached the noted end
-   offsets, mark the buckets ``ready`` again, only if their markers are still the ones step 1 set
-   (a bucket emptied again in between starts over instead of being declared complete).
+   offsets, declare this shard's part done, only if the buckets' rehydration is still the one
+   step 1 joined (a bucket emptied again in between starts over instead of being declared
+   complete); the last shard out marks a bucket ``ready``.
 The complete buckets keep serving throughout; their new writes wait behind the replay.
 ``stats.store_state`` (``ready``, ``rehydrating``, ``unknown``, ``n/a``) and ``stats.rehydrations``
 show it in the sink actor's ``status()``.
@@ -46,10 +49,14 @@ from typing import Any, Protocol, runtime_checkable
 from actors.changelog import ChangelogDecodeError, decode, is_restore_state
 from features.errors import BackpressureError, TransportError
 from regions.exceptions import StoreNotReady
+from regions.rehydration import READY as READY_MARKER
+from regions.rehydration import REHYDRATING_ELSEWHERE
 from regions.resilience import ExponentialBackoff
 from regions.tiles import TileWrite
 
 READY, REHYDRATING, UNKNOWN, NOT_APPLICABLE = "ready", "rehydrating", "unknown", "n/a"
+# Bucket states with nothing for this sink to replay.
+_PART_DONE = frozenset({READY_MARKER, REHYDRATING_ELSEWHERE})
 
 
 class StoreWriter(Protocol):
@@ -60,7 +67,7 @@ class StoreWriter(Protocol):
 class Rehydratable(Protocol):
     """A store that records whether it holds the complete state (the DynamoDB writer)."""
 
-    def store_state(self) -> bytes | None: ...
+    def shard_state(self) -> bytes | None: ...
     def begin_rehydration(self) -> None: ...
     def mark_ready(self) -> bool: ...
 
@@ -69,7 +76,7 @@ class Rehydratable(Protocol):
 class BucketedStore(Protocol):
     """A store that records completeness per bucket of its keys (the Redis writer)."""
 
-    def bucket_states(self) -> Mapping[int, bytes | None]: ...
+    def shard_states(self) -> Mapping[int, bytes | None]: ...
     def bucket_of(self, key: str) -> int: ...
     def begin_rehydration(self, buckets: Collection[int]) -> None: ...
     def mark_ready(self, buckets: Collection[int]) -> bool: ...
@@ -81,8 +88,8 @@ class _WholeStore:
     def __init__(self, store: Rehydratable) -> None:
         self._store = store
 
-    def bucket_states(self) -> Mapping[int, bytes | None]:
-        return {0: self._store.store_state()}
+    def shard_states(self) -> Mapping[int, bytes | None]:
+        return {0: self._store.shard_state()}
 
     def bucket_of(self, key: str) -> int:
         return 0
@@ -214,18 +221,20 @@ class SinkWorker:
             return
         self._next_check = self._monotonic() + self._check_interval_s
         try:
-            states = self._store.bucket_states()
+            states = self._store.shard_states()
         except TransportError as exc:
             self.stats.last_error = type(exc).__name__
             return
-        # Emptied, or left rehydrating by a previous incarnation that did not finish.
+        # Emptied, or rehydrating with this shard's part to do (begun by another shard, or left
+        # by a previous incarnation that did not finish). A part done waits for the other shards.
         self._lost = {
             bucket
             for bucket, state in states.items()
-            if state is None or (state != b"ready" and bucket not in self._rehydrating)
+            if state is None or (state not in _PART_DONE and bucket not in self._rehydrating)
         }
         if not self._lost and self._targets is None:
-            self.stats.store_state = READY
+            elsewhere = REHYDRATING_ELSEWHERE in states.values()
+            self.stats.store_state = REHYDRATING if elsewhere else READY
 
     def _start_rehydration(self) -> None:
         """Replay the changelog into the lost buckets (and into any a running rehydration had

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from regions.rehydration import SOLE, SinkShard
+
 
 def committed_lag(
     ends: Mapping[Any, int], committed: Mapping[Any, int | None], beginnings: Mapping[Any, int]
@@ -29,14 +31,17 @@ def committed_lag(
 
 
 class CommittedLag:
-    """Measures one group's lag on one topic; its Kafka clients are its own (one thread)."""
+    """Measures one group's lag on one topic (on one sink shard's partitions of it); its Kafka
+    clients are its own (one thread)."""
 
-    def __init__(self, bootstrap: str, group_id: str, topic: str) -> None:
+    def __init__(
+        self, bootstrap: str, group_id: str, topic: str, shard: SinkShard = SOLE
+    ) -> None:
         from kafka import KafkaAdminClient
 
         from actors.kafka_io import read_committed_consumer
 
-        self._group_id, self._topic = group_id, topic
+        self._group_id, self._topic, self._shard = group_id, topic, shard
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group_id}-lag")
         # No group: this consumer only asks for offsets, it never joins or commits.
         self._offsets = read_committed_consumer(bootstrap, None)
@@ -45,7 +50,7 @@ class CommittedLag:
         from kafka import TopicPartition
 
         partitions = self._offsets.partitions_for_topic(self._topic) or set()
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(self._topic, p) for p in self._shard.partitions(list(partitions))]
         if not tps:
             return 0
         ends = self._offsets.end_offsets(tps)

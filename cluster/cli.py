@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from actors.config import DEFAULT_CONSUMERS
+from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS
 from cluster import embeddings_cli, registry_cli, shadow_cli, training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
@@ -47,6 +48,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _add_pipeline_verbs(verbs: Any) -> None:
+    pipeline = verbs.add_parser("pipeline", help="the stream-to-feature pipeline (a Ray job)")
+    pipeline_verbs = pipeline.add_subparsers(dest="pipeline_verb", required=True)
+    p_up = pipeline_verbs.add_parser("up", help="submit the pipeline job (idempotent)")
+    p_up.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS, help="consumer actors")
+    p_up.add_argument(
+        "--sink-shards",
+        type=int,
+        default=DEFAULT_SINK_SHARDS,
+        help="sink actors per region and store, sharing the changelog partitions",
+    )
+    p_up.set_defaults(handler=_pipeline_up)
+    p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
+    p_status.add_argument("--json", action="store_true")
+    p_status.set_defaults(handler=_pipeline_status)
+    p_down = pipeline_verbs.add_parser("down", help="stop the pipeline's actors")
+    p_down.set_defaults(handler=_pipeline_down)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshline", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -72,16 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=40)
     logs.set_defaults(handler=_stack_logs)
 
-    pipeline = verbs.add_parser("pipeline", help="the stream-to-feature pipeline (a Ray job)")
-    pipeline_verbs = pipeline.add_subparsers(dest="pipeline_verb", required=True)
-    p_up = pipeline_verbs.add_parser("up", help="submit the pipeline job (idempotent)")
-    p_up.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS, help="consumer actors")
-    p_up.set_defaults(handler=_pipeline_up)
-    p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
-    p_status.add_argument("--json", action="store_true")
-    p_status.set_defaults(handler=_pipeline_status)
-    p_down = pipeline_verbs.add_parser("down", help="stop the pipeline's actors")
-    p_down.set_defaults(handler=_pipeline_down)
+    _add_pipeline_verbs(verbs)
 
     serve = verbs.add_parser("serve", help="the per-region feature-serving applications")
     serve_verbs = serve.add_subparsers(dest="serve_verb", required=True)
@@ -190,7 +201,7 @@ def _pipeline_up(args: argparse.Namespace, settings: StackSettings, console: Con
     from cluster import pipeline
 
     with console.status("submitting the pipeline job and waiting for its consumers"):
-        pipeline.up(settings, args.consumers)
+        pipeline.up(settings, args.consumers, sink_shards=args.sink_shards)
     return _pipeline_status(argparse.Namespace(json=False), settings, console)
 
 

@@ -41,17 +41,19 @@ def pipeline_tables(state: dict[str, Any]) -> list[Table]:
             str(c["commits"]),
         )
     sinks = Table(title="region sinks")
-    columns = ("region", "store", "applied", "lag", "partitions", "state", "failures", "paused")
-    for column in (*columns, "last step", "last error"):
+    columns = ("region", "store", "shard", "applied", "lag", "partitions", "state", "failures")
+    for column in (*columns, "paused", "last step", "last error"):
         sinks.add_column(column)
     for s in state["sinks"]:
         if not s.get("alive", True):
-            sinks.add_row(s["region"], s["store"], *["-"] * 4, "restarting", *["-"] * 3)
+            shard = str(s.get("shard", 0))
+            sinks.add_row(s["region"], s["store"], shard, *["-"] * 4, "restarting", *["-"] * 3)
             continue
         stepped = s.get("since_last_step_s")
         sinks.add_row(
             s["region"],
             s["store"],
+            str(s.get("shard", 0)),
             str(s["applied_records"]),
             str(s.get("lag", "-")),
             str(s.get("assigned_partitions", "-")),

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.config import DEFAULT_CONSUMERS
+from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS
 from cluster.settings import StackSettings
 from cluster.settings_env import settings_to_env
 from features.errors import StackError
@@ -48,7 +48,11 @@ def running(client: Any) -> list[str]:
 
 
 def up(
-    settings: StackSettings, consumers: int = DEFAULT_CONSUMERS, timeout_s: float = 300.0
+    settings: StackSettings,
+    consumers: int = DEFAULT_CONSUMERS,
+    timeout_s: float = 300.0,
+    *,
+    sink_shards: int = DEFAULT_SINK_SHARDS,
 ) -> str:
     """Submit the pipeline job (unless one runs already) and wait until it reports ready.
 
@@ -59,7 +63,8 @@ def up(
     jobs_api = client(settings)
     deadline = time.monotonic() + timeout_s
     live = running(jobs_api)
-    job_id = live[0] if live else _submit(jobs_api, settings, consumers, deadline)
+    entrypoint = f"{ENTRYPOINT} --consumers {consumers} --sink-shards {sink_shards}"
+    job_id = live[0] if live else _submit(jobs_api, settings, entrypoint, deadline)
     while True:
         status = _status_name(jobs_api.get_job_status(job_id))
         logs = jobs_api.get_job_logs(job_id)
@@ -74,7 +79,7 @@ def up(
         time.sleep(1.0)
 
 
-def _submit(client: Any, settings: StackSettings, consumers: int, deadline: float) -> str:
+def _submit(client: Any, settings: StackSettings, entrypoint: str, deadline: float) -> str:
     runtime_env = {
         "working_dir": str(REPO_ROOT),
         "env_vars": {**settings_to_env(settings), "RAY_JOB_STOP_WAIT_TIME_S": str(DRAIN_S)},
@@ -82,9 +87,7 @@ def _submit(client: Any, settings: StackSettings, consumers: int, deadline: floa
     while True:
         try:
             return str(
-                client.submit_job(
-                    entrypoint=f"{ENTRYPOINT} --consumers {consumers}", runtime_env=runtime_env
-                )
+                client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
             )
         except RuntimeError as exc:
             if _AGENT_NOT_READY not in str(exc) or time.monotonic() > deadline:

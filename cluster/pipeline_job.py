@@ -25,7 +25,7 @@ from typing import Any
 import ray
 
 from actors import job
-from actors.config import DEFAULT_CONSUMERS, PipelineConfig
+from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS, PipelineConfig
 from actors.registry_feed import latest, publish_to_regions
 from actors.runtime import NAMESPACE
 from cluster.embeddings import (
@@ -56,11 +56,14 @@ class Liveness:
 LIVENESS = Liveness()
 
 
-def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
+def pipeline_config(
+    settings: StackSettings, consumers: int, sink_shards: int = DEFAULT_SINK_SHARDS
+) -> PipelineConfig:
     return PipelineConfig(
         bootstrap=settings.kafka.bootstrap,
         tenant=settings.tenant,
         consumers=consumers,
+        sink_shards=sink_shards,
         topology=settings.topology,
         iceberg_catalog_uri=settings.iceberg_catalog_uri,
         iceberg_warehouse=settings.iceberg_warehouse,
@@ -68,10 +71,10 @@ def pipeline_config(settings: StackSettings, consumers: int) -> PipelineConfig:
     )
 
 
-def start(settings: StackSettings, consumers: int, secrets: Any) -> Any:
+def start(settings: StackSettings, consumers: int, sink_shards: int, secrets: Any) -> Any:
     """Start the supervisor (owned by this driver) and the embedding catalogs; returns the
     supervisor's handle, which the driver holds for the pipeline's life (see ``job.up``)."""
-    config = pipeline_config(settings, consumers)
+    config = pipeline_config(settings, consumers, sink_shards)
     # The latest applied registry version; the demo catalog until a repository is applied.
     current = latest(settings.kafka.bootstrap, settings.tenant)
     catalog = card_transactions_catalog() if current is None else current.catalog
@@ -95,7 +98,9 @@ def start(settings: StackSettings, consumers: int, secrets: Any) -> Any:
     return supervisor
 
 
-def run(settings: StackSettings, consumers: int, stop: threading.Event) -> int:
+def run(
+    settings: StackSettings, consumers: int, sink_shards: int, stop: threading.Event
+) -> int:
     """The job's whole life: start the pipeline, supervise it until ``stop`` is set (SIGTERM from
     ``ray job stop``), then drain it. Exit status 0 after a drain, 2 when a pipeline already runs
     on this cluster, 1 when the supervisor is lost for good."""
@@ -108,7 +113,7 @@ def run(settings: StackSettings, consumers: int, stop: threading.Event) -> int:
     # handle, which would kill the pipeline instead of draining it.
     supervisor = None
     try:
-        supervisor = start(settings, consumers, secrets)
+        supervisor = start(settings, consumers, sink_shards, secrets)
         code = supervise(job.status, stop, LIVENESS)
     finally:
         drain(settings)
@@ -166,8 +171,19 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
         "consumers": len(consumers),
         "events_in": sum(c.get("events_in", 0) for c in consumers),
         "lag": sum(sum(c.get("lag", {}).values()) for c in consumers),
-        "sink_lag": {f"{s['region']}/{s['store']}": s.get("lag") for s in state["sinks"]},
+        "sink_lag": _sink_lag(state["sinks"]),
         "replaced": state.get("replaced", 0),
+    }
+
+
+def _sink_lag(sinks: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per region/store, the lag summed over its shards; None while a shard has no figure."""
+    lags: dict[str, list[int | None]] = {}
+    for s in sinks:
+        lags.setdefault(f"{s['region']}/{s['store']}", []).append(s.get("lag"))
+    return {
+        name: None if None in values else sum(v for v in values if v is not None)
+        for name, values in lags.items()
     }
 
 
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.pipeline_job")
     parser.add_argument("verb", choices=["run", "status"])
     parser.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS)
+    parser.add_argument("--sink-shards", type=int, default=DEFAULT_SINK_SHARDS)
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or auto)"
     )
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         log_to_driver=False,
     )
     if args.verb == "run":
-        return run(settings, args.consumers, stop)
+        return run(settings, args.consumers, args.sink_shards, stop)
     result = job.status()
     if result is not None:
         result["embeddings"] = index_status(item_embedding_views(), settings.topology)

@@ -50,8 +50,10 @@ from typing import Any, Protocol
 from botocore import exceptions as bex
 
 from features.errors import StoreTimeout, StoreUnavailable
+from regions import rehydration
 from regions.config import RegionConfig
 from regions.exceptions import StoreNotReady, StoreRejected, WriteThrottled
+from regions.rehydration import SOLE, SinkShard, shard_view
 from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, Sleep
 from regions.tiles import TileWrite, coalesce
 
@@ -67,11 +69,16 @@ Item = dict[str, Any]
 
 MARKER_PK = "fl:meta:epoch"  # two colons: no features.keys key (four) can collide with it
 MARKER_SK = "state"
-STORE_READY = b"ready"
-STORE_REHYDRATING = b"rehydrating"
+STORE_READY = rehydration.READY
+STORE_REHYDRATING = rehydration.REHYDRATING
 _MARKER_KEY: Item = {"pk": {"S": MARKER_PK}, "sk": {"S": MARKER_SK}}
 # "state" is a DynamoDB reserved word: expressions name the attributes through placeholders.
-_MARKER_NAMES = {"#s": "state", "#e": "epoch"}
+_MARKER_NAMES = {"#s": "state", "#e": "epoch", "#n": "shards", "#p": "pending"}
+
+
+def _names(*placeholders: str) -> dict[str, str]:
+    """The attribute names an expression uses: DynamoDB refuses a request naming unused ones."""
+    return {p: _MARKER_NAMES[p] for p in placeholders}
 
 
 class DynamoClient(Protocol):
@@ -232,50 +239,105 @@ class DynamoTileWriter(_Store):
         sleep: Sleep = time.sleep,
         wall_clock: Callable[[], float] = time.time,
         seeding: bool = True,
+        shard: SinkShard = SOLE,
     ) -> None:
         super().__init__(
             region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
         )
         self._seeding = seeding
-        self._epoch: str | None = None  # of the rehydration this writer began, if any
+        self._shard = shard
+        self._epoch: str | None = None  # of the rehydration this writer joined, if any
 
     def store_state(self) -> bytes | None:
         """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new).
         A missing table raises ``StoreUnavailable``: nothing can be rehydrated into it yet."""
         return _state_of(self._once("get_item", **self._marker_read()).get("Item"))
 
+    def shard_state(self) -> bytes | None:
+        """The marker as this writer's sink shard sees it (``regions.rehydration``):
+        ``REHYDRATING_ELSEWHERE`` when its own part of the rehydration is done. A rehydration
+        that nobody is pending for any more (a shard died between its two updates in
+        :meth:`mark_ready`) is everyone's to finish."""
+        item = self._once("get_item", **self._marker_read()).get("Item")
+        if item is None:
+            return None
+        count = int(item["shards"]["N"]) if "shards" in item else None
+        pending = item.get("pending", {}).get("NS")
+        mine = pending is None or str(self._shard.index) in pending
+        return shard_view(_state_of(item), count, mine, self._shard)
+
     def begin_rehydration(self) -> None:
-        """Mark the table incomplete under a new epoch of this writer: readers go elsewhere."""
+        """Mark the table incomplete under a new epoch with every shard pending, or join the
+        epoch other shards of the same count began (``regions.rehydration``)."""
         epoch = uuid.uuid4().hex
         marker = {
             **_MARKER_KEY,
             "state": {"S": STORE_REHYDRATING.decode()},
             "epoch": {"S": epoch},
+            "shards": {"N": str(self._shard.count)},
+            "pending": {"NS": [str(i) for i in range(self._shard.count)]},
             "since": {"N": str(int(self._wall_clock()))},  # for an operator reading the item
         }
-        self._once("put_item", TableName=self._table, Item=marker)
+        try:
+            self._once(
+                "put_item",
+                TableName=self._table,
+                Item=marker,
+                # Join a rehydration of the same shard count; start one over anything else.
+                ConditionExpression=(
+                    "NOT (#s = :rehydrating AND #n = :count AND attribute_exists(#e))"
+                ),
+                ExpressionAttributeNames=_names("#s", "#n", "#e"),
+                ExpressionAttributeValues={
+                    ":rehydrating": {"S": STORE_REHYDRATING.decode()},
+                    ":count": {"N": str(self._shard.count)},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except _ConditionFailed as joined:
+            found = joined.item or self._once("get_item", **self._marker_read()).get("Item")
+            if not found or "epoch" not in found:  # gone meanwhile: the next check starts over
+                self._epoch = None
+                return
+            epoch = str(found["epoch"]["S"])
         self._epoch = epoch
 
     def mark_ready(self) -> bool:
-        """Declare a rehydrated table complete, with one conditional update from the
-        ``rehydrating`` state of the epoch :meth:`begin_rehydration` set. ``False`` (nothing
-        changed) when the marker is gone or another epoch's, i.e. the table was emptied again or
-        another writer took over; ``True`` too when it is already ``ready``."""
+        """This shard's replay is complete: leave the epoch's pending set, and the last shard out
+        marks the table ``ready`` (conditional updates, both on the epoch
+        :meth:`begin_rehydration` joined). ``False`` (nothing changed) when the marker is gone or
+        another epoch's, i.e. the table was emptied again; ``True`` too when it is already
+        ``ready``."""
         if self._epoch is None:
             return self.store_state() == STORE_READY
+        values = {
+            ":rehydrating": {"S": STORE_REHYDRATING.decode()},
+            ":epoch": {"S": self._epoch},
+        }
         try:
+            left = self._once(
+                "update_item",
+                TableName=self._table,
+                Key=_MARKER_KEY,
+                UpdateExpression="DELETE #p :me",
+                ConditionExpression="#s = :rehydrating AND #e = :epoch",
+                ExpressionAttributeNames=_names("#p", "#s", "#e"),
+                ExpressionAttributeValues={**values, ":me": {"NS": [str(self._shard.index)]}},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            if "pending" in left.get("Attributes", {}):
+                return True  # other shards still replay; the last one out declares
             self._once(
                 "update_item",
                 TableName=self._table,
                 Key=_MARKER_KEY,
-                UpdateExpression="SET #s = :ready REMOVE #e",
-                ConditionExpression="#s = :rehydrating AND #e = :epoch",
+                UpdateExpression="SET #s = :ready REMOVE #e, #p, #n",
+                ConditionExpression=(
+                    "#s = :rehydrating AND #e = :epoch AND attribute_not_exists(#p)"
+                ),
                 ExpressionAttributeNames=_MARKER_NAMES,
-                ExpressionAttributeValues={
-                    ":ready": {"S": STORE_READY.decode()},
-                    ":rehydrating": {"S": STORE_REHYDRATING.decode()},
-                    ":epoch": {"S": self._epoch},
-                },
+                ExpressionAttributeValues={**values, ":ready": {"S": STORE_READY.decode()}},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as failed:

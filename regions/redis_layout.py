@@ -81,6 +81,12 @@ class RedisLayout:
             return self.marker
         return f"{self.marker}:{{{bucket_tags(self.buckets)[bucket]}}}"
 
+    def pending_key(self, bucket: int) -> str:
+        """The bucket's rehydration in force (``regions.rehydration``), in its marker's slot."""
+        if not self.tagged:
+            return f"{self.marker}:pending"
+        return f"{self.marker}:pending:{{{bucket_tags(self.buckets)[bucket]}}}"
+
     @property
     def all_buckets(self) -> range:
         return range(self.buckets)

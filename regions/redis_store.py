@@ -23,12 +23,14 @@ as the tiles. A master that comes back empty so loses only its own buckets' mark
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.exceptions as rex
 
+from regions import rehydration
 from regions.exceptions import AbandonedCall, StoreNotReady, consume_outcome
 from regions.redis_clients import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -45,6 +47,7 @@ from regions.redis_clients import (
     redis_client,
     store_errors,
 )
+from regions.rehydration import SOLE, SinkShard, shard_view
 from regions.resilience import Deadline
 from regions.tiles import (
     HEADER_BYTES,
@@ -77,8 +80,8 @@ Fields = dict[str, bytes]
 
 
 # What a bucket's marker (regions.redis_layout) says of the bucket.
-STORE_READY = b"ready"
-STORE_REHYDRATING = b"rehydrating"
+STORE_READY = rehydration.READY
+STORE_REHYDRATING = rehydration.REHYDRATING
 
 # One bucket's writes. KEYS[1]: the bucket's marker; KEYS[2..]: the distinct tile keys, all in one
 # slot. ARGV[1]: "guard" (refuse, returning -1, when the marker is missing: the bucket lost its
@@ -143,14 +146,34 @@ end
 return applied
 """
 
-# Marks a rehydrated bucket ready only if it is still the rehydration this sink started (or is
-# already ready): a bucket emptied again in between (the marker is gone) must not be declared
-# complete.
-_MARK_READY_LUA = """
+# Begins or joins a bucket's rehydration (regions.rehydration). KEYS: marker, pending hash.
+# ARGV: shard count, a fresh epoch. Returns the epoch in force.
+_BEGIN_LUA = """
 local state = redis.call('GET', KEYS[1])
-if state == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
-if state == ARGV[1] or state == ARGV[2] then return 1 end
-return 0
+if state == 'rehydrating' and redis.call('HGET', KEYS[2], 'count') == ARGV[1] then
+  local epoch = redis.call('HGET', KEYS[2], 'epoch')
+  if epoch then return epoch end
+end
+redis.call('SET', KEYS[1], 'rehydrating')
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'count', ARGV[1])
+for i = 0, tonumber(ARGV[1]) - 1 do redis.call('HSET', KEYS[2], tostring(i), '1') end
+return ARGV[2]
+"""
+
+# One shard's part of a bucket's rehydration is done. KEYS: marker, pending hash. ARGV: shard
+# index, the epoch it joined. 1: done (the last shard out marks the bucket ready; a ready bucket
+# needs nothing more); 0: the bucket was emptied again or its epoch replaced, nothing declared.
+_FINISH_LUA = """
+local state = redis.call('GET', KEYS[1])
+if state == 'ready' then return 1 end
+if state ~= 'rehydrating' or redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HLEN', KEYS[2]) <= 2 then
+  redis.call('SET', KEYS[1], 'ready')
+  redis.call('DEL', KEYS[2])
+end
+return 1
 """
 
 
@@ -183,14 +206,23 @@ class RedisTileWriter:
     """
 
     def __init__(
-        self, client: Any, store: str, *, guarded: bool = False, marker: str | None = None
+        self,
+        client: Any,
+        store: str,
+        *,
+        guarded: bool = False,
+        marker: str | None = None,
+        shard: SinkShard = SOLE,
     ) -> None:
         self._client = client
         self._store = store
         self._layout = layout_of(client, marker)
         self._mode = "guard" if guarded else "seed"
+        self._shard = shard
+        self._epochs: dict[int, str] = {}  # per bucket, the rehydration epoch this writer joined
         self._script = client.register_script(_APPLY_LUA)
-        self._mark_ready = client.register_script(_MARK_READY_LUA)
+        self._begin = client.register_script(_BEGIN_LUA)
+        self._finish = client.register_script(_FINISH_LUA)
 
     @property
     def buckets(self) -> range:
@@ -254,25 +286,47 @@ class RedisTileWriter:
             return None
         return STORE_REHYDRATING if STORE_REHYDRATING in states else STORE_READY
 
-    def begin_rehydration(self, buckets: Collection[int] | None = None) -> None:
-        """Mark ``buckets`` (default: all) incomplete: readers of them go elsewhere and guarded
-        writes to them are accepted."""
+    def shard_states(self) -> dict[int, bytes | None]:
+        """Each bucket as this writer's sink shard sees it (``regions.rehydration.shard_view``):
+        ``STORE_READY``, ``STORE_REHYDRATING``, ``REHYDRATING_ELSEWHERE`` or ``None`` (lost)."""
+        index = str(self._shard.index)
         with store_errors(self._store):
             pipe = self._client.pipeline(transaction=False)
+            for bucket in self.buckets:
+                pipe.get(self._layout.marker_key(bucket))
+                pipe.hmget(self._layout.pending_key(bucket), ["count", index])
+            replies = pipe.execute()
+        out: dict[int, bytes | None] = {}
+        for bucket, marker, (count, mine) in zip(
+            self.buckets, replies[::2], replies[1::2], strict=True
+        ):
+            state = None if marker is None else bytes(marker)
+            shards = None if count is None else int(count)
+            out[bucket] = shard_view(state, shards, mine is not None, self._shard)
+        return out
+
+    def begin_rehydration(self, buckets: Collection[int] | None = None) -> None:
+        """Mark ``buckets`` (default: all) incomplete, or join the rehydration of them that
+        other shards began (``regions.rehydration``): readers of them go elsewhere and guarded
+        writes to them are accepted."""
+        with store_errors(self._store):
             for bucket in self.buckets if buckets is None else buckets:
-                pipe.set(self._layout.marker_key(bucket), STORE_REHYDRATING)
-            pipe.execute()
+                keys = [self._layout.marker_key(bucket), self._layout.pending_key(bucket)]
+                epoch = self._begin(keys=keys, args=[self._shard.count, uuid.uuid4().hex])
+                self._epochs[bucket] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
 
     def mark_ready(self, buckets: Collection[int] | None = None) -> bool:
-        """Declare rehydrated ``buckets`` (default: all) complete; ``False`` when the marker of
-        one of them is no longer the one :meth:`begin_rehydration` set (it was emptied again;
-        the others are marked ready all the same)."""
+        """This shard's replay into ``buckets`` (default: all) is complete; the last shard out
+        marks a bucket ready. ``False`` when one of them is no longer the rehydration this
+        writer joined (it was emptied again; the others are finished all the same)."""
         done = []
         with store_errors(self._store):
             for bucket in self.buckets if buckets is None else buckets:
-                keys = [self._layout.marker_key(bucket)]
-                done.append(self._mark_ready(keys=keys, args=[STORE_REHYDRATING, STORE_READY]))
-        return all(int(d) == 1 for d in done)
+                epoch = self._epochs.pop(bucket, None)
+                keys = [self._layout.marker_key(bucket), self._layout.pending_key(bucket)]
+                args = [self._shard.index, epoch or ""]
+                done.append(int(self._finish(keys=keys, args=args)) == 1)
+        return all(done)
 
 
 def _script_arguments(

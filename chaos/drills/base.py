@@ -97,9 +97,10 @@ def pipeline_probe(ctx: DrillContext) -> Callable[[], Mapping[str, float]]:
     def probe() -> dict[str, float]:
         state = ctx.pipeline_status()
         out: dict[str, float] = {}
-        for sink in state["sinks"]:
+        for sink in state["sinks"]:  # summed over a (region, store)'s shards
             if sink["lag"] is not None:
-                out[f"lag {sink['region']}/{sink['store']}"] = float(sink["lag"])
+                name = f"lag {sink['region']}/{sink['store']}"
+                out[name] = out.get(name, 0.0) + float(sink["lag"])
         consumers = state["consumers"]
         out["consumer lag"] = float(sum(sum(c["lag"].values()) for c in consumers))
         out["consumers MiB"] = sum(rss_mib(c["pid"]) for c in consumers)

@@ -26,6 +26,7 @@ from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
 from regions.exceptions import StoreNotReady, StoreRejected
 from regions.redis_store import (
     STORE_READY,
+    STORE_REHYDRATING,
     ApplyResult,
     AsyncRedisTileReader,
     RedisRole,
@@ -35,6 +36,7 @@ from regions.redis_store import (
     async_redis_client,
     redis_client,
 )
+from regions.rehydration import REHYDRATING_ELSEWHERE, SinkShard
 from regions.resilience import Deadline
 from regions.tiles import TileWrite, decode_field
 
@@ -221,6 +223,40 @@ def test_marker_guards_writes_and_reads(stack: Stack, key: str) -> None:
         writer_client.delete(marker)
         writer_client.close()
         reader_client.close()
+
+
+def test_sink_shards_share_a_rehydration_and_the_last_one_out_marks_it_ready(
+    stack: Stack, key: str
+) -> None:
+    """Two sink shards of one Redis (``regions.rehydration``) on the real server: the store is
+    served again only once both replayed; a shard whose epoch was lost since declares nothing."""
+    marker = f"{key}:marker"
+    client = _client(stack, "us-east", RedisRole.WRITER)
+    try:
+        first, second = (
+            RedisTileWriter(
+                client, "redis-us-east", guarded=True, marker=marker, shard=SinkShard(i, 2)
+            )
+            for i in range(2)
+        )
+        first.begin_rehydration()
+        assert second.shard_states() == {0: STORE_REHYDRATING}, "its part is still to do"
+        second.begin_rehydration()  # joins the epoch the first began
+        assert first.apply([_w(key, P3_OLD, 1, b"x")]) == ApplyResult(1, 0)
+        assert first.mark_ready() is True
+        assert first.shard_states() == {0: REHYDRATING_ELSEWHERE}
+        assert _ready_read(stack, key, marker) == "StoreNotReady", "the second is not done"
+        client.delete(marker, f"{marker}:pending")  # lost again, mid-replay
+        first.begin_rehydration()  # the first to notice starts a new epoch
+        assert second.mark_ready() is False, "its replay went into data lost since"
+        assert second.shard_states() == {0: STORE_REHYDRATING}
+        second.begin_rehydration()
+        assert [second.mark_ready(), first.mark_ready()] == [True, True]
+        assert client.get(marker) == STORE_READY
+        assert client.exists(f"{marker}:pending") == 0, "a finished rehydration leaves nothing"
+    finally:
+        client.delete(marker, f"{marker}:pending", key)
+        client.close()
 
 
 def _ready_read(stack: Stack, key: str, marker: str) -> Any:

@@ -19,6 +19,7 @@ from actors.config import (
 from cluster.settings import StackSettings, default_topics
 from features.demo import SOURCE, card_transactions_catalog
 from regions.config import RedisUsers, default_topology
+from regions.rehydration import SinkShard
 
 SHARED = set(StreamSettings.model_fields)
 
@@ -97,3 +98,24 @@ def test_commit_intervals_out_of_order_are_refused(low: int, base: int, high: in
             commit_interval_min_ms=low,
             commit_interval_max_ms=high,
         )
+
+
+def test_more_sink_shards_than_partitions_are_refused_with_the_reason() -> None:
+    assert _pipeline(partitions=8, sink_shards=8).sink_shards == 8
+    with pytest.raises(ValueError, match=r"sink_shards \(9\) must not exceed partitions \(8\)"):
+        _pipeline(partitions=8, sink_shards=9)
+    with pytest.raises(ValueError, match="sink_shards"):
+        _pipeline(sink_shards=0)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
+def test_sink_shards_own_every_changelog_partition_exactly_once(count: int) -> None:
+    partitions = list(range(8))
+    owned = [p for i in range(count) for p in SinkShard(i, count).partitions(partitions)]
+    assert sorted(owned) == partitions
+    assert all(SinkShard(i, count).partitions(partitions) for i in range(count))
+
+
+def test_a_shard_outside_its_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="sink shard 2 of 2"):
+        SinkShard(2, 2)

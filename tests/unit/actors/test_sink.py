@@ -116,7 +116,7 @@ class MarkedStore:
                 self.data[(w.key, w.field)] = w
         self.markers_seen.append(self.marker)
 
-    def store_state(self) -> bytes | None:
+    def shard_state(self) -> bytes | None:
         return self.marker
 
     def begin_rehydration(self) -> None:

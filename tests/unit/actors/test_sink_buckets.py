@@ -42,7 +42,7 @@ class BucketedStore:
         if refused:
             raise StoreNotReady("a bucket's marker is missing")
 
-    def bucket_states(self) -> Mapping[int, bytes | None]:
+    def shard_states(self) -> Mapping[int, bytes | None]:
         return dict(self.markers)
 
     def begin_rehydration(self, buckets: Collection[int]) -> None:

@@ -44,7 +44,7 @@ def test_a_sink_without_partitions_or_still_connecting_is_visible() -> None:
     lines = [line for line in _render(state).splitlines() if "eu-west" in line]
     assert len(lines) == 1
     cells = [c.strip() for c in lines[0].split("│") if c.strip()]
-    assert cells[:6] == ["eu-west", "redis", "120", "None", "0", "ready"]
+    assert cells[:7] == ["eu-west", "redis", "0", "120", "None", "0", "ready"]
     assert "connecting" in cells
     us_east = next(line for line in _render(state).splitlines() if "us-east" in line)
     assert "0.2 s ago" in us_east and "rehydrating" not in us_east

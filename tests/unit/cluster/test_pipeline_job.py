@@ -116,6 +116,23 @@ def test_summary_sums_consumers_and_names_each_sink() -> None:
     assert line["events_in"] == 20
 
 
+def test_summary_sums_a_stores_shards_and_says_none_while_one_has_no_figure() -> None:
+    state = _state([True])
+    state["sinks"] = [
+        {"region": "us-east", "store": "redis", "shard": 0, "lag": 3},
+        {"region": "us-east", "store": "redis", "shard": 1, "lag": 4},
+        {"region": "us-east", "store": "dynamodb", "shard": 0, "lag": 5},
+        {"region": "us-east", "store": "dynamodb", "shard": 1, "lag": None},
+    ]
+    assert summary(state)["sink_lag"] == {"us-east/redis": 7, "us-east/dynamodb": None}
+
+
+def test_the_pipeline_gets_its_sink_shards(tmp_path: Path) -> None:
+    settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path)})
+    config = pipeline_job.pipeline_config(settings, consumers=2, sink_shards=3)
+    assert (config.consumers, config.sink_shards) == (2, 3)
+
+
 def test_the_pipeline_computes_for_the_stack_tenant(tmp_path: Path) -> None:
     settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path), "FRESHLINE_TENANT": "acme"})
     config = pipeline_job.pipeline_config(settings, consumers=2)
