@@ -5,9 +5,11 @@ The pipeline runs as a real Ray job on the session stack. eu-west's moto is SIGK
 again by its service (``chaos.faults``), which recreates the table empty and without a marker,
 while the sink's committed offsets say it applied everything. A few of the region's tiles are put
 back directly, as a sink batch landing before the sink's marker check would, so the table holds a
-partial state. The eu-west DynamoDB sink's process is held with SIGSTOP across the restart, so
-that partial window lasts as long as the test looks, whatever the machine's speed. Values are
-judged against the oracle (chaos/oracle.py).
+partial state. The pipeline runs two sink shards per store, so the table is complete again only
+once both replayed their changelog partitions (regions/rehydration.py). The eu-west DynamoDB
+sinks' processes are held with SIGSTOP across the restart, so that partial window lasts as long
+as the test looks, whatever the machine's speed. Values are judged against the oracle
+(chaos/oracle.py).
 """
 
 from __future__ import annotations
@@ -39,31 +41,35 @@ CATALOG = card_transactions_catalog()
 REGION, OTHER = "eu-west", "us-east"
 DYNAMO_SINK = (REGION, "dynamodb")
 LOCAL_DYNAMO = f"dynamodb-{REGION}"
+SINK_SHARDS = 2
 
 
 @pytest.fixture(scope="module")
 def pipeline(stack: Stack) -> Iterator[Stack]:
-    pipeline_job.up(stack.settings, consumers=2)
+    pipeline_job.up(stack.settings, consumers=2, sink_shards=SINK_SHARDS)
     yield stack
     pipeline_job.down(stack.settings)
 
 
-def _wait_for_sink(
+def _wait_for_sinks(
     stack: Stack, done: Callable[[dict[str, Any]], bool], timeout_s: float = 180
-) -> dict[str, Any]:
-    """Poll the eu-west DynamoDB sink's status until ``done``; a status call that fails (the
-    actor being restarted by Ray) is tried again."""
+) -> list[dict[str, Any]]:
+    """Poll the eu-west DynamoDB sink shards' statuses (by shard) until ``done`` holds for each;
+    a status call that fails (an actor being restarted by Ray) is tried again."""
     deadline = time.monotonic() + timeout_s
-    sink: dict[str, Any] = {}
+    sinks: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             status = pipeline_job.status(stack.settings)
             assert status is not None, "the pipeline is running"
-            sink = next(s for s in status["sinks"] if (s["region"], s["store"]) == DYNAMO_SINK)
-            if done(sink):
-                return sink
+            sinks = sorted(
+                (s for s in status["sinks"] if (s["region"], s["store"]) == DYNAMO_SINK),
+                key=lambda s: int(s["shard"]),
+            )
+            if len(sinks) == SINK_SHARDS and all(done(s) for s in sinks):
+                return sinks
         time.sleep(1)
-    raise AssertionError(f"the eu-west DynamoDB sink never got there: {sink}")
+    raise AssertionError(f"the eu-west DynamoDB sinks never got there: {sinks}")
 
 
 def _keys(tenant: str, users: list[str]) -> list[str]:
@@ -132,11 +138,14 @@ def test_a_dynamodb_endpoint_back_empty_is_never_served_partial_and_is_rehydrate
         pipeline.settings, pipeline.secrets, accepted, timeout_s=240, targets=targets
     )
     assert not problems, problems[:5]
-    before = _wait_for_sink(pipeline, lambda s: s["store_state"] == "ready")
+    before = _wait_for_sinks(pipeline, lambda s: s["store_state"] == "ready")
+    # Each shard applies its own half of the changelog partitions.
+    assert [s["assigned_partitions"] for s in before] == [4, 4], before
     moto = pipeline.service(LOCAL_DYNAMO)
 
     with asyncio.Runner() as runner:
-        os.kill(before["pid"], signal.SIGSTOP)  # hold the sink: nothing rehydrates meanwhile
+        for sink in before:  # hold the sinks: nothing rehydrates meanwhile
+            os.kill(sink["pid"], signal.SIGSTOP)
         try:
             faults.kill(moto)
             faults.restart(moto)  # the stack recreates the table: empty, without a marker
@@ -145,23 +154,29 @@ def test_a_dynamodb_endpoint_back_empty_is_never_served_partial_and_is_rehydrate
             chain = region_chain(pipeline, REGION)
             reads = _reads_with_local_redis_down(pipeline, runner, chain, keys, "StoreNotReady")
         finally:
-            os.kill(before["pid"], signal.SIGCONT)
+            for sink in before:
+                os.kill(sink["pid"], signal.SIGCONT)
         # The partial table answered, but said it is not complete: it never served.
         assert reads[-1][LOCAL_DYNAMO] == "StoreNotReady", reads
         assert all(r["answered"] != LOCAL_DYNAMO for r in reads), reads
 
-        sink = _wait_for_sink(
+        earlier = {s["shard"]: s for s in before}
+        sinks = _wait_for_sinks(
             pipeline,
             lambda s: (
                 s["store_state"] == "ready"
-                and (s["pid"] != before["pid"] or s["rehydrations"] > before["rehydrations"])
+                and (
+                    s["pid"] != earlier[s["shard"]]["pid"]
+                    or s["rehydrations"] > earlier[s["shard"]]["rehydrations"]
+                )
             ),
         )
         # Rehydrated from the changelog alone: every value equals the oracle again...
         problems = verify.mismatches(pipeline.settings, pipeline.secrets, accepted, [DYNAMO_SINK])
         assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
         marker = _marker(pipeline)
-        assert marker is not None and marker["state"]["S"] == "ready", (marker, sink)
+        assert marker is not None and marker["state"]["S"] == "ready", (marker, sinks)
+        assert "pending" not in marker, "a finished rehydration waits for no shard"
         # ...and with its Redis down the region reads its own DynamoDB again.
         reads = _reads_with_local_redis_down(pipeline, runner, chain, keys, "ok")
         assert reads[-1]["answered"] == LOCAL_DYNAMO, reads

@@ -3,6 +3,8 @@
 read back equals the oracle (chaos/oracle.py). One master SIGKILLed mid-stream and restarted
 empty loses only its own buckets: reads of entities on the other masters are served from Redis
 throughout, only the lost buckets are rehydrated, and the values equal the oracle afterwards.
+The pipeline runs two sink shards per store: both replay their partitions into the lost buckets
+before those are ready again (regions/rehydration.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -42,6 +44,7 @@ pytestmark = pytest.mark.integration
 CATALOG = card_transactions_catalog()
 SHARDS = 3
 REGION = "eu-west"
+SINK_SHARDS = 2
 VICTIM = 2  # node index: not node 0, the node clients are given to find the others
 _PORTS = range(31000, 31900 - REDIS_BUS_OFFSET)
 
@@ -73,7 +76,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("redis-cluster")
     settings = with_redis_shards(isolated_settings(state_dir, with_ray=True), SHARDS)
     with running_stack(state_dir, settings) as stack:
-        pipeline_job.up(stack.settings, consumers=2)
+        pipeline_job.up(stack.settings, consumers=2, sink_shards=SINK_SHARDS)
         try:
             yield stack
         finally:
@@ -106,21 +109,33 @@ def _serving_read(stack: Stack, users: list[str]) -> tuple[str, list[tuple[str, 
     return asyncio.run(read())
 
 
-def _sink(stack: Stack) -> dict[str, Any]:
+def _sinks(stack: Stack) -> list[dict[str, Any]]:
+    """The region's Redis sink shards' statuses, by shard."""
     status = pipeline_job.status(stack.settings)
     assert status is not None, "the pipeline is running"
-    return next(s for s in status["sinks"] if (s["region"], s["store"]) == (REGION, "redis"))
+    mine = (s for s in status["sinks"] if (s["region"], s["store"]) == (REGION, "redis"))
+    return sorted(mine, key=lambda s: int(s["shard"]))
 
 
-def _wait_for_sink(stack: Stack, rehydrations: int, timeout_s: float = 120) -> dict[str, Any]:
+def _wait_for_sinks(
+    stack: Stack, rehydrations: Sequence[int], timeout_s: float = 120
+) -> list[dict[str, Any]]:
+    """Until every shard is ready, each having rehydrated at least ``rehydrations[shard]``
+    times."""
     deadline = time.monotonic() + timeout_s
-    sink = _sink(stack)
-    while not (sink["store_state"] == "ready" and sink["rehydrations"] >= rehydrations):
+    sinks = _sinks(stack)
+    while not (
+        len(sinks) == SINK_SHARDS
+        and all(
+            s["store_state"] == "ready" and s["rehydrations"] >= n
+            for s, n in zip(sinks, rehydrations, strict=True)
+        )
+    ):
         if time.monotonic() > deadline:
-            raise AssertionError(f"the {REGION} Redis sink never became ready: {sink}")
+            raise AssertionError(f"the {REGION} Redis sinks never became ready: {sinks}")
         time.sleep(1)
-        sink = _sink(stack)
-    return sink
+        sinks = _sinks(stack)
+    return sinks
 
 
 class _MarkerWatch:
@@ -174,7 +189,8 @@ def test_pipeline_values_on_the_cluster_equal_the_oracle_and_one_empty_master_re
     accepted = verify.accepted_in_topic(bootstrap)
     problems = verify.wait_for_oracle(pipeline.settings, pipeline.secrets, accepted, timeout_s=150)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
-    before = _wait_for_sink(pipeline, rehydrations=0)
+    before = _wait_for_sinks(pipeline, rehydrations=[0] * SINK_SHARDS)
+    assert [s["assigned_partitions"] for s in before] == [4, 4], "each shard its own half"
     users = sorted({e["user_id"] for e in accepted})
     on_victim = [u for u in users if _node_of(u) == VICTIM][:10]
     elsewhere = [u for u in users if _node_of(u) != VICTIM][:10]
@@ -193,7 +209,8 @@ def test_pipeline_values_on_the_cluster_equal_the_oracle_and_one_empty_master_re
         assert _serving_read(pipeline, on_victim)[1][0][0] == f"redis-{REGION}"
         assert _serving_read(pipeline, on_victim)[0] != f"redis-{REGION}"
         faults.restart(victim)
-        _wait_for_sink(pipeline, rehydrations=before["rehydrations"] + 1)
+        # Both shards replayed their partitions into the lost buckets.
+        _wait_for_sinks(pipeline, rehydrations=[s["rehydrations"] + 1 for s in before])
         assert _serving_read(pipeline, elsewhere)[0] == f"redis-{REGION}"
     victim_buckets = {b for b in CLUSTER.all_buckets if _node_of_bucket(b) == VICTIM}
     assert watch.incomplete, "the restarted master's buckets were seen without their markers"
