@@ -158,12 +158,17 @@ class _Status:
             return None
 
 
-def _drained(status: dict[str, Any], target_events: int) -> bool:
+def _drained(status: dict[str, Any], target_events: int, sinks: int = 4) -> bool:
+    """The consumers took ``target_events`` and nothing lags in them or in all ``sinks`` sinks
+    (two regions x two stores x sink shards)."""
     events = sum(c["events_in"] for c in status["consumers"])
     consumer_lag = sum(sum(c["lag"].values()) for c in status["consumers"])
     sinks_idle = all(s["lag"] == 0 for s in status["sinks"])
     return (
-        events >= target_events and consumer_lag == 0 and sinks_idle and len(status["sinks"]) == 4
+        events >= target_events
+        and consumer_lag == 0
+        and sinks_idle
+        and len(status["sinks"]) == sinks
     )
 
 

@@ -2,6 +2,7 @@
 and on two (the head and one worker node, ``ray.worker_nodes``, on the same machine).
 
     .venv/bin/python benchmarks/scaling.py [--quick] [--events N] [--consumers 1,2,4]
+        [--nodes 1,2] [--sink-shards 1]
 
 For each node count a private stack on free ports; in it, for each consumer count, with the
 pipeline down:
@@ -22,6 +23,9 @@ pipeline down:
    A gross figure at one rate mixes the two; the sizing model needs them apart, since the idle
    part grows with the number of processes and the marginal part with the event rate;
 4. the pipeline is stopped (``freshline pipeline down``) before the next consumer count.
+
+With ``--sink-shards 1,2`` every consumer count runs once per sink shard count (``--sink-shards``
+of ``pipeline up``): the sinks' per-event cost with their work split over more processes.
 
 On two nodes the same two cores serve both: the two-node figures show what the placement costs
 (Ray's cross-node calls, a second raylet), not more capacity. Prints its figures last as one JSON
@@ -129,27 +133,28 @@ def _applied_redis(status: dict[str, Any]) -> int:
     return sum(s["applied_records"] for s in status["sinks"] if s["store"] == "redis")
 
 
-def _wait_drained(pipeline: _Pipeline, n: int, timeout_s: float) -> dict[str, Any]:
-    """The supervisor's status once its consumers took ``n`` events and nothing lags."""
+def _wait_drained(pipeline: _Pipeline, n: int, timeout_s: float, sinks: int) -> dict[str, Any]:
+    """The supervisor's status once its consumers took ``n`` events and nothing lags in them or
+    in its ``sinks`` sink actors."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = pipeline.status()
-        if status and status["consumers"] and _drained(status, n):
+        if status and status["consumers"] and _drained(status, n, sinks):
             return status
         time.sleep(0.2)
     raise TimeoutError(f"the pipeline did not drain {n} events in {timeout_s:.0f} s")
 
 
-def _drain_s(pipeline: _Pipeline, n: int) -> float:
+def _drain_s(pipeline: _Pipeline, n: int, sinks: int) -> float:
     """Seconds from the consumers' restore (their own clocks) to no lag anywhere."""
-    status = _wait_drained(pipeline, n, timeout_s=900)
+    status = _wait_drained(pipeline, n, timeout_s=900, sinks=sinks)
     ended = time.time()
     restored = min(c["started_at"] + (c["restore_s"] or 0.0) for c in status["consumers"])
     return float(ended - restored)
 
 
 def _cpu_phase(
-    pipeline: _Pipeline, bootstrap: str, phase: tuple[int, float], seq: int
+    pipeline: _Pipeline, bootstrap: str, phase: tuple[int, float], seq: int, sinks: int
 ) -> dict[str, Any]:
     """CPU per event of each group while events stream into the caught-up pipeline at
     ``phase = (events/s, seconds)``."""
@@ -162,10 +167,10 @@ def _cpu_phase(
     idle = idle_cores(groups, phase[1])
     cpu0, started = _cpu_by_group(groups, _cpu_of), time.perf_counter()
     sent = _produce_paced(bootstrap, phase[0], phase[1], start_seq=seq)
-    final = _wait_drained(pipeline, taken + sent, timeout_s=600)
+    final = _wait_drained(pipeline, taken + sent, timeout_s=600, sinks=sinks)
     wall = time.perf_counter() - started
     cpu1 = _cpu_by_group(groups, _cpu_of)
-    regions = sum(1 for s in final["sinks"] if s["store"] == "redis")
+    regions = len({s["region"] for s in final["sinks"] if s["store"] == "redis"})
     consumer_s = _spent(cpu0["consumers"], cpu1["consumers"])
     return {
         "cpu_events": sent,
@@ -209,24 +214,38 @@ def marginal_us(
 
 
 def run_case(
-    stack: Stack, pipeline: _Pipeline, n: int, consumers: int, *, phase: tuple[int, float], seq: int
+    stack: Stack,
+    pipeline: _Pipeline,
+    n: int,
+    shape: tuple[int, int],
+    *,
+    phase: tuple[int, float],
+    seq: int,
 ) -> dict[str, Any]:
-    """One consumer count on a running stack, the pipeline down before and after."""
+    """One ``shape = (consumers, sink shards)`` on a running stack, the pipeline down before and
+    after."""
+    consumers, shards = shape
+    sinks = 2 * len(stack.settings.topology.regions) * shards  # Redis and DynamoDB per region
     bootstrap = stack.settings.kafka.bootstrap
     produce_rate = _produce_backlog(bootstrap, n, start_seq=seq)
-    submitter = threading.Thread(target=pipeline_job.up, args=(stack.settings, consumers))
+    submitter = threading.Thread(
+        target=pipeline_job.up,
+        args=(stack.settings, consumers),
+        kwargs={"sink_shards": shards},
+    )
     submitter.start()
     try:
-        drain_s = _drain_s(pipeline, n)
+        drain_s = _drain_s(pipeline, n, sinks)
     finally:
         submitter.join()
-    cpu = _cpu_phase(pipeline, bootstrap, phase, seq=seq + n)
+    cpu = _cpu_phase(pipeline, bootstrap, phase, seq=seq + n, sinks=sinks)
     placement = pipeline.consumers_by_node()
     pipeline_job.down(stack.settings)
     per_event = cpu["cpu_us_per_event"]
     return {
         "nodes": 1 + stack.settings.ray.worker_nodes,
         "consumers": consumers,
+        "sink_shards": shards,
         "events": n,
         "events_per_s": round(n / drain_s),
         "drain_s": round(drain_s, 2),
@@ -242,9 +261,9 @@ def _spent(before: float | None, after: float | None) -> float | None:
 
 
 def run_nodes(
-    nodes: int, n: int, consumer_counts: list[int], phase: tuple[int, float]
+    nodes: int, n: int, shapes: list[tuple[int, int]], phase: tuple[int, float]
 ) -> list[dict[str, Any]]:
-    """Every consumer count on one private stack of ``nodes`` Ray nodes."""
+    """Every (consumers, sink shards) shape on one private stack of ``nodes`` Ray nodes."""
     with tempfile.TemporaryDirectory(prefix="fl-scaling-") as tmp:
         settings = isolated_settings(Path(tmp) / "state", with_ray=True)
         ray_settings = settings.ray.model_copy(update={"worker_nodes": nodes - 1})
@@ -255,8 +274,8 @@ def run_nodes(
             pipeline = _Pipeline(stack)
             try:
                 return [
-                    run_case(stack, pipeline, n, c, phase=phase, seq=i * 10 * n)
-                    for i, c in enumerate(consumer_counts)
+                    run_case(stack, pipeline, n, shape, phase=phase, seq=i * 10 * n)
+                    for i, shape in enumerate(shapes)
                 ]
             finally:
                 pipeline.close()
@@ -268,14 +287,26 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     """The run's headline figures: events/s and consumer CPU per event by (nodes, consumers), and
     the median per-event CPU of each group over every case (what a sizing model multiplies)."""
     return {
-        "events_per_s": {f"{c['nodes']}n{c['consumers']}c": c["events_per_s"] for c in cases},
+        "events_per_s": {_case_name(c): c["events_per_s"] for c in cases},
         "consumer_us_per_event": {
-            f"{c['nodes']}n{c['consumers']}c": c["cpu_us_per_event"]["consumers"] for c in cases
+            _case_name(c): c["cpu_us_per_event"]["consumers"] for c in cases
+        },
+        "sink_marginal_us_per_event": {
+            _case_name(c): {
+                g: c["marginal_us_per_event"].get(g) for g in ("redis_sinks", "dynamodb_sinks")
+            }
+            for c in cases
         },
         "median_cpu_us_per_event": _median_by_group(cases, "cpu_us_per_event"),
         "median_marginal_us_per_event": _median_by_group(cases, "marginal_us_per_event"),
         "median_idle_cores": _median_by_group(cases, "idle_cores", digits=4),
     }
+
+
+def _case_name(case: dict[str, Any]) -> str:
+    """``1n2c``: one node, two consumers; ``1n2c2s`` with two sink shards."""
+    shards = case.get("sink_shards", 1)
+    return f"{case['nodes']}n{case['consumers']}c" + (f"{shards}s" if shards != 1 else "")
 
 
 def _median_by_group(cases: list[dict[str, Any]], key: str, digits: int = 2) -> dict[str, float]:
@@ -293,16 +324,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None, help="backlog per case")
     parser.add_argument("--consumers", default="1,2,4", help="consumer counts, comma-separated")
     parser.add_argument("--nodes", default="1,2", help="Ray node counts, comma-separated")
+    parser.add_argument(
+        "--sink-shards", default="1", help="sink shard counts per store, comma-separated"
+    )
     parser.add_argument("--rate", type=int, default=5000, help="events/s of the CPU phase")
     parser.add_argument("--seconds", type=float, default=None, help="length of the CPU phase")
     args = parser.parse_args()
     n = args.events or (50_000 if args.quick else 200_000)
-    consumer_counts = [int(c) for c in args.consumers.split(",")]
+    shapes = [
+        (int(c), int(s)) for c in args.consumers.split(",") for s in args.sink_shards.split(",")
+    ]
     phase = (args.rate, args.seconds or (6.0 if args.quick else 20.0))
     cases = [
         case
         for nodes in (int(x) for x in args.nodes.split(","))
-        for case in run_nodes(nodes, n, consumer_counts, phase)
+        for case in run_nodes(nodes, n, shapes, phase)
     ]
     result = {
         **summary(cases),

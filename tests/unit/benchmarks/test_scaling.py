@@ -69,3 +69,24 @@ def test_marginal_cost_leaves_out_what_the_group_spends_with_no_event() -> None:
     after = {"broker": 4.0, "moto": 2.0}
     idle = {"broker": 0.2, "moto": 0.1}
     assert marginal_us(before, after, idle, 10.0, 100_000) == {"broker": 10.0, "moto": None}
+
+
+def test_a_case_with_sink_shards_is_keyed_by_them_and_reports_the_sinks_cost() -> None:
+    def case(shards: int, redis_us: float) -> dict[str, object]:
+        cost = {"consumers": 100.0, "redis_sinks": redis_us, "dynamodb_sinks": 20.0}
+        return {
+            "nodes": 1,
+            "consumers": 2,
+            "sink_shards": shards,
+            "events_per_s": 6_000,
+            "cpu_us_per_event": cost,
+            "marginal_us_per_event": cost,
+            "idle_cores": {"redis_sinks": 0.02 * shards},
+        }
+
+    result = summary([case(1, 15.0), case(2, 18.0)])  # type: ignore[arg-type]
+    assert list(result["events_per_s"]) == ["1n2c", "1n2c2s"], "one shard keeps the old key"
+    assert result["sink_marginal_us_per_event"]["1n2c2s"] == {
+        "redis_sinks": 18.0,
+        "dynamodb_sinks": 20.0,
+    }
