@@ -14,7 +14,10 @@ batch's accepted events as Arrow IPC in the transaction that folds them into til
 the stream accepted, each once. The writer neither parses nor validates them: it adds the derived
 columns (``_event_time``, ``_event_date``, ``_ingested_at_ms``) and appends.
 
-One writer per table: Iceberg's optimistic commit would reject a concurrent writer's stale base.
+One writer per table. A second one (a zombie of a writer Ray restarted) is fenced by the table:
+commits are never retried on a new base (``actors.offline_tables.UPKEEP_PROPERTIES``), so the
+writer whose base went stale gets ``StaleCommit``, commits nothing, exits and resumes from the
+position the other committed.
 """
 
 from __future__ import annotations

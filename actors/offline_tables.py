@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from features.catalog import EventSource, FieldType
+from features.errors import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,22 @@ TILE_SCHEMA = pa.schema(
 )
 
 
-# Table properties set on open (idempotent): bounded metadata on disk, merged manifests.
+# Table properties set on open (idempotent): bounded metadata on disk, merged manifests, and no
+# commit retries. pyiceberg (0.12) retries a commit whose base went stale by rebasing it on the
+# new head with the properties it was given: a second writer of a table (a zombie of the one
+# Ray restarted) would then append rows the other had committed, under offsets older than the
+# head's. Refused instead, the stale writer fails and restarts from the head's position.
 UPKEEP_PROPERTIES = {
     "commit.manifest-merge.enabled": "true",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",
+    "commit.retry.num-retries": "0",
 }
+
+
+class StaleCommit(TransportError):
+    """Another writer committed to the table since this one read it: this append did not land.
+    The writer must restart from the table's committed position (``actors.offline``)."""
 
 
 class IcebergTable:
@@ -139,7 +150,14 @@ class IcebergTable:
         return dict(snapshot.summary.additional_properties)
 
     def append(self, rows: pa.Table, properties: dict[str, str]) -> None:
-        self._table.append(rows, snapshot_properties=properties)
+        """Commit ``rows`` and ``properties`` atomically on the snapshot this handle last saw;
+        ``StaleCommit`` (nothing committed) when another writer moved the table since."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            self._table.append(rows, snapshot_properties=properties)
+        except CommitFailedException as exc:
+            raise StaleCommit(f"{self._table.name()}: another writer committed first") from exc
         self._appends += 1
         if self._appends % self._expire_every == 0:
             try:

@@ -13,7 +13,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from actors import changelog
 from actors.offline import OfflineWriter, OfflineWriterConfig, Record
 from actors.offline_feed import FeedEncoder
-from actors.offline_tables import TILE_SCHEMA, IcebergTable, raw_schema
+from actors.offline_tables import TILE_SCHEMA, IcebergTable, StaleCommit, raw_schema
 from actors.processor import PartitionProcessor, RawRecord
 from chaos.oracle import LedgerEntry, accepted_events
 from features.demo import card_transactions_catalog
@@ -247,3 +247,21 @@ def test_a_failed_expiry_does_not_fail_the_append_that_succeeded(
     table.append(_one_tile(0), {"freshline.offsets.t.0": "1"})
     assert table.committed()["freshline.offsets.t.0"] == "1"
     assert len(table.scan()) == 1
+
+
+def test_a_second_writer_with_a_stale_base_is_refused_not_rebased(catalog: SqlCatalog) -> None:
+    """A zombie of a restarted writer read the table before its successor committed: its commit
+    must fail, not be rebased on the successor's snapshot (pyiceberg's default), which would
+    append rows the successor already committed."""
+    log = _handed_on(2)
+    zombie = _writer(catalog, log, batch=2)
+    successor = _writer(catalog, log, batch=2)
+    _drain(successor)
+    with pytest.raises(StaleCommit, match="another writer committed first"):
+        _drain(zombie)
+    counts = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
+    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
+    assert max(counts.values()) == 1, "no row twice"
+    _drain(_writer(catalog, log))  # the zombie's restart resumes from the successor's position
+    again = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
+    assert again == counts
