@@ -30,7 +30,7 @@ from actors.sink_lag import CommittedLag
 from features.catalog import Catalog
 from features.errors import ConfigError
 from features.registry import computation_digest
-from regions.rehydration import SinkShard
+from features.shards import Shard
 
 NAMESPACE = "freshline"
 SUPERVISOR = "fl-supervisor"
@@ -132,7 +132,7 @@ class _SinkActor:
         self, config: PipelineConfig, region: str, store: str, shard: int, secrets: Any
     ) -> None:
         self._region, self._store = region, store
-        self._shard = SinkShard(shard, config.sink_shards)
+        self._shard = Shard(shard, config.sink_shards)
         # Built in the loop thread, never here: a constructor that raises (the broker is down
         # while Ray restarts this actor) leaves an actor Ray will not restart; a loop that
         # raises exits the process, which Ray restarts until the broker answers again.
@@ -238,7 +238,7 @@ def sink_group(region: str, store: str) -> str:
 
 
 def _build_sink(
-    config: PipelineConfig, region_name: str, store: str, shard: SinkShard, secrets: Any
+    config: PipelineConfig, region_name: str, store: str, shard: Shard, secrets: Any
 ) -> SinkWorker:
     from kafka import TopicPartition
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from regions.rehydration import SOLE, SinkShard
+from features.shards import SOLE, Shard
 
 
 def committed_lag(
@@ -35,7 +35,7 @@ class CommittedLag:
     clients are its own (one thread)."""
 
     def __init__(
-        self, bootstrap: str, group_id: str, topic: str, shard: SinkShard = SOLE
+        self, bootstrap: str, group_id: str, topic: str, shard: Shard = SOLE
     ) -> None:
         from kafka import KafkaAdminClient
 

@@ -50,10 +50,11 @@ from typing import Any, Protocol
 from botocore import exceptions as bex
 
 from features.errors import StoreTimeout, StoreUnavailable
+from features.shards import SOLE, Shard
 from regions import rehydration
 from regions.config import RegionConfig
 from regions.exceptions import StoreNotReady, StoreRejected, WriteThrottled
-from regions.rehydration import SOLE, SinkShard, shard_view
+from regions.rehydration import shard_view
 from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, Sleep
 from regions.tiles import TileWrite, coalesce
 
@@ -239,7 +240,7 @@ class DynamoTileWriter(_Store):
         sleep: Sleep = time.sleep,
         wall_clock: Callable[[], float] = time.time,
         seeding: bool = True,
-        shard: SinkShard = SOLE,
+        shard: Shard = SOLE,
     ) -> None:
         super().__init__(
             region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock

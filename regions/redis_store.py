@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import redis.exceptions as rex
 
+from features.shards import SOLE, Shard
 from regions import rehydration
 from regions.exceptions import AbandonedCall, StoreNotReady, consume_outcome
 from regions.redis_clients import (
@@ -47,7 +48,7 @@ from regions.redis_clients import (
     redis_client,
     store_errors,
 )
-from regions.rehydration import SOLE, SinkShard, shard_view
+from regions.rehydration import shard_view
 from regions.resilience import Deadline
 from regions.tiles import (
     HEADER_BYTES,
@@ -212,7 +213,7 @@ class RedisTileWriter:
         *,
         guarded: bool = False,
         marker: str | None = None,
-        shard: SinkShard = SOLE,
+        shard: Shard = SOLE,
     ) -> None:
         self._client = client
         self._store = store

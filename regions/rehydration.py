@@ -24,7 +24,7 @@ One shard (the default) is the same protocol with a pending set of one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from features.shards import Shard
 
 READY = b"ready"
 REHYDRATING = b"rehydrating"
@@ -32,27 +32,8 @@ REHYDRATING = b"rehydrating"
 REHYDRATING_ELSEWHERE = b"rehydrating-elsewhere"
 
 
-@dataclass(frozen=True)
-class SinkShard:
-    """Shard ``index`` of ``count`` sinks of one (region, store)."""
-
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"sink shard {self.index} of {self.count}: need 0 <= index < count")
-
-    def partitions(self, available: list[int]) -> list[int]:
-        """This shard's changelog partitions: round-robin, every partition owned exactly once."""
-        return [p for p in sorted(available) if p % self.count == self.index]
-
-
-SOLE = SinkShard()
-
-
 def shard_view(
-    marker: bytes | None, count: int | None, pending: bool, shard: SinkShard
+    marker: bytes | None, count: int | None, pending: bool, shard: Shard
 ) -> bytes | None:
     """What ``shard`` makes of a bucket: the marker, except that a rehydration of its own shard
     count that no longer waits for it is ``REHYDRATING_ELSEWHERE``."""

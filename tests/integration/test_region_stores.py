@@ -21,6 +21,7 @@ from cluster.services.redis import RedisService
 from cluster.stack import Stack
 from features.blocks import block_field
 from features.errors import StoreTimeout, StoreUnavailable, TransportError
+from features.shards import Shard
 from regions.config import RegionConfig
 from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
 from regions.exceptions import StoreNotReady, StoreRejected
@@ -36,7 +37,7 @@ from regions.redis_store import (
     async_redis_client,
     redis_client,
 )
-from regions.rehydration import REHYDRATING_ELSEWHERE, SinkShard
+from regions.rehydration import REHYDRATING_ELSEWHERE
 from regions.resilience import Deadline
 from regions.tiles import TileWrite, decode_field
 
@@ -235,7 +236,7 @@ def test_sink_shards_share_a_rehydration_and_the_last_one_out_marks_it_ready(
     try:
         first, second = (
             RedisTileWriter(
-                client, "redis-us-east", guarded=True, marker=marker, shard=SinkShard(i, 2)
+                client, "redis-us-east", guarded=True, marker=marker, shard=Shard(i, 2)
             )
             for i in range(2)
         )

@@ -19,7 +19,6 @@ from actors.config import (
 from cluster.settings import StackSettings, default_topics
 from features.demo import SOURCE, card_transactions_catalog
 from regions.config import RedisUsers, default_topology
-from regions.rehydration import SinkShard
 
 SHARED = set(StreamSettings.model_fields)
 
@@ -106,16 +105,3 @@ def test_more_sink_shards_than_partitions_are_refused_with_the_reason() -> None:
         _pipeline(partitions=8, sink_shards=9)
     with pytest.raises(ValueError, match="sink_shards"):
         _pipeline(sink_shards=0)
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
-def test_sink_shards_own_every_changelog_partition_exactly_once(count: int) -> None:
-    partitions = list(range(8))
-    owned = [p for i in range(count) for p in SinkShard(i, count).partitions(partitions)]
-    assert sorted(owned) == partitions
-    assert all(SinkShard(i, count).partitions(partitions) for i in range(count))
-
-
-def test_a_shard_outside_its_count_is_refused() -> None:
-    with pytest.raises(ValueError, match="sink shard 2 of 2"):
-        SinkShard(2, 2)

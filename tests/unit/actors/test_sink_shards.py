@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from actors.changelog import ChangelogRecord, encode
 from actors.sink import SinkWorker
+from features.shards import Shard
 from regions.exceptions import StoreNotReady
-from regions.rehydration import READY, REHYDRATING, SinkShard, shard_view
+from regions.rehydration import READY, REHYDRATING, shard_view
 from regions.tiles import TileWrite
 from tests.doubles.kafka import FakeConsumer
 from tests.unit.actors.test_sink import TOPIC, Clock
@@ -36,7 +37,7 @@ class SharedStore:
 class ShardOf:
     """One sink shard's writer of a :class:`SharedStore` (the ``Rehydratable`` protocol)."""
 
-    def __init__(self, store: SharedStore, shard: SinkShard) -> None:
+    def __init__(self, store: SharedStore, shard: Shard) -> None:
         self._store, self._shard, self._epoch = store, shard, ""
 
     def apply(self, batch: Sequence[TileWrite]) -> None:
@@ -89,7 +90,7 @@ def test_shards_rehydrate_together_and_only_the_last_one_out_declares_the_store(
     consumers = [FakeConsumer(), FakeConsumer()]
     _fill(consumers, 200)
     workers = [
-        SinkWorker(c, ShardOf(store, SinkShard(i, 2)), max_records=30, monotonic=clock)
+        SinkWorker(c, ShardOf(store, Shard(i, 2)), max_records=30, monotonic=clock)
         for i, c in enumerate(consumers)
     ]
     for worker in workers:

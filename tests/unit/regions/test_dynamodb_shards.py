@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from features.shards import Shard
 from regions.dynamodb_store import (
     _MARKER_KEY,
     STORE_READY,
     STORE_REHYDRATING,
     DynamoTileWriter,
 )
-from regions.rehydration import REHYDRATING_ELSEWHERE, SinkShard
+from regions.rehydration import REHYDRATING_ELSEWHERE
 from tests.unit.regions.test_dynamodb_writer import _empty_again, _moto_reader, _on_moto
 
 
 def _shards(client: Any, name: str, count: int) -> list[DynamoTileWriter]:
-    return [_on_moto(client, name, shard=SinkShard(i, count)) for i in range(count)]
+    return [_on_moto(client, name, shard=Shard(i, count)) for i in range(count)]
 
 
 def test_the_last_shard_out_marks_the_table_ready(moto_client: Any, table: str) -> None:
@@ -52,7 +53,7 @@ def test_a_shard_that_replayed_into_a_table_emptied_since_declares_nothing(
 def test_a_rehydration_begun_for_another_shard_count_starts_over(
     moto_client: Any, table: str
 ) -> None:
-    old = _on_moto(moto_client, table, shard=SinkShard(0, 3))
+    old = _on_moto(moto_client, table, shard=Shard(0, 3))
     old.begin_rehydration()
     new = _shards(moto_client, table, 2)  # the pipeline was resharded mid-replay
     assert new[1].shard_state() == STORE_REHYDRATING, "shards 1 and 2 of 3 will never finish"
@@ -78,7 +79,7 @@ def test_a_rehydration_nobody_is_pending_for_is_finished_by_the_next_shard(
         ExpressionAttributeNames={"#p": "pending"},
         ExpressionAttributeValues={":me": {"NS": ["1"]}},
     )
-    successor = _on_moto(moto_client, table, shard=SinkShard(1, 2))
+    successor = _on_moto(moto_client, table, shard=Shard(1, 2))
     assert successor.shard_state() == STORE_REHYDRATING, "it must not wait for nobody"
     successor.begin_rehydration()
     assert successor.mark_ready() is True

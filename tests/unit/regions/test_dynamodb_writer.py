@@ -8,6 +8,7 @@ from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnec
 from features.errors import StoreTimeout, StoreUnavailable
 from features.exceptions import CorruptState
 from features.keys import OnlineKey
+from features.shards import SOLE, Shard
 from regions.config import default_topology
 from regions.dynamodb_store import (
     MARKER_PK,
@@ -19,7 +20,6 @@ from regions.dynamodb_store import (
     require_ready,
 )
 from regions.exceptions import StoreNotReady, StoreRejected, WriteThrottled
-from regions.rehydration import SOLE, SinkShard
 from regions.resilience import Deadline, ExponentialBackoff, RetryPolicy, no_jitter
 from regions.tiles import TileWrite
 from tests.unit.regions.fakes import FakeClock, FakeDynamo
@@ -213,7 +213,7 @@ def test_reader_scan_all_equals_get_all_in_a_few_pages() -> None:
 
 
 def _on_moto(
-    client: Any, table: str, *, seeding: bool = False, shard: SinkShard = SOLE
+    client: Any, table: str, *, seeding: bool = False, shard: Shard = SOLE
 ) -> DynamoTileWriter:
     clock = FakeClock()
     return DynamoTileWriter(
