@@ -34,6 +34,8 @@ REGISTRY_TOPIC: Final = "fl.registry"
 DEFAULT_CONSUMERS: Final = 2
 # Sink actors per (region, store), sharing the changelog partitions (every --sink-shards option).
 DEFAULT_SINK_SHARDS: Final = 1
+# Offline writer actors sharing the offline topic's and changelog's partitions (--offline-writers).
+DEFAULT_OFFLINE_WRITERS: Final = 1
 
 
 class StreamSettings(BaseModel):
@@ -88,8 +90,10 @@ class PipelineConfig(StreamSettings):
     # store that lost its data (regions.rehydration). At most one per changelog partition.
     sink_shards: int = Field(default=DEFAULT_SINK_SHARDS, ge=1, le=64)
     redis_users: RedisUsers
-    # Offline store: exactly one writer may run (Iceberg's optimistic commits reject a second one).
+    # Offline store: ``offline_writers`` writer actors share both Iceberg tables, each over its own
+    # partitions (actors.offline); at most one per partition.
     offline: bool = True
+    offline_writers: int = Field(default=DEFAULT_OFFLINE_WRITERS, ge=1, le=64)
     offline_topic: str = OFFLINE_TOPIC
     iceberg_catalog_uri: str = ""
     iceberg_warehouse: str = ""
@@ -114,6 +118,11 @@ class PipelineConfig(StreamSettings):
             raise ValueError(
                 f"sink_shards ({self.sink_shards}) must not exceed partitions ({self.partitions}):"
                 " a shard without a partition could never do its part of a rehydration"
+            )
+        if self.offline_writers > self.partitions:
+            raise ValueError(
+                f"offline_writers ({self.offline_writers}) must not exceed partitions"
+                f" ({self.partitions}): a writer without a partition would only idle"
             )
         return self
 

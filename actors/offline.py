@@ -14,30 +14,44 @@ batch's accepted events as Arrow IPC in the transaction that folds them into til
 the stream accepted, each once. The writer neither parses nor validates them: it adds the derived
 columns (``_event_time``, ``_event_date``, ``_ingested_at_ms``) and appends.
 
-One writer per table. A second one (a zombie of a writer Ray restarted) is fenced by the table:
-commits are never retried on a new base (``actors.offline_tables.UPKEEP_PROPERTIES``), so the
-writer whose base went stale gets ``StaleCommit``, commits nothing, exits and resumes from the
-position the other committed.
+Several writers (``PipelineConfig.offline_writers``) share both tables, writer ``i`` of ``n``
+reading the partitions ``p % n == i`` of both topics. Every commit still carries the position of
+every partition: a writer's own from its base and its batch, the others' as its base has them.
+Commits are never rebased by pyiceberg (``actors.offline_tables.UPKEEP_PROPERTIES``), so a commit
+on a stale base raises ``StaleCommit`` and lands nothing. The writer then reads the head: if its
+own partitions' positions there are the ones it based on, another shard committed meanwhile, and
+it commits again on the head (at most ``COMMIT_ATTEMPTS`` times). If they moved, a second writer
+of its own partitions committed (a zombie, or the successor of a writer Ray restarted): it raises,
+exits, and resumes from the head's position.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors import changelog, offline_feed
-from actors.offline_tables import TILE_SCHEMA, OfflineTable, raw_schema
+from actors.offline_tables import TILE_SCHEMA, OfflineTable, StaleCommit, raw_schema
 from features import demo
 from features.catalog import EventSource
+from features.shards import Shard
+
+
+class WriterFenced(StaleCommit):
+    """Another writer committed this writer's own partitions: it must restart from the head."""
 
 OFFSET_PREFIX = "freshline.offsets."
+# Commits of one batch before giving up: each attempt after the first follows another shard's
+# commit, so more than a few in a row means the table is contended beyond what this design plans.
+COMMIT_ATTEMPTS = 8
 
 
 class Record(NamedTuple):
@@ -147,6 +161,17 @@ class OfflineWriterConfig(BaseModel):
     iceberg_catalog_uri: str = ""
     iceberg_warehouse: str = ""
     namespace: str = "freshline"
+    # This writer is shard ``shard`` of ``shards``: it reads its share of each topic's partitions.
+    shard: int = Field(default=0, ge=0)
+    shards: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> Self:
+        self.part()  # raises ValueError naming the shard
+        return self
+
+    def part(self) -> Shard:
+        return Shard(self.shard, self.shards)
 
 
 class OfflineWriter:
@@ -165,8 +190,12 @@ class OfflineWriter:
         tile_table: OfflineTable,
         consumer: Any,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._config = config
+        self._shard = config.part()
+        self._sleep = sleep
+        self._mine: dict[str, frozenset[int]] = {}
         self._source = source
         self._tables = {config.offline_topic: raw_table, config.changelog_topic: tile_table}
         self.consumer = consumer
@@ -184,7 +213,8 @@ class OfflineWriter:
         """Assigns partitions and seeks each to the position its table last committed."""
         from kafka import TopicPartition
 
-        tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
+        self._mine = {t: frozenset(self._shard.partitions(ps)) for t, ps in partitions.items()}
+        tps = [TopicPartition(t, p) for t, ps in self._mine.items() for p in sorted(ps)]
         self.consumer.assign(tps)
         for topic, table in self._tables.items():
             self._positions[topic] = _Position.parse(topic, table.committed())
@@ -224,13 +254,34 @@ class OfflineWriter:
         batch = self._batches[topic]
         if not batch.records:
             return  # nothing consumed: an empty snapshot would only bloat the table history
-        pos = self._positions.setdefault(topic, _Position())
-        new = _Position({**pos.offsets, **self._pending[topic]})
-        self._tables[topic].append(batch.table(), new.properties(topic))
+        rows = batch.table()
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            base = self._positions.setdefault(topic, _Position())
+            new = _Position({**base.offsets, **self._pending[topic]})
+            try:
+                self._tables[topic].append(rows, new.properties(topic))
+                break
+            except StaleCommit:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                self._positions[topic] = self._head_if_mine_unmoved(topic, base)
+                self._sleep(random.uniform(0.0, 0.05 * attempt))  # noqa: S311 (jitter)
         self._positions[topic] = new
         self.rows_written[topic] += batch.rows
         self._batches[topic] = self._new_batch(topic)
         self._pending[topic] = {}
+
+    def _head_if_mine_unmoved(self, topic: str, base: _Position) -> _Position:
+        """The table's head position, to commit on next; ``WriterFenced`` when the head moved
+        one of this writer's own partitions (another writer of them committed)."""
+        head = _Position.parse(topic, self._tables[topic].committed())
+        mine = self._mine.get(topic, frozenset())
+        moved = sorted(p for p in mine if head.offsets.get(p) != base.offsets.get(p))
+        if moved:
+            raise WriterFenced(
+                f"{topic}: partitions {moved} were committed by another writer; restarting"
+            )
+        return head
 
     def positions(self) -> dict[str, dict[int, int]]:
         return {t: dict(p.offsets) for t, p in self._positions.items()}

@@ -312,7 +312,8 @@ class _Supervisor:
             for store in config.stores
             for shard in range(config.sink_shards)
         }
-        self._offline = self._new_offline() if config.offline else None
+        writers = config.offline_writers if config.offline else 0
+        self._offline = [self._new_offline(i) for i in range(writers)]
         self._replaced = 0
         # Set before stopping children: otherwise the watcher would "replace" the actors that
         # stop() is killing, leaving duplicates that fence each other's transactions.
@@ -321,7 +322,7 @@ class _Supervisor:
         if config.registry_refresh_s > 0:
             threading.Thread(target=self._follow, name="registry-follow", daemon=True).start()
 
-    def _new_offline(self) -> Any:
+    def _new_offline(self, shard: int) -> Any:
         from actors.offline import OfflineWriterConfig
         from actors.offline_actor import OfflineWriterActor
 
@@ -334,9 +335,12 @@ class _Supervisor:
             iceberg_catalog_uri=c.iceberg_catalog_uri,
             iceberg_warehouse=c.iceberg_warehouse,
             batch_records=c.offline_batch_records,
+            shard=shard,
+            shards=c.offline_writers,
         )
         return OfflineWriterActor.options(
-            name="fl-offline", scheduling_strategy=STREAM_PLACEMENT
+            name="fl-offline" + (f"-{shard}" if shard else ""),
+            scheduling_strategy=STREAM_PLACEMENT,
         ).remote(writer_config, self._catalog)
 
     def _new_consumer(self, index: int) -> Any:
@@ -390,8 +394,8 @@ class _Supervisor:
                 self._consumers[i] = self._renew(
                     self._consumers[i], lambda i=i: self._new_consumer(i)
                 )
-            if self._offline is not None and not same:
-                self._offline = self._renew(self._offline, self._new_offline)
+            for i in range(0 if same else len(self._offline)):
+                self._offline[i] = self._renew(self._offline[i], lambda i=i: self._new_offline(i))
             self._registry_version = current.number
         publish_to_regions(c.topology, c.redis_users, self._secrets, c.tenant, current)
         log.warning("pipeline rolled to registry version %d and published it", current.number)
@@ -421,19 +425,17 @@ class _Supervisor:
             if not _alive(actor) and not self._stopping.is_set():
                 self._sinks[key] = self._new_sink(*key)
                 self._replaced += 1
-        offline = self._offline
-        if offline is not None and not _alive(offline) and not self._stopping.is_set():
-            self._offline = self._new_offline()
-            self._replaced += 1
+        for i, writer in enumerate(self._offline):
+            if not _alive(writer) and not self._stopping.is_set():
+                self._offline[i] = self._new_offline(i)
+                self._replaced += 1
 
     def status(self) -> dict[str, Any]:
         assignments = self._config.assignments()
         consumers = _statuses(self._consumers, [{"partitions": p} for p in assignments])
         identities = [{"region": r, "store": s, "shard": i} for r, s, i in self._sinks]
         sinks = _statuses(list(self._sinks.values()), identities)
-        offline = None
-        if self._offline is not None:
-            offline = _statuses([self._offline], [{}])[0]
+        offline = _statuses(self._offline, [{"shard": i} for i in range(len(self._offline))])
         return {
             "consumers": consumers,
             "sinks": sinks,
@@ -444,7 +446,7 @@ class _Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
-        extra = [self._offline] if self._offline is not None else []
+        extra = self._offline
         for actor in [*self._consumers, *self._sinks.values(), *extra]:
             ray.get(actor.stop.remote(), timeout=30)
             ray.kill(actor, no_restart=True)

@@ -193,12 +193,12 @@ def _cpu_s(pid: int) -> float | None:
 def _process_groups(stack: Stack, status: dict[str, Any]) -> dict[str, list[int]]:
     """The pids of each process group the pipeline's events cost CPU in."""
     services = stack.status()
-    offline = status.get("offline") or {}
+    writers = status.get("offline") or []
     return {
         "consumers": [c["pid"] for c in status["consumers"]],
         "redis_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "redis"],
         "dynamodb_sinks": [s["pid"] for s in status["sinks"] if s["store"] == "dynamodb"],
-        "offline_writer": [offline["pid"]] if offline.get("pid") else [],
+        "offline_writer": [w["pid"] for w in writers if w.get("pid")],
         "broker": [s.pid for s in services if s.kind == "kafka" and s.pid],
         "moto": [s.pid for s in services if s.kind == "dynamodb" and s.pid],
     }

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS
+from actors.config import DEFAULT_CONSUMERS, DEFAULT_OFFLINE_WRITERS, DEFAULT_SINK_SHARDS
 from cluster import embeddings_cli, registry_cli, shadow_cli, training_job, validator_job
 from cluster.cli_views import status_table
 from cluster.services.base import ServiceStatus
@@ -58,6 +58,12 @@ def _add_pipeline_verbs(verbs: Any) -> None:
         type=int,
         default=DEFAULT_SINK_SHARDS,
         help="sink actors per region and store, sharing the changelog partitions",
+    )
+    p_up.add_argument(
+        "--offline-writers",
+        type=int,
+        default=DEFAULT_OFFLINE_WRITERS,
+        help="offline writer actors sharing the Iceberg tables, each over its partitions",
     )
     p_up.set_defaults(handler=_pipeline_up)
     p_status = pipeline_verbs.add_parser("status", help="consumers, sinks, lag and dead letters")
@@ -201,7 +207,12 @@ def _pipeline_up(args: argparse.Namespace, settings: StackSettings, console: Con
     from cluster import pipeline
 
     with console.status("submitting the pipeline job and waiting for its consumers"):
-        pipeline.up(settings, args.consumers, sink_shards=args.sink_shards)
+        pipeline.up(
+            settings,
+            args.consumers,
+            sink_shards=args.sink_shards,
+            offline_writers=args.offline_writers,
+        )
     return _pipeline_status(argparse.Namespace(json=False), settings, console)
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS
+from actors.config import DEFAULT_CONSUMERS, DEFAULT_OFFLINE_WRITERS, DEFAULT_SINK_SHARDS
 from cluster.settings import StackSettings
 from cluster.settings_env import settings_to_env
 from features.errors import StackError
@@ -53,6 +53,7 @@ def up(
     timeout_s: float = 300.0,
     *,
     sink_shards: int = DEFAULT_SINK_SHARDS,
+    offline_writers: int = DEFAULT_OFFLINE_WRITERS,
 ) -> str:
     """Submit the pipeline job (unless one runs already) and wait until it reports ready.
 
@@ -63,7 +64,10 @@ def up(
     jobs_api = client(settings)
     deadline = time.monotonic() + timeout_s
     live = running(jobs_api)
-    entrypoint = f"{ENTRYPOINT} --consumers {consumers} --sink-shards {sink_shards}"
+    entrypoint = (
+        f"{ENTRYPOINT} --consumers {consumers} --sink-shards {sink_shards}"
+        f" --offline-writers {offline_writers}"
+    )
     job_id = live[0] if live else _submit(jobs_api, settings, entrypoint, deadline)
     while True:
         status = _status_name(jobs_api.get_job_status(job_id))

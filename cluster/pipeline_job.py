@@ -25,7 +25,12 @@ from typing import Any
 import ray
 
 from actors import job
-from actors.config import DEFAULT_CONSUMERS, DEFAULT_SINK_SHARDS, PipelineConfig
+from actors.config import (
+    DEFAULT_CONSUMERS,
+    DEFAULT_OFFLINE_WRITERS,
+    DEFAULT_SINK_SHARDS,
+    PipelineConfig,
+)
 from actors.registry_feed import latest, publish_to_regions
 from actors.runtime import NAMESPACE
 from cluster.embeddings import (
@@ -57,13 +62,17 @@ LIVENESS = Liveness()
 
 
 def pipeline_config(
-    settings: StackSettings, consumers: int, sink_shards: int = DEFAULT_SINK_SHARDS
+    settings: StackSettings,
+    consumers: int,
+    sink_shards: int = DEFAULT_SINK_SHARDS,
+    offline_writers: int = DEFAULT_OFFLINE_WRITERS,
 ) -> PipelineConfig:
     return PipelineConfig(
         bootstrap=settings.kafka.bootstrap,
         tenant=settings.tenant,
         consumers=consumers,
         sink_shards=sink_shards,
+        offline_writers=offline_writers,
         topology=settings.topology,
         iceberg_catalog_uri=settings.iceberg_catalog_uri,
         iceberg_warehouse=settings.iceberg_warehouse,
@@ -71,10 +80,10 @@ def pipeline_config(
     )
 
 
-def start(settings: StackSettings, consumers: int, sink_shards: int, secrets: Any) -> Any:
+def start(settings: StackSettings, shape: tuple[int, int, int], secrets: Any) -> Any:
     """Start the supervisor (owned by this driver) and the embedding catalogs; returns the
     supervisor's handle, which the driver holds for the pipeline's life (see ``job.up``)."""
-    config = pipeline_config(settings, consumers, sink_shards)
+    config = pipeline_config(settings, *shape)
     # The latest applied registry version; the demo catalog until a repository is applied.
     current = latest(settings.kafka.bootstrap, settings.tenant)
     catalog = card_transactions_catalog() if current is None else current.catalog
@@ -98,9 +107,7 @@ def start(settings: StackSettings, consumers: int, sink_shards: int, secrets: An
     return supervisor
 
 
-def run(
-    settings: StackSettings, consumers: int, sink_shards: int, stop: threading.Event
-) -> int:
+def run(settings: StackSettings, shape: tuple[int, int, int], stop: threading.Event) -> int:
     """The job's whole life: start the pipeline, supervise it until ``stop`` is set (SIGTERM from
     ``ray job stop``), then drain it. Exit status 0 after a drain, 2 when a pipeline already runs
     on this cluster, 1 when the supervisor is lost for good."""
@@ -113,7 +120,7 @@ def run(
     # handle, which would kill the pipeline instead of draining it.
     supervisor = None
     try:
-        supervisor = start(settings, consumers, sink_shards, secrets)
+        supervisor = start(settings, shape, secrets)
         code = supervise(job.status, stop, LIVENESS)
     finally:
         drain(settings)
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("verb", choices=["run", "status"])
     parser.add_argument("--consumers", type=int, default=DEFAULT_CONSUMERS)
     parser.add_argument("--sink-shards", type=int, default=DEFAULT_SINK_SHARDS)
+    parser.add_argument("--offline-writers", type=int, default=DEFAULT_OFFLINE_WRITERS)
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or auto)"
     )
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         log_to_driver=False,
     )
     if args.verb == "run":
-        return run(settings, args.consumers, args.sink_shards, stop)
+        shape = (args.consumers, args.sink_shards, args.offline_writers)
+        return run(settings, shape, stop)
     result = job.status()
     if result is not None:
         result["embeddings"] = index_status(item_embedding_views(), settings.topology)

@@ -105,3 +105,9 @@ def test_more_sink_shards_than_partitions_are_refused_with_the_reason() -> None:
         _pipeline(partitions=8, sink_shards=9)
     with pytest.raises(ValueError, match="sink_shards"):
         _pipeline(sink_shards=0)
+
+
+def test_more_offline_writers_than_partitions_are_refused_with_the_reason() -> None:
+    assert _pipeline(partitions=8, offline_writers=8).offline_writers == 8
+    with pytest.raises(ValueError, match=r"offline_writers \(9\) must not exceed partitions"):
+        _pipeline(partitions=8, offline_writers=9)

@@ -127,10 +127,10 @@ def test_summary_sums_a_stores_shards_and_says_none_while_one_has_no_figure() ->
     assert summary(state)["sink_lag"] == {"us-east/redis": 7, "us-east/dynamodb": None}
 
 
-def test_the_pipeline_gets_its_sink_shards(tmp_path: Path) -> None:
+def test_the_pipeline_gets_its_sink_shards_and_offline_writers(tmp_path: Path) -> None:
     settings = settings_from_env({"FRESHLINE_STATE_DIR": str(tmp_path)})
-    config = pipeline_job.pipeline_config(settings, consumers=2, sink_shards=3)
-    assert (config.consumers, config.sink_shards) == (2, 3)
+    config = pipeline_job.pipeline_config(settings, consumers=2, sink_shards=3, offline_writers=4)
+    assert (config.consumers, config.sink_shards, config.offline_writers) == (2, 3, 4)
 
 
 def test_the_pipeline_computes_for_the_stack_tenant(tmp_path: Path) -> None:
