@@ -63,6 +63,7 @@ class _OfflineWriterActor:
         w = self._writer
         return {
             "pid": os.getpid(),
+            "shard": self._config.shard,
             "ready": self.ready.is_set(),
             "positions": w.positions() if w else {},
             "rows_written": dict(w.rows_written) if w else {},

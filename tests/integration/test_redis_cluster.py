@@ -3,8 +3,9 @@
 read back equals the oracle (chaos/oracle.py). One master SIGKILLed mid-stream and restarted
 empty loses only its own buckets: reads of entities on the other masters are served from Redis
 throughout, only the lost buckets are rehydrated, and the values equal the oracle afterwards.
-The pipeline runs two sink shards per store: both replay their partitions into the lost buckets
-before those are ready again (regions/rehydration.py).
+The pipeline runs the scale-out shape: two sink shards per store, which both replay their
+partitions into the lost buckets before those are ready again (regions/rehydration.py), and two
+offline writers sharing the Iceberg tables, which hold every accepted event exactly once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ CATALOG = card_transactions_catalog()
 SHARDS = 3
 REGION = "eu-west"
 SINK_SHARDS = 2
+OFFLINE_WRITERS = 2
 VICTIM = 2  # node index: not node 0, the node clients are given to find the others
 _PORTS = range(31000, 31900 - REDIS_BUS_OFFSET)
 
@@ -76,7 +78,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("redis-cluster")
     settings = with_redis_shards(isolated_settings(state_dir, with_ray=True), SHARDS)
     with running_stack(state_dir, settings) as stack:
-        pipeline_job.up(stack.settings, consumers=2, sink_shards=SINK_SHARDS)
+        pipeline_job.up(
+            stack.settings,
+            consumers=2,
+            sink_shards=SINK_SHARDS,
+            offline_writers=OFFLINE_WRITERS,
+        )
         try:
             yield stack
         finally:
@@ -220,3 +227,22 @@ def test_pipeline_values_on_the_cluster_equal_the_oracle_and_one_empty_master_re
     problems = verify.wait_for_oracle(pipeline.settings, pipeline.secrets, accepted, timeout_s=90)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:5]}"
     assert _serving_read(pipeline, on_victim) == (f"redis-{REGION}", [(f"redis-{REGION}", "ok")])
+
+
+def test_two_offline_writers_hold_every_accepted_event_exactly_once(pipeline: Stack) -> None:
+    from cluster.services.offline import NAMESPACE, iceberg_catalog
+
+    status = pipeline_job.status(pipeline.settings)
+    assert status is not None and [w["shard"] for w in status["offline"]] == [0, 1]
+    accepted = verify.accepted_in_topic(pipeline.settings.kafka.bootstrap)
+    expected = sorted((e["_partition"], e["_offset"]) for e in accepted)
+    deadline = time.monotonic() + 120
+    rows: list[tuple[int, int]] = []
+    while time.monotonic() < deadline:
+        table = iceberg_catalog(pipeline.settings).load_table(f"{NAMESPACE}.raw_events")
+        data = table.scan(selected_fields=("_partition", "_offset")).to_arrow().to_pydict()
+        rows = sorted(zip(data["_partition"], data["_offset"], strict=True))
+        if len(rows) >= len(expected):
+            break
+        time.sleep(3)
+    assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"
