@@ -2,7 +2,7 @@
 and on two (the head and one worker node, ``ray.worker_nodes``, on the same machine).
 
     .venv/bin/python benchmarks/scaling.py [--quick] [--events N] [--consumers 1,2,4]
-        [--nodes 1,2] [--sink-shards 1]
+        [--nodes 1,2] [--sink-shards 1] [--offline-writers 1]
 
 For each node count a private stack on free ports; in it, for each consumer count, with the
 pipeline down:
@@ -25,7 +25,8 @@ pipeline down:
 4. the pipeline is stopped (``freshline pipeline down``) before the next consumer count.
 
 With ``--sink-shards 1,2`` every consumer count runs once per sink shard count (``--sink-shards``
-of ``pipeline up``): the sinks' per-event cost with their work split over more processes.
+of ``pipeline up``): the sinks' per-event cost with their work split over more processes;
+``--offline-writers 1,2`` likewise for the offline writers.
 
 On two nodes the same two cores serve both: the two-node figures show what the placement costs
 (Ray's cross-node calls, a second raylet), not more capacity. Prints its figures last as one JSON
@@ -217,21 +218,21 @@ def run_case(
     stack: Stack,
     pipeline: _Pipeline,
     n: int,
-    shape: tuple[int, int],
+    shape: tuple[int, int, int],
     *,
     phase: tuple[int, float],
     seq: int,
 ) -> dict[str, Any]:
-    """One ``shape = (consumers, sink shards)`` on a running stack, the pipeline down before and
-    after."""
-    consumers, shards = shape
+    """One ``shape = (consumers, sink shards, offline writers)`` on a running stack, the pipeline
+    down before and after."""
+    consumers, shards, writers = shape
     sinks = 2 * len(stack.settings.topology.regions) * shards  # Redis and DynamoDB per region
     bootstrap = stack.settings.kafka.bootstrap
     produce_rate = _produce_backlog(bootstrap, n, start_seq=seq)
     submitter = threading.Thread(
         target=pipeline_job.up,
         args=(stack.settings, consumers),
-        kwargs={"sink_shards": shards},
+        kwargs={"sink_shards": shards, "offline_writers": writers},
     )
     submitter.start()
     try:
@@ -246,6 +247,7 @@ def run_case(
         "nodes": 1 + stack.settings.ray.worker_nodes,
         "consumers": consumers,
         "sink_shards": shards,
+        "offline_writers": writers,
         "events": n,
         "events_per_s": round(n / drain_s),
         "drain_s": round(drain_s, 2),
@@ -261,9 +263,10 @@ def _spent(before: float | None, after: float | None) -> float | None:
 
 
 def run_nodes(
-    nodes: int, n: int, shapes: list[tuple[int, int]], phase: tuple[int, float]
+    nodes: int, n: int, shapes: list[tuple[int, int, int]], phase: tuple[int, float]
 ) -> list[dict[str, Any]]:
-    """Every (consumers, sink shards) shape on one private stack of ``nodes`` Ray nodes."""
+    """Every (consumers, sink shards, offline writers) shape on one private stack of ``nodes``
+    Ray nodes."""
     with tempfile.TemporaryDirectory(prefix="fl-scaling-") as tmp:
         settings = isolated_settings(Path(tmp) / "state", with_ray=True)
         ray_settings = settings.ray.model_copy(update={"worker_nodes": nodes - 1})
@@ -293,7 +296,8 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "sink_marginal_us_per_event": {
             _case_name(c): {
-                g: c["marginal_us_per_event"].get(g) for g in ("redis_sinks", "dynamodb_sinks")
+                g: c["marginal_us_per_event"].get(g)
+                for g in ("redis_sinks", "dynamodb_sinks", "offline_writer")
             }
             for c in cases
         },
@@ -304,9 +308,11 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _case_name(case: dict[str, Any]) -> str:
-    """``1n2c``: one node, two consumers; ``1n2c2s`` with two sink shards."""
-    shards = case.get("sink_shards", 1)
-    return f"{case['nodes']}n{case['consumers']}c" + (f"{shards}s" if shards != 1 else "")
+    """``1n2c``: one node, two consumers; ``1n2c2s`` with two sink shards, ``1n2c2w`` with two
+    offline writers."""
+    shards, writers = case.get("sink_shards", 1), case.get("offline_writers", 1)
+    name = f"{case['nodes']}n{case['consumers']}c"
+    return name + (f"{shards}s" if shards != 1 else "") + (f"{writers}w" if writers != 1 else "")
 
 
 def _median_by_group(cases: list[dict[str, Any]], key: str, digits: int = 2) -> dict[str, float]:
@@ -327,12 +333,18 @@ def main() -> None:
     parser.add_argument(
         "--sink-shards", default="1", help="sink shard counts per store, comma-separated"
     )
+    parser.add_argument(
+        "--offline-writers", default="1", help="offline writer counts, comma-separated"
+    )
     parser.add_argument("--rate", type=int, default=5000, help="events/s of the CPU phase")
     parser.add_argument("--seconds", type=float, default=None, help="length of the CPU phase")
     args = parser.parse_args()
     n = args.events or (50_000 if args.quick else 200_000)
     shapes = [
-        (int(c), int(s)) for c in args.consumers.split(",") for s in args.sink_shards.split(",")
+        (int(c), int(s), int(w))
+        for c in args.consumers.split(",")
+        for s in args.sink_shards.split(",")
+        for w in args.offline_writers.split(",")
     ]
     phase = (args.rate, args.seconds or (6.0 if args.quick else 20.0))
     cases = [

@@ -89,4 +89,7 @@ def test_a_case_with_sink_shards_is_keyed_by_them_and_reports_the_sinks_cost() -
     assert result["sink_marginal_us_per_event"]["1n2c2s"] == {
         "redis_sinks": 18.0,
         "dynamodb_sinks": 20.0,
+        "offline_writer": None,
     }
+    writers = {**case(1, 15.0), "offline_writers": 2}
+    assert list(summary([writers])["events_per_s"]) == ["1n2c2w"]  # type: ignore[list-item]
