@@ -203,8 +203,12 @@ class OfflineWriter:
         self._positions: dict[str, _Position] = {}
         self._batches = {t: self._new_batch(t) for t in self._tables}
         self._pending: dict[str, dict[int, int]] = {t: {} for t in self._tables}
-        self._last_flush = now_ms()
+        # Writers started together would flush together and lose most commit races to each
+        # other; writer i of n flushes i/n of an interval after writer 0.
+        phase = config.batch_interval_ms * config.shard // config.shards
+        self._last_flush = now_ms() - phase
         self.rows_written = {t: 0 for t in self._tables}
+        self.commit_retries = 0  # commits written again after another writer's won the race
 
     def _new_batch(self, topic: str) -> _RawBatch | _TileBatch:
         return _RawBatch(self._source) if topic == self._config.offline_topic else _TileBatch()
@@ -255,6 +259,11 @@ class OfflineWriter:
         if not batch.records:
             return  # nothing consumed: an empty snapshot would only bloat the table history
         rows = batch.table()
+        if self._shard.count > 1:
+            # The others commit between this writer's commits: start from the head, so that
+            # only a commit landing in the last milliseconds makes this one be written again.
+            base = self._positions.setdefault(topic, _Position())
+            self._positions[topic] = self._head_if_mine_unmoved(topic, base)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             base = self._positions.setdefault(topic, _Position())
             new = _Position({**base.offsets, **self._pending[topic]})
@@ -265,6 +274,7 @@ class OfflineWriter:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
                 self._positions[topic] = self._head_if_mine_unmoved(topic, base)
+                self.commit_retries += 1
                 self._sleep(random.uniform(0.0, 0.05 * attempt))  # noqa: S311 (jitter)
         self._positions[topic] = new
         self.rows_written[topic] += batch.rows

@@ -67,6 +67,7 @@ class _OfflineWriterActor:
             "ready": self.ready.is_set(),
             "positions": w.positions() if w else {},
             "rows_written": dict(w.rows_written) if w else {},
+            "commit_retries": w.commit_retries if w else 0,
         }
 
     def stop(self) -> None:

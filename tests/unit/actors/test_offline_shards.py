@@ -5,14 +5,19 @@ position, and a second writer of the same partitions is fenced, not merged."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from actors.offline import OFFSET_PREFIX, WriterFenced
+from actors.offline import OFFSET_PREFIX, OfflineWriter, OfflineWriterConfig, WriterFenced
+from actors.offline_tables import TILE_SCHEMA, IcebergTable, OfflineTable, raw_schema
 from tests.unit.actors.test_offline import (
     CL,
     OFF,
+    SOURCE,
+    FakeConsumer,
     _drain,
     _handed_on,
     _oracle,
@@ -46,11 +51,48 @@ def test_two_writers_land_every_event_once_and_each_commit_keeps_the_others_posi
         f"{OFFSET_PREFIX}{OFF}.{p}": str(n) for p, n in ends.items()
     }, "the head carries both writers' partitions"
     assert _positions(catalog, "tile_snapshots") == {f"{OFFSET_PREFIX}{CL}.0": "4"}
+    assert second.commit_retries == first.commit_retries == 0, "each starts from the head"
     # Restarted, both resume at the head's positions and add nothing.
     for i in range(2):
         _drain(_writer(catalog, log, shard=(i, 2)))
     again = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
     assert again == counts
+
+
+class _RaceBeforeAppend:
+    """A table whose first append is preceded by ``race()``: another writer's commit landing
+    between this writer's read of the head and its own commit."""
+
+    def __init__(self, table: OfflineTable, race: Callable[[], None]) -> None:
+        self._table, self._race = table, race
+
+    def committed(self) -> dict[str, str]:
+        return self._table.committed()
+
+    def append(self, rows: pa.Table, properties: dict[str, str]) -> None:
+        race, self._race = self._race, lambda: None
+        race()
+        self._table.append(rows, properties)
+
+
+def test_a_commit_that_loses_a_race_is_written_again_on_the_winners_head(
+    catalog: SqlCatalog,
+) -> None:
+    log = _handed_on(2)
+    first, second = (_writer(catalog, log, shard=(i, 2)) for i in range(2))
+    for _ in range(3):
+        second.step()
+    first._tables[OFF] = _RaceBeforeAppend(first._tables[OFF], lambda: second.flush(OFF))
+    _drain(first)
+    _drain(second)
+    assert first.commit_retries == 1, "its first commit lost the race and was written again"
+    counts = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
+    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
+    assert max(counts.values()) == 1
+    ends = Counter(r.partition for r in log if r.topic == OFF)
+    assert _positions(catalog, "raw_events") == {
+        f"{OFFSET_PREFIX}{OFF}.{p}": str(n) for p, n in ends.items()
+    }
 
 
 def test_a_second_writer_of_the_same_partitions_is_fenced_not_merged(catalog: SqlCatalog) -> None:
@@ -66,3 +108,38 @@ def test_a_second_writer_of_the_same_partitions_is_fenced_not_merged(catalog: Sq
 def test_a_writer_outside_its_count_is_refused(catalog: SqlCatalog) -> None:
     with pytest.raises(ValueError, match="shard 2 of 2"):
         _writer(catalog, [], shard=(2, 2))
+
+
+def test_writers_flush_out_of_phase_so_their_commits_do_not_collide(catalog: SqlCatalog) -> None:
+    """With a 1,000 ms interval, writer 1 of 2 is due 500 ms after writer 0: started together,
+    their timed flushes fall half an interval apart instead of racing each other."""
+    log = _handed_on(2)
+    clock = {"ms": 0}
+    writers = []
+    for i in range(2):
+        config = OfflineWriterConfig(
+            offline_topic=OFF, changelog_topic=CL, batch_interval_ms=1_000, shard=i, shards=2
+        )
+        raw = IcebergTable(catalog, "freshline", "raw_events", raw_schema(SOURCE), "_event_date")
+        tiles = IcebergTable(catalog, "freshline", "tile_snapshots", TILE_SCHEMA)
+        writer = OfflineWriter(
+            config,
+            SOURCE,
+            raw_table=raw,
+            tile_table=tiles,
+            consumer=FakeConsumer(log),
+            now_ms=lambda: clock["ms"],
+        )
+        writer.start({OFF: [0, 1], CL: [0]})
+        writers.append(writer)
+    first, second = writers
+    for writer in writers:
+        writer.step()  # each buffers a record, t = 0: nobody is due
+    clock["ms"] = 500
+    first.maybe_flush()
+    second.maybe_flush()
+    assert first.rows_written[OFF] == 0, "writer 0 is not due yet"
+    assert second.rows_written[OFF] > 0, "writer 1 is due half an interval in"
+    clock["ms"] = 1_000
+    first.maybe_flush()
+    assert first.rows_written[OFF] > 0 and first.commit_retries == 0
