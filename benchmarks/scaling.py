@@ -182,6 +182,8 @@ def _cpu_phase(
         "changelog_records_per_event": round(
             (_applied_redis(final) - applied) / max(1, regions) / sent, 4
         ),
+        # Offline commits written again after losing a race to another writer (whole run).
+        "offline_commit_retries": sum(w.get("commit_retries", 0) for w in final["offline"]),
     }
 
 
