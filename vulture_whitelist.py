@@ -25,7 +25,7 @@ _._ingress_range  # @model_validator, cluster/settings.py
 _._node_ports_exist  # @model_validator, cluster/settings.py
 _._dns_safe  # @field_validator, regions/config.py
 _._unique  # @model_validator, regions/config.py
-_._a_partition_per_sink_shard  # @model_validator, actors/config.py
+_._a_partition_per_shard  # @model_validator, actors/config.py
 _._shard_in_range  # @model_validator, actors/offline.py
 _._ordered_intervals  # @model_validator, actors/config.py
 # Ray Serve calls a deployment's check_health on its health-check period.

@@ -113,7 +113,7 @@ class PipelineConfig(StreamSettings):
     registry_refresh_s: float = Field(default=10.0, ge=0, le=3600)
 
     @model_validator(mode="after")
-    def _a_partition_per_sink_shard(self) -> Self:
+    def _a_partition_per_shard(self) -> Self:
         if self.sink_shards > self.partitions:
             raise ValueError(
                 f"sink_shards ({self.sink_shards}) must not exceed partitions ({self.partitions}):"

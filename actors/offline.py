@@ -262,8 +262,7 @@ class OfflineWriter:
         if self._shard.count > 1:
             # The others commit between this writer's commits: start from the head, so that
             # only a commit landing in the last milliseconds makes this one be written again.
-            base = self._positions.setdefault(topic, _Position())
-            self._positions[topic] = self._head_if_mine_unmoved(topic, base)
+            self._move_to_head(topic)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             base = self._positions.setdefault(topic, _Position())
             new = _Position({**base.offsets, **self._pending[topic]})
@@ -273,7 +272,7 @@ class OfflineWriter:
             except StaleCommit:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
-                self._positions[topic] = self._head_if_mine_unmoved(topic, base)
+                self._move_to_head(topic)
                 self.commit_retries += 1
                 self._sleep(random.uniform(0.0, 0.05 * attempt))  # noqa: S311 (jitter)
         self._positions[topic] = new
@@ -281,9 +280,10 @@ class OfflineWriter:
         self._batches[topic] = self._new_batch(topic)
         self._pending[topic] = {}
 
-    def _head_if_mine_unmoved(self, topic: str, base: _Position) -> _Position:
-        """The table's head position, to commit on next; ``WriterFenced`` when the head moved
-        one of this writer's own partitions (another writer of them committed)."""
+    def _move_to_head(self, topic: str) -> None:
+        """Base the next commit on the table's head; ``WriterFenced`` when the head moved one of
+        this writer's own partitions (another writer of them committed)."""
+        base = self._positions.get(topic, _Position())
         head = _Position.parse(topic, self._tables[topic].committed())
         mine = self._mine.get(topic, frozenset())
         moved = sorted(p for p in mine if head.offsets.get(p) != base.offsets.get(p))
@@ -291,7 +291,7 @@ class OfflineWriter:
             raise WriterFenced(
                 f"{topic}: partitions {moved} were committed by another writer; restarting"
             )
-        return head
+        self._positions[topic] = head
 
     def positions(self) -> dict[str, dict[int, int]]:
         return {t: dict(p.offsets) for t, p in self._positions.items()}

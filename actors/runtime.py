@@ -225,9 +225,9 @@ def _percentiles(samples: deque[float]) -> dict[str, float] | None:
     return {"p50": pick(0.50), "p99": pick(0.99), "count": float(len(ordered))}
 
 
-def sink_actor_name(region: str, store: str, shard: int) -> str:
-    """Shard 0 keeps the name a sink had before shards existed (drills and tools look it up)."""
-    return f"fl-sink-{region}-{store}" + (f"-{shard}" if shard else "")
+def shard_actor_name(base: str, shard: int) -> str:
+    """Shard 0 keeps the name its actor had before shards existed (drills and tools look it up)."""
+    return base + (f"-{shard}" if shard else "")
 
 
 def sink_group(region: str, store: str) -> str:
@@ -262,7 +262,7 @@ def _build_sink(
     # the committed offsets. A shard without partitions could never finish its part of a
     # rehydration, so it is an error, not an idle actor.
     changelog = topic_partitions(consumer, [config.changelog_topic])[config.changelog_topic]
-    mine = shard.partitions(list(changelog))
+    mine = shard.partitions(changelog)
     if not mine:
         raise ConfigError(
             f"sink shard {shard.index} of {shard.count}: {config.changelog_topic} has only "
@@ -339,7 +339,7 @@ class _Supervisor:
             shards=c.offline_writers,
         )
         return OfflineWriterActor.options(
-            name="fl-offline" + (f"-{shard}" if shard else ""),
+            name=shard_actor_name("fl-offline", shard),
             scheduling_strategy=STREAM_PLACEMENT,
         ).remote(writer_config, self._catalog)
 
@@ -353,7 +353,7 @@ class _Supervisor:
 
     def _new_sink(self, region: str, store: str, shard: int) -> Any:
         return SinkActor.options(
-            name=sink_actor_name(region, store, shard),
+            name=shard_actor_name(f"fl-sink-{region}-{store}", shard),
             runtime_env=self._config.stream_runtime_env(),
             scheduling_strategy=STREAM_PLACEMENT,
         ).remote(self._config, region, store, shard, self._secrets)
@@ -446,8 +446,7 @@ class _Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
-        extra = self._offline
-        for actor in [*self._consumers, *self._sinks.values(), *extra]:
+        for actor in [*self._consumers, *self._sinks.values(), *self._offline]:
             ray.get(actor.stop.remote(), timeout=30)
             ray.kill(actor, no_restart=True)
 

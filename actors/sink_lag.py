@@ -50,7 +50,7 @@ class CommittedLag:
         from kafka import TopicPartition
 
         partitions = self._offsets.partitions_for_topic(self._topic) or set()
-        tps = [TopicPartition(self._topic, p) for p in self._shard.partitions(list(partitions))]
+        tps = [TopicPartition(self._topic, p) for p in self._shard.partitions(partitions)]
         if not tps:
             return 0
         ends = self._offsets.end_offsets(tps)
