@@ -15,6 +15,7 @@ from actors.consumer import ConsumerConfig, StreamConsumer, kafka_clients
 from actors.kafka_io import topic_partitions
 from actors.offline import OfflineWriterConfig
 from actors.offline_actor import build_writer
+from cluster.settings import StackSettings
 from features.catalog import Catalog
 from features.demo import SOURCE, card_transactions_catalog
 
@@ -114,3 +115,20 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return last
     finally:
         consumer.close()
+
+
+def raw_rows_once_written(settings: StackSettings, expected: int) -> list[tuple[int, int]]:
+    """The offline raw table's ``(_partition, _offset)`` rows, sorted, once it holds at least
+    ``expected`` of them (or after ``DEADLINE_S``: the caller compares them with the oracle)."""
+    from cluster.services.offline import NAMESPACE, iceberg_catalog
+
+    deadline = time.monotonic() + DEADLINE_S
+    rows: list[tuple[int, int]] = []
+    while time.monotonic() < deadline:
+        table = iceberg_catalog(settings).load_table(f"{NAMESPACE}.raw_events")
+        data = table.scan(selected_fields=("_partition", "_offset")).to_arrow().to_pydict()
+        rows = sorted(zip(data["_partition"], data["_offset"], strict=True))
+        if len(rows) >= expected:
+            break
+        time.sleep(3)
+    return rows

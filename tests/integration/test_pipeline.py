@@ -30,6 +30,7 @@ from cluster.settings import CHANGELOG_TOPIC, DEFAULT_EVENTS_TOPIC
 from cluster.stack import Stack
 from features.demo import SOURCE, card_transactions_catalog, item_embedding_views
 from features.embeddings import catalog_actor_name, index_actor_name
+from tests.integration.offline_path import raw_rows_once_written
 from tests.integration.prometheus import Sample, growth, scrape, total
 
 pytestmark = pytest.mark.integration
@@ -401,20 +402,10 @@ def test_every_malformed_kind_is_dead_lettered_with_its_reason_and_no_valid_even
 
 
 def test_offline_store_holds_every_accepted_event_exactly_once(pipeline: Stack) -> None:
-    from cluster.services.offline import NAMESPACE, iceberg_catalog
-
     bootstrap = pipeline.settings.kafka.bootstrap
     accepted = accepted_events(_earlier_ledger(bootstrap, exclude=set()), CATALOG, SOURCE)
     expected = sorted((e["_partition"], e["_offset"]) for e in accepted)
-    deadline = time.monotonic() + 120
-    rows: list[tuple[int, int]] = []
-    while time.monotonic() < deadline:
-        table = iceberg_catalog(pipeline.settings).load_table(f"{NAMESPACE}.raw_events")
-        data = table.scan(selected_fields=("_partition", "_offset")).to_arrow().to_pydict()
-        rows = sorted(zip(data["_partition"], data["_offset"], strict=True))
-        if len(rows) >= len(expected):
-            break
-        time.sleep(3)
+    rows = raw_rows_once_written(pipeline.settings, len(expected))
     assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"
 
 

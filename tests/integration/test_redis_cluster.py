@@ -39,6 +39,7 @@ from regions.redis_store import RedisRole, redis_client
 from regions.resilience import Deadline
 from tests.integration.chains import region_chain
 from tests.integration.conftest import running_stack
+from tests.integration.offline_path import raw_rows_once_written
 from tests.integration.test_pipeline import _produce
 
 pytestmark = pytest.mark.integration
@@ -230,19 +231,9 @@ def test_pipeline_values_on_the_cluster_equal_the_oracle_and_one_empty_master_re
 
 
 def test_two_offline_writers_hold_every_accepted_event_exactly_once(pipeline: Stack) -> None:
-    from cluster.services.offline import NAMESPACE, iceberg_catalog
-
     status = pipeline_job.status(pipeline.settings)
     assert status is not None and [w["shard"] for w in status["offline"]] == [0, 1]
     accepted = verify.accepted_in_topic(pipeline.settings.kafka.bootstrap)
     expected = sorted((e["_partition"], e["_offset"]) for e in accepted)
-    deadline = time.monotonic() + 120
-    rows: list[tuple[int, int]] = []
-    while time.monotonic() < deadline:
-        table = iceberg_catalog(pipeline.settings).load_table(f"{NAMESPACE}.raw_events")
-        data = table.scan(selected_fields=("_partition", "_offset")).to_arrow().to_pydict()
-        rows = sorted(zip(data["_partition"], data["_offset"], strict=True))
-        if len(rows) >= len(expected):
-            break
-        time.sleep(3)
+    rows = raw_rows_once_written(pipeline.settings, len(expected))
     assert rows == expected, f"{len(rows)} offline rows for {len(expected)} accepted events"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,13 @@ def catalog(tmp_path: Path) -> SqlCatalog:
 
 
 def _writer(
-    catalog: SqlCatalog, log: list[Record], batch: int = 2, shard: tuple[int, int] = (0, 1)
+    catalog: SqlCatalog,
+    log: list[Record],
+    batch: int = 2,
+    shard: tuple[int, int] = (0, 1),
+    *,
+    interval_ms: int = 10**9,
+    now_ms: Callable[[], int] = lambda: 1,
 ) -> OfflineWriter:
     raw = IcebergTable(catalog, "freshline", "raw_events", raw_schema(SOURCE), "_event_date")
     tiles = IcebergTable(catalog, "freshline", "tile_snapshots", TILE_SCHEMA)
@@ -120,7 +127,7 @@ def _writer(
         offline_topic=OFF,
         changelog_topic=CL,
         batch_records=batch,
-        batch_interval_ms=10**9,
+        batch_interval_ms=interval_ms,
         shard=shard[0],
         shards=shard[1],
     )
@@ -130,7 +137,7 @@ def _writer(
         raw_table=raw,
         tile_table=tiles,
         consumer=FakeConsumer(log),
-        now_ms=lambda: 1,
+        now_ms=now_ms,
         sleep=lambda _: None,
     )
     w.start({OFF: [0, 1], CL: [0]})

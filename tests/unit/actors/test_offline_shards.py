@@ -11,13 +11,11 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from actors.offline import OFFSET_PREFIX, OfflineWriter, OfflineWriterConfig, WriterFenced
-from actors.offline_tables import TILE_SCHEMA, IcebergTable, OfflineTable, raw_schema
+from actors.offline import OFFSET_PREFIX, Record, WriterFenced
+from actors.offline_tables import OfflineTable
 from tests.unit.actors.test_offline import (
     CL,
     OFF,
-    SOURCE,
-    FakeConsumer,
     _drain,
     _handed_on,
     _oracle,
@@ -36,6 +34,21 @@ def _positions(catalog: SqlCatalog, table: str) -> dict[str, str]:
     return {k: v for k, v in props.items() if k.startswith(OFFSET_PREFIX)}
 
 
+def _every_event_once_under_every_position(
+    catalog: SqlCatalog, log: list[Record]
+) -> Counter[tuple[int, int]]:
+    """Asserts the raw table holds every accepted event once and its head carries the position
+    of every offline-topic partition, whichever writer read it; returns the row counts."""
+    counts = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
+    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
+    assert max(counts.values()) == 1
+    ends = Counter(r.partition for r in log if r.topic == OFF)
+    assert _positions(catalog, "raw_events") == {
+        f"{OFFSET_PREFIX}{OFF}.{p}": str(n) for p, n in ends.items()
+    }, "the head carries every writer's partitions"
+    return counts
+
+
 def test_two_writers_land_every_event_once_and_each_commit_keeps_the_others_positions(
     catalog: SqlCatalog,
 ) -> None:
@@ -43,13 +56,7 @@ def test_two_writers_land_every_event_once_and_each_commit_keeps_the_others_posi
     first, second = (_writer(catalog, log, shard=(i, 2)) for i in range(2))
     _drain(first)  # the second writer's base is now stale: its commits go on the first's head
     _drain(second)
-    counts = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
-    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
-    assert max(counts.values()) == 1
-    ends = Counter(r.partition for r in log if r.topic == OFF)
-    assert _positions(catalog, "raw_events") == {
-        f"{OFFSET_PREFIX}{OFF}.{p}": str(n) for p, n in ends.items()
-    }, "the head carries both writers' partitions"
+    counts = _every_event_once_under_every_position(catalog, log)
     assert _positions(catalog, "tile_snapshots") == {f"{OFFSET_PREFIX}{CL}.0": "4"}
     assert second.commit_retries == first.commit_retries == 0, "each starts from the head"
     # Restarted, both resume at the head's positions and add nothing.
@@ -86,13 +93,7 @@ def test_a_commit_that_loses_a_race_is_written_again_on_the_winners_head(
     _drain(first)
     _drain(second)
     assert first.commit_retries == 1, "its first commit lost the race and was written again"
-    counts = Counter((r["_partition"], r["_offset"]) for r in _rows(catalog, "raw_events"))
-    assert set(counts) == {(e["_partition"], e["_offset"]) for e in _oracle()}
-    assert max(counts.values()) == 1
-    ends = Counter(r.partition for r in log if r.topic == OFF)
-    assert _positions(catalog, "raw_events") == {
-        f"{OFFSET_PREFIX}{OFF}.{p}": str(n) for p, n in ends.items()
-    }
+    _every_event_once_under_every_position(catalog, log)
 
 
 def test_a_second_writer_of_the_same_partitions_is_fenced_not_merged(catalog: SqlCatalog) -> None:
@@ -115,23 +116,10 @@ def test_writers_flush_out_of_phase_so_their_commits_do_not_collide(catalog: Sql
     their timed flushes fall half an interval apart instead of racing each other."""
     log = _handed_on(2)
     clock = {"ms": 0}
-    writers = []
-    for i in range(2):
-        config = OfflineWriterConfig(
-            offline_topic=OFF, changelog_topic=CL, batch_interval_ms=1_000, shard=i, shards=2
-        )
-        raw = IcebergTable(catalog, "freshline", "raw_events", raw_schema(SOURCE), "_event_date")
-        tiles = IcebergTable(catalog, "freshline", "tile_snapshots", TILE_SCHEMA)
-        writer = OfflineWriter(
-            config,
-            SOURCE,
-            raw_table=raw,
-            tile_table=tiles,
-            consumer=FakeConsumer(log),
-            now_ms=lambda: clock["ms"],
-        )
-        writer.start({OFF: [0, 1], CL: [0]})
-        writers.append(writer)
+    writers = [
+        _writer(catalog, log, 10**6, (i, 2), interval_ms=1_000, now_ms=lambda: clock["ms"])
+        for i in range(2)
+    ]
     first, second = writers
     for writer in writers:
         writer.step()  # each buffers a record, t = 0: nobody is due
