@@ -252,14 +252,18 @@ class DynamoTileWriter(_Store):
     def store_state(self) -> bytes | None:
         """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new).
         A missing table raises ``StoreUnavailable``: nothing can be rehydrated into it yet."""
-        return _state_of(self._once("get_item", **self._marker_read()).get("Item"))
+        return _state_of(self._marker_item())
+
+    def _marker_item(self) -> Item | None:
+        item: Item | None = self._once("get_item", **self._marker_read()).get("Item")
+        return item
 
     def shard_state(self) -> bytes | None:
         """The marker as this writer's sink shard sees it (``regions.rehydration``):
         ``REHYDRATING_ELSEWHERE`` when its own part of the rehydration is done. A rehydration
         that nobody is pending for any more (a shard died between its two updates in
         :meth:`mark_ready`) is everyone's to finish."""
-        item = self._once("get_item", **self._marker_read()).get("Item")
+        item = self._marker_item()
         if item is None:
             return None
         count = int(item["shards"]["N"]) if "shards" in item else None
@@ -296,7 +300,7 @@ class DynamoTileWriter(_Store):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as joined:
-            found = joined.item or self._once("get_item", **self._marker_read()).get("Item")
+            found = joined.item or self._marker_item()
             if not found or "epoch" not in found:  # gone meanwhile: the next check starts over
                 self._epoch = None
                 return
