@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -36,13 +37,15 @@ _INGRESS_BLOCKS = range(32000, 32768, 32)
 _INGRESS_BLOCK_PORTS = 32
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of :data:`_ISOLATED_PORTS` that nothing listens on now."""
+def free_ports(count: int, *, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct ports of :data:`_ISOLATED_PORTS` that nothing listens on now and that
+    are not in ``avoid``: the ports of settings already drawn but not started yet, which are free
+    now and would otherwise be drawn twice."""
     rng = random.Random()  # noqa: S311 - spreads port picks, guards nothing
     ports: set[int] = set()
     while len(ports) < count:
         port = rng.choice(_ISOLATED_PORTS)
-        if port_is_free("127.0.0.1", port):
+        if port not in avoid and port_is_free("127.0.0.1", port):
             ports.add(port)
     return sorted(ports)
 

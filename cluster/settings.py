@@ -298,10 +298,9 @@ class StackSettings(BaseModel):
             )
         return self
 
-    @model_validator(mode="after")
-    def _ports_unique(self) -> StackSettings:
-        """No two listeners on one host share a port (stores on other hosts may use the same
-        port: each region's Redis on its own machine at 6379)."""
+    def listeners(self) -> list[tuple[str, int]]:
+        """Every (host, port) this stack's services listen on: Kafka, Ray, the front doors and
+        haproxy on this machine, each region's Redis and local DynamoDB endpoint on its host."""
         local = [port for n in self.kafka.nodes for port in (n.port, n.controller_port)]
         local += [self.ray.port, self.ray.dashboard_port]
         local += [self.ray.client_server_port, self.ray.serve_port, self.ray.metrics_export_port]
@@ -318,6 +317,13 @@ class StackSettings(BaseModel):
             for r in self.topology
             if r.dynamodb_mode == "local"
         ]
+        return listeners
+
+    @model_validator(mode="after")
+    def _ports_unique(self) -> StackSettings:
+        """No two listeners on one host share a port (stores on other hosts may use the same
+        port: each region's Redis on its own machine at 6379)."""
+        listeners = self.listeners()
         if len(set(listeners)) != len(listeners):
             taken = sorted(port for _, port in listeners)
             raise ValueError(f"ports must be distinct on each host, got {taken}")

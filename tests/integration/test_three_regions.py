@@ -38,7 +38,9 @@ KEY = new_api_key()
 
 
 def _three_regions(settings: StackSettings) -> StackSettings:
-    redis, dynamodb, door = free_ports(3)
+    # The base ports stay free until the stack starts: without avoid, a draw may repeat one.
+    taken = {port for _, port in settings.listeners()}
+    redis, dynamodb, door = free_ports(3, avoid=taken)
     third = RegionConfig(
         name="ap-south",
         aws_region="ap-south-1",

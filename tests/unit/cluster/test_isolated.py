@@ -35,3 +35,15 @@ def test_a_block_where_something_listens_is_not_drawn(monkeypatch: pytest.Monkey
         if not all(isolated.port_is_free("127.0.0.1", p) for p in range(free, free + 4)):
             pytest.skip("the neighbouring ports are taken on this machine")
         assert {free_ingress_block() for _ in range(20)} == {(free, free + 4)}
+
+
+def test_ports_drawn_beside_unstarted_settings_never_repeat_theirs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A narrow range makes a repeat near-certain without ``avoid``: 17 ports out of 20.
+    monkeypatch.setattr(isolated, "_ISOLATED_PORTS", range(31000, 31020))
+    settings = isolated_settings(tmp_path, with_ray=True)
+    taken = {port for _, port in settings.listeners()}
+    extra = free_ports(3, avoid=taken)
+    assert len(set(extra)) == 3
+    assert not taken & set(extra), (sorted(taken), extra)

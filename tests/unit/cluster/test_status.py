@@ -84,8 +84,9 @@ def test_a_port_held_by_a_process_we_did_not_start_is_foreign_with_its_pid(
 ) -> None:
     with _listener() as port:
         settings = _settings(tmp_path)
+        (other,) = free_ports(1, avoid={p for _, p in settings.listeners()})
         settings = settings.model_copy(
-            update={"topology": default_topology(redis_ports=(port, free_ports(1)[0]))}
+            update={"topology": default_topology(redis_ports=(port, other))}
         )
         east = settings.topology.regions[0]
         status = RedisService(settings, east, SECRETS).status()
