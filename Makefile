@@ -21,6 +21,7 @@ test: setup lint typecheck
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: setup
 	$(BIN)/mypy features regions cluster actors serve_apps chaos benchmarks training

@@ -48,6 +48,7 @@ from features.shards import Shard
 class WriterFenced(StaleCommit):
     """Another writer committed this writer's own partitions: it must restart from the head."""
 
+
 OFFSET_PREFIX = "freshline.offsets."
 # Commits of one batch before giving up: each attempt after the first follows another shard's
 # commit, so more than a few in a row means the table is contended beyond what this design plans.

@@ -34,9 +34,7 @@ class CommittedLag:
     """Measures one group's lag on one topic (on one sink shard's partitions of it); its Kafka
     clients are its own (one thread)."""
 
-    def __init__(
-        self, bootstrap: str, group_id: str, topic: str, shard: Shard = SOLE
-    ) -> None:
+    def __init__(self, bootstrap: str, group_id: str, topic: str, shard: Shard = SOLE) -> None:
         from kafka import KafkaAdminClient
 
         from actors.kafka_io import read_committed_consumer

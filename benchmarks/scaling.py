@@ -293,9 +293,7 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     the median per-event CPU of each group over every case (what a sizing model multiplies)."""
     return {
         "events_per_s": {_case_name(c): c["events_per_s"] for c in cases},
-        "consumer_us_per_event": {
-            _case_name(c): c["cpu_us_per_event"]["consumers"] for c in cases
-        },
+        "consumer_us_per_event": {_case_name(c): c["cpu_us_per_event"]["consumers"] for c in cases},
         "sink_marginal_us_per_event": {
             _case_name(c): {
                 g: c["marginal_us_per_event"].get(g)

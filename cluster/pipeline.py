@@ -90,9 +90,7 @@ def _submit(client: Any, settings: StackSettings, entrypoint: str, deadline: flo
     }
     while True:
         try:
-            return str(
-                client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-            )
+            return str(client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env))
         except RuntimeError as exc:
             if _AGENT_NOT_READY not in str(exc) or time.monotonic() > deadline:
                 raise StackError(f"submitting the pipeline job failed: {exc}") from exc

@@ -235,9 +235,7 @@ def test_sink_shards_share_a_rehydration_and_the_last_one_out_marks_it_ready(
     client = _client(stack, "us-east", RedisRole.WRITER)
     try:
         first, second = (
-            RedisTileWriter(
-                client, "redis-us-east", guarded=True, marker=marker, shard=Shard(i, 2)
-            )
+            RedisTileWriter(client, "redis-us-east", guarded=True, marker=marker, shard=Shard(i, 2))
             for i in range(2)
         )
         first.begin_rehydration()
