@@ -80,7 +80,7 @@ def served_views(
 ) -> dict[str, dict[str, Any]]:
     """``{entity: {feature: value}}`` as one region's store holds it, merged at ``as_of_ms``."""
     from regions.aws import dynamodb_client
-    from regions.dynamodb_store import DynamoTileReader
+    from regions.dynamodb_reader import DynamoTileReader
     from regions.redis_store import RedisRole, RedisTileReader, redis_client
 
     region, store = target

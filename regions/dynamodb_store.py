@@ -44,7 +44,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from functools import partial
 from typing import Any, Protocol
 
 from botocore import exceptions as bex
@@ -90,6 +89,7 @@ class DynamoClient(Protocol):
     def query(self, **kwargs: Any) -> dict[str, Any]: ...
     def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def scan(self, **kwargs: Any) -> dict[str, Any]: ...
     def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
@@ -126,7 +126,7 @@ def require_ready(store: str, state: bytes | None) -> None:
         raise StoreNotReady(f"{store}: store marker {shown}, not complete")
 
 
-class _Throttled(Exception):
+class Throttled(Exception):
     """The whole call was throttled; handled like "every item unprocessed"."""
 
 
@@ -149,7 +149,7 @@ def _store_errors(store: str) -> Iterator[None]:
     except bex.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in _THROTTLE_CODES:
-            raise _Throttled from exc
+            raise Throttled from exc
         if code == "ConditionalCheckFailedException":
             raise _ConditionFailed(exc.response.get("Item")) from exc
         if code == "ResourceNotFoundException":
@@ -160,7 +160,7 @@ def _store_errors(store: str) -> Iterator[None]:
         raise StoreRejected(f"{store}: {type(exc).__name__}: {exc}") from exc
 
 
-class _Store:
+class StoreBase:
     """What the writer and the reader share: a lazily built client, retry policy and clocks."""
 
     def __init__(
@@ -193,10 +193,10 @@ class _Store:
         """One call of a marker operation: the caller (the sink's loop) retries on its own pace."""
         try:
             return self._call(operation, **kwargs)
-        except _Throttled as exc:
+        except Throttled as exc:
             raise StoreUnavailable(f"{self.name}: throttled") from exc
 
-    def _marker_read(self) -> dict[str, Any]:
+    def marker_read(self) -> dict[str, Any]:
         # Strongly consistent: the marker is one item, and a sink must see its own last write.
         return {"TableName": self._table, "Key": _MARKER_KEY, "ConsistentRead": True}
 
@@ -210,13 +210,13 @@ class _Store:
         return delay
 
 
-def _state_of(item: Item | None) -> bytes | None:
+def state_of(item: Item | None) -> bytes | None:
     if item is None or "state" not in item:
         return None
     return str(item["state"]["S"]).encode()
 
 
-class DynamoTileWriter(_Store):
+class DynamoTileWriter(StoreBase):
     """Writes tile batches with BatchWriteItem, 25 items per call.
 
     Invariants: the batch is coalesced first, so no call holds two writes of one item; every write
@@ -252,10 +252,10 @@ class DynamoTileWriter(_Store):
     def store_state(self) -> bytes | None:
         """The marker: ``STORE_READY``, ``STORE_REHYDRATING``, or ``None`` (data lost or new).
         A missing table raises ``StoreUnavailable``: nothing can be rehydrated into it yet."""
-        return _state_of(self._marker_item())
+        return state_of(self._marker_item())
 
     def _marker_item(self) -> Item | None:
-        item: Item | None = self._once("get_item", **self._marker_read()).get("Item")
+        item: Item | None = self._once("get_item", **self.marker_read()).get("Item")
         return item
 
     def shard_state(self) -> bytes | None:
@@ -269,7 +269,7 @@ class DynamoTileWriter(_Store):
         count = int(item["shards"]["N"]) if "shards" in item else None
         pending = item.get("pending", {}).get("NS")
         mine = pending is None or str(self._shard.index) in pending
-        return shard_view(_state_of(item), count, mine, self._shard)
+        return shard_view(state_of(item), count, mine, self._shard)
 
     def begin_rehydration(self) -> None:
         """Mark the table incomplete under a new epoch with every shard pending, or join the
@@ -346,7 +346,7 @@ class DynamoTileWriter(_Store):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as failed:
-            return _state_of(failed.item) == STORE_READY
+            return state_of(failed.item) == STORE_READY
         return True
 
     def _seed_marker(self) -> None:
@@ -405,7 +405,7 @@ class DynamoTileWriter(_Store):
         requests = [self._request(w) for w in pending]
         try:
             reply = self._call("batch_write_item", RequestItems={self._table: requests})
-        except _Throttled:
+        except Throttled:
             return pending
         except self._retry.retry_on:
             if self._backoff_or_stop(attempt, deadline) is None:
@@ -435,133 +435,3 @@ def _item_of(request: Item) -> tuple[str, str]:
     else:
         item = request["DeleteRequest"]["Key"]
     return item["pk"]["S"], item["sk"]["S"]
-
-
-class DynamoTileReader(_Store):
-    """Serving-fallback reads. Items past ``expires_at`` are skipped: DynamoDB deletes expired
-    items lazily (up to days later), so presence alone does not mean live. Every requested key is
-    in the result, an empty dict when absent. Reads are eventually consistent unless ``consistent``
-    (the marker read, :meth:`store_state`, always is consistent). ``get_all`` and ``get_fields``
-    return what the table holds whatever its marker: serving checks it with :func:`require_ready`.
-    """
-
-    def __init__(
-        self,
-        region: RegionConfig,
-        table: str,
-        client_factory: ClientFactory,
-        *,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        sleep: Sleep = time.sleep,
-        wall_clock: Callable[[], float] = time.time,
-        consistent: bool = False,
-    ) -> None:
-        super().__init__(
-            region, table, client_factory, retry=retry, sleep=sleep, wall_clock=wall_clock
-        )
-        self._consistent = consistent
-
-    def store_state(self, deadline: Deadline | None = None) -> bytes | None:
-        """The marker (one GetItem): ``STORE_READY``, ``STORE_REHYDRATING`` or ``None``."""
-        call = partial(self._call, "get_item", **self._marker_read())
-        return _state_of(self._with_retry(call, deadline).get("Item"))
-
-    def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
-        """Every live field of each key: one Query per key (paginated). Stops with
-        ``StoreTimeout`` once ``deadline`` has passed: a caller that gave up (serving abandons a
-        late call on its pool thread) must not leave a thread querying key after key."""
-        out: dict[str, Fields] = {}
-        for key in keys:
-            items: list[Item] = []
-            start: Item | None = None
-            while True:
-                self._check_deadline(deadline)
-                page = self._query(key, start, deadline)
-                items += page.get("Items", [])
-                start = page.get("LastEvaluatedKey")
-                if start is None:
-                    break
-            out[key] = self._live(items)
-        return out
-
-    def scan_all(self, keys: Sequence[str]) -> dict[str, Fields]:
-        """Like :meth:`get_all`, from one paginated Scan of the whole table: for a reader that
-        wants most of it (an oracle check), a few requests instead of a Query per key."""
-        wanted: dict[str, list[Item]] = {key: [] for key in keys}
-        start: Item | None = None
-        while True:
-            kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": self._consistent}
-            if start is not None:
-                kwargs["ExclusiveStartKey"] = start
-            page = self._with_retry(partial(self._call, "scan", **kwargs), None)
-            for item in page.get("Items", []):
-                wanted.get(item["pk"]["S"], []).append(item)
-            start = page.get("LastEvaluatedKey")
-            if start is None:
-                return {key: self._live(items) for key, items in wanted.items()}
-
-    def get_fields(
-        self, wanted: Mapping[str, Sequence[str]], deadline: Deadline | None = None
-    ) -> dict[str, Fields]:
-        """The named fields of each key: BatchGetItem by 100, UnprocessedKeys retried."""
-        ids = list(dict.fromkeys((k, f) for k, fields in wanted.items() for f in fields))
-        found: list[Item] = []
-        for i in range(0, len(ids), MAX_GET_KEYS):
-            found += self._get_chunk(ids[i : i + MAX_GET_KEYS], deadline)
-        out: dict[str, Fields] = {key: {} for key in wanted}
-        for item in found:
-            out.setdefault(item["pk"]["S"], {}).update(self._live([item]))
-        return out
-
-    def _check_deadline(self, deadline: Deadline | None) -> None:
-        if deadline is not None and deadline.expired():
-            raise StoreTimeout(f"{self.name}: deadline passed")
-
-    def _query(self, key: str, start: Item | None, deadline: Deadline | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": key}},
-            "ConsistentRead": self._consistent,
-        }
-        if start is not None:
-            kwargs["ExclusiveStartKey"] = start
-        return self._with_retry(partial(self._call, "query", **kwargs), deadline)
-
-    def _get_chunk(self, ids: Sequence[tuple[str, str]], deadline: Deadline | None) -> list[Item]:
-        pending: list[Item] = [{"pk": {"S": k}, "sk": {"S": f}} for k, f in ids]
-        found: list[Item] = []
-        attempt = 0
-        while pending:
-            attempt += 1
-            self._check_deadline(deadline)
-            request = {self._table: {"Keys": pending, "ConsistentRead": self._consistent}}
-            call = partial(self._call, "batch_get_item", RequestItems=request)
-            reply = self._with_retry(call, deadline)
-            found += reply.get("Responses", {}).get(self._table, [])
-            pending = reply.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
-            if pending:
-                delay = self._backoff_or_stop(attempt, deadline)
-                if delay is None:
-                    raise StoreUnavailable(f"{self.name}: {len(pending)} keys still unprocessed")
-                self._sleep(delay)
-        return found
-
-    def _with_retry(
-        self, call: Callable[[], dict[str, Any]], deadline: Deadline | None
-    ) -> dict[str, Any]:
-        def once() -> dict[str, Any]:
-            try:
-                return call()
-            except _Throttled as exc:
-                raise StoreUnavailable(f"{self.name}: throttled") from exc
-
-        return self._retry.run(once, self._sleep, deadline)
-
-    def _live(self, items: Sequence[Item]) -> Fields:
-        now = self._wall_clock()
-        return {
-            item["sk"]["S"]: bytes(item["v"]["B"])
-            for item in items
-            if "expires_at" not in item or float(item["expires_at"]["N"]) > now
-        }

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from features.errors import StoreTimeout, TransportError
-from regions.dynamodb_store import DynamoTileReader, require_ready
+from regions.dynamodb_reader import DynamoTileReader
+from regions.dynamodb_store import require_ready
 from regions.exceptions import AbandonedCall, StoreNotReady
 from regions.redis_store import AsyncRedisTileReader
 from regions.resilience import CircuitBreaker, Deadline

@@ -18,7 +18,7 @@ from features.embeddings import EmbeddingView
 from regions.answer_log import AnswerLog, stream_key
 from regions.aws import dynamodb_client
 from regions.config import RegionConfig
-from regions.dynamodb_store import DynamoTileReader
+from regions.dynamodb_reader import DynamoTileReader
 from regions.redis_store import AsyncRedisTileReader, RedisRole, async_redis_client
 from regions.registry_mirror import served_number, served_version
 from regions.resilience import CircuitBreaker, RetryPolicy

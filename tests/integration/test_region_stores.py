@@ -23,7 +23,8 @@ from features.blocks import block_field
 from features.errors import StoreTimeout, StoreUnavailable, TransportError
 from features.shards import Shard
 from regions.config import RegionConfig
-from regions.dynamodb_store import DynamoTileReader, DynamoTileWriter
+from regions.dynamodb_reader import DynamoTileReader
+from regions.dynamodb_store import DynamoTileWriter
 from regions.exceptions import StoreNotReady, StoreRejected
 from regions.redis_store import (
     STORE_READY,

@@ -16,9 +16,9 @@ from actors.changelog import ChangelogRecord, encode
 from actors.sink import SinkWorker
 from regions.aws import LOCAL_CREDENTIALS
 from regions.config import default_topology
+from regions.dynamodb_reader import DynamoTileReader
 from regions.dynamodb_store import (
     STORE_READY,
-    DynamoTileReader,
     DynamoTileWriter,
     create_online_table,
 )

@@ -10,11 +10,11 @@ from features.exceptions import CorruptState
 from features.keys import OnlineKey
 from features.shards import SOLE, Shard
 from regions.config import default_topology
+from regions.dynamodb_reader import DynamoTileReader
 from regions.dynamodb_store import (
     MARKER_PK,
     STORE_READY,
     STORE_REHYDRATING,
-    DynamoTileReader,
     DynamoTileWriter,
     create_online_table,
     require_ready,
