@@ -154,8 +154,11 @@ class IcebergTable:
         ``StaleCommit`` (nothing committed) when another writer moved the table since."""
         from pyiceberg.exceptions import CommitFailedException
 
+        from actors.iceberg_tx import MemoTransaction
+
         try:
-            self._table.append(rows, snapshot_properties=properties)
+            with MemoTransaction(self._table) as tx:
+                tx.append(rows, snapshot_properties=properties)
         except CommitFailedException as exc:
             raise StaleCommit(f"{self._table.name()}: another writer committed first") from exc
         self._appends += 1
