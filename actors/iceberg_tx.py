@@ -17,6 +17,7 @@ from __future__ import annotations
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import TableUpdate, update_table_metadata
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 
 
 class MemoTransaction(Transaction):
@@ -35,3 +36,11 @@ class MemoTransaction(Transaction):
             memo = (base, updates, update_table_metadata(base, updates))
             self._memo = memo
         return memo[2]
+
+
+def expire_snapshots(table: Table, snapshot_ids: list[int]) -> None:
+    """Expire ``snapshot_ids`` in one commit: pyiceberg's ``maintenance.expire_snapshots()``
+    builder on a :class:`MemoTransaction` (it reads the metadata twice per snapshot expired)."""
+    ExpireSnapshots(transaction=MemoTransaction(table, autocommit=True)).by_ids(
+        snapshot_ids
+    ).commit()

@@ -181,7 +181,9 @@ class IcebergTable:
             if current is None or s.snapshot_id != current.snapshot_id
         ]
         if old:
-            self._table.maintenance.expire_snapshots().by_ids(old).commit()
+            from actors.iceberg_tx import expire_snapshots
+
+            expire_snapshots(self._table, old)
         return len(old)
 
     def snapshot_count(self) -> int:
