@@ -138,6 +138,25 @@ def test_fails_reads_over_to_the_next_region_and_back(
     assert _served_by(urls["us-east"], "/us-east/v1/x", "us-east").text == "/us-east/v1/x"
 
 
+def test_with_no_region_ready_the_door_refuses_by_itself_with_retry_after(
+    world: tuple[_Serve, dict[str, str]],
+) -> None:
+    """No ready region anywhere: the door answers 503 itself, names itself, and tells the client
+    when to come back, instead of queueing the read or handing it to Serve."""
+    serve, urls = world
+    _served_by(urls["us-east"], "/us-east/v1/features", "us-east")
+    serve.ready.clear()
+    refused = _served_by(urls["us-east"], "/us-east/v1/features", "front-door")
+    assert refused.status_code == 503
+    assert refused.headers[SERVED_BY_HEADER] == "front-door"
+    assert refused.headers["retry-after"] == "1"
+    # Each door runs its own health checks: the other one sees the change on its own schedule.
+    assert _served_by(urls["eu-west"], "/eu-west/v1/x", "front-door").status_code == 503
+    serve.seen.clear()
+    assert httpx.get(f"{urls['us-east']}/us-east/v1/features").status_code == 503
+    assert serve.seen == [], "a refused read never reaches Serve"
+
+
 def test_waits_for_a_ready_check_that_takes_the_whole_ready_budget(
     world: tuple[_Serve, dict[str, str]],
 ) -> None:
