@@ -54,6 +54,9 @@ _.query
 _.get_item
 _.put_item
 _.update_item
+# actors/iceberg_tx.py MemoTransaction: overrides pyiceberg's Transaction.table_metadata, which
+# pyiceberg's own append, commit and expiry code reads.
+_.table_metadata
 
 # --- Public API whose callers are operators, drills or test oracles -----------------------------
 # Ledger and synthetic events: whether a correct consumer accepts the event (the oracles count
