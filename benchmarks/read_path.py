@@ -50,7 +50,7 @@ from live_feed import PARTITIONS, history, partition_of, user_id
 from old_values import cached_groups, evaluate
 from serving import USERS, benchmark_catalog
 
-from actors.processor import PartitionProcessor, RawRecord
+from actors.processor import PartitionProcessor, RawRecord, view_ident
 from features.catalog import Catalog
 from features.demo import SOURCE
 from features.keys import DEFAULT_TENANT, OnlineKey
@@ -131,8 +131,9 @@ class Stores:
         blocks[write.field.encode()] = encode_field(write)
         entity = OnlineKey.parse(write.key).entity_id
         by_tile = {g.tile_ms: g for g in self.groups}
+        ident = view_ident(VIEW, self.catalog.view(VIEW).version)
         for (tile_ms, start), states in (
-            self.processors[partition].state.tiles[(VIEW, entity)].items()
+            self.processors[partition].state.tiles[(ident, entity)].items()
         ):
             group = by_tile[tile_ms]
             stored = TileWrite(write.key, group.field(partition, start), group.encode(states), 1, 1)
@@ -186,6 +187,11 @@ def old_read(
     views = {VIEW: ViewValues(info, plan.refs, tuple(by_id), columns, plan_versions(plan))}
     result = ReadResult(as_of, STORE, [(STORE, "ok")], views)
     return orjson.dumps(columnar_response(result, plan, REGION, "bench"))
+
+
+def plan_versions(plan: ReadPlan) -> tuple[int, ...]:
+    """The version answering each id of the benchmark's one view (what the service reports)."""
+    return tuple(info.view.version for info in plan.answering[VIEW])
 
 
 def new_read(reader: Reader, plan: ReadPlan, stores: Stores, as_of: int) -> bytes:
@@ -339,8 +345,3 @@ def _record(figures: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def plan_versions(plan: ReadPlan) -> tuple[int, ...]:
-    """The version answering each id of the benchmark's one view (what the service reports)."""
-    return tuple(info.view.version for info in plan.answering[VIEW])
