@@ -20,6 +20,7 @@ from typing import Any
 
 from features.catalog import Entity
 from serve_apps import similar as similar_api
+from serve_apps import similar_schema
 from serve_apps.config import Limits
 from serve_apps.plan import CatalogIndex
 from serve_apps.similar import SimilarSearch
@@ -484,12 +485,12 @@ def openapi_document(
         paths["/v1/similar"] = _post(
             "Nearest neighbours of a vector or an entity, filtered, optionally hybrid",
             _ref("SimilarRequest"),
-            similar_api.request_example(similar),
+            similar_schema.request_example(similar),
             _response("neighbours, best first", _ref("Similar")),
         )
         schemas |= {
-            "SimilarRequest": similar_api.request_schema(similar),
-            "Similar": similar_api.RESPONSE_SCHEMA,
+            "SimilarRequest": similar_schema.request_schema(similar),
+            "Similar": similar_schema.RESPONSE_SCHEMA,
         }
     return {
         "openapi": "3.1.0",
