@@ -2,6 +2,9 @@
 
 It is what ``freshline demo`` shows until the feature pipeline and serving are deployed, and it is
 deliberately independent of them: a plain consumer with no group, so it never moves any offsets.
+An event stamped after the wall clock when it arrives is counted but does not move an entity's
+newest event time: the pipeline holds such events until their time comes, and an age computed from
+one would be negative.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class EventFlowTail:
         *,
         entity_field: str = "user_id",
         now: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._bootstrap, self._topic, self._entity_field, self._now = (
             bootstrap,
@@ -58,6 +62,7 @@ class EventFlowTail:
             entity_field,
             now,
         )
+        self._wall_ms = wall_ms
         self._state = _FlowState()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -118,6 +123,8 @@ class EventFlowTail:
             return
         flow = s.entities.setdefault(entity, EntityFlow())
         flow.events += 1
+        if event_time > self._wall_ms():
+            return  # future-stamped: held by the pipeline, not yet the newest (module docstring)
         flow.last_event_time_ms = max(flow.last_event_time_ms, event_time)
         s.newest_event_time_ms = max(s.newest_event_time_ms, event_time)
 

@@ -16,7 +16,7 @@ def _event(user: str, event_time_ms: int) -> bytes:
 
 
 def test_busiest_entities_keep_their_newest_event_time_whatever_the_arrival_order() -> None:
-    tail = EventFlowTail("unused:9092", "fl.card_tx", now=lambda: 0.0)
+    tail = EventFlowTail("unused:9092", "fl.card_tx", now=lambda: 0.0, wall_ms=lambda: 10_000)
     tail._absorb(
         [
             _record(0, _event("u1", 2_000)),
@@ -32,3 +32,14 @@ def test_busiest_entities_keep_their_newest_event_time_whatever_the_arrival_orde
     [(user, flow)] = snap.top_entities
     assert (user, flow.events, flow.last_event_time_ms) == ("u1", 2, 2_000)
     assert snap.newest_event_time_ms == 2_000
+
+
+def test_an_event_stamped_in_the_future_is_counted_but_is_not_the_newest() -> None:
+    """The demo shows each busy user's newest event age: a future-stamped event (which the
+    pipeline holds until its time) made it negative."""
+    tail = EventFlowTail("unused:9092", "fl.card_tx", now=lambda: 0.0, wall_ms=lambda: 5_000)
+    tail._absorb([_record(0, _event("u1", 4_000)), _record(0, _event("u1", 900_000))])
+    snap = tail.snapshot()
+    [(user, flow)] = snap.top_entities
+    assert (user, flow.events, flow.last_event_time_ms) == ("u1", 2, 4_000)
+    assert snap.newest_event_time_ms == 4_000
