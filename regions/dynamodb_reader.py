@@ -17,7 +17,6 @@ from regions.dynamodb_store import (
     Fields,
     Item,
     StoreBase,
-    Throttled,
     state_of,
 )
 from regions.resilience import Deadline, RetryPolicy, Sleep
@@ -49,8 +48,7 @@ class DynamoTileReader(StoreBase):
 
     def store_state(self, deadline: Deadline | None = None) -> bytes | None:
         """The marker (one GetItem): ``STORE_READY``, ``STORE_REHYDRATING`` or ``None``."""
-        call = partial(self._call, "get_item", **self.marker_read())
-        return state_of(self._with_retry(call, deadline).get("Item"))
+        return state_of(self._with_retry(deadline, "get_item", **self.marker_read()).get("Item"))
 
     def get_all(self, keys: Sequence[str], deadline: Deadline | None = None) -> dict[str, Fields]:
         """Every live field of each key: one Query per key (paginated). Stops with
@@ -79,7 +77,7 @@ class DynamoTileReader(StoreBase):
             kwargs: dict[str, Any] = {"TableName": self._table, "ConsistentRead": self._consistent}
             if start is not None:
                 kwargs["ExclusiveStartKey"] = start
-            page = self._with_retry(partial(self._call, "scan", **kwargs), None)
+            page = self._with_retry(None, "scan", **kwargs)
             for item in page.get("Items", []):
                 wanted.get(item["pk"]["S"], []).append(item)
             start = page.get("LastEvaluatedKey")
@@ -112,7 +110,7 @@ class DynamoTileReader(StoreBase):
         }
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
-        return self._with_retry(partial(self._call, "query", **kwargs), deadline)
+        return self._with_retry(deadline, "query", **kwargs)
 
     def _get_chunk(self, ids: Sequence[tuple[str, str]], deadline: Deadline | None) -> list[Item]:
         pending: list[Item] = [{"pk": {"S": k}, "sk": {"S": f}} for k, f in ids]
@@ -122,8 +120,7 @@ class DynamoTileReader(StoreBase):
             attempt += 1
             self._check_deadline(deadline)
             request = {self._table: {"Keys": pending, "ConsistentRead": self._consistent}}
-            call = partial(self._call, "batch_get_item", RequestItems=request)
-            reply = self._with_retry(call, deadline)
+            reply = self._with_retry(deadline, "batch_get_item", RequestItems=request)
             found += reply.get("Responses", {}).get(self._table, [])
             pending = reply.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
             if pending:
@@ -134,15 +131,10 @@ class DynamoTileReader(StoreBase):
         return found
 
     def _with_retry(
-        self, call: Callable[[], dict[str, Any]], deadline: Deadline | None
+        self, deadline: Deadline | None, operation: str, **kwargs: Any
     ) -> dict[str, Any]:
-        def once() -> dict[str, Any]:
-            try:
-                return call()
-            except Throttled as exc:
-                raise StoreUnavailable(f"{self.name}: throttled") from exc
-
-        return self._retry.run(once, self._sleep, deadline)
+        """``operation`` under the retry policy; a throttled call is retried as unavailable."""
+        return self._retry.run(partial(self._once, operation, **kwargs), self._sleep, deadline)
 
     def _live(self, items: Sequence[Item]) -> Fields:
         now = self._wall_clock()
