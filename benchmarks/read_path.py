@@ -81,9 +81,13 @@ class Stores:
     seq: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     groups: tuple[TileGroup, ...] = ()
+    by_tile: dict[int | None, TileGroup] = field(init=False)
+    ident: str = field(init=False)  # the view version's key in the processors' state
 
     def __post_init__(self) -> None:
         self.groups = tile_groups(self.catalog.view(VIEW))
+        self.by_tile = {g.tile_ms: g for g in self.groups}
+        self.ident = view_ident(VIEW, self.catalog.view(VIEW).version)
         self.processors = [
             PartitionProcessor(self.catalog, SOURCE, p, now_ms=lambda: self.clock[0])
             for p in range(PARTITIONS)
@@ -130,12 +134,10 @@ class Stores:
             return
         blocks[write.field.encode()] = encode_field(write)
         entity = OnlineKey.parse(write.key).entity_id
-        by_tile = {g.tile_ms: g for g in self.groups}
-        ident = view_ident(VIEW, self.catalog.view(VIEW).version)
         for (tile_ms, start), states in (
-            self.processors[partition].state.tiles[(ident, entity)].items()
+            self.processors[partition].state.tiles[(self.ident, entity)].items()
         ):
-            group = by_tile[tile_ms]
+            group = self.by_tile[tile_ms]
             stored = TileWrite(write.key, group.field(partition, start), group.encode(states), 1, 1)
             old[stored.field.encode()] = encode_field(stored)
 

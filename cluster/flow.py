@@ -107,13 +107,14 @@ class EventFlowTail:
     def _absorb(self, records: list) -> None:  # type: ignore[type-arg]
         with self._lock:
             s = self._state
+            now_ms = self._wall_ms()  # once per batch: a poll spans milliseconds
             for record in records:
                 s.consumed += 1
                 s.per_partition[record.partition] += 1
-                self._absorb_one(s, record.value)
+                self._absorb_one(s, record.value, now_ms)
             s.recent.append((self._now(), s.consumed))
 
-    def _absorb_one(self, s: _FlowState, raw: bytes) -> None:
+    def _absorb_one(self, s: _FlowState, raw: bytes, now_ms: int) -> None:
         try:
             event = orjson.loads(raw)
             entity = str(event[self._entity_field])
@@ -123,7 +124,7 @@ class EventFlowTail:
             return
         flow = s.entities.setdefault(entity, EntityFlow())
         flow.events += 1
-        if event_time > self._wall_ms():
+        if event_time > now_ms:
             return  # future-stamped: held by the pipeline, not yet the newest (module docstring)
         flow.last_event_time_ms = max(flow.last_event_time_ms, event_time)
         s.newest_event_time_ms = max(s.newest_event_time_ms, event_time)
