@@ -3,8 +3,6 @@ append through it lands exactly what pyiceberg's own append lands (real pyiceber
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
@@ -12,12 +10,6 @@ from pyiceberg.table import Table
 
 from actors.iceberg_tx import MemoTransaction
 from actors.offline_tables import TILE_SCHEMA, IcebergTable, StaleCommit
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> SqlCatalog:
-    (tmp_path / "wh").mkdir()
-    return SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh")
 
 
 def _tiles(first: int, count: int = 3) -> pa.Table:

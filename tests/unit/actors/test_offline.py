@@ -4,7 +4,6 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -104,12 +103,6 @@ def _handed_on(batch: int) -> list[Record]:
         key, value = changelog.encode(changelog.ChangelogRecord(w, NOW + o))
         log.append(Record(CL, 0, o, NOW, key, value))
     return log
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> SqlCatalog:
-    (tmp_path / "wh").mkdir()
-    return SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}/wh")
 
 
 def _writer(

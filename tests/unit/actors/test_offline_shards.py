@@ -21,10 +21,7 @@ from tests.unit.actors.test_offline import (
     _oracle,
     _rows,
     _writer,
-    catalog,
 )
-
-__all__ = ["catalog"]  # the fixture, used by name
 
 
 def _positions(catalog: SqlCatalog, table: str) -> dict[str, str]:
